@@ -1,0 +1,23 @@
+//! Nix's formats and nixcast's own, as a pure library: no network, no
+//! processes, no async. Everything here parses from bytes or `Read` and writes
+//! to `String` or `Write`.
+//!
+//! - [`nixbase32`], [`hash`], [`store_path`]: the names Nix gives things;
+//! - [`keys`]: Nix's `name:base64` ed25519 keys and signatures;
+//! - [`narinfo`]: `<hash>.narinfo` files and their signed fingerprint;
+//! - [`nar`]: the NAR archive format, a writer from a directory and a strict reader;
+//! - [`manifest`]: the closure of a host in one file;
+//! - [`pointer`]: the signed DSSE envelope naming what a host should run.
+
+pub mod hash;
+pub mod keys;
+pub mod manifest;
+pub mod nar;
+pub mod narinfo;
+pub mod nixbase32;
+pub mod pointer;
+pub mod store_path;
+
+pub use hash::Sha256Hash;
+pub use keys::{PublicKey, SecretKey, Signature};
+pub use store_path::StorePath;
