@@ -1,1 +1,214 @@
-fn main() {}
+//! `nixcast`: the trusted side. Makes keys, publishes hosts into a signed
+//! static cache, and serves a cache directory for tests and demos.
+//!
+//! Exit codes: 0 success (also "nothing to publish"), 1 error, 2 usage.
+
+mod compress;
+mod keygen;
+mod nix;
+mod publish;
+mod serve;
+mod target;
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use nixcast_common::manifest::Compression;
+use nixcast_common::SecretKey;
+
+#[derive(Parser)]
+#[command(name = "nixcast", version, about = "Publish NixOS hosts as a signed static Nix binary cache")]
+struct Cli {
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Make a signing key pair in Nix's format (as `nix-store --generate-binary-cache-key`).
+    Keygen {
+        /// Key name, conventionally with a number to bump on rotation: `fleet-1`.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        secret_key_file: PathBuf,
+        #[arg(long)]
+        public_key_file: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Publish a host's system closure and a signed pointer to it.
+    Publish(PublishArgs),
+    /// Serve a cache directory over HTTP, read-only.
+    Serve {
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["path", "flake"]))]
+struct PublishArgs {
+    /// The host; its pointer is `hosts/HOST.json`.
+    #[arg(long)]
+    host: String,
+    /// The cache: a directory or file://DIR.
+    #[arg(long)]
+    to: String,
+    /// An already-built system (a store path or a symlink to one, such as ./result).
+    #[arg(long)]
+    path: Option<PathBuf>,
+    /// Build REF#nixosConfigurations.HOST.config.system.build.toplevel.
+    #[arg(long)]
+    flake: Option<String>,
+    #[arg(long)]
+    secret_key_file: PathBuf,
+    #[arg(long, default_value = "xz", value_parser = parse_compression)]
+    compression: Compression,
+    /// How long the pointer stays valid ("30d", "12h"), or "never".
+    #[arg(long, default_value = "30d", value_parser = parse_expiry)]
+    expires_in: Expiry,
+    /// Paths compressed at once (default: the number of CPUs).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// The platform the pointer names (default: TOPLEVEL/system, else this machine's).
+    #[arg(long)]
+    system: Option<String>,
+    /// Publish even when the current pointer has another key, or names the same path.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Clone, Copy)]
+struct Expiry(Option<Duration>);
+
+fn parse_expiry(s: &str) -> Result<Expiry, String> {
+    if s == "never" {
+        return Ok(Expiry(None));
+    }
+    humantime::parse_duration(s)
+        .map(|d| Expiry(Some(d)))
+        .map_err(|e| format!("{e}: use a duration such as 30d or 12h, or never"))
+}
+
+fn parse_compression(s: &str) -> Result<Compression, String> {
+    s.parse()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Keygen {
+            name,
+            secret_key_file,
+            public_key_file,
+            force,
+        } => keygen::keygen(&name, &secret_key_file, &public_key_file, force),
+        Cmd::Publish(args) => publish_cmd(args),
+        Cmd::Serve { dir, listen } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {listen}"))?;
+                eprintln!("serving {} on http://{}", dir.display(), listener.local_addr()?);
+                let shutdown = async {
+                    let _ = tokio::signal::ctrl_c().await;
+                };
+                serve::run(listener, dir, shutdown).await?;
+                Ok(())
+            })
+        }
+    }
+}
+
+fn publish_cmd(a: PublishArgs) -> Result<()> {
+    let key_text = std::fs::read_to_string(&a.secret_key_file)
+        .with_context(|| format!("cannot read {}", a.secret_key_file.display()))?;
+    let key = SecretKey::parse(&key_text)
+        .with_context(|| format!("cannot load the secret key {}", a.secret_key_file.display()))?;
+    publish::check_host(&a.host)?;
+    let target = target::Target::open(&a.to)?;
+    let top = match (&a.path, &a.flake) {
+        (Some(p), _) => nix::resolve_store_path(p)?,
+        (None, Some(f)) => nix::build_flake(f, &a.host)?,
+        (None, None) => unreachable!("clap requires --path or --flake"),
+    };
+    let opts = publish::Options {
+        host: a.host,
+        key,
+        compression: a.compression,
+        expires_in: a.expires_in.0,
+        jobs: a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        force: a.force,
+        system: a.system,
+    };
+    match publish::publish(&target, &top, &opts)? {
+        publish::Outcome::Published(s) => {
+            tracing::info!(host = %s.host, generation = s.generation, new = s.new_paths, reused = s.reused_paths, bytes = s.bytes_written, "published");
+            println!("{s}");
+        }
+        publish::Outcome::Unchanged { generation, store_path } => {
+            println!(
+                "{} is already at generation {generation} with {store_path}: nothing to publish",
+                opts.host
+            );
+        }
+    }
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NIXCAST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// A progress bar on a terminal, nothing otherwise.
+pub fn progress_bar(total: u64, what: &'static str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .expect("a valid template"),
+    );
+    bar.set_message(what);
+    bar
+}

@@ -1,1 +1,225 @@
-fn main() {}
+//! `nixcast-pull`: the agent on each host. Reads its signed pointer, fetches
+//! and verifies what is missing, imports it through Nix, sets the system
+//! profile and switches.
+//!
+//! Exit codes: 0 applied or nothing to do, 1 local error, 2 usage,
+//! 3 refused (verification failed), 4 fetch failed, 5 activation failed,
+//! 6 another run holds the lock.
+
+mod activate;
+mod fetch;
+mod run;
+mod source;
+mod state;
+mod store;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use nixcast_common::PublicKey;
+
+#[derive(Parser)]
+#[command(name = "nixcast-pull", version, about = "Pull and switch to this host's signed NixOS system")]
+struct Cli {
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "NIXCAST_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Check the pointer once and apply it if it changed.
+    Run(RunArgs),
+    /// Show what the agent last did.
+    Status {
+        #[arg(long, env = "NIXCAST_STATE_DIR", default_value = "/var/lib/nixcast")]
+        state_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The cache: https://…, file://DIR or a directory (http:// needs --allow-insecure-http).
+    #[arg(long, env = "NIXCAST_CACHE")]
+    cache: String,
+    /// This host's name: its pointer is hosts/HOST.json.
+    #[arg(long, env = "NIXCAST_HOST")]
+    host: String,
+    /// A trusted public key, `name:base64` (repeatable; space-separated in the variable).
+    #[arg(long = "trusted-key", env = "NIXCAST_TRUSTED_KEYS", value_delimiter = ' ')]
+    trusted_keys: Vec<String>,
+    /// A file holding a trusted public key (repeatable).
+    #[arg(long = "trusted-key-file", env = "NIXCAST_TRUSTED_KEY_FILES", value_delimiter = ' ')]
+    trusted_key_files: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value_t = activate::Action::Switch, env = "NIXCAST_ACTION")]
+    action: activate::Action,
+    #[arg(long, default_value = "/nix/var/nix/profiles/system", env = "NIXCAST_PROFILE")]
+    profile: PathBuf,
+    #[arg(long, default_value = "/var/lib/nixcast", env = "NIXCAST_STATE_DIR")]
+    state_dir: PathBuf,
+    /// NARs fetched at once.
+    #[arg(long, default_value_t = 8, env = "NIXCAST_JOBS")]
+    jobs: usize,
+    /// Show what would be fetched; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Allow an http:// cache (closures reveal configuration; signatures still hold).
+    #[arg(long, env = "NIXCAST_ALLOW_INSECURE_HTTP")]
+    allow_insecure_http: bool,
+    /// The platform this host runs (default: /run/current-system/system, else this machine's).
+    #[arg(long, env = "NIXCAST_SYSTEM")]
+    system: Option<String>,
+    /// Give up on a download when no byte arrives for this long.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "NIXCAST_STALL_TIMEOUT")]
+    stall_timeout: Duration,
+    /// Wait for another run to finish instead of exiting.
+    #[arg(long)]
+    wait: bool,
+    /// A command that must exit 0 after the switch, else the switch is rolled back (repeatable).
+    #[arg(long = "health-check", env = "NIXCAST_HEALTH_CHECKS", value_delimiter = '\n')]
+    health_checks: Vec<String>,
+    /// How long each health check may take.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, env = "NIXCAST_HEALTH_TIMEOUT")]
+    health_timeout: Duration,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Cmd::Status { state_dir, json } => match status(&state_dir, json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Run(args) => {
+            let code = match build_config(args) {
+                Ok(cfg) => run_once(&cfg),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            };
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run_once(cfg: &run::Config) -> u8 {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(run::run(cfg)) {
+        Ok(outcome) => {
+            tracing::info!(?outcome, "done");
+            0
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn build_config(a: RunArgs) -> Result<run::Config> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut trusted = Vec::new();
+    for k in a.trusted_keys.iter().filter(|k| !k.is_empty()) {
+        trusted.push(PublicKey::parse(k).with_context(|| format!("bad --trusted-key {k:?}"))?);
+    }
+    for f in &a.trusted_key_files {
+        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        trusted.push(PublicKey::parse(&text).with_context(|| format!("bad key in {}", f.display()))?);
+    }
+    anyhow::ensure!(!trusted.is_empty(), "no trusted key: pass --trusted-key or --trusted-key-file");
+    anyhow::ensure!(
+        !a.host.is_empty() && a.host.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c)) && !a.host.starts_with('.'),
+        "invalid host name {:?}",
+        a.host
+    );
+    let system = match a.system {
+        Some(s) => s,
+        None => std::fs::read_to_string("/run/current-system/system")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| format!("{}-linux", std::env::consts::ARCH)),
+    };
+    Ok(run::Config {
+        source: source::Source::new(&a.cache, a.allow_insecure_http, a.stall_timeout)?,
+        host: a.host,
+        system,
+        trusted,
+        action: a.action,
+        profile: a.profile,
+        state: state::StateDir::new(&a.state_dir),
+        jobs: a.jobs,
+        dry_run: a.dry_run,
+        wait: a.wait,
+        health_checks: a.health_checks,
+        health_timeout: a.health_timeout,
+    })
+}
+
+fn status(dir: &std::path::Path, json: bool) -> Result<()> {
+    let st = state::StateDir::new(dir).load()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+        return Ok(());
+    }
+    let show = |o: Option<String>| o.unwrap_or_else(|| "-".to_owned());
+    println!("applied generation: {}", show(st.applied_generation.map(|g| g.to_string())));
+    println!("applied store path: {}", show(st.applied_store_path.map(|p| p.to_string())));
+    println!("highest accepted:   {}", st.highest_generation);
+    println!("last check:         {}", show(st.last_check.map(|t| t.to_string())));
+    println!("last result:        {}", show(st.last_result.map(|r| serde_json::to_string(&r).unwrap_or_default().trim_matches('"').to_owned())));
+    println!("last error:         {}", show(st.last_error));
+    if !st.bad_generations.is_empty() {
+        println!("bad generations:    {:?}", st.bad_generations);
+    }
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NIXCAST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// A byte progress bar on a terminal, nothing otherwise.
+pub fn progress_bar(total: u64) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("fetching [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .expect("a valid template"),
+    );
+    bar
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs what is missing
+# (Nix from Debian's nix-bin, a Rust toolchain is assumed), then
+# `cargo test --workspace`, whose end-to-end tests drive real Nix in fresh
+# stores (mount namespaces: run as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v nix-store >/dev/null || need_apt+=(nix-bin)
+command -v unshare >/dev/null || need_apt+=(util-linux)
+command -v xz >/dev/null || need_apt+=(xz-utils)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# Debian's Nix has no daemon running here; root uses the store directly.
+export NIX_REMOTE=local
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -q -- -D warnings
+cargo test --workspace

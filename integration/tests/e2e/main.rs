@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `nixcast` and `nixcast-pull` binaries against
+//! real Nix, `nixcast serve` on loopback, and a fresh Nix store per "VM"
+//! (a private mount namespace with an empty directory bound on /nix).
+//!
+//! Needs root (for unshare and mount) and Nix (`apt-get install -y nix-bin`);
+//! without them the tests fail and say so, they never skip.
+
+mod harness;
+mod publish;
+mod pull;

@@ -1,0 +1,355 @@
+//! `nixcast publish`: a host's closure into a signed cache, then its pointer.
+//!
+//! Order of writes (each atomic): NARs, narinfos, `nix-cache-info`, the
+//! manifest, `hosts/HOST/<generation>.json`, `hosts/HOST.json`. A reader that
+//! follows the pointer therefore never finds a missing object.
+
+use std::io::BufWriter;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use nixcast_common::hash::HashingCounter;
+use nixcast_common::manifest::{self, Compression, Entry, Manifest};
+use nixcast_common::narinfo::NarInfo;
+use nixcast_common::pointer::{self, ManifestRef, Pointer, Timestamp};
+use nixcast_common::{nar, SecretKey, StorePath};
+
+use crate::compress::Encoder;
+use crate::nix::PathInfo;
+use crate::target::Target;
+
+pub const NIX_CACHE_INFO: &str = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n";
+
+pub struct Options {
+    pub host: String,
+    pub key: SecretKey,
+    pub compression: Compression,
+    pub expires_in: Option<Duration>,
+    pub jobs: usize,
+    pub force: bool,
+    pub system: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Published(Summary),
+    /// The host's pointer already names this store path.
+    Unchanged { generation: u64, store_path: StorePath },
+}
+
+#[derive(Debug)]
+pub struct Summary {
+    pub host: String,
+    pub generation: u64,
+    pub store_path: StorePath,
+    pub new_paths: usize,
+    pub reused_paths: usize,
+    pub bytes_written: u64,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "published {} generation {}: {} ({} new paths, {} reused, {} written)",
+            self.host,
+            self.generation,
+            self.store_path,
+            self.new_paths,
+            self.reused_paths,
+            human_bytes(self.bytes_written)
+        )
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// A host name becomes part of object keys, so it is held to DNS-like characters.
+pub fn check_host(host: &str) -> Result<()> {
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && !host.starts_with('.')
+        && host
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c));
+    ensure!(ok, "invalid host name {host:?}: use letters, digits, '-', '_' and '.'");
+    Ok(())
+}
+
+pub fn publish(target: &Target, top: &StorePath, opts: &Options) -> Result<Outcome> {
+    check_host(&opts.host)?;
+    let host = &opts.host;
+    let (previous, last_generation) = previous_pointer(target, opts)?;
+    if let Some(prev) = &previous {
+        if prev.store_path == *top && !opts.force && !needs_renewal(prev, opts.expires_in) {
+            return Ok(Outcome::Unchanged {
+                generation: prev.generation,
+                store_path: top.clone(),
+            });
+        }
+    }
+
+    let infos = crate::nix::closure(top)?;
+    tracing::info!(paths = infos.len(), %top, "read closure from Nix");
+    let (reused, todo) = split_existing(target, &infos, &opts.key)?;
+    let (written, bytes_written) = write_nars(target, &todo, opts)?;
+
+    // Narinfos only once every NAR is in place.
+    let mut entries: Vec<Entry> = reused.iter().map(entry_of).collect::<Result<_>>()?;
+    for ni in &written {
+        target.put(&narinfo_key(&ni.store_path), ni.render().as_bytes())?;
+        entries.push(entry_of(ni)?);
+    }
+    if !target.exists("nix-cache-info")? {
+        target.put("nix-cache-info", NIX_CACHE_INFO.as_bytes())?;
+    }
+
+    let manifest = Manifest::new(top.clone(), entries)?;
+    let manifest_bytes = manifest.to_json();
+    let manifest_ref = ManifestRef::for_bytes(&manifest_bytes);
+    if !target.exists(&manifest_ref.path)? {
+        target.put(&manifest_ref.path, &manifest_bytes)?;
+    }
+
+    let issued_at = Timestamp::now();
+    let pointer = Pointer {
+        host: host.clone(),
+        system: match &opts.system {
+            Some(s) => s.clone(),
+            None => system_of(top),
+        },
+        generation: last_generation + 1,
+        store_path: top.clone(),
+        manifest: manifest_ref,
+        issued_at,
+        expires_at: opts.expires_in.map(|d| issued_at.plus(d)),
+    };
+    let envelope = pointer.sign(&opts.key);
+    target.sync()?;
+    target.put_new(&format!("hosts/{host}/{}.json", pointer.generation), &envelope)?;
+    target.put(&format!("hosts/{host}.json"), &envelope)?;
+    target.sync()?;
+    Ok(Outcome::Published(Summary {
+        host: host.clone(),
+        generation: pointer.generation,
+        store_path: top.clone(),
+        new_paths: written.len(),
+        reused_paths: reused.len(),
+        bytes_written,
+    }))
+}
+
+/// The current pointer (verified with our key) and the highest generation ever
+/// published for the host, history included.
+fn previous_pointer(target: &Target, opts: &Options) -> Result<(Option<Pointer>, u64)> {
+    let host = &opts.host;
+    let key = format!("hosts/{host}.json");
+    let history_max = target
+        .list(&format!("hosts/{host}"))?
+        .iter()
+        .filter_map(|k| k.rsplit('/').next()?.strip_suffix(".json")?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    let Some(bytes) = target.get(&key)? else {
+        return Ok((None, history_max));
+    };
+    match pointer::verify(&bytes, &[opts.key.public()]) {
+        Ok(v) => {
+            let p = v.into_inner();
+            ensure!(
+                p.host == *host,
+                "{key} names host {:?}, not {host:?}; refusing to overwrite it",
+                p.host
+            );
+            let generation = history_max.max(p.generation);
+            Ok((Some(p), generation))
+        }
+        Err(e) if opts.force => {
+            tracing::warn!(error = %e, "previous pointer {key} does not verify with key {}; replacing it (--force)", opts.key.name());
+            Ok((None, history_max))
+        }
+        Err(e) => bail!(
+            "the current pointer {} does not verify with key {}: {e}\n\
+             another key published this host; use --force to take it over with this key",
+            target.describe() + "/" + &key,
+            opts.key.name()
+        ),
+    }
+}
+
+/// A pointer for the same path is re-issued once less than half of its
+/// lifetime is left, so that a publisher run on a schedule keeps it fresh.
+fn needs_renewal(prev: &Pointer, expires_in: Option<Duration>) -> bool {
+    let (Some(expires), Some(lifetime)) = (prev.expires_at, expires_in) else {
+        return false;
+    };
+    let left = expires
+        .system_time()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    left < lifetime / 2
+}
+
+/// A NixOS toplevel records its platform in `system`; the stand-ins have none.
+fn system_of(top: &StorePath) -> String {
+    std::fs::read_to_string(format!("{top}/system"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| format!("{}-linux", std::env::consts::ARCH))
+}
+
+fn narinfo_key(p: &StorePath) -> String {
+    format!("{}.narinfo", p.hash_part())
+}
+
+/// Splits the closure into paths the target already serves (their narinfos,
+/// signed by us) and paths still to publish.
+fn split_existing<'a>(
+    target: &Target,
+    infos: &'a [PathInfo],
+    key: &SecretKey,
+) -> Result<(Vec<NarInfo>, Vec<&'a PathInfo>)> {
+    let public = key.public();
+    let mut reused = Vec::new();
+    let mut todo = Vec::new();
+    for info in infos {
+        let k = narinfo_key(&info.path);
+        let Some(bytes) = target.get(&k)? else {
+            todo.push(info);
+            continue;
+        };
+        let text = String::from_utf8(bytes).with_context(|| format!("{k} is not UTF-8"))?;
+        let mut ni = NarInfo::parse(&text).with_context(|| format!("cannot parse {k} in the target"))?;
+        let mut refs = info.references.clone();
+        refs.sort();
+        let mut their_refs = ni.references.clone();
+        their_refs.sort();
+        ensure!(
+            ni.store_path == info.path && ni.nar_hash == info.nar_hash && ni.nar_size == info.nar_size && their_refs == refs,
+            "{k} in the target describes other content for {} than the local store has \
+             (a different build); remove it or publish to another target",
+            info.path
+        );
+        let compression = ni.compression_or_default();
+        ensure!(
+            Compression::from_narinfo(compression).is_some(),
+            "{k} uses compression {compression:?}, which nixcast agents refuse (xz, zstd or none)"
+        );
+        if !ni.verify(std::slice::from_ref(&public)) {
+            // Its content is what our own store holds (checked above), so our
+            // signature vouches only for bytes we know.
+            ni.sign(key);
+            target.put(&k, ni.render().as_bytes())?;
+        }
+        reused.push(ni);
+    }
+    Ok((reused, todo))
+}
+
+fn entry_of(ni: &NarInfo) -> Result<Entry> {
+    let compression = Compression::from_narinfo(ni.compression_or_default())
+        .with_context(|| format!("{}: unsupported compression", ni.store_path))?;
+    let (Some(file_hash), Some(file_size)) = (ni.file_hash, ni.file_size) else {
+        bail!("the narinfo of {} has no FileHash or FileSize", ni.store_path);
+    };
+    Ok(Entry {
+        store_path: ni.store_path.clone(),
+        nar_hash: ni.nar_hash,
+        nar_size: ni.nar_size,
+        references: ni.references.clone(),
+        deriver: ni.deriver.clone(),
+        sigs: ni.sigs.clone(),
+        url: ni.url.clone(),
+        compression,
+        file_hash,
+        file_size,
+        cache: None,
+    })
+}
+
+/// Dumps, checks, compresses and stores the NAR of every path in `todo`,
+/// `jobs` paths at a time, and returns their signed narinfos (not yet written).
+fn write_nars(target: &Target, todo: &[&PathInfo], opts: &Options) -> Result<(Vec<NarInfo>, u64)> {
+    let total: u64 = todo.iter().map(|i| i.nar_size).sum();
+    let bar = crate::progress_bar(total, "compressing");
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results = Mutex::new(Vec::with_capacity(todo.len()));
+    std::thread::scope(|s| {
+        for _ in 0..opts.jobs.max(1).min(todo.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= todo.len() || failed.load(Ordering::Relaxed) {
+                    break;
+                }
+                let r = write_nar(target, todo[i], opts.compression);
+                failed.fetch_or(r.is_err(), Ordering::Relaxed);
+                bar.inc(todo[i].nar_size);
+                results.lock().expect("no worker panics while holding it").push(r);
+            });
+        }
+    });
+    bar.finish_and_clear();
+    let mut infos = Vec::new();
+    let mut bytes = 0;
+    for r in results.into_inner().expect("workers are done") {
+        let (mut ni, n) = r?;
+        ni.sign(&opts.key);
+        bytes += n;
+        infos.push(ni);
+    }
+    Ok((infos, bytes))
+}
+
+fn write_nar(target: &Target, info: &PathInfo, compression: Compression) -> Result<(NarInfo, u64)> {
+    let path = info.path.to_string();
+    let tmp = target.temp_file()?;
+    let file = HashingCounter::new(BufWriter::with_capacity(256 * 1024, tmp));
+    let nar = HashingCounter::new(Encoder::new(compression, file)?);
+    let nar = nar::dump_path(Path::new(&path), nar).with_context(|| format!("cannot dump {path}"))?;
+    let (encoder, nar_hash, nar_size) = nar.finish();
+    // The NAR we made must be the one Nix registered; otherwise the store is
+    // corrupt or the path changed under us, and nothing of it is published.
+    ensure!(
+        nar_hash == info.nar_hash && nar_size == info.nar_size,
+        "the NAR of {path} does not match Nix's database: Nix says {} ({} bytes), \
+         the files give {nar_hash} ({nar_size} bytes); run `nix-store --verify-path {path}`",
+        info.nar_hash,
+        info.nar_size
+    );
+    let (buffered, file_hash, file_size) = encoder.finish()?.finish();
+    let tmp = buffered.into_inner().map_err(|e| e.into_error())?;
+    let url = manifest::nar_url(&file_hash, compression);
+    target.put_file(&url, tmp)?;
+    let ni = NarInfo {
+        store_path: info.path.clone(),
+        url,
+        compression: Some(compression.as_str().to_owned()),
+        file_hash: Some(file_hash),
+        file_size: Some(file_size),
+        nar_hash,
+        nar_size,
+        references: info.references.clone(),
+        deriver: info.deriver.clone(),
+        sigs: Vec::new(),
+        ca: None,
+        system: None,
+        quirks: Default::default(),
+    };
+    Ok((ni, file_size))
+}

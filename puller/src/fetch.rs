@@ -1,0 +1,244 @@
+//! Download and verify NARs into the staging directory.
+//!
+//! One pass per NAR, never holding it in memory:
+//!
+//! ```text
+//! body → count ≤ FileSize, sha256 → decompress (xz memory limit, zstd window limit)
+//!      → count ≤ NarSize, sha256 → strict NAR reader → temporary file
+//! ```
+//!
+//! The file is renamed to `staging/nar/<narhash>.nar` only when FileSize,
+//! FileHash, NarSize, NarHash and the NAR's structure all check out, so a
+//! file under that name is verified content. A later run re-hashes such a
+//! file (cheap, local) and reuses it instead of downloading it again.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use nixcast_common::hash::HashingCounter;
+use nixcast_common::manifest::{Compression, Entry};
+use nixcast_common::{nar, Sha256Hash};
+use sha2::{Digest, Sha256};
+
+use crate::source::{FetchError, Source};
+
+/// liblzma's memory limit for one xz stream; `xz -9` needs 65 MiB to decode.
+const XZ_MEMLIMIT: u64 = 128 << 20;
+/// zstd window: 2^27 = 128 MiB, zstd's own default maximum for decoding.
+const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+const TRANSPORT_ATTEMPTS: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NarError {
+    /// The bytes could not be had: retry later.
+    #[error("fetching {url} for {path}: {msg}")]
+    Fetch { path: String, url: String, msg: String },
+    /// The bytes arrived and are wrong: refuse.
+    #[error("refusing {url} for {path}: {msg}")]
+    Verify { path: String, url: String, msg: String },
+    #[error("staging {path}: {msg}")]
+    Local { path: String, msg: String },
+}
+
+impl NarError {
+    fn from_fetch(path: &str, e: FetchError) -> Self {
+        let (url, msg) = match e {
+            FetchError::NotFound(u) => (u, "not found".to_owned()),
+            FetchError::Transport { url, msg } => (url, msg),
+            FetchError::TooLarge { url, cap } => (url, format!("more than {cap} bytes")),
+        };
+        NarError::Fetch {
+            path: path.to_owned(),
+            url,
+            msg,
+        }
+    }
+}
+
+pub fn staged_path(staging: &Path, e: &Entry) -> PathBuf {
+    staging.join("nar").join(format!("{}.nar", e.nar_hash.to_nixbase32()))
+}
+
+/// Fetches and verifies one NAR, unless a verified copy is already staged.
+/// Returns the number of bytes downloaded.
+pub async fn fetch_one(source: &Source, staging: &Path, e: &Entry, progress: Arc<AtomicU64>) -> Result<u64, NarError> {
+    let dest = staged_path(staging, e);
+    let path = e.store_path.to_string();
+    if dest.exists() {
+        let (d, e2) = (dest.clone(), e.clone());
+        let ok = tokio::task::spawn_blocking(move || matches_hash(&d, &e2)).await.unwrap_or(false);
+        if ok {
+            tracing::debug!(%path, "already staged and verified");
+            return Ok(0);
+        }
+        let _ = fs::remove_file(&dest);
+    }
+    let url = source.url_of(&e.url);
+    let mut attempt = 1;
+    loop {
+        let body = source.open(&e.url).await.map_err(|err| NarError::from_fetch(&path, err))?;
+        let (e2, d2, p2) = (e.clone(), dest.clone(), progress.clone());
+        let result = tokio::task::spawn_blocking(move || verify_into(body, &e2, &d2, &p2))
+            .await
+            .map_err(|j| NarError::Local { path: path.clone(), msg: j.to_string() })?;
+        match result {
+            Ok(()) => return Ok(e.file_size),
+            Err(Failure::Transport(msg)) if attempt < TRANSPORT_ATTEMPTS => {
+                tracing::warn!(%url, error = %msg, "download failed, retrying");
+                attempt += 1;
+            }
+            Err(Failure::Transport(msg)) => return Err(NarError::Fetch { path, url, msg }),
+            Err(Failure::Verify(msg)) => return Err(NarError::Verify { path, url, msg }),
+            Err(Failure::Local(msg)) => return Err(NarError::Local { path, msg }),
+        }
+    }
+}
+
+enum Failure {
+    Transport(String),
+    Verify(String),
+    Local(String),
+}
+
+/// The compressed side: counts, hashes, stops past FileSize, remembers
+/// whether the transport failed (so that failure is told from tampering).
+struct Body<'a> {
+    inner: Box<dyn Read + Send>,
+    count: u64,
+    cap: u64,
+    hasher: Sha256,
+    transport_error: Option<String>,
+    eof: bool,
+    progress: &'a AtomicU64,
+}
+
+impl Read for Body<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => {
+                self.transport_error = Some(crate::source::error_chain(&e));
+                return Err(e);
+            }
+        };
+        if n == 0 {
+            self.eof = true;
+        }
+        self.count += n as u64;
+        if self.count > self.cap {
+            return Err(io::Error::other(format!("more bytes than the FileSize of {}", self.cap)));
+        }
+        self.hasher.update(&buf[..n]);
+        self.progress.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// The decompressed side: refuses a byte past NarSize (a decompression bomb
+/// stops there) and copies what it reads to the staging file.
+struct Nar<R, W> {
+    inner: R,
+    out: HashingCounter<W>,
+    cap: u64,
+}
+
+impl<R: Read, W: Write> Read for Nar<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if self.out.count() + n as u64 > self.cap {
+            return Err(io::Error::other(format!(
+                "decompresses to more than the NarSize of {} bytes",
+                self.cap
+            )));
+        }
+        self.out.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+fn verify_into(body: Box<dyn Read + Send>, e: &Entry, dest: &Path, progress: &AtomicU64) -> Result<(), Failure> {
+    let dir = dest.parent().expect("staging/nar");
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(|err| Failure::Local(format!("cannot create a file in {}: {err}", dir.display())))?;
+    let mut body = Body {
+        inner: body,
+        count: 0,
+        cap: e.file_size,
+        hasher: Sha256::new(),
+        transport_error: None,
+        eof: false,
+        progress,
+    };
+    let checked = decode_and_check(&mut body, e, BufWriter::with_capacity(128 << 10, tmp.as_file()));
+    // Read what the decoder left (bounded by FileSize) so FileHash covers every byte.
+    let drained = checked.and_then(|()| io::copy(&mut body, &mut io::sink()).map_err(|err| err.to_string()));
+    if let Some(t) = body.transport_error.take() {
+        return Err(Failure::Transport(t));
+    }
+    if let Err(msg) = drained {
+        if body.eof && body.count < e.file_size {
+            return Err(Failure::Transport(format!(
+                "truncated: {} of {} bytes ({msg})",
+                body.count, e.file_size
+            )));
+        }
+        return Err(Failure::Verify(msg));
+    }
+    let file_hash = Sha256Hash(body.hasher.finalize().into());
+    if body.count != e.file_size || file_hash != e.file_hash {
+        return Err(Failure::Verify(format!(
+            "FileSize/FileHash mismatch: expected {} bytes {}, got {} bytes {file_hash}",
+            e.file_size, e.file_hash, body.count
+        )));
+    }
+    tmp.persist(dest)
+        .map_err(|err| Failure::Local(format!("cannot rename to {}: {err}", dest.display())))?;
+    Ok(())
+}
+
+fn decode_and_check<W: Write>(body: &mut Body<'_>, e: &Entry, out: W) -> Result<(), String> {
+    let decoded: Box<dyn Read + '_> = match e.compression {
+        Compression::Xz => {
+            let stream = liblzma::stream::Stream::new_stream_decoder(XZ_MEMLIMIT, 0).map_err(|err| err.to_string())?;
+            Box::new(liblzma::read::XzDecoder::new_stream(body, stream))
+        }
+        Compression::Zstd => {
+            let mut d = zstd::stream::read::Decoder::new(body).map_err(|err| err.to_string())?;
+            d.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|err| err.to_string())?;
+            Box::new(d.single_frame())
+        }
+        Compression::None => Box::new(body),
+    };
+    let mut nar = Nar {
+        inner: decoded,
+        out: HashingCounter::new(out),
+        cap: e.nar_size,
+    };
+    nar::validate(&mut nar, &nar::Limits::default()).map_err(|err| format!("{err}"))?;
+    let Nar { out, .. } = nar;
+    let (mut w, nar_hash, nar_size) = out.finish();
+    w.flush().map_err(|err| format!("writing the staged copy: {err}"))?;
+    if nar_size != e.nar_size || nar_hash != e.nar_hash {
+        return Err(format!(
+            "NarHash/NarSize mismatch: expected {} bytes {}, got {nar_size} bytes {nar_hash}",
+            e.nar_size, e.nar_hash
+        ));
+    }
+    Ok(())
+}
+
+fn matches_hash(p: &Path, e: &Entry) -> bool {
+    let Ok(f) = File::open(p) else { return false };
+    let mut h = HashingCounter::new(f);
+    if io::copy(&mut h, &mut io::sink()).is_err() {
+        return false;
+    }
+    let (_, hash, size) = h.finish();
+    hash == e.nar_hash && size == e.nar_size
+}

@@ -1,0 +1,345 @@
+//! One agent run: the steps of DESIGN.md "Agent run", in order.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::{anyhow, Context};
+use futures_util::{StreamExt, TryStreamExt};
+use nixcast_common::manifest::Manifest;
+use nixcast_common::pointer::{self, Pointer, Timestamp, Verified};
+use nixcast_common::{PublicKey, Sha256Hash};
+
+use crate::activate::{self, Action};
+use crate::fetch::{self, NarError};
+use crate::source::{Fetched, Source};
+use crate::state::{Outcome, StateDir, Status};
+use crate::store;
+
+/// A manifest this large would describe some hundred thousand paths.
+const MAX_MANIFEST: u64 = 256 << 20;
+
+pub struct Config {
+    pub source: Source,
+    pub host: String,
+    pub system: String,
+    pub trusted: Vec<PublicKey>,
+    pub action: Action,
+    pub profile: PathBuf,
+    pub state: StateDir,
+    pub jobs: usize,
+    pub dry_run: bool,
+    pub wait: bool,
+    pub health_checks: Vec<String>,
+    pub health_timeout: std::time::Duration,
+}
+
+/// Why a run failed; each kind has its own exit code (see the README).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("refused: {0:#}")]
+    Refused(anyhow::Error),
+    #[error("fetch failed: {0:#}")]
+    Fetch(anyhow::Error),
+    #[error("activation failed: {0:#}")]
+    Activation(anyhow::Error),
+    #[error("another nixcast-pull run holds the lock in {0}; try again later or pass --wait")]
+    Locked(String),
+    #[error("{0:#}")]
+    Other(anyhow::Error),
+}
+
+impl RunError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Other(_) => 1,
+            RunError::Refused(_) => 3,
+            RunError::Fetch(_) => 4,
+            RunError::Activation(_) => 5,
+            RunError::Locked(_) => 6,
+        }
+    }
+
+    fn outcome(&self) -> Outcome {
+        match self {
+            RunError::Refused(_) => Outcome::Refused,
+            RunError::Fetch(_) => Outcome::FetchFailed,
+            RunError::Activation(_) => Outcome::ActivationFailed,
+            RunError::Locked(_) | RunError::Other(_) => Outcome::ImportFailed,
+        }
+    }
+}
+
+fn other(e: impl Into<anyhow::Error>) -> RunError {
+    RunError::Other(e.into())
+}
+
+pub async fn run(cfg: &Config) -> Result<Outcome, RunError> {
+    if cfg.dry_run {
+        // A dry run writes nothing, so it takes no lock and keeps no state.
+        let mut status = cfg.state.load().map_err(other)?;
+        return apply(cfg, &mut status).await;
+    }
+    cfg.state.create().map_err(other)?;
+    let _lock = cfg
+        .state
+        .lock(cfg.wait)
+        .map_err(other)?
+        .ok_or_else(|| RunError::Locked(cfg.state.path().display().to_string()))?;
+    let mut status = cfg.state.load().map_err(other)?;
+    let result = apply(cfg, &mut status).await;
+    status.last_check = Some(Timestamp::now());
+    match &result {
+        Ok(outcome) => {
+            status.last_result = Some(*outcome);
+            status.last_error = None;
+        }
+        Err(e) => {
+            status.last_result = Some(e.outcome());
+            status.last_error = Some(e.to_string());
+        }
+    }
+    cfg.state.save(&status).map_err(other)?;
+    result
+}
+
+async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
+    let t0 = SystemTime::now();
+    let key = format!("hosts/{}.json", cfg.host);
+    let validators = if cfg.dry_run { Default::default() } else { status.validators.clone() };
+    let (bytes, new_validators) = match cfg
+        .source
+        .get_pointer(&key, pointer::MAX_ENVELOPE_SIZE as u64, &validators)
+        .await
+        .map_err(|e| RunError::Fetch(e.into()))?
+    {
+        Fetched::NotModified => {
+            tracing::info!(url = %cfg.source.url_of(&key), "pointer not modified");
+            return Ok(Outcome::Unchanged);
+        }
+        Fetched::Body(b, v) => (b, v),
+    };
+    let verified = pointer::verify(&bytes, &cfg.trusted)
+        .with_context(|| format!("pointer {}", cfg.source.url_of(&key)))
+        .map_err(RunError::Refused)?;
+    check_policy(cfg, status, &verified, t0).map_err(RunError::Refused)?;
+    let p = verified.get();
+    tracing::info!(generation = p.generation, store_path = %p.store_path, key = verified.key_name(), "pointer verified");
+
+    if status.bad_generations.contains(&p.generation) {
+        tracing::warn!(generation = p.generation, "this generation failed before; waiting for a newer one");
+        return Ok(Outcome::Unchanged);
+    }
+    let profile_now = store::profile_target(&cfg.profile);
+    let already = status.applied_store_path.as_ref() == Some(&p.store_path)
+        && (!cfg.action.sets_profile() || profile_now.as_ref() == Some(&p.store_path));
+    if !cfg.dry_run {
+        // Raise the floor before downloading anything, as TUF does.
+        status.highest_generation = p.generation;
+        status.highest_digest = Some(verified.digest());
+        status.last_issued_at = Some(p.issued_at);
+    }
+    if already {
+        tracing::info!(store_path = %p.store_path, "already running this system");
+        if !cfg.dry_run {
+            status.applied_generation = Some(p.generation);
+            status.validators = new_validators;
+        }
+        return Ok(Outcome::Unchanged);
+    }
+
+    let manifest = fetch_manifest(cfg, p).await?;
+    let missing = store::missing(manifest.paths.iter().map(|e| &e.store_path)).map_err(other)?;
+    let entries: Vec<_> = missing
+        .iter()
+        .map(|m| manifest.get(m).expect("asked about manifest paths").clone())
+        .collect();
+    let download: u64 = entries.iter().map(|e| e.file_size).sum();
+    let unpacked: u64 = entries.iter().map(|e| e.nar_size).sum();
+    tracing::info!(paths = manifest.paths.len(), missing = entries.len(), download, unpacked, "closure checked");
+    if cfg.dry_run {
+        for e in &entries {
+            println!("would fetch {} ({} bytes)", e.store_path, e.file_size);
+        }
+        println!(
+            "would fetch {} of {} paths, {download} bytes ({unpacked} unpacked), then {} {}",
+            entries.len(),
+            manifest.paths.len(),
+            cfg.action.as_str(),
+            p.store_path
+        );
+        return Ok(Outcome::Unchanged);
+    }
+
+    let staging = cfg.state.staging();
+    std::fs::create_dir_all(staging.join("nar")).map_err(other)?;
+    let fetched = fetch_all(cfg, &staging, &entries, download).await?;
+    tracing::info!(paths = entries.len(), bytes = fetched, "fetched and verified");
+
+    store::write_staging_cache(&staging, &manifest).map_err(other)?;
+    store::import(&staging, &missing, &cfg.trusted).map_err(other)?;
+    let still = store::missing(std::iter::once(&p.store_path)).map_err(other)?;
+    if !still.is_empty() {
+        return Err(other(anyhow!("{} is not valid after the import", p.store_path)));
+    }
+    tracing::info!(paths = missing.len(), "imported");
+    clear_staged(&staging);
+
+    let script = activate::switch_script(&p.store_path);
+    if !std::path::Path::new(&script).is_file() {
+        return Err(RunError::Refused(anyhow!(
+            "{} is not a NixOS system: it has no bin/switch-to-configuration",
+            p.store_path
+        )));
+    }
+    let previous = store::profile_generation(&cfg.profile);
+    if cfg.action.sets_profile() {
+        store::set_profile(&cfg.profile, &p.store_path).map_err(other)?;
+    }
+    let st = activate::activate(&p.store_path, cfg.action).map_err(other)?;
+    let failure = if !st.success() {
+        Some(format!("{script} {} exited with {st}", cfg.action.as_str()))
+    } else {
+        activate::health_checks(&cfg.health_checks, cfg.health_timeout).err()
+    };
+    if let Some(why) = failure {
+        status.bad_generations.push(p.generation);
+        let rolled = rollback(cfg, previous);
+        return Err(RunError::Activation(anyhow!("{why}; {rolled}")));
+    }
+    tracing::info!(generation = p.generation, store_path = %p.store_path, action = cfg.action.as_str(), "applied");
+    status.applied_generation = Some(p.generation);
+    status.applied_store_path = Some(p.store_path.clone());
+    status.applied_at = Some(Timestamp::now());
+    status.validators = new_validators;
+    Ok(Outcome::Applied)
+}
+
+/// The checks of a verified pointer against this host and what it has seen.
+fn check_policy(cfg: &Config, status: &Status, v: &Verified<Pointer>, t0: SystemTime) -> anyhow::Result<()> {
+    let p = v.get();
+    anyhow::ensure!(p.host == cfg.host, "the pointer is for host {:?}, not {:?}", p.host, cfg.host);
+    anyhow::ensure!(p.system == cfg.system, "the pointer is for system {:?}, not {:?}", p.system, cfg.system);
+    if let Some(exp) = p.expires_at {
+        anyhow::ensure!(exp.system_time() > t0, "the pointer (generation {}) expired at {exp}", p.generation);
+    }
+    if let Some(last) = status.last_issued_at {
+        anyhow::ensure!(
+            p.issued_at >= last,
+            "the pointer was issued at {}, before the last accepted one ({last})",
+            p.issued_at
+        );
+    }
+    anyhow::ensure!(
+        p.generation >= status.highest_generation,
+        "the pointer has generation {}, lower than the highest accepted ({}): a rollback attack, or a restored cache",
+        p.generation,
+        status.highest_generation
+    );
+    if p.generation == status.highest_generation {
+        anyhow::ensure!(
+            status.highest_digest.is_none() || status.highest_digest == Some(v.digest()),
+            "the pointer has generation {} with other content than the one accepted before",
+            p.generation
+        );
+    }
+    Ok(())
+}
+
+async fn fetch_manifest(cfg: &Config, p: &Pointer) -> Result<Manifest, RunError> {
+    let m = &p.manifest;
+    if m.size > MAX_MANIFEST {
+        return Err(RunError::Refused(anyhow!("the manifest is {} bytes, over the limit", m.size)));
+    }
+    let url = cfg.source.url_of(&m.path);
+    let bytes = cfg
+        .source
+        .get_small(&m.path, m.size)
+        .await
+        .map_err(|e| RunError::Fetch(e.into()))?;
+    let got = Sha256Hash::digest(&bytes);
+    if bytes.len() as u64 != m.size || got != m.sha256 {
+        return Err(RunError::Refused(anyhow!(
+            "manifest {url}: expected {} bytes with sha256 {}, got {} bytes with {}",
+            m.size,
+            m.sha256.to_hex(),
+            bytes.len(),
+            got.to_hex()
+        )));
+    }
+    let manifest = Manifest::parse(&bytes)
+        .with_context(|| format!("manifest {url}"))
+        .map_err(RunError::Refused)?;
+    if manifest.store_path != p.store_path {
+        return Err(RunError::Refused(anyhow!(
+            "manifest {url} is for {}, the pointer names {}",
+            manifest.store_path,
+            p.store_path
+        )));
+    }
+    Ok(manifest)
+}
+
+async fn fetch_all(
+    cfg: &Config,
+    staging: &std::path::Path,
+    entries: &[nixcast_common::manifest::Entry],
+    total: u64,
+) -> Result<u64, RunError> {
+    let progress = Arc::new(AtomicU64::new(0));
+    let bar = crate::progress_bar(total);
+    let ticker = {
+        let (bar, progress) = (bar.clone(), progress.clone());
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(progress.load(Ordering::Relaxed));
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let result: Result<Vec<u64>, NarError> = futures_util::stream::iter(entries)
+        .map(|e| fetch::fetch_one(&cfg.source, staging, e, progress.clone()))
+        .buffer_unordered(cfg.jobs.max(1))
+        .try_collect()
+        .await;
+    ticker.abort();
+    bar.finish_and_clear();
+    match result {
+        Ok(v) => Ok(v.iter().sum()),
+        Err(e @ NarError::Verify { .. }) => Err(RunError::Refused(e.into())),
+        Err(e @ NarError::Fetch { .. }) => Err(RunError::Fetch(e.into())),
+        Err(e @ NarError::Local { .. }) => Err(RunError::Other(e.into())),
+    }
+}
+
+/// Staged NARs are in the store now; the narinfos are rewritten each run.
+fn clear_staged(staging: &std::path::Path) {
+    if let Ok(rd) = std::fs::read_dir(staging.join("nar")) {
+        for e in rd.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// After a failed switch or health check: the profile goes back to the
+/// generation it had, and that system is activated again. Returns what happened.
+fn rollback(cfg: &Config, previous: Option<u64>) -> String {
+    if !cfg.action.sets_profile() {
+        return "the profile was not changed".to_owned();
+    }
+    let Some(generation) = previous else {
+        return "no earlier generation to roll back to".to_owned();
+    };
+    if let Err(e) = store::switch_generation(&cfg.profile, generation) {
+        return format!("rolling back failed: {e:#}");
+    }
+    let Some(top) = store::profile_target(&cfg.profile) else {
+        return format!("rolled the profile back to generation {generation}, which points to no store path");
+    };
+    match activate::activate(&top, cfg.action) {
+        Ok(st) if st.success() => format!("rolled back to profile generation {generation} ({top})"),
+        Ok(st) => format!("rolled the profile back to generation {generation}, but its activation exited with {st}"),
+        Err(e) => format!("rolled the profile back to generation {generation}, but cannot activate it: {e:#}"),
+    }
+}

@@ -1,0 +1,274 @@
+//! Where the agent reads a cache from: HTTP(S) or a local directory.
+//!
+//! Keys are relative (`hosts/foobar.json`, `manifests/….json`, `nar/….nar.xz`)
+//! and were checked before they get here (host names, the manifest's URL
+//! pattern). Every read is bounded: small files by a cap, NARs by the signed
+//! FileSize (checked by the caller while streaming). HTTP uses one client
+//! with keep-alive, a connect timeout, a stall timeout between body reads,
+//! no automatic decompression, and follows redirects only within the same
+//! scheme, host and port.
+
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use reqwest::header::{ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
+use reqwest::{StatusCode, Url};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const ATTEMPTS: u32 = 4;
+
+#[derive(Debug, Error)]
+pub enum FetchError {
+    #[error("{0}: not found")]
+    NotFound(String),
+    #[error("{url}: {msg}")]
+    Transport { url: String, msg: String },
+    #[error("{url}: more than {cap} bytes")]
+    TooLarge { url: String, cap: u64 },
+}
+
+/// HTTP cache validators of the last pointer that was fully handled.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Validators {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<String>,
+}
+
+pub enum Fetched {
+    NotModified,
+    Body(Vec<u8>, Validators),
+}
+
+#[derive(Clone)]
+pub enum Source {
+    Http { client: reqwest::Client, base: Url },
+    Dir(PathBuf),
+}
+
+impl Source {
+    /// `https://…`, `http://…` (only with `allow_insecure_http`), `file://DIR` or a directory.
+    pub fn new(spec: &str, allow_insecure_http: bool, stall: Duration) -> anyhow::Result<Self> {
+        if let Some(dir) = spec.strip_prefix("file://") {
+            return Ok(Source::Dir(PathBuf::from(dir)));
+        }
+        if !spec.contains("://") {
+            return Ok(Source::Dir(PathBuf::from(spec)));
+        }
+        let mut base = Url::parse(spec).map_err(|e| anyhow::anyhow!("invalid cache URL {spec:?}: {e}"))?;
+        match base.scheme() {
+            "https" => {}
+            "http" if allow_insecure_http => {}
+            "http" => anyhow::bail!(
+                "refusing plain http cache {spec}: a closure reveals the host's configuration; \
+                 use https, or --allow-insecure-http on a trusted network"
+            ),
+            s => anyhow::bail!("unsupported cache URL scheme {s:?} in {spec}"),
+        }
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(stall)
+            .redirect(same_origin_redirects())
+            .https_only(!allow_insecure_http)
+            .user_agent(concat!("nixcast-pull/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Source::Http { client, base })
+    }
+
+    pub fn url_of(&self, key: &str) -> String {
+        match self {
+            Source::Http { base, .. } => base.join(key).map(String::from).unwrap_or_else(|_| key.to_owned()),
+            Source::Dir(d) => format!("file://{}", d.join(key).display()),
+        }
+    }
+
+    /// The pointer, or `NotModified` when the validators still match (one request).
+    pub async fn get_pointer(&self, key: &str, cap: u64, v: &Validators) -> Result<Fetched, FetchError> {
+        match self {
+            Source::Dir(_) => Ok(Fetched::Body(self.get_small(key, cap).await?, Validators::default())),
+            Source::Http { client, base } => {
+                let url = base.join(key).expect("relative key");
+                let resp = send_with_retries(&url, || {
+                    let mut req = client.get(url.clone());
+                    if let Some(e) = &v.etag {
+                        req = req.header(IF_NONE_MATCH, e);
+                    }
+                    if let Some(m) = &v.last_modified {
+                        req = req.header(IF_MODIFIED_SINCE, m);
+                    }
+                    req
+                })
+                .await?;
+                if resp.status() == StatusCode::NOT_MODIFIED {
+                    return Ok(Fetched::NotModified);
+                }
+                let header = |h| resp.headers().get(h).and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok()).map(str::to_owned);
+                let validators = Validators {
+                    etag: header(ETAG),
+                    last_modified: header(LAST_MODIFIED),
+                };
+                let bytes = read_capped(&url, resp, cap).await?;
+                Ok(Fetched::Body(bytes, validators))
+            }
+        }
+    }
+
+    /// A small file, read whole, refused beyond `cap` bytes.
+    pub async fn get_small(&self, key: &str, cap: u64) -> Result<Vec<u8>, FetchError> {
+        match self {
+            Source::Dir(d) => {
+                let p = d.join(key);
+                let url = self.url_of(key);
+                let f = std::fs::File::open(&p).map_err(|e| io_error(&url, e))?;
+                let mut buf = Vec::new();
+                f.take(cap + 1).read_to_end(&mut buf).map_err(|e| io_error(&url, e))?;
+                if buf.len() as u64 > cap {
+                    return Err(FetchError::TooLarge { url, cap });
+                }
+                Ok(buf)
+            }
+            Source::Http { client, base } => {
+                let url = base.join(key).expect("relative key");
+                let resp = send_with_retries(&url, || client.get(url.clone())).await?;
+                read_capped(&url, resp, cap).await
+            }
+        }
+    }
+
+    /// A streaming reader of a file's body, for use on a blocking thread.
+    /// Errors while reading are transport errors (io::Error).
+    pub async fn open(&self, key: &str) -> Result<Box<dyn Read + Send>, FetchError> {
+        match self {
+            Source::Dir(d) => {
+                let f = std::fs::File::open(d.join(key)).map_err(|e| io_error(&self.url_of(key), e))?;
+                Ok(Box::new(f))
+            }
+            Source::Http { client, base } => {
+                let url = base.join(key).expect("relative key");
+                let resp = send_with_retries(&url, || client.get(url.clone())).await?;
+                let stream = resp.bytes_stream().map_err(io::Error::other);
+                let reader = tokio_util::io::StreamReader::new(stream);
+                Ok(Box::new(tokio_util::io::SyncIoBridge::new(reader)))
+            }
+        }
+    }
+}
+
+fn io_error(url: &str, e: io::Error) -> FetchError {
+    if e.kind() == io::ErrorKind::NotFound {
+        FetchError::NotFound(url.to_owned())
+    } else {
+        FetchError::Transport {
+            url: url.to_owned(),
+            msg: e.to_string(),
+        }
+    }
+}
+
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let first = &attempt.previous()[0];
+        let next = attempt.url();
+        if attempt.previous().len() > 5 {
+            attempt.error("too many redirects")
+        } else if next.scheme() != first.scheme()
+            || next.host_str() != first.host_str()
+            || next.port_or_known_default() != first.port_or_known_default()
+        {
+            let msg = format!("refusing a redirect from {first} to another origin: {next}");
+            attempt.error(msg)
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+/// Sends a request, retrying connection errors, timeouts and 5xx/429 answers
+/// with exponential backoff. 2xx and 304 are returned; 404 (and 403, which S3
+/// answers for a missing key in a bucket that may not be listed) is `NotFound`.
+async fn send_with_retries(
+    url: &Url,
+    make: impl Fn() -> reqwest::RequestBuilder,
+) -> Result<reqwest::Response, FetchError> {
+    let mut delay = Duration::from_millis(250);
+    let mut attempt = 1;
+    loop {
+        let transient = match make().send().await {
+            Ok(r) if r.status().is_success() || r.status() == StatusCode::NOT_MODIFIED => return Ok(r),
+            Ok(r) if matches!(r.status(), StatusCode::NOT_FOUND | StatusCode::FORBIDDEN) => {
+                return Err(FetchError::NotFound(url.to_string()))
+            }
+            Ok(r) if r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS => {
+                format!("server answered {}", r.status())
+            }
+            Ok(r) => {
+                return Err(FetchError::Transport {
+                    url: url.to_string(),
+                    msg: format!("server answered {}", r.status()),
+                })
+            }
+            Err(e) if e.is_redirect() || e.is_builder() => {
+                return Err(FetchError::Transport {
+                    url: url.to_string(),
+                    msg: error_chain(&e),
+                })
+            }
+            Err(e) => error_chain(&e),
+        };
+        if attempt >= ATTEMPTS {
+            return Err(FetchError::Transport {
+                url: url.to_string(),
+                msg: format!("{transient} (after {attempt} attempts)"),
+            });
+        }
+        tracing::warn!(%url, error = %transient, "retrying in {delay:?}");
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+        attempt += 1;
+    }
+}
+
+async fn read_capped(url: &Url, resp: reqwest::Response, cap: u64) -> Result<Vec<u8>, FetchError> {
+    if resp.content_length().is_some_and(|n| n > cap) {
+        return Err(FetchError::TooLarge {
+            url: url.to_string(),
+            cap,
+        });
+    }
+    let mut stream = resp.bytes_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.try_next().await.map_err(|e| FetchError::Transport {
+        url: url.to_string(),
+        msg: error_chain(&e),
+    })? {
+        if (buf.len() + chunk.len()) as u64 > cap {
+            return Err(FetchError::TooLarge {
+                url: url.to_string(),
+                cap,
+            });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+/// reqwest's Display hides the cause ("error sending request"); show the chain.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

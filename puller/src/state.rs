@@ -1,0 +1,186 @@
+//! The agent's state directory: `status.json` and the run lock.
+//!
+//! `status.json` holds both what the agent must remember to stay safe (the
+//! highest generation it accepted, that pointer's digest and issue time: the
+//! rollback and freeze floor) and what an operator wants to read (the last
+//! check, its result and error, what is applied). It is written atomically
+//! (temporary file, fsync, rename, fsync of the directory). A file that
+//! cannot be read is an error, never a reset: resetting would lower the
+//! rollback floor to zero.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use nixcast_common::pointer::Timestamp;
+use nixcast_common::{Sha256Hash, StorePath};
+use serde::{Deserialize, Serialize};
+
+use crate::source::Validators;
+
+pub const STATUS_FILE: &str = "status.json";
+const LOCK_FILE: &str = "lock";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Applied,
+    Unchanged,
+    Refused,
+    FetchFailed,
+    ImportFailed,
+    ActivationFailed,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Status {
+    /// The highest generation whose pointer verified: older ones are refused.
+    #[serde(default)]
+    pub highest_generation: u64,
+    /// sha256 of that pointer's payload: the same generation with other content is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub highest_digest: Option<Sha256Hash>,
+    /// issuedAt of that pointer: a pointer issued earlier is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_issued_at: Option<Timestamp>,
+    /// HTTP validators of the pointer last handled to the end (applied or unchanged).
+    #[serde(default)]
+    pub validators: Validators,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_generation: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_store_path: Option<StorePath>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_result: Option<Outcome>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Generations whose switch or health check failed: not retried.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bad_generations: Vec<u64>,
+}
+
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+/// Held for the whole run; the lock is released when the file is closed.
+pub struct Lock(#[allow(dead_code)] File);
+
+impl StateDir {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn staging(&self) -> PathBuf {
+        self.dir.join("staging")
+    }
+
+    pub fn create(&self) -> Result<()> {
+        fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
+        // Staged NARs are verified content waiting for import: root's alone.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))?;
+        Ok(())
+    }
+
+    /// Takes the run lock without waiting, or waits for it with `wait`.
+    pub fn lock(&self, wait: bool) -> Result<Option<Lock>> {
+        let p = self.dir.join(LOCK_FILE);
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .with_context(|| format!("cannot open {}", p.display()))?;
+        if wait {
+            f.lock().with_context(|| format!("cannot lock {}", p.display()))?;
+            return Ok(Some(Lock(f)));
+        }
+        match f.try_lock() {
+            Ok(()) => Ok(Some(Lock(f))),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", p.display())),
+        }
+    }
+
+    /// The saved status; a missing file is a first run, a damaged one an error.
+    pub fn load(&self) -> Result<Status> {
+        let p = self.dir.join(STATUS_FILE);
+        let bytes = match fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Status::default()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", p.display())),
+        };
+        match serde_json::from_slice(&bytes) {
+            Ok(s) => Ok(s),
+            Err(e) => bail!(
+                "the state file {} is damaged ({e}); refusing to run, since starting afresh would \
+                 forget the highest accepted generation. Restore it from a backup, or, if you \
+                 accept any generation again, delete it and run again",
+                p.display()
+            ),
+        }
+    }
+
+    pub fn save(&self, status: &Status) -> Result<()> {
+        let p = self.dir.join(STATUS_FILE);
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".status-")
+            .tempfile_in(&self.dir)
+            .with_context(|| format!("cannot write in {}", self.dir.display()))?;
+        let mut bytes = serde_json::to_vec_pretty(status)?;
+        bytes.push(b'\n');
+        tmp.write_all(&bytes)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&p).with_context(|| format!("cannot write {}", p.display()))?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_damaged_file() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateDir::new(d.path());
+        assert_eq!(s.load().unwrap(), Status::default());
+        let st = Status {
+            highest_generation: 4,
+            bad_generations: vec![3],
+            last_result: Some(Outcome::Applied),
+            ..Default::default()
+        };
+        s.save(&st).unwrap();
+        assert_eq!(s.load().unwrap(), st);
+        let bytes = fs::read(d.path().join(STATUS_FILE)).unwrap();
+        fs::write(d.path().join(STATUS_FILE), &bytes[..bytes.len() / 2]).unwrap();
+        let err = s.load().unwrap_err().to_string();
+        assert!(err.contains("damaged") && err.contains("highest accepted generation"), "{err}");
+    }
+
+    #[test]
+    fn second_lock_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateDir::new(d.path());
+        let held = s.lock(false).unwrap();
+        assert!(held.is_some());
+        assert!(s.lock(false).unwrap().is_none());
+        drop(held);
+        assert!(s.lock(false).unwrap().is_some());
+    }
+}

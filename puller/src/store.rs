@@ -1,0 +1,138 @@
+//! The local Nix store, through Nix's own commands.
+//!
+//! - which paths are missing: `nix-store --check-validity --print-invalid`,
+//!   one call per few thousand paths (its output has not changed across versions);
+//! - import: verified NARs are laid out as an uncompressed `file://` binary
+//!   cache in the staging directory, and `nix copy --from` imports them. Nix
+//!   streams each NAR (unlike `nix-store --import`, which holds a whole NAR in
+//!   memory: 548 MB for a 300 MiB path), checks the publisher's signature
+//!   against the trusted keys and the NarHash a second time, and keeps the
+//!   signatures in its database. Nothing we did not verify is in that cache;
+//! - the profile: `nix-env -p PROFILE --set PATH`, only for a valid PATH (for
+//!   an invalid one nix-env would try to substitute it), substituters off.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use nixcast_common::manifest::Manifest;
+use nixcast_common::narinfo::NarInfo;
+use nixcast_common::{PublicKey, StorePath};
+
+use crate::fetch::staged_path;
+
+const CHUNK: usize = 4000;
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("cannot run {shown}: is Nix installed?"))?;
+    if !out.status.success() {
+        bail!(
+            "{shown} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The paths among `paths` that are not valid in the local store.
+pub fn missing<'a>(paths: impl IntoIterator<Item = &'a StorePath>) -> Result<Vec<StorePath>> {
+    let all: Vec<String> = paths.into_iter().map(|p| p.to_string()).collect();
+    let mut out = Vec::new();
+    for chunk in all.chunks(CHUNK) {
+        let text = run(Command::new("nix-store")
+            .args(["--check-validity", "--print-invalid"])
+            .args(chunk))?;
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            out.push(StorePath::from_absolute(line)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `nix-cache-info` and a narinfo for every manifest entry (NARs are
+/// staged separately). `nix copy` walks the closure through these narinfos,
+/// paths it already has included; it fetches NARs only for missing ones.
+pub fn write_staging_cache(staging: &Path, manifest: &Manifest) -> Result<()> {
+    std::fs::write(staging.join("nix-cache-info"), "StoreDir: /nix/store\n")?;
+    for e in &manifest.paths {
+        let staged = staged_path(staging, e);
+        let name = staged.file_name().expect("a file").to_string_lossy();
+        let ni = NarInfo {
+            store_path: e.store_path.clone(),
+            url: format!("nar/{name}"),
+            compression: Some("none".to_owned()),
+            file_hash: None,
+            file_size: None,
+            nar_hash: e.nar_hash,
+            nar_size: e.nar_size,
+            references: e.references.clone(),
+            deriver: e.deriver.clone(),
+            sigs: e.sigs.clone(),
+            ca: None,
+            system: None,
+            quirks: Default::default(),
+        };
+        let p = staging.join(format!("{}.narinfo", e.store_path.hash_part()));
+        std::fs::write(&p, ni.render()).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Imports `paths` (and whatever of their closure is missing) from the staging cache.
+pub fn import(staging: &Path, paths: &[StorePath], trusted: &[PublicKey]) -> Result<()> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<String> = trusted.iter().map(|k| k.to_string()).collect();
+    let from = format!("file://{}", staging.display());
+    let mut cmd = Command::new("nix");
+    cmd.args(["--extra-experimental-features", "nix-command"])
+        .args(["copy", "--from", &from])
+        .args(["--option", "substituters", ""])
+        .args(["--option", "require-sigs", "true"])
+        .args(["--option", "trusted-public-keys", &keys.join(" ")])
+        .args(paths.iter().map(|p| p.to_string()));
+    run(&mut cmd).context("importing into the Nix store")?;
+    Ok(())
+}
+
+pub fn set_profile(profile: &Path, path: &StorePath) -> Result<()> {
+    run(Command::new("nix-env")
+        .arg("-p")
+        .arg(profile)
+        .args(["--option", "substituters", ""])
+        .arg("--set")
+        .arg(path.to_string()))
+    .with_context(|| format!("setting the profile {} to {path}", profile.display()))?;
+    Ok(())
+}
+
+/// The store path a profile points to now, if it exists.
+pub fn profile_target(profile: &Path) -> Option<StorePath> {
+    let real = std::fs::canonicalize(profile).ok()?;
+    StorePath::from_absolute(real.to_str()?).ok()
+}
+
+/// The generation number a profile points to now (`system` → `system-N-link`).
+pub fn profile_generation(profile: &Path) -> Option<u64> {
+    let link = std::fs::read_link(profile).ok()?;
+    let name = link.file_name()?.to_str()?;
+    let prefix = format!("{}-", profile.file_name()?.to_str()?);
+    name.strip_prefix(&prefix)?.strip_suffix("-link")?.parse().ok()
+}
+
+/// Points the profile back at an earlier generation (as `nix-env --switch-generation`).
+pub fn switch_generation(profile: &Path, generation: u64) -> Result<()> {
+    run(Command::new("nix-env")
+        .arg("-p")
+        .arg(profile)
+        .args(["--switch-generation", &generation.to_string()]))
+    .with_context(|| format!("switching {} back to generation {generation}", profile.display()))?;
+    Ok(())
+}
