@@ -143,7 +143,11 @@ impl<T> HashingCounter<T> {
 
     /// Returns the inner value, the digest and the byte count.
     pub fn finish(self) -> (T, Sha256Hash, u64) {
-        (self.inner, Sha256Hash(self.hasher.finalize().into()), self.count)
+        (
+            self.inner,
+            Sha256Hash(self.hasher.finalize().into()),
+            self.count,
+        )
     }
 }
 
@@ -175,19 +179,32 @@ mod tests {
     #[test]
     fn three_forms_agree() {
         // The same NarHash in the forms of NIX-FACTS.md §3.
-        let b32 = Sha256Hash::parse("sha256:1jpg5v8rcf4d08rlpq51vnd1w800l64h34r0bw4vkb6z3qlk089k").unwrap();
+        let b32 = Sha256Hash::parse("sha256:1jpg5v8rcf4d08rlpq51vnd1w800l64h34r0bw4vkb6z3qlk089k")
+            .unwrap();
         let sri = Sha256Hash::parse("sha256-MyEwKR7frLkJXyCTAYmhACAemt2h4EszAo04ltEu78o=").unwrap();
         assert_eq!(b32, sri);
         let hex = Sha256Hash::parse(&format!("sha256:{}", b32.to_hex())).unwrap();
         assert_eq!(hex, b32);
-        assert_eq!(b32.to_string(), "sha256:1jpg5v8rcf4d08rlpq51vnd1w800l64h34r0bw4vkb6z3qlk089k");
-        assert_eq!(b32.to_sri(), "sha256-MyEwKR7frLkJXyCTAYmhACAemt2h4EszAo04ltEu78o=");
+        assert_eq!(
+            b32.to_string(),
+            "sha256:1jpg5v8rcf4d08rlpq51vnd1w800l64h34r0bw4vkb6z3qlk089k"
+        );
+        assert_eq!(
+            b32.to_sri(),
+            "sha256-MyEwKR7frLkJXyCTAYmhACAemt2h4EszAo04ltEu78o="
+        );
     }
 
     #[test]
     fn rejects() {
-        assert!(matches!(Sha256Hash::parse("md5:abc"), Err(HashError::Algorithm(_))));
-        assert!(matches!(Sha256Hash::parse("sha1:abc"), Err(HashError::Algorithm(_))));
+        assert!(matches!(
+            Sha256Hash::parse("md5:abc"),
+            Err(HashError::Algorithm(_))
+        ));
+        assert!(matches!(
+            Sha256Hash::parse("sha1:abc"),
+            Err(HashError::Algorithm(_))
+        ));
         assert!(Sha256Hash::parse("sha256:short").is_err());
         assert!(Sha256Hash::parse("sha256-AAAA").is_err());
         assert!(Sha256Hash::parse("").is_err());

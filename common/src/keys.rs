@@ -264,7 +264,10 @@ mod tests {
         let mut bytes = a.key.to_keypair_bytes();
         bytes[32..].copy_from_slice(b.key.verifying_key().as_bytes());
         let s = format!("a:{}", BASE64.encode(&bytes));
-        assert_eq!(SecretKey::parse(&s).unwrap_err(), KeyError::PublicHalf("a".into()));
+        assert_eq!(
+            SecretKey::parse(&s).unwrap_err(),
+            KeyError::PublicHalf("a".into())
+        );
     }
 
     #[test]
@@ -283,10 +286,22 @@ mod tests {
         let mut id = [0u8; 32];
         id[0] = 1;
         let s = format!("w:{}", BASE64.encode(&id));
-        assert_eq!(PublicKey::parse(&s).unwrap_err(), KeyError::Weak("w".into()));
+        assert_eq!(
+            PublicKey::parse(&s).unwrap_err(),
+            KeyError::Weak("w".into())
+        );
         assert_eq!(PublicKey::parse("nocolon").unwrap_err(), KeyError::NoName);
-        assert!(matches!(PublicKey::parse(":AAAA"), Err(KeyError::BadName(_))));
-        assert!(matches!(PublicKey::parse("k:AAAA"), Err(KeyError::Length { .. })));
-        assert!(matches!(SecretKey::generate("a:b"), Err(KeyError::BadName(_))));
+        assert!(matches!(
+            PublicKey::parse(":AAAA"),
+            Err(KeyError::BadName(_))
+        ));
+        assert!(matches!(
+            PublicKey::parse("k:AAAA"),
+            Err(KeyError::Length { .. })
+        ));
+        assert!(matches!(
+            SecretKey::generate("a:b"),
+            Err(KeyError::BadName(_))
+        ));
     }
 }

@@ -77,7 +77,8 @@ impl fmt::Display for Compression {
 impl std::str::FromStr for Compression {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::from_narinfo(s).ok_or_else(|| format!("unknown compression {s:?}: use xz, zstd or none"))
+        Self::from_narinfo(s)
+            .ok_or_else(|| format!("unknown compression {s:?}: use xz, zstd or none"))
     }
 }
 
@@ -223,8 +224,11 @@ impl Manifest {
         let mut pending: BTreeMap<&StorePath, usize> = BTreeMap::new();
         let mut dependents: BTreeMap<&StorePath, Vec<&StorePath>> = BTreeMap::new();
         for e in &self.paths {
-            let deps: BTreeSet<&StorePath> =
-                e.references.iter().filter(|r| **r != e.store_path).collect();
+            let deps: BTreeSet<&StorePath> = e
+                .references
+                .iter()
+                .filter(|r| **r != e.store_path)
+                .collect();
             pending.insert(&e.store_path, deps.len());
             for d in deps {
                 dependents.entry(d).or_default().push(&e.store_path);
@@ -319,7 +323,11 @@ mod tests {
         let m = sample();
         let json = m.to_json();
         assert_eq!(Manifest::parse(&json).unwrap(), m);
-        let names: Vec<_> = m.topological().iter().map(|e| e.store_path.name()).collect();
+        let names: Vec<_> = m
+            .topological()
+            .iter()
+            .map(|e| e.store_path.name())
+            .collect();
         assert_eq!(names, ["a", "b", "top"]);
     }
 
@@ -344,7 +352,10 @@ mod tests {
         ] {
             let mut m2 = m.clone();
             m2.paths[0].url = bad.clone();
-            assert!(matches!(m2.check(), Err(ManifestError::Url { .. })), "{bad}");
+            assert!(
+                matches!(m2.check(), Err(ManifestError::Url { .. })),
+                "{bad}"
+            );
         }
     }
 
@@ -357,13 +368,19 @@ mod tests {
 
         let json = String::from_utf8(m.to_json()).unwrap();
         let twice = json.replacen("\"version\": 1,", "\"version\": 1, \"version\": 1,", 1);
-        assert!(matches!(Manifest::parse(twice.as_bytes()), Err(ManifestError::Json(_))));
+        assert!(matches!(
+            Manifest::parse(twice.as_bytes()),
+            Err(ManifestError::Json(_))
+        ));
         let unknown = json.replacen("\"version\": 1,", "\"version\": 1, \"extra\": 1,", 1);
         assert!(Manifest::parse(unknown.as_bytes()).is_err());
         assert!(Manifest::parse(format!("{json} {{}}").as_bytes()).is_err());
         let bzip = json.replacen("\"compression\": \"xz\"", "\"compression\": \"bzip2\"", 1);
         assert!(Manifest::parse(bzip.as_bytes()).is_err());
         let zero = json.replacen("\"narSize\": 120", "\"narSize\": 0", 1);
-        assert!(matches!(Manifest::parse(zero.as_bytes()), Err(ManifestError::EmptyNar(_))));
+        assert!(matches!(
+            Manifest::parse(zero.as_bytes()),
+            Err(ManifestError::EmptyNar(_))
+        ));
     }
 }

@@ -367,7 +367,12 @@ impl<R: Read> Parser<'_, R> {
             let name = self.string(MAX_NAME_LEN, "name")?;
             let parent_len = self.path.len();
             let shown = String::from_utf8_lossy(&name).into_owned();
-            if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+            if name.is_empty()
+                || name == b"."
+                || name == b".."
+                || name.contains(&b'/')
+                || name.contains(&0)
+            {
                 return Err(NarError::Name {
                     path: self.here(),
                     name: shown,
@@ -423,7 +428,12 @@ pub fn validate<R: Read>(r: R, limits: &Limits) -> Result<NarStats, NarError> {
             Ok(0) => break,
             Ok(_) => return Err(NarError::Trailing(end)),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(NarError::Io { offset: end, source: e }),
+            Err(e) => {
+                return Err(NarError::Io {
+                    offset: end,
+                    source: e,
+                })
+            }
         }
     }
     p.stats.size = end;
@@ -449,7 +459,12 @@ mod tests {
             self
         }
         fn file(self, contents: &[u8]) -> Self {
-            self.s(b"(").s(b"type").s(b"regular").s(b"contents").s(contents).s(b")")
+            self.s(b"(")
+                .s(b"type")
+                .s(b"regular")
+                .s(b"contents")
+                .s(contents)
+                .s(b")")
         }
         fn entry(self, name: &[u8]) -> Self {
             self.s(b"entry").s(b"(").s(b"name").s(name).s(b"node")
@@ -534,8 +549,14 @@ mod tests {
 
     #[test]
     fn rejects_unsorted_and_duplicate_entries() {
-        assert!(matches!(check(dir_with(&[b"b", b"a"])), Err(NarError::Order { .. })));
-        assert!(matches!(check(dir_with(&[b"a", b"a"])), Err(NarError::Order { .. })));
+        assert!(matches!(
+            check(dir_with(&[b"b", b"a"])),
+            Err(NarError::Order { .. })
+        ));
+        assert!(matches!(
+            check(dir_with(&[b"a", b"a"])),
+            Err(NarError::Order { .. })
+        ));
         assert!(check(dir_with(&[b"a", b"b"])).is_ok());
     }
 
@@ -558,11 +579,22 @@ mod tests {
 
     #[test]
     fn rejects_bad_symlinks() {
-        let link = |t: &[u8]| start().s(b"(").s(b"type").s(b"symlink").s(b"target").s(t).s(b")");
+        let link = |t: &[u8]| {
+            start()
+                .s(b"(")
+                .s(b"type")
+                .s(b"symlink")
+                .s(b"target")
+                .s(t)
+                .s(b")")
+        };
         assert!(check(link(b"/etc/passwd")).is_ok());
         assert!(matches!(check(link(b"")), Err(NarError::Target { .. })));
         assert!(matches!(check(link(b"a\0")), Err(NarError::Target { .. })));
-        assert!(matches!(check(link(&[b'a'; 4096])), Err(NarError::TooLong { .. })));
+        assert!(matches!(
+            check(link(&[b'a'; 4096])),
+            Err(NarError::TooLong { .. })
+        ));
     }
 
     #[test]
@@ -578,13 +610,30 @@ mod tests {
         trailing.push(0);
         assert!(matches!(check(Nar(trailing)), Err(NarError::Trailing(_))));
         for cut in [0, 5, 20, good.len() - 1] {
-            assert!(matches!(check(Nar(good[..cut].to_vec())), Err(NarError::Truncated(_))), "{cut}");
+            assert!(
+                matches!(
+                    check(Nar(good[..cut].to_vec())),
+                    Err(NarError::Truncated(_))
+                ),
+                "{cut}"
+            );
         }
-        let exec_marker = start().s(b"(").s(b"type").s(b"regular").s(b"executable").s(b"x").s(b"contents").s(b"").s(b")");
+        let exec_marker = start()
+            .s(b"(")
+            .s(b"type")
+            .s(b"regular")
+            .s(b"executable")
+            .s(b"x")
+            .s(b"contents")
+            .s(b"")
+            .s(b")");
         assert!(matches!(check(exec_marker), Err(NarError::Token { .. })));
         let unknown = start().s(b"(").s(b"type").s(b"fifo").s(b")");
         assert!(matches!(check(unknown), Err(NarError::Token { .. })));
-        assert!(matches!(check(Nar::default().s(b"nix-archive-2").file(b"")), Err(NarError::Magic)));
+        assert!(matches!(
+            check(Nar::default().s(b"nix-archive-2").file(b"")),
+            Err(NarError::Magic)
+        ));
         // A huge announced token length is refused before any allocation.
         let huge = start().raw(&u64::MAX.to_le_bytes());
         assert!(matches!(check(huge), Err(NarError::TooLong { .. })));

@@ -8,7 +8,7 @@
 //! FileSize: 168
 //! NarHash: sha256:1jpg5v8rcf4d08rlpq51vnd1w800l64h34r0bw4vkb6z3qlk089k
 //! NarSize: 288
-//! References: 
+//! References:
 //! Deriver: 6x22g11pyfqb3ylschdlkqmcj3cxigy5-dep.drv
 //! Sig: impkey-1:qqA+/7z6opxEicjglAoFfpOyWdX0xZaXn/XgXrz6m1OgIOsjUf/ku+3XO8dssexe+pwNrAV2tFqNJv2+j+Y6Cw==
 //! ```
@@ -74,7 +74,12 @@ pub enum NarInfoError {
     EmptyNar,
 }
 
-fn set<T>(slot: &mut Option<T>, v: T, line: usize, field: &'static str) -> Result<(), NarInfoError> {
+fn set<T>(
+    slot: &mut Option<T>,
+    v: T,
+    line: usize,
+    field: &'static str,
+) -> Result<(), NarInfoError> {
     if slot.is_some() {
         return Err(NarInfoError::Duplicate { line, field });
     }
@@ -84,7 +89,8 @@ fn set<T>(slot: &mut Option<T>, v: T, line: usize, field: &'static str) -> Resul
 
 impl NarInfo {
     pub fn parse(text: &str) -> Result<Self, NarInfoError> {
-        let (mut store_path, mut url, mut compression, mut file_hash, mut file_size) = (None, None, None, None, None);
+        let (mut store_path, mut url, mut compression, mut file_hash, mut file_size) =
+            (None, None, None, None, None);
         let (mut nar_hash, mut nar_size, mut references, mut deriver) = (None, None, None, None);
         let (mut ca, mut system) = (None, None);
         let mut sigs = Vec::new();
@@ -94,7 +100,10 @@ impl NarInfo {
             if raw.is_empty() {
                 continue;
             }
-            let (key, value) = raw.split_once(": ").or_else(|| raw.strip_suffix(':').map(|k| (k, ""))).ok_or(NarInfoError::Line { line })?;
+            let (key, value) = raw
+                .split_once(": ")
+                .or_else(|| raw.strip_suffix(':').map(|k| (k, "")))
+                .ok_or(NarInfoError::Line { line })?;
             let bad = |field: &'static str, why: String| NarInfoError::Value {
                 line,
                 field,
@@ -102,17 +111,42 @@ impl NarInfo {
                 why,
             };
             match key {
-                "StorePath" => set(&mut store_path, StorePath::from_absolute(value).map_err(|e| bad("StorePath", e.to_string()))?, line, "StorePath")?,
+                "StorePath" => set(
+                    &mut store_path,
+                    StorePath::from_absolute(value).map_err(|e| bad("StorePath", e.to_string()))?,
+                    line,
+                    "StorePath",
+                )?,
                 "URL" => set(&mut url, value.to_owned(), line, "URL")?,
                 "Compression" => set(&mut compression, value.to_owned(), line, "Compression")?,
-                "FileHash" => set(&mut file_hash, Sha256Hash::parse(value).map_err(|e| bad("FileHash", e.to_string()))?, line, "FileHash")?,
-                "FileSize" => set(&mut file_size, value.parse::<u64>().map_err(|e| bad("FileSize", e.to_string()))?, line, "FileSize")?,
+                "FileHash" => set(
+                    &mut file_hash,
+                    Sha256Hash::parse(value).map_err(|e| bad("FileHash", e.to_string()))?,
+                    line,
+                    "FileHash",
+                )?,
+                "FileSize" => set(
+                    &mut file_size,
+                    value
+                        .parse::<u64>()
+                        .map_err(|e| bad("FileSize", e.to_string()))?,
+                    line,
+                    "FileSize",
+                )?,
                 "NarHash" => {
-                    let (h, enc) = Sha256Hash::parse_with_encoding(value).map_err(|e| bad("NarHash", e.to_string()))?;
+                    let (h, enc) = Sha256Hash::parse_with_encoding(value)
+                        .map_err(|e| bad("NarHash", e.to_string()))?;
                     quirks.nar_hash_base16 = enc == HashEncoding::Base16;
                     set(&mut nar_hash, h, line, "NarHash")?
                 }
-                "NarSize" => set(&mut nar_size, value.parse::<u64>().map_err(|e| bad("NarSize", e.to_string()))?, line, "NarSize")?,
+                "NarSize" => set(
+                    &mut nar_size,
+                    value
+                        .parse::<u64>()
+                        .map_err(|e| bad("NarSize", e.to_string()))?,
+                    line,
+                    "NarSize",
+                )?,
                 "References" => {
                     let refs = value
                         .split(' ')
@@ -126,7 +160,10 @@ impl NarInfo {
                 "Deriver" => {
                     let d = match value {
                         "" | "unknown-deriver" => None,
-                        v => Some(StorePath::from_basename(v).map_err(|e| bad("Deriver", e.to_string()))?),
+                        v => Some(
+                            StorePath::from_basename(v)
+                                .map_err(|e| bad("Deriver", e.to_string()))?,
+                        ),
                     };
                     set(&mut deriver, d, line, "Deriver")?
                 }
@@ -196,7 +233,12 @@ impl NarInfo {
     }
 
     pub fn fingerprint(&self) -> String {
-        fingerprint(&self.store_path, &self.nar_hash, self.nar_size, &self.references)
+        fingerprint(
+            &self.store_path,
+            &self.nar_hash,
+            self.nar_size,
+            &self.references,
+        )
     }
 
     pub fn sign(&mut self, key: &SecretKey) {
@@ -216,7 +258,12 @@ impl NarInfo {
 }
 
 /// `1;<path>;<sha256:nixbase32>;<size>;<sorted full reference paths, comma-separated>`.
-pub fn fingerprint(path: &StorePath, nar_hash: &Sha256Hash, nar_size: u64, references: &[StorePath]) -> String {
+pub fn fingerprint(
+    path: &StorePath,
+    nar_hash: &Sha256Hash,
+    nar_size: u64,
+    references: &[StorePath],
+) -> String {
     let mut refs: Vec<String> = references.iter().map(|r| r.to_string()).collect();
     refs.sort();
     format!("1;{path};{nar_hash};{nar_size};{}", refs.join(","))

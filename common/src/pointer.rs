@@ -355,20 +355,32 @@ mod tests {
         let mut forged = env.clone();
         forged.payload = BASE64.encode(&serde_json::to_vec(&p).unwrap());
         let bytes = serde_json::to_vec(&forged).unwrap();
-        assert!(matches!(verify(&bytes, &[k.public()]), Err(PointerError::Untrusted(_))));
+        assert!(matches!(
+            verify(&bytes, &[k.public()]),
+            Err(PointerError::Untrusted(_))
+        ));
 
         let mut typed = env.clone();
         typed.payload_type = "application/vnd.in-toto+json".into();
         let bytes = serde_json::to_vec(&typed).unwrap();
-        assert!(matches!(verify(&bytes, &[k.public()]), Err(PointerError::PayloadType(_))));
+        assert!(matches!(
+            verify(&bytes, &[k.public()]),
+            Err(PointerError::PayloadType(_))
+        ));
 
         let mut unsigned = env;
         unsigned.signatures.clear();
         let bytes = serde_json::to_vec(&unsigned).unwrap();
-        assert!(matches!(verify(&bytes, &[k.public()]), Err(PointerError::Unsigned)));
+        assert!(matches!(
+            verify(&bytes, &[k.public()]),
+            Err(PointerError::Unsigned)
+        ));
 
         let big = vec![b' '; MAX_ENVELOPE_SIZE + 1];
-        assert!(matches!(verify(&big, &[k.public()]), Err(PointerError::TooLarge(_))));
+        assert!(matches!(
+            verify(&big, &[k.public()]),
+            Err(PointerError::TooLarge(_))
+        ));
     }
 
     #[test]
@@ -387,12 +399,25 @@ mod tests {
             })
             .unwrap()
         };
-        let dup = json.replacen("\"host\":\"foobar\"", "\"host\":\"foobar\",\"host\":\"other\"", 1);
-        assert!(matches!(verify(&sign_raw(&dup), &[k.public()]), Err(PointerError::Payload(_))));
+        let dup = json.replacen(
+            "\"host\":\"foobar\"",
+            "\"host\":\"foobar\",\"host\":\"other\"",
+            1,
+        );
+        assert!(matches!(
+            verify(&sign_raw(&dup), &[k.public()]),
+            Err(PointerError::Payload(_))
+        ));
         let bad_path = json.replacen("/nix/store/si52", "/nix/store/ee52", 1);
-        assert!(matches!(verify(&sign_raw(&bad_path), &[k.public()]), Err(PointerError::Payload(_))));
+        assert!(matches!(
+            verify(&sign_raw(&bad_path), &[k.public()]),
+            Err(PointerError::Payload(_))
+        ));
         let gen0 = json.replacen("\"generation\":3", "\"generation\":0", 1);
-        assert!(matches!(verify(&sign_raw(&gen0), &[k.public()]), Err(PointerError::GenerationZero)));
+        assert!(matches!(
+            verify(&sign_raw(&gen0), &[k.public()]),
+            Err(PointerError::GenerationZero)
+        ));
         assert!(verify(&sign_raw(&json), &[k.public()]).is_ok());
     }
 }

@@ -47,7 +47,9 @@ impl StorePath {
         let bytes = s.as_bytes();
         if bytes.len() < HASH_LEN + 2
             || bytes[HASH_LEN] != b'-'
-            || !bytes[..HASH_LEN].iter().all(|&c| nixbase32::is_valid_char(c))
+            || !bytes[..HASH_LEN]
+                .iter()
+                .all(|&c| nixbase32::is_valid_char(c))
         {
             return Err(StorePathError::Hash(s.to_owned()));
         }

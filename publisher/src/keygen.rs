@@ -13,7 +13,11 @@ pub fn keygen(name: &str, secret: &Path, public: &Path, force: bool) -> Result<(
     // Unlike nix-store --generate-binary-cache-key, never replace a key by accident.
     if !force {
         for p in [secret, public] {
-            ensure!(!p.exists(), "{} exists; use --force to replace it", p.display());
+            ensure!(
+                !p.exists(),
+                "{} exists; use --force to replace it",
+                p.display()
+            );
         }
     }
     write_file(secret, key.to_file_string().as_bytes(), 0o600)?;
@@ -25,7 +29,10 @@ pub fn keygen(name: &str, secret: &Path, public: &Path, force: bool) -> Result<(
 /// Writes beside the destination with the final mode from the start, then
 /// renames, so the secret is never readable by others, not even briefly.
 fn write_file(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         dest.file_name().context("no file name")?.to_string_lossy(),

@@ -22,7 +22,11 @@ use nixcast_common::manifest::Compression;
 use nixcast_common::SecretKey;
 
 #[derive(Parser)]
-#[command(name = "nixcast", version, about = "Publish NixOS hosts as a signed static Nix binary cache")]
+#[command(
+    name = "nixcast",
+    version,
+    about = "Publish NixOS hosts as a signed static Nix binary cache"
+)]
 struct Cli {
     /// Log format on standard error.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -139,7 +143,11 @@ fn run(cmd: Cmd) -> Result<()> {
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
                     .with_context(|| format!("cannot listen on {listen}"))?;
-                eprintln!("serving {} on http://{}", dir.display(), listener.local_addr()?);
+                eprintln!(
+                    "serving {} on http://{}",
+                    dir.display(),
+                    listener.local_addr()?
+                );
                 let shutdown = async {
                     let _ = tokio::signal::ctrl_c().await;
                 };
@@ -167,7 +175,9 @@ fn publish_cmd(a: PublishArgs) -> Result<()> {
         key,
         compression: a.compression,
         expires_in: a.expires_in.0,
-        jobs: a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        jobs: a
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         force: a.force,
         system: a.system,
     };
@@ -176,7 +186,10 @@ fn publish_cmd(a: PublishArgs) -> Result<()> {
             tracing::info!(host = %s.host, generation = s.generation, new = s.new_paths, reused = s.reused_paths, bytes = s.bytes_written, "published");
             println!("{s}");
         }
-        publish::Outcome::Unchanged { generation, store_path } => {
+        publish::Outcome::Unchanged {
+            generation,
+            store_path,
+        } => {
             println!(
                 "{} is already at generation {generation} with {store_path}: nothing to publish",
                 opts.host
@@ -206,8 +219,10 @@ pub fn progress_bar(total: u64, what: &'static str) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-            .expect("a valid template"),
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .expect("a valid template"),
     );
     bar.set_message(what);
     bar

@@ -53,7 +53,8 @@ fn run(cmd: &mut Command) -> Result<String> {
 
 /// Resolves a path given by the user (a store path or a symlink to one, such as `./result`).
 pub fn resolve_store_path(p: &Path) -> Result<StorePath> {
-    let real = std::fs::canonicalize(p).with_context(|| format!("cannot resolve {}", p.display()))?;
+    let real =
+        std::fs::canonicalize(p).with_context(|| format!("cannot resolve {}", p.display()))?;
     let s = real
         .to_str()
         .with_context(|| format!("{} is not valid UTF-8", real.display()))?;
@@ -96,7 +97,9 @@ fn parse_build_json(stdout: &[u8]) -> Result<StorePath> {
 
 /// The closure of `top` with each path's metadata, in two kinds of Nix call.
 pub fn closure(top: &StorePath) -> Result<Vec<PathInfo>> {
-    let listed = run(Command::new("nix-store").args(["--query", "--requisites"]).arg(top.to_string()))?;
+    let listed = run(Command::new("nix-store")
+        .args(["--query", "--requisites"])
+        .arg(top.to_string()))?;
     let paths: Vec<&str> = listed.lines().filter(|l| !l.is_empty()).collect();
     let mut infos = Vec::with_capacity(paths.len());
     for chunk in paths.chunks(DUMP_DB_CHUNK) {
@@ -104,7 +107,11 @@ pub fn closure(top: &StorePath) -> Result<Vec<PathInfo>> {
         infos.extend(parse_dump_db(&out)?);
     }
     if infos.len() != paths.len() {
-        bail!("nix-store --dump-db described {} paths, expected {}", infos.len(), paths.len());
+        bail!(
+            "nix-store --dump-db described {} paths, expected {}",
+            infos.len(),
+            paths.len()
+        );
     }
     Ok(infos)
 }
@@ -114,9 +121,9 @@ fn parse_dump_db(text: &str) -> Result<Vec<PathInfo>> {
     let mut out = Vec::new();
     while let Some(path) = lines.next() {
         let mut next = |what: &str| {
-            lines
-                .next()
-                .with_context(|| format!("nix-store --dump-db output ends before the {what} of {path}"))
+            lines.next().with_context(|| {
+                format!("nix-store --dump-db output ends before the {what} of {path}")
+            })
         };
         let path = StorePath::from_absolute(path)?;
         let nar_hash = Sha256Hash::parse(&format!("sha256:{}", next("narHash")?))?;
@@ -125,7 +132,9 @@ fn parse_dump_db(text: &str) -> Result<Vec<PathInfo>> {
             "" => None,
             d => Some(StorePath::from_absolute(d)?),
         };
-        let n: usize = next("reference count")?.parse().context("reference count")?;
+        let n: usize = next("reference count")?
+            .parse()
+            .context("reference count")?;
         let references = (0..n)
             .map(|_| Ok(StorePath::from_absolute(next("references")?)?))
             .collect::<Result<_>>()?;

@@ -37,7 +37,10 @@ pub struct Options {
 pub enum Outcome {
     Published(Summary),
     /// The host's pointer already names this store path.
-    Unchanged { generation: u64, store_path: StorePath },
+    Unchanged {
+        generation: u64,
+        store_path: StorePath,
+    },
 }
 
 #[derive(Debug)]
@@ -88,7 +91,10 @@ pub fn check_host(host: &str) -> Result<()> {
         && host
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c));
-    ensure!(ok, "invalid host name {host:?}: use letters, digits, '-', '_' and '.'");
+    ensure!(
+        ok,
+        "invalid host name {host:?}: use letters, digits, '-', '_' and '.'"
+    );
     Ok(())
 }
 
@@ -142,7 +148,10 @@ pub fn publish(target: &Target, top: &StorePath, opts: &Options) -> Result<Outco
     };
     let envelope = pointer.sign(&opts.key);
     target.sync()?;
-    target.put_new(&format!("hosts/{host}/{}.json", pointer.generation), &envelope)?;
+    target.put_new(
+        &format!("hosts/{host}/{}.json", pointer.generation),
+        &envelope,
+    )?;
     target.put(&format!("hosts/{host}.json"), &envelope)?;
     target.sync()?;
     Ok(Outcome::Published(Summary {
@@ -163,7 +172,13 @@ fn previous_pointer(target: &Target, opts: &Options) -> Result<(Option<Pointer>,
     let history_max = target
         .list(&format!("hosts/{host}"))?
         .iter()
-        .filter_map(|k| k.rsplit('/').next()?.strip_suffix(".json")?.parse::<u64>().ok())
+        .filter_map(|k| {
+            k.rsplit('/')
+                .next()?
+                .strip_suffix(".json")?
+                .parse::<u64>()
+                .ok()
+        })
         .max()
         .unwrap_or(0);
     let Some(bytes) = target.get(&key)? else {
@@ -234,13 +249,17 @@ fn split_existing<'a>(
             continue;
         };
         let text = String::from_utf8(bytes).with_context(|| format!("{k} is not UTF-8"))?;
-        let mut ni = NarInfo::parse(&text).with_context(|| format!("cannot parse {k} in the target"))?;
+        let mut ni =
+            NarInfo::parse(&text).with_context(|| format!("cannot parse {k} in the target"))?;
         let mut refs = info.references.clone();
         refs.sort();
         let mut their_refs = ni.references.clone();
         their_refs.sort();
         ensure!(
-            ni.store_path == info.path && ni.nar_hash == info.nar_hash && ni.nar_size == info.nar_size && their_refs == refs,
+            ni.store_path == info.path
+                && ni.nar_hash == info.nar_hash
+                && ni.nar_size == info.nar_size
+                && their_refs == refs,
             "{k} in the target describes other content for {} than the local store has \
              (a different build); remove it or publish to another target",
             info.path
@@ -265,7 +284,10 @@ fn entry_of(ni: &NarInfo) -> Result<Entry> {
     let compression = Compression::from_narinfo(ni.compression_or_default())
         .with_context(|| format!("{}: unsupported compression", ni.store_path))?;
     let (Some(file_hash), Some(file_size)) = (ni.file_hash, ni.file_size) else {
-        bail!("the narinfo of {} has no FileHash or FileSize", ni.store_path);
+        bail!(
+            "the narinfo of {} has no FileHash or FileSize",
+            ni.store_path
+        );
     };
     Ok(Entry {
         store_path: ni.store_path.clone(),
@@ -300,7 +322,10 @@ fn write_nars(target: &Target, todo: &[&PathInfo], opts: &Options) -> Result<(Ve
                 let r = write_nar(target, todo[i], opts.compression);
                 failed.fetch_or(r.is_err(), Ordering::Relaxed);
                 bar.inc(todo[i].nar_size);
-                results.lock().expect("no worker panics while holding it").push(r);
+                results
+                    .lock()
+                    .expect("no worker panics while holding it")
+                    .push(r);
             });
         }
     });
@@ -321,7 +346,8 @@ fn write_nar(target: &Target, info: &PathInfo, compression: Compression) -> Resu
     let tmp = target.temp_file()?;
     let file = HashingCounter::new(BufWriter::with_capacity(256 * 1024, tmp));
     let nar = HashingCounter::new(Encoder::new(compression, file)?);
-    let nar = nar::dump_path(Path::new(&path), nar).with_context(|| format!("cannot dump {path}"))?;
+    let nar =
+        nar::dump_path(Path::new(&path), nar).with_context(|| format!("cannot dump {path}"))?;
     let (encoder, nar_hash, nar_size) = nar.finish();
     // The NAR we made must be the one Nix registered; otherwise the store is
     // corrupt or the path changed under us, and nothing of it is published.

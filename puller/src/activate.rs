@@ -47,7 +47,10 @@ pub fn activate(top: &StorePath, action: Action) -> Result<ExitStatus> {
         c.args(["-E", "LOCALE_ARCHIVE", "-E", "NIXOS_INSTALL_BOOTLOADER"])
             .args(["--collect", "--no-ask-password", "--pipe", "--quiet"])
             .args(["--service-type=exec", "--wait"])
-            .arg(format!("--unit=nixcast-switch-to-configuration-{}", std::process::id()))
+            .arg(format!(
+                "--unit=nixcast-switch-to-configuration-{}",
+                std::process::id()
+            ))
             .arg(&script);
         c
     } else {
@@ -74,7 +77,9 @@ pub fn health_checks(checks: &[String], timeout: std::time::Duration) -> Result<
                 Ok(None) if start.elapsed() >= timeout => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(format!("health check {check:?} did not finish within {timeout:?}"));
+                    return Err(format!(
+                        "health check {check:?} did not finish within {timeout:?}"
+                    ));
                 }
                 Ok(None) => std::thread::sleep(std::time::Duration::from_millis(100)),
                 Err(e) => return Err(format!("health check {check:?}: {e}")),

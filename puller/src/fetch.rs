@@ -35,10 +35,18 @@ const TRANSPORT_ATTEMPTS: u32 = 3;
 pub enum NarError {
     /// The bytes could not be had: retry later.
     #[error("fetching {url} for {path}: {msg}")]
-    Fetch { path: String, url: String, msg: String },
+    Fetch {
+        path: String,
+        url: String,
+        msg: String,
+    },
     /// The bytes arrived and are wrong: refuse.
     #[error("refusing {url} for {path}: {msg}")]
-    Verify { path: String, url: String, msg: String },
+    Verify {
+        path: String,
+        url: String,
+        msg: String,
+    },
     #[error("staging {path}: {msg}")]
     Local { path: String, msg: String },
 }
@@ -59,17 +67,26 @@ impl NarError {
 }
 
 pub fn staged_path(staging: &Path, e: &Entry) -> PathBuf {
-    staging.join("nar").join(format!("{}.nar", e.nar_hash.to_nixbase32()))
+    staging
+        .join("nar")
+        .join(format!("{}.nar", e.nar_hash.to_nixbase32()))
 }
 
 /// Fetches and verifies one NAR, unless a verified copy is already staged.
 /// Returns the number of bytes downloaded.
-pub async fn fetch_one(source: &Source, staging: &Path, e: &Entry, progress: Arc<AtomicU64>) -> Result<u64, NarError> {
+pub async fn fetch_one(
+    source: &Source,
+    staging: &Path,
+    e: &Entry,
+    progress: Arc<AtomicU64>,
+) -> Result<u64, NarError> {
     let dest = staged_path(staging, e);
     let path = e.store_path.to_string();
     if dest.exists() {
         let (d, e2) = (dest.clone(), e.clone());
-        let ok = tokio::task::spawn_blocking(move || matches_hash(&d, &e2)).await.unwrap_or(false);
+        let ok = tokio::task::spawn_blocking(move || matches_hash(&d, &e2))
+            .await
+            .unwrap_or(false);
         if ok {
             tracing::debug!(%path, "already staged and verified");
             return Ok(0);
@@ -79,11 +96,17 @@ pub async fn fetch_one(source: &Source, staging: &Path, e: &Entry, progress: Arc
     let url = source.url_of(&e.url);
     let mut attempt = 1;
     loop {
-        let body = source.open(&e.url).await.map_err(|err| NarError::from_fetch(&path, err))?;
+        let body = source
+            .open(&e.url)
+            .await
+            .map_err(|err| NarError::from_fetch(&path, err))?;
         let (e2, d2, p2) = (e.clone(), dest.clone(), progress.clone());
         let result = tokio::task::spawn_blocking(move || verify_into(body, &e2, &d2, &p2))
             .await
-            .map_err(|j| NarError::Local { path: path.clone(), msg: j.to_string() })?;
+            .map_err(|j| NarError::Local {
+                path: path.clone(),
+                msg: j.to_string(),
+            })?;
         match result {
             Ok(()) => return Ok(e.file_size),
             Err(Failure::Transport(msg)) if attempt < TRANSPORT_ATTEMPTS => {
@@ -130,7 +153,10 @@ impl Read for Body<'_> {
         }
         self.count += n as u64;
         if self.count > self.cap {
-            return Err(io::Error::other(format!("more bytes than the FileSize of {}", self.cap)));
+            return Err(io::Error::other(format!(
+                "more bytes than the FileSize of {}",
+                self.cap
+            )));
         }
         self.hasher.update(&buf[..n]);
         self.progress.fetch_add(n as u64, Ordering::Relaxed);
@@ -160,12 +186,19 @@ impl<R: Read, W: Write> Read for Nar<R, W> {
     }
 }
 
-fn verify_into(body: Box<dyn Read + Send>, e: &Entry, dest: &Path, progress: &AtomicU64) -> Result<(), Failure> {
+fn verify_into(
+    body: Box<dyn Read + Send>,
+    e: &Entry,
+    dest: &Path,
+    progress: &AtomicU64,
+) -> Result<(), Failure> {
     let dir = dest.parent().expect("staging/nar");
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(dir)
-        .map_err(|err| Failure::Local(format!("cannot create a file in {}: {err}", dir.display())))?;
+        .map_err(|err| {
+            Failure::Local(format!("cannot create a file in {}: {err}", dir.display()))
+        })?;
     let mut body = Body {
         inner: body,
         count: 0,
@@ -175,9 +208,14 @@ fn verify_into(body: Box<dyn Read + Send>, e: &Entry, dest: &Path, progress: &At
         eof: false,
         progress,
     };
-    let checked = decode_and_check(&mut body, e, BufWriter::with_capacity(128 << 10, tmp.as_file()));
+    let checked = decode_and_check(
+        &mut body,
+        e,
+        BufWriter::with_capacity(128 << 10, tmp.as_file()),
+    );
     // Read what the decoder left (bounded by FileSize) so FileHash covers every byte.
-    let drained = checked.and_then(|()| io::copy(&mut body, &mut io::sink()).map_err(|err| err.to_string()));
+    let drained =
+        checked.and_then(|()| io::copy(&mut body, &mut io::sink()).map_err(|err| err.to_string()));
     if let Some(t) = body.transport_error.take() {
         return Err(Failure::Transport(t));
     }
@@ -205,12 +243,14 @@ fn verify_into(body: Box<dyn Read + Send>, e: &Entry, dest: &Path, progress: &At
 fn decode_and_check<W: Write>(body: &mut Body<'_>, e: &Entry, out: W) -> Result<(), String> {
     let decoded: Box<dyn Read + '_> = match e.compression {
         Compression::Xz => {
-            let stream = liblzma::stream::Stream::new_stream_decoder(XZ_MEMLIMIT, 0).map_err(|err| err.to_string())?;
+            let stream = liblzma::stream::Stream::new_stream_decoder(XZ_MEMLIMIT, 0)
+                .map_err(|err| err.to_string())?;
             Box::new(liblzma::read::XzDecoder::new_stream(body, stream))
         }
         Compression::Zstd => {
             let mut d = zstd::stream::read::Decoder::new(body).map_err(|err| err.to_string())?;
-            d.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|err| err.to_string())?;
+            d.window_log_max(ZSTD_WINDOW_LOG_MAX)
+                .map_err(|err| err.to_string())?;
             Box::new(d.single_frame())
         }
         Compression::None => Box::new(body),
@@ -223,7 +263,8 @@ fn decode_and_check<W: Write>(body: &mut Body<'_>, e: &Entry, out: W) -> Result<
     nar::validate(&mut nar, &nar::Limits::default()).map_err(|err| format!("{err}"))?;
     let Nar { out, .. } = nar;
     let (mut w, nar_hash, nar_size) = out.finish();
-    w.flush().map_err(|err| format!("writing the staged copy: {err}"))?;
+    w.flush()
+        .map_err(|err| format!("writing the staged copy: {err}"))?;
     if nar_size != e.nar_size || nar_hash != e.nar_hash {
         return Err(format!(
             "NarHash/NarSize mismatch: expected {} bytes {}, got {nar_size} bytes {nar_hash}",

@@ -23,7 +23,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use nixcast_common::PublicKey;
 
 #[derive(Parser)]
-#[command(name = "nixcast-pull", version, about = "Pull and switch to this host's signed NixOS system")]
+#[command(
+    name = "nixcast-pull",
+    version,
+    about = "Pull and switch to this host's signed NixOS system"
+)]
 struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "NIXCAST_LOG_FORMAT")]
     log_format: LogFormat,
@@ -40,7 +44,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Cmd {
     /// Check the pointer once and apply it if it changed.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show what the agent last did.
     Status {
         #[arg(long, env = "NIXCAST_STATE_DIR", default_value = "/var/lib/nixcast")]
@@ -59,14 +63,26 @@ struct RunArgs {
     #[arg(long, env = "NIXCAST_HOST")]
     host: String,
     /// A trusted public key, `name:base64` (repeatable; space-separated in the variable).
-    #[arg(long = "trusted-key", env = "NIXCAST_TRUSTED_KEYS", value_delimiter = ' ')]
+    #[arg(
+        long = "trusted-key",
+        env = "NIXCAST_TRUSTED_KEYS",
+        value_delimiter = ' '
+    )]
     trusted_keys: Vec<String>,
     /// A file holding a trusted public key (repeatable).
-    #[arg(long = "trusted-key-file", env = "NIXCAST_TRUSTED_KEY_FILES", value_delimiter = ' ')]
+    #[arg(
+        long = "trusted-key-file",
+        env = "NIXCAST_TRUSTED_KEY_FILES",
+        value_delimiter = ' '
+    )]
     trusted_key_files: Vec<PathBuf>,
     #[arg(long, value_enum, default_value_t = activate::Action::Switch, env = "NIXCAST_ACTION")]
     action: activate::Action,
-    #[arg(long, default_value = "/nix/var/nix/profiles/system", env = "NIXCAST_PROFILE")]
+    #[arg(
+        long,
+        default_value = "/nix/var/nix/profiles/system",
+        env = "NIXCAST_PROFILE"
+    )]
     profile: PathBuf,
     #[arg(long, default_value = "/var/lib/nixcast", env = "NIXCAST_STATE_DIR")]
     state_dir: PathBuf,
@@ -89,7 +105,11 @@ struct RunArgs {
     #[arg(long)]
     wait: bool,
     /// A command that must exit 0 after the switch, else the switch is rolled back (repeatable).
-    #[arg(long = "health-check", env = "NIXCAST_HEALTH_CHECKS", value_delimiter = '\n')]
+    #[arg(
+        long = "health-check",
+        env = "NIXCAST_HEALTH_CHECKS",
+        value_delimiter = '\n'
+    )]
     health_checks: Vec<String>,
     /// How long each health check may take.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, env = "NIXCAST_HEALTH_TIMEOUT")]
@@ -108,7 +128,7 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Run(args) => {
-            let code = match build_config(args) {
+            let code = match build_config(*args) {
                 Ok(cfg) => run_once(&cfg),
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -148,12 +168,21 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
         trusted.push(PublicKey::parse(k).with_context(|| format!("bad --trusted-key {k:?}"))?);
     }
     for f in &a.trusted_key_files {
-        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
-        trusted.push(PublicKey::parse(&text).with_context(|| format!("bad key in {}", f.display()))?);
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        trusted
+            .push(PublicKey::parse(&text).with_context(|| format!("bad key in {}", f.display()))?);
     }
-    anyhow::ensure!(!trusted.is_empty(), "no trusted key: pass --trusted-key or --trusted-key-file");
     anyhow::ensure!(
-        !a.host.is_empty() && a.host.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c)) && !a.host.starts_with('.'),
+        !trusted.is_empty(),
+        "no trusted key: pass --trusted-key or --trusted-key-file"
+    );
+    anyhow::ensure!(
+        !a.host.is_empty()
+            && a.host
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+            && !a.host.starts_with('.'),
         "invalid host name {:?}",
         a.host
     );
@@ -186,11 +215,28 @@ fn status(dir: &std::path::Path, json: bool) -> Result<()> {
         return Ok(());
     }
     let show = |o: Option<String>| o.unwrap_or_else(|| "-".to_owned());
-    println!("applied generation: {}", show(st.applied_generation.map(|g| g.to_string())));
-    println!("applied store path: {}", show(st.applied_store_path.map(|p| p.to_string())));
+    println!(
+        "applied generation: {}",
+        show(st.applied_generation.map(|g| g.to_string()))
+    );
+    println!(
+        "applied store path: {}",
+        show(st.applied_store_path.map(|p| p.to_string()))
+    );
     println!("highest accepted:   {}", st.highest_generation);
-    println!("last check:         {}", show(st.last_check.map(|t| t.to_string())));
-    println!("last result:        {}", show(st.last_result.map(|r| serde_json::to_string(&r).unwrap_or_default().trim_matches('"').to_owned())));
+    println!(
+        "last check:         {}",
+        show(st.last_check.map(|t| t.to_string()))
+    );
+    println!(
+        "last result:        {}",
+        show(st.last_result.map(|r| {
+            serde_json::to_string(&r)
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_owned()
+        }))
+    );
     println!("last error:         {}", show(st.last_error));
     if !st.bad_generations.is_empty() {
         println!("bad generations:    {:?}", st.bad_generations);
@@ -218,8 +264,10 @@ pub fn progress_bar(total: u64) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("fetching [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-            .expect("a valid template"),
+        indicatif::ProgressStyle::with_template(
+            "fetching [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .expect("a valid template"),
     );
     bar
 }

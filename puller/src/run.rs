@@ -107,7 +107,11 @@ pub async fn run(cfg: &Config) -> Result<Outcome, RunError> {
 async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
     let t0 = SystemTime::now();
     let key = format!("hosts/{}.json", cfg.host);
-    let validators = if cfg.dry_run { Default::default() } else { status.validators.clone() };
+    let validators = if cfg.dry_run {
+        Default::default()
+    } else {
+        status.validators.clone()
+    };
     let (bytes, new_validators) = match cfg
         .source
         .get_pointer(&key, pointer::MAX_ENVELOPE_SIZE as u64, &validators)
@@ -128,7 +132,10 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
     tracing::info!(generation = p.generation, store_path = %p.store_path, key = verified.key_name(), "pointer verified");
 
     if status.bad_generations.contains(&p.generation) {
-        tracing::warn!(generation = p.generation, "this generation failed before; waiting for a newer one");
+        tracing::warn!(
+            generation = p.generation,
+            "this generation failed before; waiting for a newer one"
+        );
         return Ok(Outcome::Unchanged);
     }
     let profile_now = store::profile_target(&cfg.profile);
@@ -157,7 +164,13 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
         .collect();
     let download: u64 = entries.iter().map(|e| e.file_size).sum();
     let unpacked: u64 = entries.iter().map(|e| e.nar_size).sum();
-    tracing::info!(paths = manifest.paths.len(), missing = entries.len(), download, unpacked, "closure checked");
+    tracing::info!(
+        paths = manifest.paths.len(),
+        missing = entries.len(),
+        download,
+        unpacked,
+        "closure checked"
+    );
     if cfg.dry_run {
         for e in &entries {
             println!("would fetch {} ({} bytes)", e.store_path, e.file_size);
@@ -175,13 +188,20 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
     let staging = cfg.state.staging();
     std::fs::create_dir_all(staging.join("nar")).map_err(other)?;
     let fetched = fetch_all(cfg, &staging, &entries, download).await?;
-    tracing::info!(paths = entries.len(), bytes = fetched, "fetched and verified");
+    tracing::info!(
+        paths = entries.len(),
+        bytes = fetched,
+        "fetched and verified"
+    );
 
     store::write_staging_cache(&staging, &manifest).map_err(other)?;
     store::import(&staging, &missing, &cfg.trusted).map_err(other)?;
     let still = store::missing(std::iter::once(&p.store_path)).map_err(other)?;
     if !still.is_empty() {
-        return Err(other(anyhow!("{} is not valid after the import", p.store_path)));
+        return Err(other(anyhow!(
+            "{} is not valid after the import",
+            p.store_path
+        )));
     }
     tracing::info!(paths = missing.len(), "imported");
     clear_staged(&staging);
@@ -217,12 +237,31 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
 }
 
 /// The checks of a verified pointer against this host and what it has seen.
-fn check_policy(cfg: &Config, status: &Status, v: &Verified<Pointer>, t0: SystemTime) -> anyhow::Result<()> {
+fn check_policy(
+    cfg: &Config,
+    status: &Status,
+    v: &Verified<Pointer>,
+    t0: SystemTime,
+) -> anyhow::Result<()> {
     let p = v.get();
-    anyhow::ensure!(p.host == cfg.host, "the pointer is for host {:?}, not {:?}", p.host, cfg.host);
-    anyhow::ensure!(p.system == cfg.system, "the pointer is for system {:?}, not {:?}", p.system, cfg.system);
+    anyhow::ensure!(
+        p.host == cfg.host,
+        "the pointer is for host {:?}, not {:?}",
+        p.host,
+        cfg.host
+    );
+    anyhow::ensure!(
+        p.system == cfg.system,
+        "the pointer is for system {:?}, not {:?}",
+        p.system,
+        cfg.system
+    );
     if let Some(exp) = p.expires_at {
-        anyhow::ensure!(exp.system_time() > t0, "the pointer (generation {}) expired at {exp}", p.generation);
+        anyhow::ensure!(
+            exp.system_time() > t0,
+            "the pointer (generation {}) expired at {exp}",
+            p.generation
+        );
     }
     if let Some(last) = status.last_issued_at {
         anyhow::ensure!(
@@ -250,7 +289,10 @@ fn check_policy(cfg: &Config, status: &Status, v: &Verified<Pointer>, t0: System
 async fn fetch_manifest(cfg: &Config, p: &Pointer) -> Result<Manifest, RunError> {
     let m = &p.manifest;
     if m.size > MAX_MANIFEST {
-        return Err(RunError::Refused(anyhow!("the manifest is {} bytes, over the limit", m.size)));
+        return Err(RunError::Refused(anyhow!(
+            "the manifest is {} bytes, over the limit",
+            m.size
+        )));
     }
     let url = cfg.source.url_of(&m.path);
     let bytes = cfg
@@ -335,7 +377,9 @@ fn rollback(cfg: &Config, previous: Option<u64>) -> String {
         return format!("rolling back failed: {e:#}");
     }
     let Some(top) = store::profile_target(&cfg.profile) else {
-        return format!("rolled the profile back to generation {generation}, which points to no store path");
+        return format!(
+            "rolled the profile back to generation {generation}, which points to no store path"
+        );
     };
     match activate::activate(&top, cfg.action) {
         Ok(st) if st.success() => format!("rolled back to profile generation {generation} ({top})"),

@@ -61,7 +61,8 @@ impl Source {
         if !spec.contains("://") {
             return Ok(Source::Dir(PathBuf::from(spec)));
         }
-        let mut base = Url::parse(spec).map_err(|e| anyhow::anyhow!("invalid cache URL {spec:?}: {e}"))?;
+        let mut base =
+            Url::parse(spec).map_err(|e| anyhow::anyhow!("invalid cache URL {spec:?}: {e}"))?;
         match base.scheme() {
             "https" => {}
             "http" if allow_insecure_http => {}
@@ -86,15 +87,26 @@ impl Source {
 
     pub fn url_of(&self, key: &str) -> String {
         match self {
-            Source::Http { base, .. } => base.join(key).map(String::from).unwrap_or_else(|_| key.to_owned()),
+            Source::Http { base, .. } => base
+                .join(key)
+                .map(String::from)
+                .unwrap_or_else(|_| key.to_owned()),
             Source::Dir(d) => format!("file://{}", d.join(key).display()),
         }
     }
 
     /// The pointer, or `NotModified` when the validators still match (one request).
-    pub async fn get_pointer(&self, key: &str, cap: u64, v: &Validators) -> Result<Fetched, FetchError> {
+    pub async fn get_pointer(
+        &self,
+        key: &str,
+        cap: u64,
+        v: &Validators,
+    ) -> Result<Fetched, FetchError> {
         match self {
-            Source::Dir(_) => Ok(Fetched::Body(self.get_small(key, cap).await?, Validators::default())),
+            Source::Dir(_) => Ok(Fetched::Body(
+                self.get_small(key, cap).await?,
+                Validators::default(),
+            )),
             Source::Http { client, base } => {
                 let url = base.join(key).expect("relative key");
                 let resp = send_with_retries(&url, || {
@@ -111,7 +123,12 @@ impl Source {
                 if resp.status() == StatusCode::NOT_MODIFIED {
                     return Ok(Fetched::NotModified);
                 }
-                let header = |h| resp.headers().get(h).and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok()).map(str::to_owned);
+                let header = |h| {
+                    resp.headers()
+                        .get(h)
+                        .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+                        .map(str::to_owned)
+                };
                 let validators = Validators {
                     etag: header(ETAG),
                     last_modified: header(LAST_MODIFIED),
@@ -130,7 +147,9 @@ impl Source {
                 let url = self.url_of(key);
                 let f = std::fs::File::open(&p).map_err(|e| io_error(&url, e))?;
                 let mut buf = Vec::new();
-                f.take(cap + 1).read_to_end(&mut buf).map_err(|e| io_error(&url, e))?;
+                f.take(cap + 1)
+                    .read_to_end(&mut buf)
+                    .map_err(|e| io_error(&url, e))?;
                 if buf.len() as u64 > cap {
                     return Err(FetchError::TooLarge { url, cap });
                 }
@@ -149,7 +168,8 @@ impl Source {
     pub async fn open(&self, key: &str) -> Result<Box<dyn Read + Send>, FetchError> {
         match self {
             Source::Dir(d) => {
-                let f = std::fs::File::open(d.join(key)).map_err(|e| io_error(&self.url_of(key), e))?;
+                let f =
+                    std::fs::File::open(d.join(key)).map_err(|e| io_error(&self.url_of(key), e))?;
                 Ok(Box::new(f))
             }
             Source::Http { client, base } => {
@@ -203,11 +223,15 @@ async fn send_with_retries(
     let mut attempt = 1;
     loop {
         let transient = match make().send().await {
-            Ok(r) if r.status().is_success() || r.status() == StatusCode::NOT_MODIFIED => return Ok(r),
+            Ok(r) if r.status().is_success() || r.status() == StatusCode::NOT_MODIFIED => {
+                return Ok(r)
+            }
             Ok(r) if matches!(r.status(), StatusCode::NOT_FOUND | StatusCode::FORBIDDEN) => {
                 return Err(FetchError::NotFound(url.to_string()))
             }
-            Ok(r) if r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS => {
+            Ok(r)
+                if r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS =>
+            {
                 format!("server answered {}", r.status())
             }
             Ok(r) => {

@@ -88,7 +88,8 @@ impl StateDir {
     }
 
     pub fn create(&self) -> Result<()> {
-        fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
+        fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
         // Staged NARs are verified content waiting for import: root's alone.
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))?;
@@ -105,13 +106,16 @@ impl StateDir {
             .open(&p)
             .with_context(|| format!("cannot open {}", p.display()))?;
         if wait {
-            f.lock().with_context(|| format!("cannot lock {}", p.display()))?;
+            f.lock()
+                .with_context(|| format!("cannot lock {}", p.display()))?;
             return Ok(Some(Lock(f)));
         }
         match f.try_lock() {
             Ok(()) => Ok(Some(Lock(f))),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
-            Err(fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", p.display())),
+            Err(fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("cannot lock {}", p.display()))
+            }
         }
     }
 
@@ -144,7 +148,8 @@ impl StateDir {
         bytes.push(b'\n');
         tmp.write_all(&bytes)?;
         tmp.as_file().sync_all()?;
-        tmp.persist(&p).with_context(|| format!("cannot write {}", p.display()))?;
+        tmp.persist(&p)
+            .with_context(|| format!("cannot write {}", p.display()))?;
         File::open(&self.dir)?.sync_all()?;
         Ok(())
     }
@@ -170,7 +175,10 @@ mod tests {
         let bytes = fs::read(d.path().join(STATUS_FILE)).unwrap();
         fs::write(d.path().join(STATUS_FILE), &bytes[..bytes.len() / 2]).unwrap();
         let err = s.load().unwrap_err().to_string();
-        assert!(err.contains("damaged") && err.contains("highest accepted generation"), "{err}");
+        assert!(
+            err.contains("damaged") && err.contains("highest accepted generation"),
+            "{err}"
+        );
     }
 
     #[test]

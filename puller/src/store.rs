@@ -124,7 +124,10 @@ pub fn profile_generation(profile: &Path) -> Option<u64> {
     let link = std::fs::read_link(profile).ok()?;
     let name = link.file_name()?.to_str()?;
     let prefix = format!("{}-", profile.file_name()?.to_str()?);
-    name.strip_prefix(&prefix)?.strip_suffix("-link")?.parse().ok()
+    name.strip_prefix(&prefix)?
+        .strip_suffix("-link")?
+        .parse()
+        .ok()
 }
 
 /// Points the profile back at an earlier generation (as `nix-env --switch-generation`).
@@ -133,6 +136,11 @@ pub fn switch_generation(profile: &Path, generation: u64) -> Result<()> {
         .arg("-p")
         .arg(profile)
         .args(["--switch-generation", &generation.to_string()]))
-    .with_context(|| format!("switching {} back to generation {generation}", profile.display()))?;
+    .with_context(|| {
+        format!(
+            "switching {} back to generation {generation}",
+            profile.display()
+        )
+    })?;
     Ok(())
 }

@@ -33,7 +33,10 @@ fn require(cmd: &str, install: &str) {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    assert!(found, "{cmd} is missing: these tests need it; install it with `{install}`");
+    assert!(
+        found,
+        "{cmd} is missing: these tests need it; install it with `{install}`"
+    );
 }
 
 pub fn nixcast() -> Command {
@@ -46,7 +49,9 @@ pub fn nixcast_pull_path() -> PathBuf {
 
 /// Runs a command, panicking with its output unless it succeeds.
 pub fn ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
@@ -119,7 +124,10 @@ pub fn keygen(dir: &Path, name: &str) -> Keys {
         .arg("--public-key-file")
         .arg(&public));
     let public_text = std::fs::read_to_string(&public).unwrap();
-    Keys { secret, public_text }
+    Keys {
+        secret,
+        public_text,
+    }
 }
 
 pub fn publish(cache: &Path, host: &str, path: &str, keys: &Keys, extra: &[&str]) -> Output {
@@ -153,7 +161,10 @@ pub struct Vm {
 
 impl Vm {
     pub fn new() -> Self {
-        let dir = tempfile::Builder::new().prefix("nixcast-vm-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("nixcast-vm-")
+            .tempdir()
+            .unwrap();
         std::fs::create_dir(dir.path().join("nix")).unwrap();
         Vm { dir }
     }

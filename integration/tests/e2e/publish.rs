@@ -5,7 +5,12 @@ use std::process::Command;
 use crate::harness::*;
 
 /// `nix copy --from file://CACHE` into a fresh store, trusting `public`.
-fn nix_copy_into_vm(vm: &Vm, cache: &std::path::Path, public: &str, path: &str) -> std::process::Output {
+fn nix_copy_into_vm(
+    vm: &Vm,
+    cache: &std::path::Path,
+    public: &str,
+    path: &str,
+) -> std::process::Output {
     vm.cmd(&[
         "nix",
         "--extra-experimental-features",
@@ -33,7 +38,13 @@ fn nix_copy_accepts_every_compression_and_keeps_our_signature() {
         let work = tempfile::tempdir().unwrap();
         let cache = work.path().join("cache");
         let keys = keygen(work.path(), "fleet-1");
-        publish(&cache, "foobar", &top, &keys, &["--compression", compression]);
+        publish(
+            &cache,
+            "foobar",
+            &top,
+            &keys,
+            &["--compression", compression],
+        );
         let ext = match compression {
             "xz" => ".nar.xz",
             "zstd" => ".nar.zst",
@@ -41,16 +52,34 @@ fn nix_copy_accepts_every_compression_and_keeps_our_signature() {
         };
         let nars = files(&cache, "nar");
         assert_eq!(nars.len(), paths.len(), "{compression}: {nars:?}");
-        assert!(nars.iter().all(|n| n.ends_with(ext)), "{compression}: {nars:?}");
+        assert!(
+            nars.iter().all(|n| n.ends_with(ext)),
+            "{compression}: {nars:?}"
+        );
 
         let vm = Vm::new();
         let out = nix_copy_into_vm(&vm, &cache, &keys.public_text, &top);
-        assert!(out.status.success(), "{compression}: nix copy refused our cache: {}", stderr(&out));
+        assert!(
+            out.status.success(),
+            "{compression}: nix copy refused our cache: {}",
+            stderr(&out)
+        );
         assert!(vm.valid(&paths));
-        let out = ok(&mut vm.cmd(&["nix", "--extra-experimental-features", "nix-command", "path-info", "--sigs", "-r", &top]));
+        let out = ok(&mut vm.cmd(&[
+            "nix",
+            "--extra-experimental-features",
+            "nix-command",
+            "path-info",
+            "--sigs",
+            "-r",
+            &top,
+        ]));
         let text = stdout(&out);
         assert_eq!(text.lines().count(), paths.len());
-        assert!(text.lines().all(|l| l.contains("fleet-1:")), "{compression}: {text}");
+        assert!(
+            text.lines().all(|l| l.contains("fleet-1:")),
+            "{compression}: {text}"
+        );
     }
 }
 
@@ -65,7 +94,11 @@ fn nix_copy_with_another_key_fails() {
     let vm = Vm::new();
     let out = nix_copy_into_vm(&vm, &cache, &other.public_text, &top);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("lacks a valid signature"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("lacks a valid signature"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -73,22 +106,43 @@ fn republish_is_a_no_op_and_a_change_writes_only_changed_nars() {
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
     let keys = keygen(work.path(), "fleet-1");
-    let gen1 = Fixture { version: "inc1", ..Default::default() }.build();
+    let gen1 = Fixture {
+        version: "inc1",
+        ..Default::default()
+    }
+    .build();
     publish(&cache, "foobar", &gen1, &keys, &[]);
     let nars1 = files(&cache, "nar");
     let pointer1 = std::fs::read(cache.join("hosts/foobar.json")).unwrap();
 
     let out = publish(&cache, "foobar", &gen1, &keys, &[]);
-    assert!(stdout(&out).contains("nothing to publish"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("nothing to publish"),
+        "{}",
+        stdout(&out)
+    );
     assert_eq!(files(&cache, "nar"), nars1);
-    assert_eq!(std::fs::read(cache.join("hosts/foobar.json")).unwrap(), pointer1);
+    assert_eq!(
+        std::fs::read(cache.join("hosts/foobar.json")).unwrap(),
+        pointer1
+    );
     assert_eq!(files(&cache, "hosts/foobar"), ["1.json"]);
 
-    let gen2 = Fixture { version: "inc2", ..Default::default() }.build();
+    let gen2 = Fixture {
+        version: "inc2",
+        ..Default::default()
+    }
+    .build();
     let out = publish(&cache, "foobar", &gen2, &keys, &[]);
     assert!(stdout(&out).contains("generation 2"), "{}", stdout(&out));
-    let new: Vec<String> = files(&cache, "nar").into_iter().filter(|n| !nars1.contains(n)).collect();
-    let changed = closure(&gen2).into_iter().filter(|p| !closure(&gen1).contains(p)).count();
+    let new: Vec<String> = files(&cache, "nar")
+        .into_iter()
+        .filter(|n| !nars1.contains(n))
+        .collect();
+    let changed = closure(&gen2)
+        .into_iter()
+        .filter(|p| !closure(&gen1).contains(p))
+        .count();
     assert_eq!(new.len(), changed, "{new:?}");
     assert_eq!(files(&cache, "hosts/foobar"), ["1.json", "2.json"]);
 }
@@ -99,7 +153,11 @@ fn the_pointer_verifies_with_our_key_only_and_another_key_cannot_take_over() {
     let cache = work.path().join("cache");
     let keys = keygen(work.path(), "fleet-1");
     let other = keygen(work.path(), "fleet-1-forged");
-    let top = Fixture { version: "ptr", ..Default::default() }.build();
+    let top = Fixture {
+        version: "ptr",
+        ..Default::default()
+    }
+    .build();
     publish(&cache, "foobar", &top, &keys, &[]);
     let bytes = std::fs::read(cache.join("hosts/foobar.json")).unwrap();
     let pk = nixcast_common::PublicKey::parse(&keys.public_text).unwrap();
@@ -109,7 +167,11 @@ fn the_pointer_verifies_with_our_key_only_and_another_key_cannot_take_over() {
     assert_eq!(v.get().generation, 1);
     assert!(nixcast_common::pointer::verify(&bytes, &[opk]).is_err());
 
-    let top2 = Fixture { version: "ptr2", ..Default::default() }.build();
+    let top2 = Fixture {
+        version: "ptr2",
+        ..Default::default()
+    }
+    .build();
     let out = nixcast()
         .args(["publish", "--host", "foobar", "--path", &top2, "--to"])
         .arg(&cache)
@@ -127,7 +189,10 @@ fn the_pointer_verifies_with_our_key_only_and_another_key_cannot_take_over() {
 fn a_key_from_nix_store_generate_binary_cache_key_works() {
     let work = tempfile::tempdir().unwrap();
     let (sk, pk) = (work.path().join("sk"), work.path().join("pk"));
-    ok(Command::new("nix-store").args(["--generate-binary-cache-key", "nixmade-1"]).arg(&sk).arg(&pk));
+    ok(Command::new("nix-store")
+        .args(["--generate-binary-cache-key", "nixmade-1"])
+        .arg(&sk)
+        .arg(&pk));
     let keys = Keys {
         public_text: std::fs::read_to_string(&pk).unwrap(),
         secret: sk,
@@ -164,7 +229,10 @@ fn publish_builds_a_flake() {
         .arg("--secret-key-file")
         .arg(&keys.secret));
     let text = stdout(&out);
-    assert!(text.contains("published foobar generation 1: /nix/store/"), "{text}");
+    assert!(
+        text.contains("published foobar generation 1: /nix/store/"),
+        "{text}"
+    );
     assert!(text.contains("-nixos-system-foobar-flake"), "{text}");
     assert!(cache.join("hosts/foobar/1.json").exists());
 }

@@ -21,7 +21,10 @@ fn pull_switches_then_polls_with_one_request_then_updates_incrementally() {
     let out = vm.pull(&server.url, &keys, &[]);
     assert!(out.status.success(), "first pull failed: {}", stderr(&out));
     assert!(vm.valid(&closure(&gen1)), "closure not valid in the VM");
-    assert_eq!(vm.profile_link("system-1-link").as_deref(), Some(gen1.as_str()));
+    assert_eq!(
+        vm.profile_link("system-1-link").as_deref(),
+        Some(gen1.as_str())
+    );
     assert_eq!(vm.profile_link("system").as_deref(), Some("system-1-link"));
     assert_eq!(vm.switch_log(), [format!("switch {gen1}")]);
     let first = server.take_requests();
@@ -35,7 +38,11 @@ fn pull_switches_then_polls_with_one_request_then_updates_incrementally() {
     assert_eq!(vm.switch_log().len(), 1);
 
     // Generation 2 changes the top and etc paths only.
-    let gen2 = Fixture { version: "2", ..Default::default() }.build();
+    let gen2 = Fixture {
+        version: "2",
+        ..Default::default()
+    }
+    .build();
     publish(&cache, "foobar", &gen2, &keys, &[]);
     let changed: Vec<String> = closure(&gen2)
         .into_iter()
@@ -45,13 +52,31 @@ fn pull_switches_then_polls_with_one_request_then_updates_incrementally() {
     let out = vm.pull(&server.url, &keys, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let reqs = server.take_requests();
-    assert_eq!(nars(&reqs).len(), changed.len(), "only the changed NARs: {reqs:?}");
-    assert_eq!(reqs.len(), 2 + changed.len(), "pointer + manifest + NARs: {reqs:?}");
-    assert_eq!(vm.profile_link("system-2-link").as_deref(), Some(gen2.as_str()));
+    assert_eq!(
+        nars(&reqs).len(),
+        changed.len(),
+        "only the changed NARs: {reqs:?}"
+    );
+    assert_eq!(
+        reqs.len(),
+        2 + changed.len(),
+        "pointer + manifest + NARs: {reqs:?}"
+    );
+    assert_eq!(
+        vm.profile_link("system-2-link").as_deref(),
+        Some(gen2.as_str())
+    );
     assert_eq!(vm.switch_log().last().unwrap(), &format!("switch {gen2}"));
     assert_eq!(vm.status()["appliedGeneration"], 2);
     // Nix keeps the publisher's signature for what the agent imported.
-    let out = ok(&mut vm.cmd(&["nix", "--extra-experimental-features", "nix-command", "path-info", "--sigs", &gen2]));
+    let out = ok(&mut vm.cmd(&[
+        "nix",
+        "--extra-experimental-features",
+        "nix-command",
+        "path-info",
+        "--sigs",
+        &gen2,
+    ]));
     assert!(stdout(&out).contains("fleet-1:"), "{}", stdout(&out));
 }
 
@@ -60,15 +85,27 @@ fn pull_from_file_url_and_dry_run_changes_nothing() {
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
     let keys = keygen(work.path(), "fleet-1");
-    let top = Fixture { n: 2, version: "file", ..Default::default() }.build();
+    let top = Fixture {
+        n: 2,
+        version: "file",
+        ..Default::default()
+    }
+    .build();
     publish(&cache, "foobar", &top, &keys, &["--compression", "zstd"]);
     let url = format!("file://{}", cache.display());
     let vm = Vm::new();
 
     let out = vm.pull(&url, &keys, &["--dry-run"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains(&format!("would fetch {top}")), "{}", stdout(&out));
-    assert!(!vm.nix().join("var/nixcast").exists(), "dry run made the state dir");
+    assert!(
+        stdout(&out).contains(&format!("would fetch {top}")),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        !vm.nix().join("var/nixcast").exists(),
+        "dry run made the state dir"
+    );
     assert!(!vm.nix().join("var/nix/profiles/system").exists());
     assert!(vm.switch_log().is_empty());
 
@@ -83,14 +120,32 @@ fn pull_from_a_cache_written_by_nix() {
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
     let keys = keygen(work.path(), "fleet-1");
-    let top = Fixture { n: 2, version: "nixwritten", ..Default::default() }.build();
+    let top = Fixture {
+        n: 2,
+        version: "nixwritten",
+        ..Default::default()
+    }
+    .build();
     ok(Command::new("nix")
-        .args(["--extra-experimental-features", "nix-command", "copy", "--to"])
-        .arg(format!("file://{}?compression=xz&secret-key={}", cache.display(), keys.secret.display()))
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "copy",
+            "--to",
+        ])
+        .arg(format!(
+            "file://{}?compression=xz&secret-key={}",
+            cache.display(),
+            keys.secret.display()
+        ))
         .arg(&top));
     let nars_before = files(&cache, "nar");
     let out = publish(&cache, "foobar", &top, &keys, &[]);
-    assert_eq!(files(&cache, "nar"), nars_before, "publish rewrote NARs Nix wrote");
+    assert_eq!(
+        files(&cache, "nar"),
+        nars_before,
+        "publish rewrote NARs Nix wrote"
+    );
     assert!(stdout(&out).contains("0 new paths"), "{}", stdout(&out));
 
     let server = Server::start(&cache);
@@ -106,8 +161,19 @@ fn a_failed_switch_rolls_back_and_is_not_retried() {
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
     let keys = keygen(work.path(), "fleet-1");
-    let good = Fixture { n: 2, version: "rb1", ..Default::default() }.build();
-    let bad = Fixture { n: 2, version: "rb2", switch_exit: 4, ..Default::default() }.build();
+    let good = Fixture {
+        n: 2,
+        version: "rb1",
+        ..Default::default()
+    }
+    .build();
+    let bad = Fixture {
+        n: 2,
+        version: "rb2",
+        switch_exit: 4,
+        ..Default::default()
+    }
+    .build();
     let url = format!("file://{}", cache.display());
     let vm = Vm::new();
     publish(&cache, "foobar", &good, &keys, &[]);
@@ -117,11 +183,19 @@ fn a_failed_switch_rolls_back_and_is_not_retried() {
     publish(&cache, "foobar", &bad, &keys, &[]);
     let out = vm.pull(&url, &keys, &[]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    assert!(stderr(&out).contains("rolled back to profile generation 1"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("rolled back to profile generation 1"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(vm.profile_link("system").as_deref(), Some("system-1-link"));
     assert_eq!(
         vm.switch_log(),
-        [format!("switch {good}"), format!("switch {bad}"), format!("switch {good}")]
+        [
+            format!("switch {good}"),
+            format!("switch {bad}"),
+            format!("switch {good}")
+        ]
     );
     let status = vm.status();
     assert_eq!(status["badGenerations"], serde_json::json!([2]));
