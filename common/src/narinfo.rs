@@ -268,3 +268,197 @@ pub fn fingerprint(
     refs.sort();
     format!("1;{path};{nar_hash};{nar_size};{}", refs.join(","))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CACHE_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+    const VECTORS: [(&str, &str); 6] = [
+        (
+            "01",
+            include_str!("../testdata/vectors/01-curl-7.82.0-bin.narinfo"),
+        ),
+        (
+            "02",
+            include_str!("../testdata/vectors/02-net-tools.narinfo"),
+        ),
+        (
+            "03",
+            include_str!("../testdata/vectors/03-gcc-3.4.6-refs-out-of-order.narinfo"),
+        ),
+        (
+            "04",
+            include_str!("../testdata/vectors/04-texlive-hyphenex-ca-sha1.narinfo"),
+        ),
+        (
+            "05",
+            include_str!("../testdata/vectors/05-perl-HTTP-Cookies-narhash-hex.narinfo"),
+        ),
+        (
+            "06",
+            include_str!("../testdata/vectors/06-digikam-system-field-no-compression.narinfo"),
+        ),
+    ];
+
+    fn cache_key() -> PublicKey {
+        PublicKey::parse(CACHE_KEY).unwrap()
+    }
+
+    #[test]
+    fn vectors_parse_and_verify_as_nix_does() {
+        for (id, text) in VECTORS {
+            let ni = NarInfo::parse(text).unwrap_or_else(|e| panic!("{id}: {e}"));
+            // 03's signature was made over the file's reference order; Nix sorts, and rejects it.
+            assert_eq!(ni.verify(&[cache_key()]), id != "03", "{id}");
+        }
+    }
+
+    #[test]
+    fn fingerprint_matches_the_vector() {
+        let ni = NarInfo::parse(VECTORS[0].1).unwrap();
+        let expected = include_str!("../testdata/vectors/01-curl-7.82.0-bin.fingerprint");
+        assert_eq!(ni.fingerprint(), expected.trim_end());
+    }
+
+    #[test]
+    fn quirks_are_recorded() {
+        let hex = NarInfo::parse(VECTORS[4].1).unwrap();
+        assert!(hex.quirks.nar_hash_base16);
+        assert!(hex.fingerprint().contains(";sha256:"));
+        assert!(
+            !hex.fingerprint().contains("60adfd29"),
+            "the fingerprint uses nixbase32"
+        );
+        assert!(
+            NarInfo::parse(VECTORS[2].1)
+                .unwrap()
+                .quirks
+                .references_unsorted
+        );
+        let sys = NarInfo::parse(VECTORS[5].1).unwrap();
+        assert_eq!(sys.system.as_deref(), Some("i686-linux"));
+        assert_eq!(sys.compression, None);
+        assert_eq!(sys.compression_or_default(), "bzip2");
+        let ca = NarInfo::parse(VECTORS[3].1).unwrap();
+        assert_eq!(
+            ca.ca.as_deref(),
+            Some("fixed:r:sha1:1ak1ymbmsfx7z8kh09jzkr3a4dvkrfjw")
+        );
+        assert!(ca.references.is_empty());
+        let unknown = NarInfo::parse(&format!("{}Future: 1\n", VECTORS[0].1)).unwrap();
+        assert_eq!(unknown.quirks.unknown_fields, ["Future"]);
+    }
+
+    #[test]
+    fn any_change_to_a_signed_field_breaks_the_signature() {
+        let other = "/nix/store/0jqd0rlxzra1rs38rdxl43yh6rxchgc6-curl-7.82.0";
+        for (id, text) in VECTORS.iter().filter(|(id, _)| *id != "03") {
+            let ni = NarInfo::parse(text).unwrap();
+            let mut a = ni.clone();
+            a.store_path = other.parse().unwrap();
+            let mut b = ni.clone();
+            b.nar_hash = Sha256Hash::digest(b"other");
+            let mut c = ni.clone();
+            c.nar_size += 1;
+            let mut d = ni.clone();
+            d.references.push(other.parse().unwrap());
+            for (what, changed) in [
+                ("StorePath", a),
+                ("NarHash", b),
+                ("NarSize", c),
+                ("References", d),
+            ] {
+                assert!(!changed.verify(&[cache_key()]), "{id}: {what}");
+            }
+            // Unsigned fields do not matter to the signature.
+            let mut e = ni.clone();
+            e.url = "nar/x.nar".into();
+            e.file_size = Some(1);
+            assert!(e.verify(&[cache_key()]), "{id}");
+        }
+    }
+
+    #[test]
+    fn a_narinfo_written_by_nix_round_trips_and_verifies() {
+        let text = include_str!("../testdata/nix-written/toplevel.narinfo");
+        let key = PublicKey::parse(include_str!("../testdata/nix-written/key.pub")).unwrap();
+        let ni = NarInfo::parse(text).unwrap();
+        assert!(ni.verify(&[key]));
+        assert!(!ni.verify(&[cache_key()]));
+        assert_eq!(ni.render(), text);
+        for (_, v) in VECTORS.iter().filter(|(id, _)| *id != "05") {
+            assert_eq!(NarInfo::parse(v).unwrap().render(), *v);
+        }
+    }
+
+    #[test]
+    fn sign_render_parse_verify() {
+        let key = SecretKey::generate("fleet-1").unwrap();
+        let mut ni = NarInfo::parse(VECTORS[0].1).unwrap();
+        ni.sigs.clear();
+        assert!(!ni.verify(&[key.public()]));
+        ni.sign(&key);
+        ni.sign(&key);
+        assert_eq!(
+            ni.sigs.len(),
+            1,
+            "signing twice keeps one signature per key"
+        );
+        let back = NarInfo::parse(&ni.render()).unwrap();
+        assert!(back.verify(&[key.public()]));
+    }
+
+    #[test]
+    fn strict_parsing() {
+        let base = VECTORS[1].1;
+        for field in [
+            "StorePath",
+            "NarHash",
+            "URL",
+            "References",
+            "NarSize",
+            "Compression",
+        ] {
+            let line = base
+                .lines()
+                .find(|l| l.starts_with(&format!("{field}:")))
+                .unwrap();
+            let doubled = format!("{base}{line}\n");
+            assert!(
+                matches!(
+                    NarInfo::parse(&doubled),
+                    Err(NarInfoError::Duplicate { .. })
+                ),
+                "{field}"
+            );
+        }
+        for field in ["StorePath", "URL", "NarHash", "NarSize"] {
+            let without: String = base
+                .lines()
+                .filter(|l| !l.starts_with(&format!("{field}:")))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            assert_eq!(NarInfo::parse(&without), Err(NarInfoError::Missing(field)));
+        }
+        let zero = base
+            .replace("NarSize: ", "NarSize: 0")
+            .replace("NarSize: 0", "NarSize: 0\nX: ");
+        assert!(NarInfo::parse(&zero).is_err());
+        assert!(matches!(
+            NarInfo::parse("no colon here\n"),
+            Err(NarInfoError::Line { line: 1 })
+        ));
+        let bad_path = base.replace("/nix/store/", "/nix/store/e");
+        assert!(matches!(
+            NarInfo::parse(&bad_path),
+            Err(NarInfoError::Value {
+                field: "StorePath",
+                ..
+            })
+        ));
+        for junk in ["", "\n\n", ":", "StorePath:", "NarSize: -1", "\u{0}"] {
+            assert!(NarInfo::parse(junk).is_err(), "{junk:?}");
+        }
+    }
+}
