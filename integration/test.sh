@@ -10,6 +10,7 @@ need_apt=()
 command -v nix-store >/dev/null || need_apt+=(nix-bin)
 command -v unshare >/dev/null || need_apt+=(util-linux)
 command -v xz >/dev/null || need_apt+=(xz-utils)
+[ -x /usr/bin/time ] || need_apt+=(time)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

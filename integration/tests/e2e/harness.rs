@@ -77,6 +77,8 @@ pub struct Fixture {
     pub version: &'static str,
     pub n: u32,
     pub switch_exit: u32,
+    /// Size in bytes of the shared library's random file (default 64 KiB).
+    pub big: u64,
 }
 
 impl Default for Fixture {
@@ -86,6 +88,7 @@ impl Default for Fixture {
             version: "1",
             n: 3,
             switch_exit: 0,
+            big: 0,
         }
     }
 }
@@ -99,7 +102,8 @@ impl Fixture {
             .args(["--argstr", "host", self.host])
             .args(["--argstr", "version", self.version])
             .args(["--arg", "n", &self.n.to_string()])
-            .args(["--arg", "switchExit", &self.switch_exit.to_string()]));
+            .args(["--arg", "switchExit", &self.switch_exit.to_string()])
+            .args(["--arg", "big", &self.big.to_string()]));
         stdout(&out).trim().to_owned()
     }
 }
@@ -285,4 +289,14 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+pub fn ok_output(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }

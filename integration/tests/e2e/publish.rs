@@ -236,3 +236,36 @@ fn publish_builds_a_flake() {
     assert!(text.contains("-nixos-system-foobar-flake"), "{text}");
     assert!(cache.join("hosts/foobar/1.json").exists());
 }
+
+#[test]
+fn keygen_refuses_to_overwrite_and_keeps_the_secret_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = tempfile::tempdir().unwrap();
+    let keys = keygen(work.path(), "fleet-1");
+    let mode = std::fs::metadata(&keys.secret)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let before = std::fs::read(&keys.secret).unwrap();
+    let again = |force: bool| {
+        let mut c = nixcast();
+        c.args(["keygen", "--name", "fleet-2", "--secret-key-file"])
+            .arg(&keys.secret)
+            .arg("--public-key-file")
+            .arg(work.path().join("fleet-2.pub"));
+        if force {
+            c.arg("--force");
+        }
+        c.output().unwrap()
+    };
+    let out = again(false);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("exists"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&keys.secret).unwrap(), before);
+    ok_output(again(true));
+    assert_ne!(std::fs::read(&keys.secret).unwrap(), before);
+    // The file is Nix's format: nix-store can use it to sign.
+    let text = std::fs::read_to_string(&keys.secret).unwrap();
+    assert!(text.starts_with("fleet-2:") && !text.ends_with('\n'));
+}

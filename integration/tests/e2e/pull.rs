@@ -207,3 +207,56 @@ fn a_failed_switch_rolls_back_and_is_not_retried() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(vm.switch_log().len(), 3);
 }
+
+/// The agent and the Nix processes it starts stay small even for a 300 MiB
+/// path: nothing holds a whole NAR in memory (`nix-store --import` would
+/// take 548 MB here). GNU time reports the largest resident set among the
+/// process and the descendants it waited for.
+#[test]
+fn pulling_a_300_mib_path_stays_under_256_mib() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let keys = keygen(work.path(), "fleet-1");
+    let top = Fixture {
+        n: 1,
+        version: "big",
+        big: 300 << 20,
+        ..Default::default()
+    }
+    .build();
+    publish(&cache, "foobar", &top, &keys, &["--compression", "zstd"]);
+    let vm = Vm::new();
+    let bin = nixcast_pull_path();
+    let url = format!("file://{}", cache.display());
+    let mut cmd = std::process::Command::new("/usr/bin/time");
+    cmd.args(["-f", "maxrss_kib=%M"]);
+    let inner = vm.cmd(&[
+        bin.to_str().unwrap(),
+        "run",
+        "--cache",
+        &url,
+        "--host",
+        "foobar",
+        "--trusted-key",
+        &keys.public_text,
+        "--state-dir",
+        "/nix/var/nixcast",
+    ]);
+    cmd.arg(inner.get_program())
+        .args(inner.get_args())
+        .env("NIX_REMOTE", "local");
+    let out = cmd
+        .output()
+        .expect("/usr/bin/time (apt-get install -y time)");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(vm.valid(&[top]));
+    let err = stderr(&out);
+    let kib: u64 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss_kib="))
+        .unwrap_or_else(|| panic!("no maxrss in {err}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(kib < 256 * 1024, "peak RSS {kib} KiB");
+}
