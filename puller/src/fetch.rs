@@ -13,7 +13,7 @@
 //! file (cheap, local) and reuses it instead of downloading it again.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -241,20 +241,45 @@ fn verify_into(
 }
 
 fn decode_and_check<W: Write>(body: &mut Body<'_>, e: &Entry, out: W) -> Result<(), String> {
-    let decoded: Box<dyn Read + '_> = match e.compression {
+    // The decoders read through our buffer, so that after the stream's end we
+    // can see whether any byte is left over: trailing data is refused even
+    // when FileSize and FileHash count it.
+    let input = io::BufReader::with_capacity(64 << 10, body);
+    let leftover = |mut r: io::BufReader<&mut Body<'_>>| -> Result<(), String> {
+        match r.fill_buf() {
+            Ok([]) => Ok(()),
+            Ok(_) => Err("trailing data after the compressed stream".to_owned()),
+            Err(err) => Err(err.to_string()),
+        }
+    };
+    match e.compression {
         Compression::Xz => {
             let stream = liblzma::stream::Stream::new_stream_decoder(XZ_MEMLIMIT, 0)
                 .map_err(|err| err.to_string())?;
-            Box::new(liblzma::read::XzDecoder::new_stream(body, stream))
+            let mut d = liblzma::bufread::XzDecoder::new_stream(input, stream);
+            check_nar(&mut d, e, out)?;
+            leftover(d.into_inner())
         }
         Compression::Zstd => {
-            let mut d = zstd::stream::read::Decoder::new(body).map_err(|err| err.to_string())?;
+            let mut d = zstd::stream::read::Decoder::with_buffer(input)
+                .map_err(|err| err.to_string())?
+                .single_frame();
             d.window_log_max(ZSTD_WINDOW_LOG_MAX)
                 .map_err(|err| err.to_string())?;
-            Box::new(d.single_frame())
+            check_nar(&mut d, e, out)?;
+            leftover(d.finish())
         }
-        Compression::None => Box::new(body),
-    };
+        Compression::None => {
+            let mut input = input;
+            check_nar(&mut input, e, out)?;
+            leftover(input)
+        }
+    }
+}
+
+/// Reads the decompressed NAR through the strict reader, copying it to `out`,
+/// and checks NarSize and NarHash.
+fn check_nar<R: Read, W: Write>(decoded: R, e: &Entry, out: W) -> Result<(), String> {
     let mut nar = Nar {
         inner: decoded,
         out: HashingCounter::new(out),

@@ -45,6 +45,20 @@ enum LogFormat {
 enum Cmd {
     /// Check the pointer once and apply it if it changed.
     Run(Box<RunArgs>),
+    /// Go back to the previous system generation by hand; the generation
+    /// left is recorded as bad so that later runs do not apply it again.
+    Rollback {
+        #[arg(
+            long,
+            default_value = "/nix/var/nix/profiles/system",
+            env = "NIXCAST_PROFILE"
+        )]
+        profile: PathBuf,
+        #[arg(long, env = "NIXCAST_STATE_DIR", default_value = "/var/lib/nixcast")]
+        state_dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = activate::Action::Switch, env = "NIXCAST_ACTION")]
+        action: activate::Action,
+    },
     /// Show what the agent last did.
     Status {
         #[arg(long, env = "NIXCAST_STATE_DIR", default_value = "/var/lib/nixcast")]
@@ -125,6 +139,20 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::FAILURE
+            }
+        },
+        Cmd::Rollback {
+            profile,
+            state_dir,
+            action,
+        } => match run::rollback_by_hand(&profile, &state::StateDir::new(&state_dir), action) {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(e.exit_code())
             }
         },
         Cmd::Run(args) => {

@@ -13,7 +13,7 @@ use nixcast_common::{PublicKey, Sha256Hash};
 
 use crate::activate::{self, Action};
 use crate::fetch::{self, NarError};
-use crate::source::{Fetched, Source};
+use crate::source::{FetchError, Fetched, Source};
 use crate::state::{Outcome, StateDir, Status};
 use crate::store;
 
@@ -71,6 +71,14 @@ impl RunError {
     }
 }
 
+/// More bytes than a signed or fixed size allows is an attack, not an outage.
+fn fetch_error(e: FetchError) -> RunError {
+    match e {
+        FetchError::TooLarge { .. } => RunError::Refused(e.into()),
+        e => RunError::Fetch(e.into()),
+    }
+}
+
 fn other(e: impl Into<anyhow::Error>) -> RunError {
     RunError::Other(e.into())
 }
@@ -116,7 +124,7 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
         .source
         .get_pointer(&key, pointer::MAX_ENVELOPE_SIZE as u64, &validators)
         .await
-        .map_err(|e| RunError::Fetch(e.into()))?
+        .map_err(fetch_error)?
     {
         Fetched::NotModified => {
             tracing::info!(url = %cfg.source.url_of(&key), "pointer not modified");
@@ -263,13 +271,6 @@ fn check_policy(
             p.generation
         );
     }
-    if let Some(last) = status.last_issued_at {
-        anyhow::ensure!(
-            p.issued_at >= last,
-            "the pointer was issued at {}, before the last accepted one ({last})",
-            p.issued_at
-        );
-    }
     anyhow::ensure!(
         p.generation >= status.highest_generation,
         "the pointer has generation {}, lower than the highest accepted ({}): a rollback attack, or a restored cache",
@@ -281,6 +282,13 @@ fn check_policy(
             status.highest_digest.is_none() || status.highest_digest == Some(v.digest()),
             "the pointer has generation {} with other content than the one accepted before",
             p.generation
+        );
+    }
+    if let Some(last) = status.last_issued_at {
+        anyhow::ensure!(
+            p.issued_at >= last,
+            "the pointer was issued at {}, before the last accepted one ({last})",
+            p.issued_at
         );
     }
     Ok(())
@@ -299,7 +307,7 @@ async fn fetch_manifest(cfg: &Config, p: &Pointer) -> Result<Manifest, RunError>
         .source
         .get_small(&m.path, m.size)
         .await
-        .map_err(|e| RunError::Fetch(e.into()))?;
+        .map_err(fetch_error)?;
     let got = Sha256Hash::digest(&bytes);
     if bytes.len() as u64 != m.size || got != m.sha256 {
         return Err(RunError::Refused(anyhow!(
@@ -386,4 +394,63 @@ fn rollback(cfg: &Config, previous: Option<u64>) -> String {
         Ok(st) => format!("rolled the profile back to generation {generation}, but its activation exited with {st}"),
         Err(e) => format!("rolled the profile back to generation {generation}, but cannot activate it: {e:#}"),
     }
+}
+
+/// `nixcast-pull rollback`: the profile's previous generation, activated, and
+/// the pointer generation that was applied marked bad.
+pub fn rollback_by_hand(
+    profile: &std::path::Path,
+    state: &StateDir,
+    action: Action,
+) -> Result<String, RunError> {
+    state.create().map_err(other)?;
+    let _lock = state
+        .lock(false)
+        .map_err(other)?
+        .ok_or_else(|| RunError::Locked(state.path().display().to_string()))?;
+    let mut status = state.load().map_err(other)?;
+    let current = store::profile_generation(profile).ok_or_else(|| {
+        other(anyhow!(
+            "{} is not a profile generation link",
+            profile.display()
+        ))
+    })?;
+    let previous = store::list_generations(profile)
+        .map_err(other)?
+        .into_iter()
+        .filter(|g| *g < current)
+        .max()
+        .ok_or_else(|| {
+            other(anyhow!(
+                "no generation of {} older than {current}",
+                profile.display()
+            ))
+        })?;
+    store::switch_generation(profile, previous).map_err(other)?;
+    let top = store::profile_target(profile)
+        .ok_or_else(|| other(anyhow!("{} points to no store path", profile.display())))?;
+    let st = activate::activate(&top, action).map_err(other)?;
+    if let Some(g) = status.applied_generation.take() {
+        if !status.bad_generations.contains(&g) {
+            status.bad_generations.push(g);
+        }
+    }
+    status.applied_store_path = Some(top.clone());
+    status.last_check = Some(Timestamp::now());
+    let result = if st.success() {
+        status.last_result = Some(Outcome::RolledBack);
+        status.last_error = None;
+        Ok(format!(
+            "rolled back to profile generation {previous} ({top})"
+        ))
+    } else {
+        let e = RunError::Activation(anyhow!(
+            "rolled back to generation {previous}, but its activation exited with {st}"
+        ));
+        status.last_result = Some(Outcome::ActivationFailed);
+        status.last_error = Some(e.to_string());
+        Err(e)
+    };
+    state.save(&status).map_err(other)?;
+    result
 }

@@ -31,6 +31,7 @@ pub enum Outcome {
     FetchFailed,
     ImportFailed,
     ActivationFailed,
+    RolledBack,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -144,3 +144,29 @@ pub fn switch_generation(profile: &Path, generation: u64) -> Result<()> {
     })?;
     Ok(())
 }
+
+/// The generation numbers of a profile, from its `NAME-N-link` siblings.
+pub fn list_generations(profile: &Path) -> Result<Vec<u64>> {
+    let dir = profile.parent().context("a profile has a directory")?;
+    let prefix = format!(
+        "{}-",
+        profile
+            .file_name()
+            .context("a profile has a name")?
+            .to_string_lossy()
+    );
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let name = e?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = name
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix("-link"))
+        {
+            if let Ok(n) = n.parse() {
+                out.push(n);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -8,3 +8,4 @@
 mod harness;
 mod publish;
 mod pull;
+mod safety;

@@ -1,0 +1,453 @@
+//! Hostile input is refused with a clear error, and nothing is lost
+//! (THREATS.md §7). Each refusal shows: its exit code and an error naming what
+//! failed; nothing of the bad object in the store; the profile, the running
+//! system and the accepted generation unchanged; no stray temporary files.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nixcast_common::manifest::{self, Compression, Manifest};
+use nixcast_common::pointer::{self, ManifestRef, Pointer, Timestamp};
+use nixcast_common::{SecretKey, Sha256Hash};
+use nixcast_integration::{Hostile, Rule};
+
+use crate::harness::*;
+
+/// A VM running generation 1 of a published host, and generation 2 built
+/// (not yet published) on the trusted machine.
+struct World {
+    _work: tempfile::TempDir,
+    cache: PathBuf,
+    keys: Keys,
+    vm: Vm,
+    server: Hostile,
+    gen1: String,
+    gen2: String,
+}
+
+impl World {
+    fn new(compression: &str) -> Self {
+        let work = tempfile::tempdir().unwrap();
+        let cache = work.path().join("cache");
+        let keys = keygen(work.path(), "fleet-1");
+        let gen1 = Fixture {
+            n: 2,
+            version: "safe1",
+            ..Default::default()
+        }
+        .build();
+        let gen2 = Fixture {
+            n: 2,
+            version: "safe2",
+            ..Default::default()
+        }
+        .build();
+        publish(
+            &cache,
+            "foobar",
+            &gen1,
+            &keys,
+            &["--compression", compression],
+        );
+        let server = Hostile::start(cache.clone());
+        let vm = Vm::new();
+        let w = World {
+            _work: work,
+            cache,
+            keys,
+            vm,
+            server,
+            gen1,
+            gen2,
+        };
+        let out = w.pull(&[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        w
+    }
+
+    fn pull(&self, extra: &[&str]) -> std::process::Output {
+        self.vm.pull(&self.server.url, &self.keys, extra)
+    }
+
+    fn publish2(&self, compression: &str) {
+        publish(
+            &self.cache,
+            "foobar",
+            &self.gen2,
+            &self.keys,
+            &["--compression", compression],
+        );
+    }
+
+    fn secret(&self) -> SecretKey {
+        SecretKey::parse(&std::fs::read_to_string(&self.keys.secret).unwrap()).unwrap()
+    }
+
+    fn pointer(&self) -> Pointer {
+        let bytes = std::fs::read(self.cache.join("hosts/foobar.json")).unwrap();
+        let pk = nixcast_common::PublicKey::parse(&self.keys.public_text).unwrap();
+        pointer::verify(&bytes, &[pk]).unwrap().into_inner()
+    }
+
+    fn manifest(&self) -> Manifest {
+        let p = self.pointer();
+        Manifest::parse(&std::fs::read(self.cache.join(&p.manifest.path)).unwrap()).unwrap()
+    }
+
+    /// Writes `m` (unchecked) and a pointer to it signed with the publisher's key.
+    fn republish_manifest(&self, m: &Manifest, change: impl FnOnce(&mut Pointer)) {
+        let bytes = serde_json::to_vec_pretty(m).unwrap();
+        let mref = ManifestRef::for_bytes(&bytes);
+        std::fs::write(self.cache.join(&mref.path), &bytes).unwrap();
+        let mut p = self.pointer();
+        p.manifest = mref;
+        // A new generation each time: the agent rightly refuses the same
+        // generation with other content once it has seen one.
+        p.generation += 1;
+        p.issued_at = Timestamp::now();
+        change(&mut p);
+        std::fs::write(self.cache.join("hosts/foobar.json"), p.sign(&self.secret())).unwrap();
+    }
+
+    /// The NAR URL (path on the server) of a store path in the current manifest.
+    fn nar_of(&self, path: &str) -> String {
+        let m = self.manifest();
+        let e = m
+            .paths
+            .iter()
+            .find(|e| e.store_path.to_string() == path)
+            .unwrap();
+        format!("/{}", e.url)
+    }
+
+    /// What every refusal must leave as it was.
+    fn assert_unchanged(&self, out: &std::process::Output, code: i32, needle: &str) {
+        let err = stderr(out);
+        assert_eq!(out.status.code(), Some(code), "{err}");
+        assert!(err.contains(needle), "expected {needle:?} in:\n{err}");
+        assert!(
+            !self.vm.valid(&[self.gen2.clone()]),
+            "the refused system entered the store"
+        );
+        assert_eq!(
+            self.vm.profile_link("system").as_deref(),
+            Some("system-1-link")
+        );
+        assert_eq!(self.vm.switch_log(), [format!("switch {}", self.gen1)]);
+        let st = self.vm.status();
+        assert_eq!(st["appliedGeneration"], 1);
+        assert!(stray_files(&self.vm.nix().join("var/nixcast")).is_empty());
+    }
+}
+
+fn stray_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(stray_files(&p));
+        } else if e.file_name().to_string_lossy().starts_with('.') {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn envelope(p: &Pointer, key: &SecretKey) -> Vec<u8> {
+    p.sign(key)
+}
+
+#[test]
+fn hostile_pointers_are_refused() {
+    let w = World::new("xz");
+    w.publish2("xz");
+    let good = w.pointer();
+    let key = w.secret();
+    let other = SecretKey::generate("fleet-1").unwrap();
+    let env: pointer::Envelope =
+        serde_json::from_slice(&std::fs::read(w.cache.join("hosts/foobar.json")).unwrap()).unwrap();
+    let with = |f: &dyn Fn(&mut Pointer)| {
+        let mut p = good.clone();
+        f(&mut p);
+        envelope(&p, &key)
+    };
+    let mut unsigned = env.clone();
+    unsigned.signatures.clear();
+    let mut swapped = env.clone();
+    let mut evil = good.clone();
+    evil.store_path = w.gen1.parse().unwrap();
+    swapped.payload = data_encoding_b64(&serde_json::to_vec(&evil).unwrap());
+    let past =
+        Timestamp::from_system_time(std::time::SystemTime::now() - Duration::from_secs(2 * 86400));
+    let bad_path = String::from_utf8(serde_json::to_vec(&good).unwrap())
+        .unwrap()
+        .replace("/nix/store/", "/nix/store/e");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "unsigned",
+            serde_json::to_vec(&unsigned).unwrap(),
+            "no signatures",
+        ),
+        (
+            "untrusted key",
+            envelope(&good, &other),
+            "not signed by any trusted key",
+        ),
+        (
+            "payload changed after signing",
+            serde_json::to_vec(&swapped).unwrap(),
+            "not signed by any trusted key",
+        ),
+        (
+            "another host",
+            with(&|p| p.host = "laptop".into()),
+            "for host \"laptop\"",
+        ),
+        (
+            "another system",
+            with(&|p| p.system = "aarch64-linux".into()),
+            "for system \"aarch64-linux\"",
+        ),
+        (
+            "expired",
+            with(&|p| {
+                p.issued_at = past;
+                p.expires_at = Some(past.plus(Duration::from_secs(3600)));
+            }),
+            "expired",
+        ),
+        (
+            "issued before the last accepted",
+            with(&|p| {
+                p.issued_at = past;
+                p.expires_at = None;
+            }),
+            "before the last accepted",
+        ),
+        ("rollback", with(&|p| p.generation = 0), "generation"),
+        ("too large", vec![b' '; 100 << 10], "more than"),
+        (
+            "malformed",
+            b"{\"payloadType\": ".to_vec(),
+            "malformed pointer envelope",
+        ),
+        (
+            "duplicate keys",
+            {
+                let s = String::from_utf8(serde_json::to_vec(&env).unwrap()).unwrap();
+                s.replacen("{", "{\"payload\":\"\",", 1).into_bytes()
+            },
+            "malformed pointer envelope",
+        ),
+        (
+            "invalid store path",
+            sign_raw(&key, bad_path.as_bytes()),
+            "malformed pointer payload",
+        ),
+    ];
+    for (what, bytes, needle) in cases {
+        w.server.set("/hosts/foobar.json", Rule::Bytes(bytes));
+        let out = w.pull(&[]);
+        eprintln!("case {what}");
+        w.assert_unchanged(&out, 3, needle);
+        assert_eq!(w.vm.status()["lastResult"], "refused", "{what}");
+    }
+}
+
+fn data_encoding_b64(b: &[u8]) -> String {
+    // The envelope's payload is standard base64 (DSSE).
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+/// An envelope over arbitrary payload bytes, validly signed.
+fn sign_raw(key: &SecretKey, body: &[u8]) -> Vec<u8> {
+    let sig = key.sign(&pointer::pae(pointer::PAYLOAD_TYPE, body));
+    let env = pointer::Envelope {
+        payload_type: pointer::PAYLOAD_TYPE.into(),
+        payload: data_encoding_b64(body),
+        signatures: vec![pointer::EnvelopeSignature {
+            keyid: key.name().into(),
+            sig: data_encoding_b64(sig.bytes()),
+        }],
+    };
+    serde_json::to_vec(&env).unwrap()
+}
+
+#[test]
+fn replayed_and_equivocating_pointers_are_refused_after_an_update() {
+    let w = World::new("zstd");
+    let old = std::fs::read(w.cache.join("hosts/foobar/1.json")).unwrap();
+    w.publish2("zstd");
+    let out = w.pull(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(w.vm.status()["appliedGeneration"], 2);
+
+    // An old, validly signed pointer: a rollback attack.
+    w.server.set("/hosts/foobar.json", Rule::Bytes(old));
+    let out = w.pull(&[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("lower than the highest accepted (2)"),
+        "{}",
+        stderr(&out)
+    );
+    // Generation 2 again, signed, but with other content.
+    let mut p = w.pointer();
+    p.issued_at = p.issued_at.plus(Duration::from_secs(1));
+    w.server
+        .set("/hosts/foobar.json", Rule::Bytes(p.sign(&w.secret())));
+    let out = w.pull(&[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("other content"), "{}", stderr(&out));
+    assert_eq!(
+        w.vm.profile_link("system").as_deref(),
+        Some("system-2-link")
+    );
+    assert_eq!(w.vm.status()["highestGeneration"], 2);
+}
+
+#[test]
+fn hostile_manifests_are_refused() {
+    let w = World::new("xz");
+    w.publish2("xz");
+    let good = w.manifest();
+    let top: nixcast_common::StorePath = w.gen2.parse().unwrap();
+    type Edit = Box<dyn Fn(&mut Manifest)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "not closed",
+            Box::new(|m: &mut Manifest| {
+                let i = m
+                    .paths
+                    .iter()
+                    .position(|e| e.store_path.name() == "base-lib")
+                    .unwrap();
+                m.paths.remove(i);
+            }),
+            "not closed",
+        ),
+        (
+            "duplicate entry",
+            Box::new(|m: &mut Manifest| {
+                let e = m.paths[0].clone();
+                m.paths.insert(0, e);
+            }),
+            "not sorted and unique",
+        ),
+        (
+            "absolute URL",
+            Box::new(|m: &mut Manifest| m.paths[0].url = "http://169.254.169.254/latest".into()),
+            "is not nar/",
+        ),
+        (
+            "dot-dot URL",
+            Box::new(|m: &mut Manifest| m.paths[0].url = "nar/../hosts/foobar.json".into()),
+            "is not nar/",
+        ),
+        (
+            "another top",
+            Box::new(move |m: &mut Manifest| m.store_path = m.paths[0].store_path.clone()),
+            "the pointer names",
+        ),
+    ];
+    let _ = top;
+    for (what, edit, needle) in cases {
+        let mut m = good.clone();
+        edit(&mut m);
+        w.republish_manifest(&m, |_| {});
+        eprintln!("case {what}");
+        let out = w.pull(&[]);
+        w.assert_unchanged(&out, 3, needle);
+    }
+    // Bytes that do not match the pinned sha256 and size.
+    w.republish_manifest(&good, |_| {});
+    let path = format!("/{}", w.pointer().manifest.path);
+    let mut bytes = std::fs::read(w.cache.join(&path[1..])).unwrap();
+    bytes[10] ^= 1;
+    w.server.set(&path, Rule::Bytes(bytes));
+    let out = w.pull(&[]);
+    w.assert_unchanged(&out, 3, "expected");
+    // Compression outside the allowlist: the JSON does not even parse.
+    let json = String::from_utf8(good.to_json())
+        .unwrap()
+        .replacen("\"xz\"", "\"bzip2\"", 1);
+    w.server.set(&path, Rule::Bytes(json.into_bytes()));
+    let out = w.pull(&[]);
+    w.assert_unchanged(&out, 3, "manifest");
+    let _ = (
+        Compression::Xz,
+        manifest::MAX_PATHS,
+        Sha256Hash::digest(b""),
+    );
+}
+
+#[test]
+fn hostile_nar_transfers_are_refused() {
+    let w = World::new("xz");
+    w.publish2("xz");
+    let etc = closure(&w.gen2)
+        .into_iter()
+        .find(|p| p.contains("-etc-foobar"))
+        .unwrap();
+    let url = w.nar_of(&etc);
+    let real = std::fs::read(w.cache.join(&url[1..])).unwrap();
+    let mut flipped = real.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x40;
+    let other_nar = std::fs::read(w.cache.join(&w.nar_of(&w.gen2)[1..])).unwrap();
+    let cases: Vec<(&str, Rule, i32, &str)> = vec![
+        ("flipped byte", Rule::Bytes(flipped), 3, "refusing"),
+        ("other valid file", Rule::Bytes(other_nar), 3, "refusing"),
+        ("endless", Rule::Endless, 3, "more bytes than the FileSize"),
+        (
+            "truncated",
+            Rule::Truncate(real.len() / 2),
+            4,
+            "fetch failed",
+        ),
+        ("stalled", Rule::Stall(10), 4, "fetch failed"),
+        ("404", Rule::Status(404), 4, "not found"),
+        (
+            "redirect elsewhere",
+            Rule::Redirect(format!("http://127.0.0.2:1{url}")),
+            4,
+            "another origin",
+        ),
+    ];
+    for (what, rule, code, needle) in cases {
+        w.server.set(&url, rule);
+        eprintln!("case {what}");
+        let out = w.pull(&["--stall-timeout", "1s"]);
+        w.assert_unchanged(&out, code, needle);
+        assert!(
+            stderr(&out).contains(&etc),
+            "{what}: the error names the store path: {}",
+            stderr(&out)
+        );
+    }
+    // Once the server behaves, the next run finishes.
+    w.server.clear();
+    let out = w.pull(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        w.vm.profile_link("system-2-link").as_deref(),
+        Some(w.gen2.as_str())
+    );
+}
