@@ -381,8 +381,16 @@ fn rollback(cfg: &Config, previous: Option<u64>) -> String {
     let Some(generation) = previous else {
         return "no earlier generation to roll back to".to_owned();
     };
+    let failed = store::profile_generation(&cfg.profile);
     if let Err(e) = store::switch_generation(&cfg.profile, generation) {
         return format!("rolling back failed: {e:#}");
+    }
+    // The failed generation is dropped from the profile, so that neither a
+    // later rollback nor the boot menu offers it.
+    if let Some(f) = failed.filter(|f| *f != generation) {
+        if let Err(e) = store::delete_generation(&cfg.profile, f) {
+            tracing::warn!("cannot delete the failed profile generation {f}: {e:#}");
+        }
     }
     let Some(top) = store::profile_target(&cfg.profile) else {
         return format!(

@@ -170,3 +170,11 @@ pub fn list_generations(profile: &Path) -> Result<Vec<u64>> {
     }
     Ok(out)
 }
+
+pub fn delete_generation(profile: &Path, generation: u64) -> Result<()> {
+    run(Command::new("nix-env")
+        .arg("-p")
+        .arg(profile)
+        .args(["--delete-generations", &generation.to_string()]))?;
+    Ok(())
+}

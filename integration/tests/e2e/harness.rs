@@ -210,9 +210,9 @@ impl Vm {
         self.cmd(&args).output().unwrap()
     }
 
-    pub fn valid(&self, paths: &[String]) -> bool {
+    pub fn valid<S: AsRef<str>>(&self, paths: &[S]) -> bool {
         let mut args = vec!["nix-store", "--check-validity", "--print-invalid"];
-        args.extend(paths.iter().map(String::as_str));
+        args.extend(paths.iter().map(AsRef::as_ref));
         let out = ok(&mut self.cmd(&args));
         stdout(&out).trim().is_empty()
     }

@@ -189,6 +189,10 @@ fn a_failed_switch_rolls_back_and_is_not_retried() {
         stderr(&out)
     );
     assert_eq!(vm.profile_link("system").as_deref(), Some("system-1-link"));
+    assert!(
+        vm.profile_link("system-2-link").is_none(),
+        "the failed generation stays in the profile"
+    );
     assert_eq!(
         vm.switch_log(),
         [

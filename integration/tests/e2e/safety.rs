@@ -126,7 +126,7 @@ impl World {
         assert_eq!(out.status.code(), Some(code), "{err}");
         assert!(err.contains(needle), "expected {needle:?} in:\n{err}");
         assert!(
-            !self.vm.valid(&[self.gen2.clone()]),
+            !self.vm.valid(&[&self.gen2]),
             "the refused system entered the store"
         );
         assert_eq!(
@@ -449,5 +449,358 @@ fn hostile_nar_transfers_are_refused() {
     assert_eq!(
         w.vm.profile_link("system-2-link").as_deref(),
         Some(w.gen2.as_str())
+    );
+}
+
+/// NAR bytes built token by token (NIX-FACTS.md §1), to forge hostile archives.
+#[derive(Default)]
+struct NarBytes(Vec<u8>);
+
+impl NarBytes {
+    fn s(mut self, t: &[u8]) -> Self {
+        self.0.extend_from_slice(&(t.len() as u64).to_le_bytes());
+        self.0.extend_from_slice(t);
+        self.0.resize(self.0.len().div_ceil(8) * 8, 0);
+        self
+    }
+    fn start() -> Self {
+        Self::default().s(b"nix-archive-1")
+    }
+    fn file(self, c: &[u8]) -> Self {
+        self.s(b"(")
+            .s(b"type")
+            .s(b"regular")
+            .s(b"contents")
+            .s(c)
+            .s(b")")
+    }
+    fn dir(self) -> Self {
+        self.s(b"(").s(b"type").s(b"directory")
+    }
+    fn entry(self, name: &[u8]) -> Self {
+        self.s(b"entry").s(b"(").s(b"name").s(name).s(b"node")
+    }
+    fn dir_of(names: &[&[u8]]) -> Self {
+        let mut n = Self::start().dir();
+        for name in names {
+            n = n.entry(name).file(b"x").s(b")");
+        }
+        n.s(b")")
+    }
+}
+
+impl World {
+    /// Replaces the NAR of `path` by `file` (stored as-is, under its hash),
+    /// with hashes and sizes that match it, in a newly signed generation:
+    /// what a stolen key or a hostile publisher could serve.
+    fn forge(&self, path: &str, file: &[u8], nar: &[u8], compression: Compression) {
+        let file_hash = Sha256Hash::digest(file);
+        let url = manifest::nar_url(&file_hash, compression);
+        std::fs::write(self.cache.join(&url), file).unwrap();
+        let mut m = self.manifest();
+        let e = m
+            .paths
+            .iter_mut()
+            .find(|e| e.store_path.to_string() == path)
+            .unwrap();
+        e.url = url;
+        e.compression = compression;
+        e.file_hash = file_hash;
+        e.file_size = file.len() as u64;
+        e.nar_hash = Sha256Hash::digest(nar);
+        e.nar_size = nar.len() as u64;
+        self.republish_manifest(&m, |_| {});
+    }
+
+    fn etc_of_gen2(&self) -> String {
+        closure(&self.gen2)
+            .into_iter()
+            .find(|p| p.contains("-etc-foobar"))
+            .unwrap()
+    }
+}
+
+#[test]
+fn hostile_nar_contents_are_refused_even_with_matching_signed_hashes() {
+    let w = World::new("xz");
+    w.publish2("xz");
+    let etc = w.etc_of_gen2();
+    let deep = {
+        let mut n = NarBytes::start();
+        for _ in 0..70 {
+            n = n.dir().entry(b"d");
+        }
+        n = n.file(b"");
+        for _ in 0..70 {
+            n = n.s(b")").s(b")");
+        }
+        n
+    };
+    let link = |t: &[u8]| {
+        NarBytes::start()
+            .s(b"(")
+            .s(b"type")
+            .s(b"symlink")
+            .s(b"target")
+            .s(t)
+            .s(b")")
+    };
+    let mut padded = NarBytes::start().file(b"abc").0;
+    let at = padded.len() - 17;
+    padded[at] = 1;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("dot-dot name", NarBytes::dir_of(&[b".."]).0),
+        ("slash in name", NarBytes::dir_of(&[b"a/b"]).0),
+        ("dot name", NarBytes::dir_of(&[b"."]).0),
+        ("empty name", NarBytes::dir_of(&[b""]).0),
+        ("NUL in name", NarBytes::dir_of(&[b"a\0b"]).0),
+        ("unsorted entries", NarBytes::dir_of(&[b"b", b"a"]).0),
+        ("duplicate entries", NarBytes::dir_of(&[b"a", b"a"]).0),
+        ("too deep", deep.0),
+        ("oversized name", NarBytes::dir_of(&[&[b'n'; 256]]).0),
+        ("oversized symlink target", link(&[b't'; 4096]).0),
+        ("non-zero padding", padded),
+        (
+            "bad executable marker",
+            NarBytes::start()
+                .s(b"(")
+                .s(b"type")
+                .s(b"regular")
+                .s(b"executable")
+                .s(b"1")
+                .s(b"contents")
+                .s(b"")
+                .s(b")")
+                .0,
+        ),
+    ];
+    for (what, nar) in cases {
+        w.forge(&etc, &nar, &nar, Compression::None);
+        eprintln!("case {what}");
+        let out = w.pull(&[]);
+        w.assert_unchanged(&out, 3, "refusing");
+        assert!(stderr(&out).contains(&etc), "{what}: {}", stderr(&out));
+        assert!(
+            !w.vm.valid(&[&etc]),
+            "{what}: the hostile path was imported"
+        );
+    }
+}
+
+#[test]
+fn bombs_and_trailing_data_are_refused() {
+    let w = World::new("xz");
+    w.publish2("xz");
+    let etc = w.etc_of_gen2();
+    let nar = ok(std::process::Command::new("nix-store").args(["--dump", &etc])).stdout;
+    let xz = |args: &[&str], input: &[u8]| {
+        let mut c = std::process::Command::new("xz")
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        c.stdin.take().unwrap().write_all(input).unwrap();
+        c.wait_with_output().unwrap().stdout
+    };
+
+    // A decompression bomb: the signed NarSize is smaller than what the file unpacks to.
+    let mut m = w.manifest();
+    m.paths
+        .iter_mut()
+        .find(|e| e.store_path.to_string() == etc)
+        .unwrap()
+        .nar_size -= 8;
+    w.republish_manifest(&m, |_| {});
+    let out = w.pull(&[]);
+    w.assert_unchanged(&out, 3, "more than the NarSize");
+
+    // An xz memory bomb: a 1 GiB dictionary, beyond the decoder's memory limit.
+    let bomb = xz(&["-c", "--lzma2=preset=0,dict=1GiB"], &nar);
+    w.forge(&etc, &bomb, &nar, Compression::Xz);
+    let out = w.pull(&[]);
+    w.assert_unchanged(&out, 3, "refusing");
+
+    // Trailing data after the xz stream, even when FileSize and FileHash count it.
+    let mut trailing = xz(&["-c"], &nar);
+    trailing.extend_from_slice(b"trailing garbage");
+    w.forge(&etc, &trailing, &nar, Compression::Xz);
+    let out = w.pull(&[]);
+    w.assert_unchanged(&out, 3, "trailing data");
+
+    // The same NAR, well formed, goes through.
+    w.forge(&etc, &xz(&["-c"], &nar), &nar, Compression::Xz);
+    let out = w.pull(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn a_path_that_is_not_a_system_is_refused_before_the_profile() {
+    let w = World::new("zstd");
+    let lib = closure(&w.gen1)
+        .into_iter()
+        .find(|p| p.contains("-base-lib"))
+        .unwrap();
+    publish(&w.cache, "foobar", &lib, &w.keys, &[]);
+    let out = w.pull(&[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a NixOS system"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        w.vm.profile_link("system").as_deref(),
+        Some("system-1-link")
+    );
+    assert!(w.vm.profile_link("system-2-link").is_none());
+    assert_eq!(w.vm.switch_log().len(), 1);
+}
+
+#[test]
+fn a_second_run_is_locked_out_and_a_killed_run_resumes_without_refetching() {
+    let w = World::new("xz");
+    w.publish2("xz");
+    let etc = w.etc_of_gen2();
+    let etc_url = w.nar_of(&etc);
+    let top_url = w.nar_of(&w.gen2);
+    w.server.set(&etc_url, Rule::Stall(0));
+    w.server.take_requests();
+    let bin = nixcast_pull_path();
+    let url = w.server.url.clone();
+    let mut first =
+        w.vm.cmd(&[
+            bin.to_str().unwrap(),
+            "run",
+            "--cache",
+            &url,
+            "--host",
+            "foobar",
+            "--trusted-key",
+            &w.keys.public_text,
+            "--state-dir",
+            "/nix/var/nixcast",
+            "--allow-insecure-http",
+            "--jobs",
+            "2",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until the top's NAR is verified and staged while etc's stalls.
+    let staged = w.vm.nix().join("var/nixcast/staging/nar");
+    let mut waited = 0;
+    while staged_nars(&staged) < 1 {
+        assert!(waited < 300, "the first run staged nothing");
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
+
+    let out = w.pull(&[]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("lock"), "{}", stderr(&out));
+
+    // kill -9 in the middle of the download.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    w.server.clear();
+    w.server.take_requests();
+    let out = w.pull(&["--wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reqs = w.server.take_requests();
+    assert!(reqs.contains(&etc_url), "{reqs:?}");
+    assert!(
+        !reqs.contains(&top_url),
+        "a verified NAR was fetched again: {reqs:?}"
+    );
+    assert_eq!(
+        w.vm.profile_link("system-2-link").as_deref(),
+        Some(w.gen2.as_str())
+    );
+    assert!(stray_files(&w.vm.nix().join("var/nixcast")).is_empty());
+}
+
+fn staged_nars(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".nar"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_damaged_state_file_stops_the_agent_and_is_kept() {
+    let w = World::new("zstd");
+    w.publish2("zstd");
+    let state = w.vm.nix().join("var/nixcast/status.json");
+    let bytes = std::fs::read(&state).unwrap();
+    std::fs::write(&state, &bytes[..bytes.len() / 2]).unwrap();
+    let out = w.pull(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("delete it"),
+        "says how to recover: {}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read(&state).unwrap(), &bytes[..bytes.len() / 2]);
+    assert!(!w.vm.valid(&[&w.gen2]));
+}
+
+#[test]
+fn a_failing_health_check_rolls_back_and_rollback_by_hand_works() {
+    let w = World::new("xz");
+    w.publish2("xz");
+    let out = w.pull(&["--health-check", "true", "--health-check", "exit 3"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("health check \"exit 3\""),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        w.vm.profile_link("system").as_deref(),
+        Some("system-1-link")
+    );
+    assert_eq!(w.vm.status()["badGenerations"], serde_json::json!([2]));
+
+    // A third generation passes its check; then the operator rolls back by hand.
+    let gen3 = Fixture {
+        n: 2,
+        version: "safe3",
+        ..Default::default()
+    }
+    .build();
+    publish(&w.cache, "foobar", &gen3, &w.keys, &[]);
+    let out = w.pull(&["--health-check", "test -e /nix/store"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(w.vm.status()["appliedGeneration"], 3);
+    let bin = nixcast_pull_path();
+    let out =
+        w.vm.cmd(&[
+            bin.to_str().unwrap(),
+            "rollback",
+            "--state-dir",
+            "/nix/var/nixcast",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        w.vm.switch_log().last().unwrap(),
+        &format!("switch {}", w.gen1)
+    );
+    let st = w.vm.status();
+    assert_eq!(st["lastResult"], "rolled-back");
+    assert_eq!(st["badGenerations"], serde_json::json!([2, 3]));
+    // The rolled-back generation is not applied again by the next run.
+    let out = w.pull(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        w.vm.switch_log().last().unwrap(),
+        &format!("switch {}", w.gen1)
     );
 }
