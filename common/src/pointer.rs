@@ -211,6 +211,12 @@ impl<T> Verified<T> {
     }
 }
 
+/// Decodes an envelope's payload without verifying it: for tools that only
+/// display a cache's contents, never for decisions.
+pub fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    BASE64.decode(s.as_bytes()).ok()
+}
+
 /// DSSE's pre-authentication encoding.
 pub fn pae(payload_type: &str, body: &[u8]) -> Vec<u8> {
     let mut out = format!(

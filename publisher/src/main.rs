@@ -4,6 +4,7 @@
 //! Exit codes: 0 success (also "nothing to publish"), 1 error, 2 usage.
 
 mod compress;
+mod inspect;
 mod keygen;
 mod nix;
 mod publish;
@@ -58,6 +59,30 @@ enum Cmd {
     },
     /// Publish a host's system closure and a signed pointer to it.
     Publish(PublishArgs),
+    /// List every host in a cache: generation, store path, times, closure size.
+    Hosts {
+        #[arg(long)]
+        to: String,
+        /// Verify pointers with this public key (repeatable); without, they are only decoded.
+        #[arg(long = "public-key-file")]
+        public_key_files: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What changed between two generations of a host (default: the latest and the one before).
+    Diff {
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        host: String,
+        from: Option<u64>,
+        #[arg(value_name = "TO")]
+        to_generation: Option<u64>,
+        #[arg(long = "public-key-file")]
+        public_key_files: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve a cache directory over HTTP, read-only.
     Serve {
         dir: PathBuf,
@@ -137,6 +162,34 @@ fn run(cmd: Cmd) -> Result<()> {
             force,
         } => keygen::keygen(&name, &secret_key_file, &public_key_file, force),
         Cmd::Publish(args) => publish_cmd(args),
+        Cmd::Hosts {
+            to,
+            public_key_files,
+            json,
+        } => inspect::hosts(
+            &target::Target::open_existing(&to)?,
+            &load_public_keys(&public_key_files)?,
+            json,
+        ),
+        Cmd::Diff {
+            to,
+            host,
+            from,
+            to_generation,
+            public_key_files,
+            json,
+        } => {
+            publish::check_host(&host)?;
+            let keys = load_public_keys(&public_key_files)?;
+            inspect::diff(
+                &target::Target::open_existing(&to)?,
+                &host,
+                from,
+                to_generation,
+                &keys,
+                json,
+            )
+        }
         Cmd::Serve { dir, listen } => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
@@ -197,6 +250,18 @@ fn publish_cmd(a: PublishArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn load_public_keys(files: &[PathBuf]) -> Result<Vec<nixcast_common::PublicKey>> {
+    files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read {}", f.display()))?;
+            nixcast_common::PublicKey::parse(&text)
+                .with_context(|| format!("bad public key in {}", f.display()))
+        })
+        .collect()
 }
 
 fn init_logging(format: LogFormat) {

@@ -16,16 +16,26 @@ pub struct Target {
 }
 
 impl Target {
-    /// Parses `--to`: a directory or `file://DIR`; created if missing.
-    pub fn open(spec: &str) -> Result<Self> {
-        let dir = if let Some(rest) = spec.strip_prefix("file://") {
-            rest
+    /// Opens a cache that must exist already (for reading commands).
+    pub fn open_existing(spec: &str) -> Result<Self> {
+        let dir = Self::dir_of(spec)?;
+        anyhow::ensure!(dir.is_dir(), "{} is not a cache directory", dir.display());
+        Ok(Self { root: dir })
+    }
+
+    fn dir_of(spec: &str) -> Result<PathBuf> {
+        if let Some(rest) = spec.strip_prefix("file://") {
+            Ok(PathBuf::from(rest))
         } else if spec.contains("://") {
             bail!("unsupported target {spec:?}: use a directory or file://DIR");
         } else {
-            spec
-        };
-        let root = PathBuf::from(dir);
+            Ok(PathBuf::from(spec))
+        }
+    }
+
+    /// Parses `--to`: a directory or `file://DIR`; created if missing.
+    pub fn open(spec: &str) -> Result<Self> {
+        let root = Self::dir_of(spec)?;
         for sub in ["", "nar", "manifests", "hosts"] {
             fs::create_dir_all(root.join(sub))
                 .with_context(|| format!("cannot create {}", root.join(sub).display()))?;

@@ -269,3 +269,78 @@ fn keygen_refuses_to_overwrite_and_keeps_the_secret_private() {
     let text = std::fs::read_to_string(&keys.secret).unwrap();
     assert!(text.starts_with("fleet-2:") && !text.ends_with('\n'));
 }
+
+#[test]
+fn hosts_and_diff_describe_the_cache() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let keys = keygen(work.path(), "fleet-1");
+    let pubfile = work.path().join("fleet-1.pub");
+    let gen1 = Fixture {
+        version: "diff1",
+        ..Default::default()
+    }
+    .build();
+    let gen2 = Fixture {
+        version: "diff2",
+        ..Default::default()
+    }
+    .build();
+    publish(&cache, "foobar", &gen1, &keys, &[]);
+    publish(&cache, "foobar", &gen2, &keys, &["--expires-in", "never"]);
+    publish(&cache, "other", &gen1, &keys, &[]);
+
+    let out = ok(nixcast()
+        .args(["hosts", "--json", "--to"])
+        .arg(&cache)
+        .arg("--public-key-file")
+        .arg(&pubfile));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["host"], "foobar");
+    assert_eq!(rows[0]["generation"], 2);
+    assert_eq!(rows[0]["storePath"], gen2.as_str());
+    assert_eq!(rows[0]["expiresAt"], serde_json::Value::Null);
+    assert_eq!(rows[0]["paths"], closure(&gen2).len());
+    assert_eq!(rows[1]["host"], "other");
+    assert!(rows[1]["expiresAt"].is_string());
+
+    let out = ok(nixcast()
+        .args(["diff", "--json", "--host", "foobar", "--to"])
+        .arg(&cache));
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((d["from"].as_u64(), d["to"].as_u64()), (Some(1), Some(2)));
+    let names = |k: &str| -> Vec<String> {
+        d[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e[0].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (c1, c2) = (closure(&gen1), closure(&gen2));
+    let mut added: Vec<String> = c2.iter().filter(|p| !c1.contains(p)).cloned().collect();
+    let mut removed: Vec<String> = c1.iter().filter(|p| !c2.contains(p)).cloned().collect();
+    added.sort();
+    removed.sort();
+    assert_eq!(names("added"), added);
+    assert_eq!(names("removed"), removed);
+    assert!(d["downloadBytes"].as_u64().unwrap() > 0);
+
+    // Verification with another key fails and says where.
+    let other = keygen(work.path(), "other-1");
+    let _ = other;
+    let out = nixcast()
+        .args(["hosts", "--to"])
+        .arg(&cache)
+        .arg("--public-key-file")
+        .arg(work.path().join("other-1.pub"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("hosts/foobar.json"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -1,0 +1,188 @@
+//! `nixcast hosts` and `nixcast diff`: what a cache holds, read from its
+//! pointers and manifests (verified with the publisher's public key when one
+//! is given, since these commands may read a cache someone else can write).
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use nixcast_common::manifest::Manifest;
+use nixcast_common::pointer::{self, Pointer};
+use nixcast_common::{PublicKey, StorePath};
+use serde::Serialize;
+
+use crate::publish::human_bytes;
+use crate::target::Target;
+
+/// Reads a pointer; with keys it must verify, without them its payload is
+/// only decoded (for a look at one's own cache).
+fn read_pointer(target: &Target, key: &str, keys: &[PublicKey]) -> Result<Pointer> {
+    let bytes = target
+        .get(key)?
+        .with_context(|| format!("{}/{key} does not exist", target.describe()))?;
+    if !keys.is_empty() {
+        return Ok(pointer::verify(&bytes, keys)
+            .with_context(|| format!("{}/{key}", target.describe()))?
+            .into_inner());
+    }
+    let env: pointer::Envelope =
+        serde_json::from_slice(&bytes).with_context(|| format!("malformed {key}"))?;
+    let body = data_decode(&env.payload).with_context(|| format!("malformed payload in {key}"))?;
+    Ok(serde_json::from_slice(&body).with_context(|| format!("malformed payload in {key}"))?)
+}
+
+fn data_decode(b64: &str) -> Option<Vec<u8>> {
+    nixcast_common::pointer::decode_base64(b64)
+}
+
+fn read_manifest(target: &Target, p: &Pointer) -> Result<Manifest> {
+    let bytes = target
+        .get(&p.manifest.path)?
+        .with_context(|| format!("{} is missing", p.manifest.path))?;
+    if nixcast_common::Sha256Hash::digest(&bytes) != p.manifest.sha256 {
+        bail!(
+            "{} does not match the sha256 its pointer pins",
+            p.manifest.path
+        );
+    }
+    Ok(Manifest::parse(&bytes)?)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HostRow {
+    host: String,
+    generation: u64,
+    store_path: StorePath,
+    issued_at: String,
+    expires_at: Option<String>,
+    paths: usize,
+    closure_nar_size: u64,
+    closure_file_size: u64,
+}
+
+pub fn hosts(target: &Target, keys: &[PublicKey], json: bool) -> Result<()> {
+    let mut rows = Vec::new();
+    for key in target.list("hosts")? {
+        if !key.ends_with(".json") {
+            continue;
+        }
+        let p = read_pointer(target, &key, keys)?;
+        let m = read_manifest(target, &p)?;
+        rows.push(HostRow {
+            host: p.host.clone(),
+            generation: p.generation,
+            store_path: p.store_path.clone(),
+            issued_at: p.issued_at.to_string(),
+            expires_at: p.expires_at.map(|t| t.to_string()),
+            paths: m.paths.len(),
+            closure_nar_size: m.total_nar_size(),
+            closure_file_size: m.paths.iter().map(|e| e.file_size).sum(),
+        });
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    for r in rows {
+        println!(
+            "{}\tgeneration {}\t{}\tissued {}\texpires {}\t{} paths, {} ({} compressed)",
+            r.host,
+            r.generation,
+            r.store_path,
+            r.issued_at,
+            r.expires_at.as_deref().unwrap_or("never"),
+            r.paths,
+            human_bytes(r.closure_nar_size),
+            human_bytes(r.closure_file_size)
+        );
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Diff {
+    host: String,
+    from: u64,
+    to: u64,
+    added: Vec<(StorePath, u64)>,
+    removed: Vec<(StorePath, u64)>,
+    /// Bytes an agent at `from` downloads to reach `to`.
+    download_bytes: u64,
+}
+
+/// Paths added and removed between two generations of a host (default: the
+/// one before the latest, and the latest).
+pub fn diff(
+    target: &Target,
+    host: &str,
+    from: Option<u64>,
+    to: Option<u64>,
+    keys: &[PublicKey],
+    json: bool,
+) -> Result<()> {
+    let latest = read_pointer(target, &format!("hosts/{host}.json"), keys)?;
+    let to = to.unwrap_or(latest.generation);
+    let from = from.unwrap_or(to.saturating_sub(1));
+    let load = |g: u64| -> Result<Manifest> {
+        let p = read_pointer(target, &format!("hosts/{host}/{g}.json"), keys)?;
+        read_manifest(target, &p)
+    };
+    let a = if from == 0 { None } else { Some(load(from)?) };
+    let b = load(to)?;
+    let old: BTreeMap<&StorePath, u64> = a
+        .iter()
+        .flat_map(|m| m.paths.iter().map(|e| (&e.store_path, e.nar_size)))
+        .collect();
+    let new: BTreeMap<&StorePath, u64> = b
+        .paths
+        .iter()
+        .map(|e| (&e.store_path, e.nar_size))
+        .collect();
+    let added: Vec<(StorePath, u64)> = new
+        .iter()
+        .filter(|(p, _)| !old.contains_key(*p))
+        .map(|(p, s)| ((*p).clone(), *s))
+        .collect();
+    let removed: Vec<(StorePath, u64)> = old
+        .iter()
+        .filter(|(p, _)| !new.contains_key(*p))
+        .map(|(p, s)| ((*p).clone(), *s))
+        .collect();
+    let download_bytes = b
+        .paths
+        .iter()
+        .filter(|e| !old.contains_key(&e.store_path))
+        .map(|e| e.file_size)
+        .sum();
+    let d = Diff {
+        host: host.to_owned(),
+        from,
+        to,
+        added,
+        removed,
+        download_bytes,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+        return Ok(());
+    }
+    println!("{} generation {} → {}", d.host, d.from, d.to);
+    for (p, s) in &d.added {
+        println!("+ {p}\t{}", human_bytes(*s));
+    }
+    for (p, s) in &d.removed {
+        println!("- {p}\t{}", human_bytes(*s));
+    }
+    let sum = |v: &[(StorePath, u64)]| v.iter().map(|(_, s)| s).sum::<u64>();
+    println!(
+        "{} paths added ({}), {} removed ({}); an agent at {} downloads {}",
+        d.added.len(),
+        human_bytes(sum(&d.added)),
+        d.removed.len(),
+        human_bytes(sum(&d.removed)),
+        d.from,
+        human_bytes(d.download_bytes)
+    );
+    Ok(())
+}
