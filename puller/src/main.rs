@@ -9,6 +9,7 @@
 mod activate;
 mod fetch;
 mod run;
+mod schedule;
 mod source;
 mod state;
 mod store;
@@ -125,6 +126,15 @@ struct RunArgs {
         value_delimiter = '\n'
     )]
     health_checks: Vec<String>,
+    /// Keep running and pull on this cron schedule ("*/5 * * * *"; a seconds field is allowed).
+    #[arg(long, env = "NIXCAST_SCHEDULE")]
+    schedule: Option<String>,
+    /// With --schedule: a random delay of up to this much before each run.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, env = "NIXCAST_JITTER")]
+    jitter: Duration,
+    /// Write Prometheus textfile-collector metrics here after each run.
+    #[arg(long, env = "NIXCAST_METRICS_FILE")]
+    metrics_file: Option<PathBuf>,
     /// How long each health check may take.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, env = "NIXCAST_HEALTH_TIMEOUT")]
     health_timeout: Duration,
@@ -156,8 +166,12 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Run(args) => {
+            let (schedule, jitter) = (args.schedule.clone(), args.jitter);
             let code = match build_config(*args) {
-                Ok(cfg) => run_once(&cfg),
+                Ok(cfg) => match schedule {
+                    None => run_once(&cfg),
+                    Some(expr) => run_scheduled(&cfg, &expr, jitter),
+                },
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     1
@@ -185,6 +199,19 @@ fn run_once(cfg: &run::Config) -> u8 {
             tracing::error!("{e}");
             eprintln!("error: {e}");
             e.exit_code()
+        }
+    }
+}
+
+fn run_scheduled(cfg: &run::Config, expr: &str, jitter: Duration) -> u8 {
+    let result = schedule::parse(expr).and_then(|sched| {
+        tokio::runtime::Runtime::new()?.block_on(schedule::run_forever(cfg, &sched, jitter))
+    });
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
         }
     }
 }
@@ -233,13 +260,23 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
         wait: a.wait,
         health_checks: a.health_checks,
         health_timeout: a.health_timeout,
+        metrics_file: a.metrics_file,
     })
 }
 
 fn status(dir: &std::path::Path, json: bool) -> Result<()> {
     let st = state::StateDir::new(dir).load()?;
+    let link = |p: &str| {
+        std::fs::canonicalize(p)
+            .ok()
+            .map(|p| p.display().to_string())
+    };
+    let (current, booted) = (link("/run/current-system"), link("/run/booted-system"));
     if json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+        let mut v = serde_json::to_value(&st)?;
+        v["currentSystem"] = current.into();
+        v["bootedSystem"] = booted.into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     let show = |o: Option<String>| o.unwrap_or_else(|| "-".to_owned());
@@ -251,19 +288,20 @@ fn status(dir: &std::path::Path, json: bool) -> Result<()> {
         "applied store path: {}",
         show(st.applied_store_path.map(|p| p.to_string()))
     );
+    println!("current system:     {}", show(current));
+    println!("booted system:      {}", show(booted));
     println!("highest accepted:   {}", st.highest_generation);
     println!(
         "last check:         {}",
         show(st.last_check.map(|t| t.to_string()))
     );
     println!(
+        "last success:       {}",
+        show(st.last_success.map(|t| t.to_string()))
+    );
+    println!(
         "last result:        {}",
-        show(st.last_result.map(|r| {
-            serde_json::to_string(&r)
-                .unwrap_or_default()
-                .trim_matches('"')
-                .to_owned()
-        }))
+        show(st.last_result.map(|r| r.as_str().to_owned()))
     );
     println!("last error:         {}", show(st.last_error));
     if !st.bad_generations.is_empty() {

@@ -33,6 +33,7 @@ pub struct Config {
     pub wait: bool,
     pub health_checks: Vec<String>,
     pub health_timeout: std::time::Duration,
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// Why a run failed; each kind has its own exit code (see the README).
@@ -96,19 +97,30 @@ pub async fn run(cfg: &Config) -> Result<Outcome, RunError> {
         .map_err(other)?
         .ok_or_else(|| RunError::Locked(cfg.state.path().display().to_string()))?;
     let mut status = cfg.state.load().map_err(other)?;
+    let started = std::time::Instant::now();
+    status.last_run_fetched_bytes = 0;
     let result = apply(cfg, &mut status).await;
     status.last_check = Some(Timestamp::now());
+    status.last_run_seconds = started.elapsed().as_secs_f64();
     match &result {
         Ok(outcome) => {
             status.last_result = Some(*outcome);
             status.last_error = None;
+            status.last_success = status.last_check;
         }
         Err(e) => {
             status.last_result = Some(e.outcome());
             status.last_error = Some(e.to_string());
+            *status
+                .failures
+                .entry(e.outcome().as_str().to_owned())
+                .or_default() += 1;
         }
     }
     cfg.state.save(&status).map_err(other)?;
+    if let Some(path) = &cfg.metrics_file {
+        crate::state::write_atomic(path, &crate::state::metrics(&status)).map_err(other)?;
+    }
     result
 }
 
@@ -196,6 +208,7 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
     let staging = cfg.state.staging();
     std::fs::create_dir_all(staging.join("nar")).map_err(other)?;
     let fetched = fetch_all(cfg, &staging, &entries, download).await?;
+    status.last_run_fetched_bytes = fetched;
     tracing::info!(
         paths = entries.len(),
         bytes = fetched,

@@ -34,7 +34,7 @@ pub enum Outcome {
     RolledBack,
 }
 
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Status {
     /// The highest generation whose pointer verified: older ones are refused.
@@ -64,6 +64,104 @@ pub struct Status {
     /// Generations whose switch or health check failed: not retried.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bad_generations: Vec<u64>,
+    /// The end of the last run that ended well (applied or nothing to do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<Timestamp>,
+    #[serde(default)]
+    pub last_run_seconds: f64,
+    #[serde(default)]
+    pub last_run_fetched_bytes: u64,
+    /// Failed runs since the state directory was made, by kind.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub failures: std::collections::BTreeMap<String, u64>,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Refused => "refused",
+            Outcome::FetchFailed => "fetch-failed",
+            Outcome::ImportFailed => "import-failed",
+            Outcome::ActivationFailed => "activation-failed",
+            Outcome::RolledBack => "rolled-back",
+        }
+    }
+}
+
+/// Prometheus text-format metrics, for node_exporter's textfile collector.
+pub fn metrics(s: &Status) -> String {
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: String| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+        ));
+    };
+    let secs = |t: Option<Timestamp>| {
+        t.and_then(|t| t.system_time().duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs())
+    };
+    gauge(
+        "nixcast_last_success_timestamp_seconds",
+        "End of the last run that applied or found nothing to do.",
+        secs(s.last_success).to_string(),
+    );
+    gauge(
+        "nixcast_last_check_timestamp_seconds",
+        "End of the last run.",
+        secs(s.last_check).to_string(),
+    );
+    gauge(
+        "nixcast_applied_generation",
+        "The pointer generation this host runs.",
+        s.applied_generation.unwrap_or(0).to_string(),
+    );
+    gauge(
+        "nixcast_highest_generation",
+        "The highest pointer generation accepted.",
+        s.highest_generation.to_string(),
+    );
+    gauge(
+        "nixcast_last_run_duration_seconds",
+        "How long the last run took.",
+        format!("{:.3}", s.last_run_seconds),
+    );
+    gauge(
+        "nixcast_last_run_fetched_bytes",
+        "Bytes downloaded by the last run.",
+        s.last_run_fetched_bytes.to_string(),
+    );
+    out.push_str("# HELP nixcast_failures_total Failed runs, by kind.\n# TYPE nixcast_failures_total counter\n");
+    for kind in [
+        "refused",
+        "fetch-failed",
+        "import-failed",
+        "activation-failed",
+    ] {
+        let n = s.failures.get(kind).copied().unwrap_or(0);
+        out.push_str(&format!("nixcast_failures_total{{kind=\"{kind}\"}} {n}\n"));
+    }
+    out
+}
+
+/// Writes `text` to `path` atomically (the textfile collector may read at any time).
+pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".nixcast-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    tmp.write_all(text.as_bytes())?;
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o644))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 pub struct StateDir {

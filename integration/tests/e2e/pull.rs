@@ -264,3 +264,73 @@ fn pulling_a_300_mib_path_stays_under_256_mib() {
         .unwrap();
     assert!(kib < 256 * 1024, "peak RSS {kib} KiB");
 }
+
+/// `--schedule` keeps pulling; SIGTERM ends it cleanly; metrics are written.
+#[test]
+fn scheduled_agent_pulls_writes_metrics_and_stops_on_sigterm() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let keys = keygen(work.path(), "fleet-1");
+    let top = Fixture {
+        n: 2,
+        version: "sched",
+        ..Default::default()
+    }
+    .build();
+    publish(&cache, "foobar", &top, &keys, &[]);
+    let vm = Vm::new();
+    let bin = nixcast_pull_path();
+    let url = format!("file://{}", cache.display());
+    let mut agent = vm
+        .cmd(&[
+            bin.to_str().unwrap(),
+            "run",
+            "--cache",
+            &url,
+            "--host",
+            "foobar",
+            "--trusted-key",
+            &keys.public_text,
+            "--state-dir",
+            "/nix/var/nixcast",
+            "--schedule",
+            "* * * * * *",
+            "--jitter",
+            "0s",
+            "--metrics-file",
+            "/nix/var/nixcast.prom",
+        ])
+        .spawn()
+        .unwrap();
+    let metrics = vm.nix().join("var/nixcast.prom");
+    let mut waited = 0;
+    while !std::fs::read_to_string(&metrics)
+        .unwrap_or_default()
+        .contains("nixcast_applied_generation 1")
+    {
+        assert!(waited < 600, "the scheduled agent applied nothing");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        waited += 1;
+    }
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        text.contains("nixcast_failures_total{kind=\"refused\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE nixcast_last_success_timestamp_seconds gauge"),
+        "{text}"
+    );
+    // It keeps checking: more runs follow, each finding nothing to do.
+    let first_check = vm.status()["lastCheck"].clone();
+    waited = 0;
+    while vm.status()["lastCheck"] == first_check {
+        assert!(waited < 600, "no second run");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        waited += 1;
+    }
+    assert_eq!(vm.switch_log().len(), 1);
+    ok(std::process::Command::new("kill").args(["-TERM", &agent.id().to_string()]));
+    let status = agent.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
