@@ -10,6 +10,7 @@ mod nix;
 mod publish;
 mod serve;
 mod target;
+mod upstream;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -122,6 +123,12 @@ struct PublishArgs {
     /// Publish even when the current pointer has another key, or names the same path.
     #[arg(long)]
     force: bool,
+    /// A cache whose paths need not be uploaded (repeatable): the manifest points agents there.
+    #[arg(long = "upstream")]
+    upstreams: Vec<String>,
+    /// A key an upstream's narinfos must be signed with (repeatable; without one, any upstream narinfo describing the same content counts).
+    #[arg(long = "upstream-key")]
+    upstream_keys: Vec<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -233,6 +240,16 @@ fn publish_cmd(a: PublishArgs) -> Result<()> {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         force: a.force,
         system: a.system,
+        upstreams: upstream::Upstreams::new(
+            a.upstreams,
+            a.upstream_keys
+                .iter()
+                .map(|k| {
+                    nixcast_common::PublicKey::parse(k)
+                        .with_context(|| format!("bad --upstream-key {k:?}"))
+                })
+                .collect::<Result<_>>()?,
+        )?,
     };
     match publish::publish(&target, &top, &opts)? {
         publish::Outcome::Published(s) => {

@@ -31,6 +31,7 @@ pub struct Options {
     pub jobs: usize,
     pub force: bool,
     pub system: Option<String>,
+    pub upstreams: crate::upstream::Upstreams,
 }
 
 #[derive(Debug)]
@@ -50,6 +51,7 @@ pub struct Summary {
     pub store_path: StorePath,
     pub new_paths: usize,
     pub reused_paths: usize,
+    pub upstream_paths: usize,
     pub bytes_written: u64,
 }
 
@@ -57,12 +59,13 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "published {} generation {}: {} ({} new paths, {} reused, {} written)",
+            "published {} generation {}: {} ({} new paths, {} reused, {} from upstream, {} written)",
             self.host,
             self.generation,
             self.store_path,
             self.new_paths,
             self.reused_paths,
+            self.upstream_paths,
             human_bytes(self.bytes_written)
         )
     }
@@ -113,11 +116,34 @@ pub fn publish(target: &Target, top: &StorePath, opts: &Options) -> Result<Outco
 
     let infos = crate::nix::closure(top)?;
     tracing::info!(paths = infos.len(), %top, "read closure from Nix");
-    let (reused, todo) = split_existing(target, &infos, &opts.key)?;
+    let (reused, mut todo) = split_existing(target, &infos, &opts.key)?;
+    let mut entries: Vec<Entry> = reused.iter().map(entry_of).collect::<Result<_>>()?;
+    if !opts.upstreams.is_empty() {
+        let found = opts.upstreams.lookup(&todo)?;
+        let mut rest = Vec::new();
+        for (info, hit) in todo.into_iter().zip(found) {
+            match hit {
+                Some((url, mut ni)) => {
+                    // Our signature vouches for the content our store holds
+                    // (checked equal above); the agent needs no upstream key.
+                    ni.sign(&opts.key);
+                    let mut e = entry_of(&ni)?;
+                    e.cache = Some(url);
+                    entries.push(e);
+                }
+                None => rest.push(info),
+            }
+        }
+        tracing::info!(
+            upstream = entries.len() - reused.len(),
+            "paths served by upstream caches"
+        );
+        todo = rest;
+    }
+    let upstream_paths = entries.len() - reused.len();
     let (written, bytes_written) = write_nars(target, &todo, opts)?;
 
     // Narinfos only once every NAR is in place.
-    let mut entries: Vec<Entry> = reused.iter().map(entry_of).collect::<Result<_>>()?;
     for ni in &written {
         target.put(&narinfo_key(&ni.store_path), ni.render().as_bytes())?;
         entries.push(entry_of(ni)?);
@@ -160,6 +186,7 @@ pub fn publish(target: &Target, top: &StorePath, opts: &Options) -> Result<Outco
         store_path: top.clone(),
         new_paths: written.len(),
         reused_paths: reused.len(),
+        upstream_paths,
         bytes_written,
     }))
 }

@@ -261,6 +261,8 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
         health_checks: a.health_checks,
         health_timeout: a.health_timeout,
         metrics_file: a.metrics_file,
+        allow_insecure_http: a.allow_insecure_http,
+        stall_timeout: a.stall_timeout,
     })
 }
 

@@ -34,6 +34,9 @@ pub struct Config {
     pub health_checks: Vec<String>,
     pub health_timeout: std::time::Duration,
     pub metrics_file: Option<PathBuf>,
+    /// For upstream caches named in a manifest: plain http allowed, stall timeout.
+    pub allow_insecure_http: bool,
+    pub stall_timeout: std::time::Duration,
 }
 
 /// Why a run failed; each kind has its own exit code (see the README).
@@ -361,8 +364,21 @@ async fn fetch_all(
             }
         })
     };
+    // A manifest may name upstream caches for some paths (publish --upstream).
+    let mut upstreams: std::collections::HashMap<&str, Source> = Default::default();
+    for url in entries.iter().filter_map(|e| e.cache.as_deref()) {
+        if !upstreams.contains_key(url) {
+            let src = Source::new(url, cfg.allow_insecure_http, cfg.stall_timeout)
+                .map_err(RunError::Refused)?;
+            upstreams.insert(url, src);
+        }
+    }
+    let source_of = |e: &nixcast_common::manifest::Entry| match e.cache.as_deref() {
+        Some(url) => &upstreams[url],
+        None => &cfg.source,
+    };
     let result: Result<Vec<u64>, NarError> = futures_util::stream::iter(entries)
-        .map(|e| fetch::fetch_one(&cfg.source, staging, e, progress.clone()))
+        .map(|e| fetch::fetch_one(source_of(e), staging, e, progress.clone()))
         .buffer_unordered(cfg.jobs.max(1))
         .try_collect()
         .await;

@@ -9,3 +9,4 @@ mod harness;
 mod publish;
 mod pull;
 mod safety;
+mod upstream;
