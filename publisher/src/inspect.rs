@@ -27,7 +27,7 @@ fn read_pointer(target: &Target, key: &str, keys: &[PublicKey]) -> Result<Pointe
     let env: pointer::Envelope =
         serde_json::from_slice(&bytes).with_context(|| format!("malformed {key}"))?;
     let body = data_decode(&env.payload).with_context(|| format!("malformed payload in {key}"))?;
-    Ok(serde_json::from_slice(&body).with_context(|| format!("malformed payload in {key}"))?)
+    serde_json::from_slice(&body).with_context(|| format!("malformed payload in {key}"))
 }
 
 fn data_decode(b64: &str) -> Option<Vec<u8>> {
