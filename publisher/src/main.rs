@@ -3,6 +3,7 @@
 //!
 //! Exit codes: 0 success (also "nothing to publish"), 1 error, 2 usage.
 
+mod bundle;
 mod compress;
 mod inspect;
 mod keygen;
@@ -83,6 +84,22 @@ enum Cmd {
         public_key_files: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
+    },
+    /// Write a host's pointer, manifest and the NARs a base lacks into one file.
+    Bundle {
+        #[arg(long)]
+        host: String,
+        /// The cache to read: a directory or file://DIR.
+        #[arg(long)]
+        from: String,
+        /// Leave out what this generation of the host has.
+        #[arg(long, conflicts_with = "base_path")]
+        base: Option<u64>,
+        /// Leave out what the generation running this store path has.
+        #[arg(long)]
+        base_path: Option<String>,
+        #[arg(long)]
+        output: PathBuf,
     },
     /// Serve a cache directory over HTTP, read-only.
     Serve {
@@ -169,6 +186,28 @@ fn run(cmd: Cmd) -> Result<()> {
             force,
         } => keygen::keygen(&name, &secret_key_file, &public_key_file, force),
         Cmd::Publish(args) => publish_cmd(args),
+        Cmd::Bundle {
+            host,
+            from,
+            base,
+            base_path,
+            output,
+        } => {
+            publish::check_host(&host)?;
+            let base = match (base, base_path) {
+                (Some(g), _) => bundle::Base::Generation(g),
+                (None, Some(p)) => {
+                    bundle::Base::Path(nixcast_common::StorePath::from_absolute(&p)?)
+                }
+                (None, None) => bundle::Base::None,
+            };
+            bundle::bundle(
+                &target::Target::open_existing(&from)?,
+                &host,
+                &base,
+                &output,
+            )
+        }
         Cmd::Hosts {
             to,
             public_key_files,

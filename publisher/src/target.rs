@@ -43,6 +43,10 @@ impl Target {
         Ok(Self { root })
     }
 
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
     pub fn describe(&self) -> String {
         format!("file://{}", self.root.display())
     }

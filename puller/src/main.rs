@@ -72,8 +72,11 @@ enum Cmd {
 #[derive(clap::Args)]
 struct RunArgs {
     /// The cache: https://…, file://DIR or a directory (http:// needs --allow-insecure-http).
-    #[arg(long, env = "NIXCAST_CACHE")]
-    cache: String,
+    #[arg(long, env = "NIXCAST_CACHE", required_unless_present = "bundle")]
+    cache: Option<String>,
+    /// Apply a file made by `nixcast bundle` instead of reading a cache: no network.
+    #[arg(long, conflicts_with = "cache")]
+    bundle: Option<PathBuf>,
     /// This host's name: its pointer is hosts/HOST.json.
     #[arg(long, env = "NIXCAST_HOST")]
     host: String,
@@ -248,7 +251,11 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
             .unwrap_or_else(|_| format!("{}-linux", std::env::consts::ARCH)),
     };
     Ok(run::Config {
-        source: source::Source::new(&a.cache, a.allow_insecure_http, a.stall_timeout)?,
+        source: match (&a.bundle, &a.cache) {
+            (Some(b), _) => source::Source::bundle(b)?,
+            (None, Some(c)) => source::Source::new(c, a.allow_insecure_http, a.stall_timeout)?,
+            (None, None) => unreachable!("clap requires --cache or --bundle"),
+        },
         host: a.host,
         system,
         trusted,

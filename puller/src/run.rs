@@ -208,6 +208,21 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
         return Ok(Outcome::Unchanged);
     }
 
+    // A bundle must hold every NAR this host lacks; say which before touching anything.
+    let absent: Vec<String> = entries
+        .iter()
+        .filter(|e| cfg.source.holds(&e.url) == Some(false))
+        .map(|e| e.store_path.to_string())
+        .collect();
+    if !absent.is_empty() {
+        return Err(RunError::Fetch(anyhow!(
+            "{} lacks the NARs of {} paths this host does not have (was it made for another base?):\n  {}",
+            cfg.source.url_of(""),
+            absent.len(),
+            absent.join("\n  ")
+        )));
+    }
+
     let staging = cfg.state.staging();
     std::fs::create_dir_all(staging.join("nar")).map_err(other)?;
     let fetched = fetch_all(cfg, &staging, &entries, download).await?;
@@ -364,18 +379,20 @@ async fn fetch_all(
             }
         })
     };
-    // A manifest may name upstream caches for some paths (publish --upstream).
+    // A manifest may name upstream caches for some paths (publish --upstream);
+    // a bundle carries every NAR itself.
+    let bundled = matches!(cfg.source, Source::Bundle { .. });
     let mut upstreams: std::collections::HashMap<&str, Source> = Default::default();
     for url in entries.iter().filter_map(|e| e.cache.as_deref()) {
-        if !upstreams.contains_key(url) {
+        if !bundled && !upstreams.contains_key(url) {
             let src = Source::new(url, cfg.allow_insecure_http, cfg.stall_timeout)
                 .map_err(RunError::Refused)?;
             upstreams.insert(url, src);
         }
     }
     let source_of = |e: &nixcast_common::manifest::Entry| match e.cache.as_deref() {
-        Some(url) => &upstreams[url],
-        None => &cfg.source,
+        Some(url) if !bundled => &upstreams[url],
+        _ => &cfg.source,
     };
     let result: Result<Vec<u64>, NarError> = futures_util::stream::iter(entries)
         .map(|e| fetch::fetch_one(source_of(e), staging, e, progress.clone()))

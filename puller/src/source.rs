@@ -8,7 +8,8 @@
 //! no automatic decompression, and follows redirects only within the same
 //! scheme, host and port.
 
-use std::io::{self, Read};
+use std::collections::HashMap;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -48,8 +49,16 @@ pub enum Fetched {
 
 #[derive(Clone)]
 pub enum Source {
-    Http { client: reqwest::Client, base: Url },
+    Http {
+        client: reqwest::Client,
+        base: Url,
+    },
     Dir(PathBuf),
+    /// A tar file laid out like a cache (`nixcast bundle`): key → (offset, size).
+    Bundle {
+        file: PathBuf,
+        index: std::sync::Arc<HashMap<String, (u64, u64)>>,
+    },
 }
 
 impl Source {
@@ -85,8 +94,55 @@ impl Source {
         Ok(Source::Http { client, base })
     }
 
+    /// Indexes a bundle: one pass over its tar headers, no data read.
+    pub fn bundle(file: &std::path::Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let f = std::fs::File::open(file)
+            .with_context(|| format!("cannot open the bundle {}", file.display()))?;
+        let mut ar = tar::Archive::new(f);
+        let mut index = HashMap::new();
+        for e in ar
+            .entries_with_seek()
+            .with_context(|| format!("{} is not a bundle", file.display()))?
+        {
+            let e = e.with_context(|| format!("{} is not a valid bundle", file.display()))?;
+            if e.header().entry_type() != tar::EntryType::Regular {
+                continue;
+            }
+            let name = e.path()?.to_string_lossy().into_owned();
+            index.insert(name, (e.raw_file_position(), e.size()));
+        }
+        Ok(Source::Bundle {
+            file: file.to_owned(),
+            index: std::sync::Arc::new(index),
+        })
+    }
+
+    /// Whether a bundle holds `key`; `None` for sources that can only tell by fetching.
+    pub fn holds(&self, key: &str) -> Option<bool> {
+        match self {
+            Source::Bundle { index, .. } => Some(index.contains_key(key)),
+            _ => None,
+        }
+    }
+
+    fn bundle_reader(&self, key: &str) -> Result<(std::io::Take<std::fs::File>, u64), FetchError> {
+        let Source::Bundle { file, index } = self else {
+            unreachable!("only for bundles")
+        };
+        let url = self.url_of(key);
+        let &(offset, size) = index
+            .get(key)
+            .ok_or_else(|| FetchError::NotFound(url.clone()))?;
+        let mut f = std::fs::File::open(file).map_err(|e| io_error(&url, e))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| io_error(&url, e))?;
+        Ok((f.take(size), size))
+    }
+
     pub fn url_of(&self, key: &str) -> String {
         match self {
+            Source::Bundle { file, .. } => format!("{}#{key}", file.display()),
             Source::Http { base, .. } => base
                 .join(key)
                 .map(String::from)
@@ -103,7 +159,7 @@ impl Source {
         v: &Validators,
     ) -> Result<Fetched, FetchError> {
         match self {
-            Source::Dir(_) => Ok(Fetched::Body(
+            Source::Dir(_) | Source::Bundle { .. } => Ok(Fetched::Body(
                 self.get_small(key, cap).await?,
                 Validators::default(),
             )),
@@ -142,6 +198,16 @@ impl Source {
     /// A small file, read whole, refused beyond `cap` bytes.
     pub async fn get_small(&self, key: &str, cap: u64) -> Result<Vec<u8>, FetchError> {
         match self {
+            Source::Bundle { .. } => {
+                let url = self.url_of(key);
+                let (r, size) = self.bundle_reader(key)?;
+                if size > cap {
+                    return Err(FetchError::TooLarge { url, cap });
+                }
+                let mut buf = Vec::new();
+                { r }.read_to_end(&mut buf).map_err(|e| io_error(&url, e))?;
+                Ok(buf)
+            }
             Source::Dir(d) => {
                 let p = d.join(key);
                 let url = self.url_of(key);
@@ -167,6 +233,7 @@ impl Source {
     /// Errors while reading are transport errors (io::Error).
     pub async fn open(&self, key: &str) -> Result<Box<dyn Read + Send>, FetchError> {
         match self {
+            Source::Bundle { .. } => Ok(Box::new(self.bundle_reader(key)?.0)),
             Source::Dir(d) => {
                 let f =
                     std::fs::File::open(d.join(key)).map_err(|e| io_error(&self.url_of(key), e))?;

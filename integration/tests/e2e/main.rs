@@ -5,6 +5,7 @@
 //! Needs root (for unshare and mount) and Nix (`apt-get install -y nix-bin`);
 //! without them the tests fail and say so, they never skip.
 
+mod bundle;
 mod harness;
 mod publish;
 mod pull;

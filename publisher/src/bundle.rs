@@ -1,0 +1,150 @@
+//! `nixcast bundle`: a host's pointer, manifest and the NARs a base lacks,
+//! as one file to carry across an air gap.
+//!
+//! The file is a plain tar archive laid out like the cache itself
+//! (`hosts/HOST.json`, `manifests/<sha256>.json`, `nar/…`), so the agent
+//! reads it as one more cache source (`nixcast-pull run --bundle FILE`) with
+//! every check of a network pull. NARs are stored as published (compressed);
+//! the archive adds no compression of its own.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use nixcast_common::manifest::Manifest;
+use nixcast_common::pointer::{self, Pointer};
+use nixcast_common::{Sha256Hash, StorePath};
+
+use crate::publish::human_bytes;
+use crate::target::Target;
+
+pub enum Base {
+    None,
+    Generation(u64),
+    Path(StorePath),
+}
+
+fn decode_pointer(bytes: &[u8], key: &str) -> Result<Pointer> {
+    let env: pointer::Envelope =
+        serde_json::from_slice(bytes).with_context(|| format!("malformed {key}"))?;
+    let body = pointer::decode_base64(&env.payload)
+        .with_context(|| format!("malformed payload in {key}"))?;
+    serde_json::from_slice(&body).with_context(|| format!("malformed payload in {key}"))
+}
+
+fn manifest_of(target: &Target, p: &Pointer) -> Result<(Vec<u8>, Manifest)> {
+    let bytes = target
+        .get(&p.manifest.path)?
+        .with_context(|| format!("{} is missing from {}", p.manifest.path, target.describe()))?;
+    if Sha256Hash::digest(&bytes) != p.manifest.sha256 {
+        bail!(
+            "{} does not match the sha256 its pointer pins",
+            p.manifest.path
+        );
+    }
+    let m = Manifest::parse(&bytes)?;
+    Ok((bytes, m))
+}
+
+/// The store paths a host at `base` already has.
+fn base_paths(target: &Target, host: &str, base: &Base) -> Result<BTreeSet<StorePath>> {
+    let generation = match base {
+        Base::None => return Ok(BTreeSet::new()),
+        Base::Generation(g) => Some(*g),
+        Base::Path(_) => None,
+    };
+    for key in target.list(&format!("hosts/{host}"))? {
+        let bytes = target.get(&key)?.context("listed")?;
+        let p = decode_pointer(&bytes, &key)?;
+        let wanted = match (generation, base) {
+            (Some(g), _) => p.generation == g,
+            (None, Base::Path(sp)) => p.store_path == *sp,
+            _ => false,
+        };
+        if wanted {
+            let (_, m) = manifest_of(target, &p)?;
+            return Ok(m.paths.into_iter().map(|e| e.store_path).collect());
+        }
+    }
+    match base {
+        Base::Generation(g) => bail!("{} has no generation {g} of {host}", target.describe()),
+        Base::Path(p) => bail!("no generation of {host} in {} runs {p}", target.describe()),
+        Base::None => unreachable!(),
+    }
+}
+
+pub fn bundle(target: &Target, host: &str, base: &Base, output: &Path) -> Result<()> {
+    let key = format!("hosts/{host}.json");
+    let pointer_bytes = target
+        .get(&key)?
+        .with_context(|| format!("{}/{key} does not exist", target.describe()))?;
+    let p = decode_pointer(&pointer_bytes, &key)?;
+    let (manifest_bytes, m) = manifest_of(target, &p)?;
+    let have = base_paths(target, host, base)?;
+    let needed: Vec<_> = m
+        .paths
+        .iter()
+        .filter(|e| !have.contains(&e.store_path))
+        .collect();
+    if let Some(e) = needed.iter().find(|e| e.cache.is_some()) {
+        bail!(
+            "{} is served by the upstream {}; bundles carry only this cache's NARs (publish without --upstream for air-gapped hosts)",
+            e.store_path,
+            e.cache.as_deref().unwrap_or_default()
+        );
+    }
+
+    let dir = output
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".nixcast-bundle-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    let mut tar = tar::Builder::new(std::io::BufWriter::new(tmp));
+    let mut add = |name: &str, size: u64, data: &mut dyn std::io::Read| -> Result<()> {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut h, name, data)
+            .with_context(|| format!("cannot add {name} to the bundle"))
+    };
+    add(
+        &key,
+        pointer_bytes.len() as u64,
+        &mut pointer_bytes.as_slice(),
+    )?;
+    add(
+        &p.manifest.path,
+        manifest_bytes.len() as u64,
+        &mut manifest_bytes.as_slice(),
+    )?;
+    let mut nar_bytes = 0;
+    for e in &needed {
+        let path = target.root().join(&e.url);
+        let mut f = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        add(&e.url, e.file_size, &mut f)?;
+        nar_bytes += e.file_size;
+    }
+    let buffered = tar.into_inner().context("finishing the bundle")?;
+    let tmp = buffered.into_inner().map_err(|e| e.into_error())?;
+    tmp.as_file().sync_all()?;
+    let mut file = tmp
+        .persist(output)
+        .with_context(|| format!("cannot write {}", output.display()))?;
+    file.flush()?;
+    println!(
+        "bundled {host} generation {}: {} NARs of {} paths ({}) into {}",
+        p.generation,
+        needed.len(),
+        m.paths.len(),
+        human_bytes(nar_bytes),
+        output.display()
+    );
+    Ok(())
+}
