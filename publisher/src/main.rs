@@ -5,6 +5,7 @@
 
 mod bundle;
 mod compress;
+mod gc;
 mod inspect;
 mod keygen;
 mod nix;
@@ -101,6 +102,19 @@ enum Cmd {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Delete what no kept generation of any host needs.
+    Gc {
+        #[arg(long)]
+        to: String,
+        /// Generations kept per host (the current one is always kept).
+        #[arg(long)]
+        keep: usize,
+        /// Only delete files older than this, so that agents pulling now lose nothing.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        grace: Duration,
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Serve a cache directory over HTTP, read-only.
     Serve {
         dir: PathBuf,
@@ -186,6 +200,12 @@ fn run(cmd: Cmd) -> Result<()> {
             force,
         } => keygen::keygen(&name, &secret_key_file, &public_key_file, force),
         Cmd::Publish(args) => publish_cmd(args),
+        Cmd::Gc {
+            to,
+            keep,
+            grace,
+            dry_run,
+        } => gc::gc(&target::Target::open_existing(&to)?, keep, grace, dry_run),
         Cmd::Bundle {
             host,
             from,

@@ -92,6 +92,43 @@ impl Target {
         Ok(keys)
     }
 
+    /// Every file under `prefix` ("" for the top level only), with its size
+    /// and modification time, for garbage collection.
+    pub fn entries(&self, prefix: &str) -> Result<Vec<(String, u64, std::time::SystemTime)>> {
+        let dir = self.root.join(prefix);
+        let mut out = Vec::new();
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+        };
+        for e in rd {
+            let e = e?;
+            let md = e.metadata()?;
+            if !md.is_file() {
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            let key = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            out.push((key, md.len(), md.modified()?));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub fn delete(&self, key: &str) -> Result<()> {
+        let p = self.path(key);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot delete {}", p.display())),
+        }
+    }
+
     /// A temporary file on the same file system as the target, for `put_file`.
     pub fn temp_file(&self) -> Result<NamedTempFile> {
         tempfile::Builder::new()

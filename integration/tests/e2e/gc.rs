@@ -1,0 +1,120 @@
+//! `nixcast gc`: what no kept generation reaches goes, the rest still pulls.
+
+use std::collections::BTreeSet;
+
+use crate::harness::*;
+
+fn gc(cache: &std::path::Path, args: &[&str]) -> String {
+    stdout(&ok(nixcast().args(["gc", "--to"]).arg(cache).args(args)))
+}
+
+#[test]
+fn gc_deletes_exactly_what_no_kept_generation_reaches() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let keys = keygen(work.path(), "fleet-1");
+    let gens: Vec<String> = ["gc1", "gc2", "gc3"]
+        .iter()
+        .map(|v| {
+            Fixture {
+                n: 2,
+                version: v,
+                ..Default::default()
+            }
+            .build()
+        })
+        .collect();
+    for g in &gens {
+        publish(&cache, "foobar", g, &keys, &[]);
+    }
+    let all_files = |c: &std::path::Path| -> BTreeSet<String> {
+        let mut s: BTreeSet<String> = files(c, "").into_iter().map(|f| f.to_string()).collect();
+        s.extend(files(c, "nar").into_iter().map(|f| format!("nar/{f}")));
+        s.extend(
+            files(c, "manifests")
+                .into_iter()
+                .map(|f| format!("manifests/{f}")),
+        );
+        s.extend(
+            files(c, "hosts/foobar")
+                .into_iter()
+                .map(|f| format!("hosts/foobar/{f}")),
+        );
+        s
+    };
+    let before = all_files(&cache);
+
+    // Young files survive the grace period; a dry run deletes nothing.
+    gc(&cache, &["--keep", "2"]);
+    assert_eq!(all_files(&cache), before);
+    let dry = gc(&cache, &["--keep", "2", "--grace", "0s", "--dry-run"]);
+    assert!(dry.contains("would delete"), "{dry}");
+    assert_eq!(all_files(&cache), before);
+
+    gc(&cache, &["--keep", "2", "--grace", "0s"]);
+    let after = all_files(&cache);
+    let removed: BTreeSet<String> = before.difference(&after).cloned().collect();
+    // Exactly generation 1's own paths (narinfo and NAR each), its manifest and its history pointer.
+    let kept_paths: BTreeSet<String> = closure(&gens[1])
+        .into_iter()
+        .chain(closure(&gens[2]))
+        .collect();
+    let only1: Vec<String> = closure(&gens[0])
+        .into_iter()
+        .filter(|p| !kept_paths.contains(p))
+        .collect();
+    assert_eq!(only1.len(), 2);
+    let removed_narinfos: BTreeSet<String> = removed
+        .iter()
+        .filter(|f| f.ends_with(".narinfo"))
+        .cloned()
+        .collect();
+    let expected: BTreeSet<String> = only1
+        .iter()
+        .map(|p| {
+            format!(
+                "{}.narinfo",
+                &p["/nix/store/".len().."/nix/store/".len() + 32]
+            )
+        })
+        .collect();
+    assert_eq!(removed_narinfos, expected);
+    assert_eq!(
+        removed.iter().filter(|f| f.starts_with("nar/")).count(),
+        2,
+        "{removed:?}"
+    );
+    assert_eq!(
+        removed
+            .iter()
+            .filter(|f| f.starts_with("manifests/"))
+            .count(),
+        1,
+        "{removed:?}"
+    );
+    assert!(removed.contains("hosts/foobar/1.json"), "{removed:?}");
+    assert_eq!(removed.len(), 6, "{removed:?}");
+
+    // Kept generations still pull, and Nix still accepts the cache.
+    let vm = Vm::new();
+    let out = vm.pull(&format!("file://{}", cache.display()), &keys, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(vm.valid(&closure(&gens[2])));
+    let vm2 = Vm::new();
+    let out = vm2
+        .cmd(&[
+            "nix",
+            "--extra-experimental-features",
+            "nix-command",
+            "copy",
+            "--from",
+            &format!("file://{}", cache.display()),
+            "--option",
+            "trusted-public-keys",
+            &keys.public_text,
+            &gens[1],
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}

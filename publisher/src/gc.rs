@@ -1,0 +1,120 @@
+//! `nixcast gc`: delete what no kept generation needs.
+//!
+//! For each host, the last `--keep` generations of its history and its
+//! current pointer are kept. A manifest, narinfo or NAR that none of their
+//! manifests reaches, and the history pointers of the other generations, are
+//! deleted once older than the grace period, so that an agent in the middle
+//! of pulling a generation published moments ago never loses a file.
+//! Deletion runs in the reverse of the publish order (pointers, manifests,
+//! narinfos, NARs): no reader ever sees an object that names a missing one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use nixcast_common::manifest::Manifest;
+use nixcast_common::pointer::{self, Pointer};
+
+use crate::publish::human_bytes;
+use crate::target::Target;
+
+fn decode(bytes: &[u8], key: &str) -> Result<Pointer> {
+    let env: pointer::Envelope =
+        serde_json::from_slice(bytes).with_context(|| format!("malformed {key}"))?;
+    let body = pointer::decode_base64(&env.payload)
+        .with_context(|| format!("malformed payload in {key}"))?;
+    serde_json::from_slice(&body).with_context(|| format!("malformed payload in {key}"))
+}
+
+pub fn gc(target: &Target, keep: usize, grace: Duration, dry_run: bool) -> Result<()> {
+    anyhow::ensure!(keep >= 1, "--keep must be at least 1");
+    let mut live: BTreeSet<String> = BTreeSet::new();
+    let mut dropped_pointers = Vec::new();
+    for (key, _, _) in target.entries("hosts")? {
+        let Some(host) = key
+            .strip_prefix("hosts/")
+            .and_then(|k| k.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        let current = decode(&target.get(&key)?.context("listed")?, &key)?;
+        let mut history: BTreeMap<u64, (String, u64, SystemTime)> = BTreeMap::new();
+        for (k, size, mtime) in target.entries(&format!("hosts/{host}"))? {
+            let generation = k
+                .rsplit('/')
+                .next()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|n| n.parse().ok());
+            if let Some(g) = generation {
+                history.insert(g, (k, size, mtime));
+            }
+        }
+        let kept: BTreeSet<u64> = history
+            .keys()
+            .rev()
+            .take(keep)
+            .copied()
+            .chain([current.generation])
+            .collect();
+        let mut pointers = vec![current];
+        for (g, entry) in history {
+            if kept.contains(&g) {
+                pointers.push(decode(&target.get(&entry.0)?.context("listed")?, &entry.0)?);
+            } else {
+                dropped_pointers.push(entry);
+            }
+        }
+        for p in pointers {
+            live.insert(p.manifest.path.clone());
+            let bytes = target.get(&p.manifest.path)?.with_context(|| {
+                format!(
+                    "{} (kept generation {} of {host}) is missing",
+                    p.manifest.path, p.generation
+                )
+            })?;
+            let m = Manifest::parse(&bytes).with_context(|| p.manifest.path.clone())?;
+            for e in m.paths.iter().filter(|e| e.cache.is_none()) {
+                live.insert(format!("{}.narinfo", e.store_path.hash_part()));
+                live.insert(e.url.clone());
+            }
+        }
+    }
+
+    let now = SystemTime::now();
+    let old = |t: SystemTime| now.duration_since(t).unwrap_or_default() >= grace;
+    let mut doomed: Vec<(String, u64)> = dropped_pointers
+        .into_iter()
+        .filter(|(_, _, mtime)| old(*mtime))
+        .map(|(k, size, _)| (k, size))
+        .collect();
+    // Reverse publish order: manifests, then narinfos, then NARs.
+    let kinds: [(&str, fn(&str) -> bool); 3] = [
+        ("manifests", |k| k.ends_with(".json")),
+        ("", |k| k.ends_with(".narinfo")),
+        ("nar", |_| true),
+    ];
+    for (prefix, wanted) in kinds {
+        for (key, size, mtime) in target.entries(prefix)? {
+            let tmp = key.rsplit('/').next().is_some_and(|n| n.starts_with('.'));
+            if (tmp || (wanted(&key) && !live.contains(&key))) && old(mtime) {
+                doomed.push((key, size));
+            }
+        }
+    }
+    let freed: u64 = doomed.iter().map(|(_, s)| s).sum();
+    for (key, size) in &doomed {
+        if dry_run {
+            println!("would delete {key} ({})", human_bytes(*size));
+        } else {
+            target.delete(key)?;
+            println!("deleted {key} ({})", human_bytes(*size));
+        }
+    }
+    println!(
+        "{} {} files, {}",
+        if dry_run { "would free" } else { "freed" },
+        doomed.len(),
+        human_bytes(freed)
+    );
+    Ok(())
+}
