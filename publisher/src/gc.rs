@@ -88,15 +88,17 @@ pub fn gc(target: &Target, keep: usize, grace: Duration, dry_run: bool) -> Resul
         .map(|(k, size, _)| (k, size))
         .collect();
     // Reverse publish order: manifests, then narinfos, then NARs.
-    let kinds: [(&str, fn(&str) -> bool); 3] = [
-        ("manifests", |k| k.ends_with(".json")),
-        ("", |k| k.ends_with(".narinfo")),
-        ("nar", |_| true),
-    ];
-    for (prefix, wanted) in kinds {
+    for prefix in ["manifests", "", "nar"] {
         for (key, size, mtime) in target.entries(prefix)? {
-            let tmp = key.rsplit('/').next().is_some_and(|n| n.starts_with('.'));
-            if (tmp || (wanted(&key) && !live.contains(&key))) && old(mtime) {
+            let name = key.rsplit('/').next().unwrap_or_default();
+            let ours = match prefix {
+                "manifests" => name.ends_with(".json"),
+                "" => name.ends_with(".narinfo"),
+                _ => true,
+            };
+            // A dot-file is a temporary file left by an interrupted publish.
+            let unreferenced = name.starts_with('.') || (ours && !live.contains(&key));
+            if unreferenced && old(mtime) {
                 doomed.push((key, size));
             }
         }
