@@ -126,9 +126,12 @@ enum Cmd {
 #[derive(clap::Args)]
 #[command(group = clap::ArgGroup::new("source").required(true).args(["path", "flake"]))]
 struct PublishArgs {
-    /// The host; its pointer is `hosts/HOST.json`.
-    #[arg(long)]
-    host: String,
+    /// The host; its pointer is `hosts/HOST.json` (repeatable with --flake).
+    #[arg(long = "host", required_unless_present = "all")]
+    hosts: Vec<String>,
+    /// With --flake: every attribute of nixosConfigurations.
+    #[arg(long, requires = "flake", conflicts_with = "hosts")]
+    all: bool,
     /// The cache: a directory or file://DIR.
     #[arg(long)]
     to: String,
@@ -282,15 +285,26 @@ fn publish_cmd(a: PublishArgs) -> Result<()> {
         .with_context(|| format!("cannot read {}", a.secret_key_file.display()))?;
     let key = SecretKey::parse(&key_text)
         .with_context(|| format!("cannot load the secret key {}", a.secret_key_file.display()))?;
-    publish::check_host(&a.host)?;
+    let hosts = match &a.flake {
+        Some(f) if a.all => nix::flake_hosts(f)?,
+        _ => a.hosts.clone(),
+    };
+    for h in &hosts {
+        publish::check_host(h)?;
+    }
     let target = target::Target::open(&a.to)?;
-    let top = match (&a.path, &a.flake) {
-        (Some(p), _) => nix::resolve_store_path(p)?,
-        (None, Some(f)) => nix::build_flake(f, &a.host)?,
+    let tops: Vec<(String, Result<nixcast_common::StorePath>)> = match (&a.path, &a.flake) {
+        (Some(p), _) => {
+            anyhow::ensure!(
+                hosts.len() == 1,
+                "--path publishes one host: give one --host"
+            );
+            vec![(hosts[0].clone(), nix::resolve_store_path(p))]
+        }
+        (None, Some(f)) => nix::build_flake_hosts(f, &hosts),
         (None, None) => unreachable!("clap requires --path or --flake"),
     };
     let opts = publish::Options {
-        host: a.host,
         key,
         compression: a.compression,
         expires_in: a.expires_in.0,
@@ -310,21 +324,38 @@ fn publish_cmd(a: PublishArgs) -> Result<()> {
                 .collect::<Result<_>>()?,
         )?,
     };
-    match publish::publish(&target, &top, &opts)? {
-        publish::Outcome::Published(s) => {
-            tracing::info!(host = %s.host, generation = s.generation, new = s.new_paths, reused = s.reused_paths, bytes = s.bytes_written, "published");
-            println!("{s}");
-        }
-        publish::Outcome::Unchanged {
-            generation,
-            store_path,
-        } => {
-            println!(
-                "{} is already at generation {generation} with {store_path}: nothing to publish",
-                opts.host
-            );
+    // One host after another: paths shared by several are found in the
+    // target by the later ones, so each is compressed and written once.
+    let mut failed = Vec::new();
+    for (host, top) in &tops {
+        match top
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .and_then(|t| publish::publish(&target, host, t, &opts))
+        {
+            Ok(publish::Outcome::Published(s)) => {
+                tracing::info!(host = %s.host, generation = s.generation, new = s.new_paths, reused = s.reused_paths, bytes = s.bytes_written, "published");
+                println!("{s}");
+            }
+            Ok(publish::Outcome::Unchanged {
+                generation,
+                store_path,
+            }) => {
+                println!("{host} is already at generation {generation} with {store_path}: nothing to publish");
+            }
+            Err(e) => {
+                eprintln!("error: {host}: {e:#}");
+                failed.push(host.as_str());
+            }
         }
     }
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{} of {} hosts failed: {}",
+        failed.len(),
+        tops.len(),
+        failed.join(", ")
+    );
     Ok(())
 }
 

@@ -66,7 +66,7 @@ pub fn build_flake(flake: &str, host: &str) -> Result<StorePath> {
     let attr = format!("{flake}#nixosConfigurations.\"{host}\".config.system.build.toplevel");
     tracing::info!(%attr, "building");
     let mut cmd = Command::new("nix");
-    cmd.args(["--extra-experimental-features", "nix-command flakes"])
+    cmd.args(FLAKES)
         .args(["build", "--no-link", "--json"])
         .arg(&attr);
     // Build logs go to the user's terminal, not into our captured stderr.
@@ -81,18 +81,76 @@ pub fn build_flake(flake: &str, host: &str) -> Result<StorePath> {
     parse_build_json(&out.stdout).with_context(|| format!("reading the output of nix build {attr}"))
 }
 
+const FLAKES: [&str; 2] = ["--extra-experimental-features", "nix-command flakes"];
+
+/// Every attribute of `REF#nixosConfigurations`.
+pub fn flake_hosts(flake: &str) -> Result<Vec<String>> {
+    let out = run(Command::new("nix")
+        .args(FLAKES)
+        .args(["eval", "--json", "--apply", "builtins.attrNames"])
+        .arg(format!("{flake}#nixosConfigurations")))?;
+    let hosts: Vec<String> = serde_json::from_str(&out).context("reading the host names")?;
+    anyhow::ensure!(!hosts.is_empty(), "{flake} has no nixosConfigurations");
+    Ok(hosts)
+}
+
+/// Builds several hosts in one `nix build` (shared paths are built once).
+/// When that fails, each host is built on its own so that one broken host
+/// does not stop the others.
+pub fn build_flake_hosts(flake: &str, hosts: &[String]) -> Vec<(String, Result<StorePath>)> {
+    let attr =
+        |h: &str| format!("{flake}#nixosConfigurations.\"{h}\".config.system.build.toplevel");
+    if hosts.len() > 1 {
+        let mut cmd = Command::new("nix");
+        cmd.args(FLAKES)
+            .args(["build", "--no-link", "--json", "--keep-going"])
+            .args(hosts.iter().map(|h| attr(h)))
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Ok(out) = cmd.output() {
+            if out.status.success() {
+                if let Ok(paths) = parse_build_json_all(&out.stdout) {
+                    if paths.len() == hosts.len() {
+                        return hosts
+                            .iter()
+                            .cloned()
+                            .zip(paths.into_iter().map(Ok))
+                            .collect();
+                    }
+                }
+            }
+        }
+    }
+    hosts
+        .iter()
+        .map(|h| (h.clone(), build_flake(flake, h)))
+        .collect()
+}
+
 /// `[{"drvPath": …, "outputs": {"out": "/nix/store/…"}}]`, the same from Nix 2.4 to today.
 fn parse_build_json(stdout: &[u8]) -> Result<StorePath> {
+    let built = parse_build_json_all(stdout)?;
+    let [one] = built.as_slice() else {
+        bail!("expected one built derivation, got {}", built.len());
+    };
+    Ok(one.clone())
+}
+
+/// The `out` path of each installable, in the order they were given.
+fn parse_build_json_all(stdout: &[u8]) -> Result<Vec<StorePath>> {
     #[derive(serde::Deserialize)]
     struct Built {
         outputs: BTreeMap<String, String>,
     }
     let built: Vec<Built> = serde_json::from_slice(stdout)?;
-    let [one] = built.as_slice() else {
-        bail!("expected one built derivation, got {}", built.len());
-    };
-    let out = one.outputs.get("out").context("no output named out")?;
-    Ok(StorePath::from_absolute(out)?)
+    built
+        .iter()
+        .map(|b| {
+            Ok(StorePath::from_absolute(
+                b.outputs.get("out").context("no output named out")?,
+            )?)
+        })
+        .collect()
 }
 
 /// The closure of `top` with each path's metadata, in two kinds of Nix call.

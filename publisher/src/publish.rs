@@ -24,7 +24,6 @@ use crate::target::Target;
 pub const NIX_CACHE_INFO: &str = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n";
 
 pub struct Options {
-    pub host: String,
     pub key: SecretKey,
     pub compression: Compression,
     pub expires_in: Option<Duration>,
@@ -101,10 +100,9 @@ pub fn check_host(host: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn publish(target: &Target, top: &StorePath, opts: &Options) -> Result<Outcome> {
-    check_host(&opts.host)?;
-    let host = &opts.host;
-    let (previous, last_generation) = previous_pointer(target, opts)?;
+pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> Result<Outcome> {
+    check_host(host)?;
+    let (previous, last_generation) = previous_pointer(target, host, opts)?;
     if let Some(prev) = &previous {
         if prev.store_path == *top && !opts.force && !needs_renewal(prev, opts.expires_in) {
             return Ok(Outcome::Unchanged {
@@ -161,7 +159,7 @@ pub fn publish(target: &Target, top: &StorePath, opts: &Options) -> Result<Outco
 
     let issued_at = Timestamp::now();
     let pointer = Pointer {
-        host: host.clone(),
+        host: host.to_owned(),
         system: match &opts.system {
             Some(s) => s.clone(),
             None => system_of(top),
@@ -181,7 +179,7 @@ pub fn publish(target: &Target, top: &StorePath, opts: &Options) -> Result<Outco
     target.put(&format!("hosts/{host}.json"), &envelope)?;
     target.sync()?;
     Ok(Outcome::Published(Summary {
-        host: host.clone(),
+        host: host.to_owned(),
         generation: pointer.generation,
         store_path: top.clone(),
         new_paths: written.len(),
@@ -193,8 +191,7 @@ pub fn publish(target: &Target, top: &StorePath, opts: &Options) -> Result<Outco
 
 /// The current pointer (verified with our key) and the highest generation ever
 /// published for the host, history included.
-fn previous_pointer(target: &Target, opts: &Options) -> Result<(Option<Pointer>, u64)> {
-    let host = &opts.host;
+fn previous_pointer(target: &Target, host: &str, opts: &Options) -> Result<(Option<Pointer>, u64)> {
     let key = format!("hosts/{host}.json");
     let history_max = target
         .list(&format!("hosts/{host}"))?

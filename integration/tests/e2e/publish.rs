@@ -344,3 +344,63 @@ fn hosts_and_diff_describe_the_cache() {
         stderr(&out)
     );
 }
+
+#[test]
+fn publish_all_hosts_of_a_flake_shares_paths_and_survives_a_broken_host() {
+    let work = tempfile::tempdir().unwrap();
+    let flake = work.path().join("flake");
+    std::fs::create_dir(&flake).unwrap();
+    std::fs::copy(FIXTURE, flake.join("fixture.nix")).unwrap();
+    std::fs::write(
+        flake.join("flake.nix"),
+        r#"{ outputs = { self }: let
+  sys = import ./fixture.nix;
+in {
+  nixosConfigurations.alpha.config.system.build.toplevel = sys { host = "alpha"; version = "all"; n = 2; system = "x86_64-linux"; };
+  nixosConfigurations.beta.config.system.build.toplevel = sys { host = "beta"; version = "all"; n = 2; system = "x86_64-linux"; };
+  nixosConfigurations.broken.config.system.build.toplevel = derivation {
+    name = "broken"; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" "exit 1" ];
+  };
+}; }"#,
+    )
+    .unwrap();
+    let keys = keygen(work.path(), "fleet-1");
+    let cache = work.path().join("cache");
+    let out = nixcast()
+        .args(["publish", "--all", "--flake"])
+        .arg(format!("path:{}", flake.display()))
+        .arg("--to")
+        .arg(&cache)
+        .arg("--secret-key-file")
+        .arg(&keys.secret)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("published alpha generation 1"), "{text}");
+    assert!(text.contains("published beta generation 1"), "{text}");
+    assert!(
+        stderr(&out).contains("1 of 3 hosts failed: broken"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        files(&cache, "hosts"),
+        ["alpha", "alpha.json", "beta", "beta.json"]
+    );
+    // The base library and the packages are shared: written once.
+    let tops: Vec<String> = ["alpha", "beta"]
+        .iter()
+        .map(|h| {
+            let p = nixcast_common::pointer::verify(
+                &std::fs::read(cache.join(format!("hosts/{h}.json"))).unwrap(),
+                &[nixcast_common::PublicKey::parse(&keys.public_text).unwrap()],
+            )
+            .unwrap();
+            p.get().store_path.to_string()
+        })
+        .collect();
+    let union: std::collections::BTreeSet<String> = tops.iter().flat_map(|t| closure(t)).collect();
+    assert!(union.len() < closure(&tops[0]).len() * 2);
+    assert_eq!(files(&cache, "nar").len(), union.len());
+}
