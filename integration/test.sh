@@ -17,6 +17,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+# An S3-compatible server for the bucket tests (moto, from PyPI).
+if ! command -v moto_server >/dev/null; then
+  echo "installing moto[server]"
+  python3 -m pip install -q 'moto[server]'
+  hash -r
+fi
 # Debian's Nix has no daemon running here; root uses the store directly.
 export NIX_REMOTE=local
 

@@ -8,7 +8,6 @@
 //! the archive adds no compression of its own.
 
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
@@ -75,6 +74,15 @@ fn base_paths(target: &Target, host: &str, base: &Base) -> Result<BTreeSet<Store
     }
 }
 
+fn header(size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    h
+}
+
 pub fn bundle(target: &Target, host: &str, base: &Base, output: &Path) -> Result<()> {
     let key = format!("hosts/{host}.json");
     let pointer_bytes = target
@@ -105,30 +113,28 @@ pub fn bundle(target: &Target, host: &str, base: &Base, output: &Path) -> Result
         .tempfile_in(dir)
         .with_context(|| format!("cannot write in {}", dir.display()))?;
     let mut tar = tar::Builder::new(std::io::BufWriter::new(tmp));
-    let mut add = |name: &str, size: u64, data: &mut dyn std::io::Read| -> Result<()> {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(size);
-        h.set_mode(0o644);
-        h.set_mtime(0);
-        h.set_entry_type(tar::EntryType::Regular);
-        tar.append_data(&mut h, name, data)
-            .with_context(|| format!("cannot add {name} to the bundle"))
-    };
-    add(
-        &key,
-        pointer_bytes.len() as u64,
-        &mut pointer_bytes.as_slice(),
-    )?;
-    add(
-        &p.manifest.path,
-        manifest_bytes.len() as u64,
-        &mut manifest_bytes.as_slice(),
-    )?;
+    for (name, bytes) in [(&key, &pointer_bytes), (&p.manifest.path, &manifest_bytes)] {
+        tar.append_data(&mut header(bytes.len() as u64), name, bytes.as_slice())
+            .with_context(|| format!("cannot add {name} to the bundle"))?;
+    }
     let mut nar_bytes = 0;
     for e in &needed {
-        let path = target.root().join(&e.url);
-        let mut f = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        add(&e.url, e.file_size, &mut f)?;
+        // Streamed from the target: the header is written by hand, since the
+        // signed FileSize is known before the bytes are read.
+        let mut h = header(e.file_size);
+        h.set_path(&e.url)?;
+        h.set_cksum();
+        let w = tar.get_mut();
+        w.write_all(h.as_bytes())?;
+        let n = target.read_to(&e.url, w)?;
+        anyhow::ensure!(
+            n == e.file_size,
+            "{} has {n} bytes, its manifest says {}",
+            e.url,
+            e.file_size
+        );
+        let pad = (512 - (n % 512) as usize) % 512;
+        w.write_all(&vec![0u8; pad])?;
         nar_bytes += e.file_size;
     }
     let buffered = tar.into_inner().context("finishing the bundle")?;

@@ -266,9 +266,19 @@ fn split_existing<'a>(
     let public = key.public();
     let mut reused = Vec::new();
     let mut todo = Vec::new();
+    // One listing tells which narinfos exist, instead of a request per path;
+    // where listing is not allowed, each is asked for.
+    let listed: Option<std::collections::HashSet<String>> = target
+        .entries("")
+        .ok()
+        .map(|v| v.into_iter().map(|(k, _, _)| k).collect());
     for info in infos {
         let k = narinfo_key(&info.path);
-        let Some(bytes) = target.get(&k)? else {
+        let bytes = match &listed {
+            Some(set) if !set.contains(&k) => None,
+            _ => target.get(&k)?,
+        };
+        let Some(bytes) = bytes else {
             todo.push(info);
             continue;
         };

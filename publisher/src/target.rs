@@ -1,179 +1,408 @@
-//! Where a cache is written: a directory now, an object store later.
+//! Where a cache is written: a directory, or an S3-style bucket.
 //!
 //! Keys are relative paths such as `nar/<hash>.nar.xz` or `hosts/foobar.json`.
-//! Every write is atomic: bytes go to a temporary file that is flushed to
-//! disk and then renamed, so a reader sees a whole file or none.
+//! Every write is atomic: in a directory, bytes go to a temporary file that
+//! is flushed to disk and then renamed; in a bucket, an object appears whole
+//! when its PUT (or the completion of its multipart upload) succeeds. Only
+//! this module knows about S3.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
+use futures_util::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use tempfile::NamedTempFile;
 
+/// Objects up to this size are sent in one PUT; larger ones in parts of this size.
+const PART_SIZE: usize = 8 << 20;
+
 pub struct Target {
-    root: PathBuf,
+    kind: Kind,
+}
+
+enum Kind {
+    Dir(PathBuf),
+    S3(S3),
+}
+
+struct S3 {
+    store: Arc<dyn ObjectStore>,
+    bucket: String,
+    prefix: String,
+    rt: tokio::runtime::Runtime,
+    /// Local temporary files (compressed NARs) wait here for upload.
+    staging: tempfile::TempDir,
+}
+
+impl S3 {
+    fn path(&self, key: &str) -> ObjectPath {
+        if self.prefix.is_empty() {
+            ObjectPath::from(key)
+        } else {
+            ObjectPath::from(format!("{}/{key}", self.prefix))
+        }
+    }
+
+    fn key_of(&self, p: &ObjectPath) -> String {
+        let s = p.as_ref();
+        if self.prefix.is_empty() {
+            s.to_owned()
+        } else {
+            s.strip_prefix(&format!("{}/", self.prefix))
+                .unwrap_or(s)
+                .to_owned()
+        }
+    }
+
+    /// `s3://BUCKET/PREFIX?endpoint=URL&region=R`; credentials from the
+    /// standard AWS variables.
+    fn open(spec: &str) -> Result<Self> {
+        let rest = spec.strip_prefix("s3://").expect("an s3 URL");
+        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+        anyhow::ensure!(!bucket.is_empty(), "no bucket in {spec:?}");
+        let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair
+                .split_once('=')
+                .with_context(|| format!("bad parameter {pair:?} in {spec:?}"))?;
+            b = match k {
+                "endpoint" => b
+                    .with_endpoint(v)
+                    .with_allow_http(v.starts_with("http://"))
+                    .with_virtual_hosted_style_request(false),
+                "region" => b.with_region(v),
+                _ => bail!("unknown parameter {k:?} in {spec:?}: use endpoint and region"),
+            };
+        }
+        let store = b.build().with_context(|| format!("cannot open {spec}"))?;
+        Ok(S3 {
+            store: Arc::new(store),
+            bucket: bucket.to_owned(),
+            prefix: prefix.trim_matches('/').to_owned(),
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?,
+            staging: tempfile::Builder::new()
+                .prefix("nixcast-upload-")
+                .tempdir()?,
+        })
+    }
+
+    /// S3 answers 403 instead of 404 for a missing key when the caller may not list.
+    fn missing(e: &object_store::Error) -> bool {
+        matches!(
+            e,
+            object_store::Error::NotFound { .. } | object_store::Error::PermissionDenied { .. }
+        )
+    }
 }
 
 impl Target {
+    /// Parses `--to`: a directory (created if missing), `file://DIR`, or `s3://BUCKET/PREFIX?…`.
+    pub fn open(spec: &str) -> Result<Self> {
+        if spec.starts_with("s3://") {
+            return Ok(Self {
+                kind: Kind::S3(S3::open(spec)?),
+            });
+        }
+        let root = Self::dir_of(spec)?;
+        for sub in ["", "nar", "manifests", "hosts"] {
+            fs::create_dir_all(root.join(sub))
+                .with_context(|| format!("cannot create {}", root.join(sub).display()))?;
+        }
+        Ok(Self {
+            kind: Kind::Dir(root),
+        })
+    }
+
     /// Opens a cache that must exist already (for reading commands).
     pub fn open_existing(spec: &str) -> Result<Self> {
+        if spec.starts_with("s3://") {
+            return Self::open(spec);
+        }
         let dir = Self::dir_of(spec)?;
         anyhow::ensure!(dir.is_dir(), "{} is not a cache directory", dir.display());
-        Ok(Self { root: dir })
+        Ok(Self {
+            kind: Kind::Dir(dir),
+        })
     }
 
     fn dir_of(spec: &str) -> Result<PathBuf> {
         if let Some(rest) = spec.strip_prefix("file://") {
             Ok(PathBuf::from(rest))
         } else if spec.contains("://") {
-            bail!("unsupported target {spec:?}: use a directory or file://DIR");
+            bail!("unsupported target {spec:?}: use a directory, file://DIR or s3://BUCKET/PREFIX");
         } else {
             Ok(PathBuf::from(spec))
         }
     }
 
-    /// Parses `--to`: a directory or `file://DIR`; created if missing.
-    pub fn open(spec: &str) -> Result<Self> {
-        let root = Self::dir_of(spec)?;
-        for sub in ["", "nar", "manifests", "hosts"] {
-            fs::create_dir_all(root.join(sub))
-                .with_context(|| format!("cannot create {}", root.join(sub).display()))?;
-        }
-        Ok(Self { root })
-    }
-
-    pub fn root(&self) -> &std::path::Path {
-        &self.root
-    }
-
     pub fn describe(&self) -> String {
-        format!("file://{}", self.root.display())
+        match &self.kind {
+            Kind::Dir(root) => format!("file://{}", root.display()),
+            Kind::S3(s) => format!("s3://{}/{}", s.bucket, s.prefix),
+        }
     }
 
-    fn path(&self, key: &str) -> PathBuf {
+    fn file(root: &std::path::Path, key: &str) -> PathBuf {
         debug_assert!(!key.starts_with('/') && !key.split('/').any(|c| c == ".."));
-        self.root.join(key)
+        root.join(key)
     }
 
     pub fn exists(&self, key: &str) -> Result<bool> {
-        let p = self.path(key);
-        p.try_exists()
-            .with_context(|| format!("cannot check {}", p.display()))
+        match &self.kind {
+            Kind::Dir(root) => {
+                let p = Self::file(root, key);
+                p.try_exists()
+                    .with_context(|| format!("cannot check {}", p.display()))
+            }
+            Kind::S3(s) => match s.rt.block_on(s.store.head(&s.path(key))) {
+                Ok(_) => Ok(true),
+                Err(e) if S3::missing(&e) => Ok(false),
+                Err(e) => Err(e).with_context(|| format!("cannot check {}/{key}", self.describe())),
+            },
+        }
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let p = self.path(key);
-        match fs::read(&p) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
-        }
-    }
-
-    /// Keys directly under `prefix/` (for example the history of one host).
-    pub fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        let dir = self.path(prefix);
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
-        };
-        let mut keys = Vec::new();
-        for e in entries {
-            let name = e?.file_name();
-            if let Some(n) = name.to_str() {
-                if !n.starts_with('.') {
-                    keys.push(format!("{prefix}/{n}"));
+        match &self.kind {
+            Kind::Dir(root) => {
+                let p = Self::file(root, key);
+                match fs::read(&p) {
+                    Ok(b) => Ok(Some(b)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+                }
+            }
+            Kind::S3(s) => {
+                let got =
+                    s.rt.block_on(async { s.store.get(&s.path(key)).await?.bytes().await });
+                match got {
+                    Ok(b) => Ok(Some(b.to_vec())),
+                    Err(e) if S3::missing(&e) => Ok(None),
+                    Err(e) => {
+                        Err(e).with_context(|| format!("cannot read {}/{key}", self.describe()))
+                    }
                 }
             }
         }
-        keys.sort();
-        Ok(keys)
     }
 
-    /// Every file under `prefix` ("" for the top level only), with its size
-    /// and modification time, for garbage collection.
-    pub fn entries(&self, prefix: &str) -> Result<Vec<(String, u64, std::time::SystemTime)>> {
-        let dir = self.root.join(prefix);
-        let mut out = Vec::new();
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
-        };
-        for e in rd {
-            let e = e?;
-            let md = e.metadata()?;
-            if !md.is_file() {
-                continue;
+    /// Streams an object into `out`.
+    pub fn read_to(&self, key: &str, out: &mut dyn Write) -> Result<u64> {
+        match &self.kind {
+            Kind::Dir(root) => {
+                let p = Self::file(root, key);
+                let mut f =
+                    fs::File::open(&p).with_context(|| format!("cannot open {}", p.display()))?;
+                Ok(io::copy(&mut f, out)?)
             }
-            let name = e.file_name().to_string_lossy().into_owned();
-            let key = if prefix.is_empty() {
-                name
-            } else {
-                format!("{prefix}/{name}")
-            };
-            out.push((key, md.len(), md.modified()?));
+            Kind::S3(s) => s.rt.block_on(async {
+                let mut stream = s.store.get(&s.path(key)).await?.into_stream();
+                let mut n = 0;
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk?;
+                    out.write_all(&chunk)?;
+                    n += chunk.len() as u64;
+                }
+                Ok(n)
+            }),
+        }
+    }
+
+    /// Files directly under `prefix` ("" for the top level), with size and
+    /// modification time: keys such as `hosts/foobar.json`.
+    pub fn entries(&self, prefix: &str) -> Result<Vec<(String, u64, SystemTime)>> {
+        let mut out = Vec::new();
+        match &self.kind {
+            Kind::Dir(root) => {
+                let dir = root.join(prefix);
+                let rd = match fs::read_dir(&dir) {
+                    Ok(rd) => rd,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("cannot list {}", dir.display()))
+                    }
+                };
+                for e in rd {
+                    let e = e?;
+                    let md = e.metadata()?;
+                    if !md.is_file() {
+                        continue;
+                    }
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let key = if prefix.is_empty() {
+                        name
+                    } else {
+                        format!("{prefix}/{name}")
+                    };
+                    out.push((key, md.len(), md.modified()?));
+                }
+            }
+            Kind::S3(s) => {
+                let dir = if prefix.is_empty() {
+                    s.path("").to_string()
+                } else {
+                    s.path(prefix).to_string()
+                };
+                let listed =
+                    s.rt.block_on(s.store.list_with_delimiter(Some(&ObjectPath::from(dir))))
+                        .with_context(|| format!("cannot list {}/{prefix}", self.describe()))?;
+                for o in listed.objects {
+                    out.push((s.key_of(&o.location), o.size, o.last_modified.into()));
+                }
+            }
         }
         out.sort();
         Ok(out)
     }
 
-    pub fn delete(&self, key: &str) -> Result<()> {
-        let p = self.path(key);
-        match fs::remove_file(&p) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("cannot delete {}", p.display())),
-        }
+    /// The keys of the files directly under `prefix/`.
+    pub fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .entries(prefix)?
+            .into_iter()
+            .map(|(k, _, _)| k)
+            .collect())
     }
 
-    /// A temporary file on the same file system as the target, for `put_file`.
+    /// A temporary local file for `put_file`: beside the target for a
+    /// directory (so that the final rename is atomic), in a staging directory
+    /// for a bucket.
     pub fn temp_file(&self) -> Result<NamedTempFile> {
+        let dir = match &self.kind {
+            Kind::Dir(root) => root.join("nar"),
+            Kind::S3(s) => s.staging.path().to_owned(),
+        };
         tempfile::Builder::new()
             .prefix(".tmp-")
-            .tempfile_in(self.root.join("nar"))
-            .context("cannot create a temporary file in the target")
+            .tempfile_in(&dir)
+            .with_context(|| format!("cannot create a temporary file in {}", dir.display()))
     }
 
-    /// Moves a finished temporary file to `key`, after flushing it to disk so
-    /// that no crash can leave a named file with missing bytes.
+    /// Stores a finished temporary file under `key`.
     pub fn put_file(&self, key: &str, file: NamedTempFile) -> Result<()> {
-        let dest = self.path(key);
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent)?;
+        match &self.kind {
+            Kind::Dir(root) => {
+                let dest = Self::file(root, key);
+                if let Some(parent) = dest.parent() {
+                    fs::create_dir_all(parent)?;
+                }
+                // Flushed first, so that no crash leaves a named file with missing bytes.
+                file.as_file().sync_all()?;
+                file.persist(&dest)
+                    .with_context(|| format!("cannot write {}", dest.display()))?;
+                Ok(())
+            }
+            Kind::S3(s) => {
+                let len = file.as_file().metadata()?.len();
+                let mut f = file.reopen()?;
+                let path = s.path(key);
+                let done: Result<()> = s.rt.block_on(async {
+                    if len as usize <= PART_SIZE {
+                        let mut buf = Vec::with_capacity(len as usize);
+                        f.read_to_end(&mut buf)?;
+                        s.store.put(&path, PutPayload::from(buf)).await?;
+                        return Ok(());
+                    }
+                    // Large NARs go up in parts; the object appears when the upload completes.
+                    let upload = s.store.put_multipart(&path).await?;
+                    let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+                    let mut buf = vec![0u8; 1 << 20];
+                    loop {
+                        let n = f.read(&mut buf)?;
+                        if n == 0 {
+                            break;
+                        }
+                        w.wait_for_capacity(4).await?;
+                        w.write(&buf[..n]);
+                    }
+                    w.finish().await?;
+                    Ok(())
+                });
+                done.with_context(|| format!("cannot upload {}/{key}", self.describe()))
+            }
         }
-        file.as_file().sync_all()?;
-        file.persist(&dest)
-            .with_context(|| format!("cannot write {}", dest.display()))?;
-        Ok(())
     }
 
     pub fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
-        let mut tmp = self.temp_file()?;
-        tmp.write_all(bytes)?;
-        self.put_file(key, tmp)
+        match &self.kind {
+            Kind::Dir(_) => {
+                let mut tmp = self.temp_file()?;
+                tmp.write_all(bytes)?;
+                self.put_file(key, tmp)
+            }
+            Kind::S3(s) => {
+                s.rt.block_on(s.store.put(&s.path(key), PutPayload::from(bytes.to_vec())))
+                    .map(|_| ())
+                    .with_context(|| format!("cannot upload {}/{key}", self.describe()))
+            }
+        }
     }
 
     /// Like `put`, but fails if `key` exists: history is never rewritten.
     pub fn put_new(&self, key: &str, bytes: &[u8]) -> Result<()> {
-        let mut tmp = self.temp_file()?;
-        tmp.write_all(bytes)?;
-        tmp.as_file().sync_all()?;
-        let dest = self.path(key);
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent)?;
+        match &self.kind {
+            Kind::Dir(root) => {
+                let mut tmp = self.temp_file()?;
+                tmp.write_all(bytes)?;
+                tmp.as_file().sync_all()?;
+                let dest = Self::file(root, key);
+                if let Some(parent) = dest.parent() {
+                    fs::create_dir_all(parent)?;
+                }
+                tmp.persist_noclobber(&dest).with_context(|| {
+                    format!("cannot write {}: does it exist already?", dest.display())
+                })?;
+                Ok(())
+            }
+            Kind::S3(_) => {
+                // Not every S3-compatible server has conditional PUTs; a HEAD
+                // first catches all but two publishers racing.
+                anyhow::ensure!(
+                    !self.exists(key)?,
+                    "{}/{key} exists already",
+                    self.describe()
+                );
+                self.put(key, bytes)
+            }
         }
-        tmp.persist_noclobber(&dest)
-            .with_context(|| format!("cannot write {}: does it exist already?", dest.display()))?;
-        Ok(())
     }
 
-    /// Makes the renames of this run durable (directory entries are flushed).
+    pub fn delete(&self, key: &str) -> Result<()> {
+        match &self.kind {
+            Kind::Dir(root) => {
+                let p = Self::file(root, key);
+                match fs::remove_file(&p) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(e).with_context(|| format!("cannot delete {}", p.display())),
+                }
+            }
+            Kind::S3(s) => match s.rt.block_on(s.store.delete(&s.path(key))) {
+                Ok(()) => Ok(()),
+                Err(e) if S3::missing(&e) => Ok(()),
+                Err(e) => {
+                    Err(e).with_context(|| format!("cannot delete {}/{key}", self.describe()))
+                }
+            },
+        }
+    }
+
+    /// Makes the renames of this run durable (directory entries are flushed);
+    /// an object store is durable once a PUT returns.
     pub fn sync(&self) -> Result<()> {
+        let Kind::Dir(root) = &self.kind else {
+            return Ok(());
+        };
         for sub in ["nar", "", "manifests", "hosts"] {
-            let d = self.root.join(sub);
+            let d = root.join(sub);
             fs::File::open(&d)
                 .and_then(|f| f.sync_all())
                 .with_context(|| format!("cannot sync {}", d.display()))?;

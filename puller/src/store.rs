@@ -96,6 +96,10 @@ pub fn import(staging: &Path, paths: &[StorePath], trusted: &[PublicKey]) -> Res
         .args(["copy", "--from", &from])
         .args(["--option", "substituters", ""])
         .args(["--option", "require-sigs", "true"])
+        // Nix's narinfo cache (~/.cache/nix) is keyed by the cache URL, and
+        // the staging URL is the same every run: never answer from it.
+        .args(["--option", "narinfo-cache-negative-ttl", "0"])
+        .args(["--option", "narinfo-cache-positive-ttl", "0"])
         .args(["--option", "trusted-public-keys", &keys.join(" ")])
         .args(paths.iter().map(|p| p.to_string()));
     run(&mut cmd).context("importing into the Nix store")?;

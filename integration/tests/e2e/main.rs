@@ -8,7 +8,9 @@
 mod bundle;
 mod gc;
 mod harness;
+mod module;
 mod publish;
 mod pull;
+mod s3;
 mod safety;
 mod upstream;
