@@ -13,9 +13,7 @@ fn bundle(cache: &std::path::Path, out: &std::path::Path, base: &[&str]) -> Stri
 }
 
 fn pull_bundle(vm: &Vm, file: &std::path::Path, keys: &Keys) -> std::process::Output {
-    let bin = nixcast_pull_path();
-    vm.cmd(&[
-        bin.to_str().unwrap(),
+    vm.agent(&[
         "run",
         "--bundle",
         file.to_str().unwrap(),
@@ -32,9 +30,7 @@ fn pull_bundle(vm: &Vm, file: &std::path::Path, keys: &Keys) -> std::process::Ou
 
 #[test]
 fn a_bundle_carries_a_host_across_an_air_gap() {
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
-    let keys = keygen(work.path(), "fleet-1");
+    let (work, cache, keys) = scene();
     let gen1 = Fixture {
         n: 6,
         version: "bundle1",

@@ -10,9 +10,7 @@ fn gc(cache: &std::path::Path, args: &[&str]) -> String {
 
 #[test]
 fn gc_deletes_exactly_what_no_kept_generation_reaches() {
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
-    let keys = keygen(work.path(), "fleet-1");
+    let (_work, cache, keys) = scene();
     let gens: Vec<String> = ["gc1", "gc2", "gc3"]
         .iter()
         .map(|v| {
@@ -101,20 +99,10 @@ fn gc_deletes_exactly_what_no_kept_generation_reaches() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(vm.valid(&closure(&gens[2])));
     let vm2 = Vm::new();
-    let out = vm2
-        .cmd(&[
-            "nix",
-            "--extra-experimental-features",
-            "nix-command",
-            "copy",
-            "--from",
-            &format!("file://{}", cache.display()),
-            "--option",
-            "trusted-public-keys",
-            &keys.public_text,
-            &gens[1],
-        ])
-        .output()
-        .unwrap();
+    let out = vm2.nix_copy_from(
+        &format!("file://{}", cache.display()),
+        &keys.public_text,
+        &gens[1],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
 }

@@ -134,6 +134,14 @@ pub fn keygen(dir: &Path, name: &str) -> Keys {
     }
 }
 
+/// A work directory, the path of a cache in it, and a key pair `fleet-1`.
+pub fn scene() -> (tempfile::TempDir, PathBuf, Keys) {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let keys = keygen(work.path(), "fleet-1");
+    (work, cache, keys)
+}
+
 pub fn publish(cache: &Path, host: &str, path: &str, keys: &Keys, extra: &[&str]) -> Output {
     ok(nixcast()
         .args(["publish", "--host", host, "--path", path, "--to"])
@@ -188,6 +196,38 @@ impl Vm {
             .env("NIX_REMOTE", "local")
             .env_remove("NIX_PATH");
         c
+    }
+
+    /// `nixcast-pull ARGS…` inside the VM.
+    pub fn agent(&self, args: &[&str]) -> Command {
+        let bin = nixcast_pull_path();
+        let mut all = vec![bin.to_str().unwrap()];
+        all.extend_from_slice(args);
+        self.cmd(&all)
+    }
+
+    /// `nix copy --from URL PATH` inside the VM, trusting `public`, with a
+    /// fresh narinfo cache (Nix's ~/.cache/nix is shared by every "VM" here).
+    pub fn nix_copy_from(&self, url: &str, public: &str, path: &str) -> Output {
+        let nix_cache = tempfile::tempdir().unwrap();
+        self.cmd(&[
+            "nix",
+            "--extra-experimental-features",
+            "nix-command",
+            "copy",
+            "--from",
+            url,
+            "--option",
+            "substituters",
+            "",
+            "--option",
+            "trusted-public-keys",
+            public,
+            path,
+        ])
+        .env("XDG_CACHE_HOME", nix_cache.path())
+        .output()
+        .unwrap()
     }
 
     /// `nixcast-pull run` inside the VM, with its state in the VM's /nix/var/nixcast.

@@ -734,9 +734,7 @@ fn module_sandbox_lets_the_agent_import_set_the_profile_and_switch() {
         found,
         "nix-daemon is missing: this test needs it; install it with `apt-get install -y nix-bin`"
     );
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
-    let keys = keygen(work.path(), "fleet-1");
+    let (_work, cache, keys) = scene();
     let gen1 = Fixture {
         n: 2,
         version: "module1",

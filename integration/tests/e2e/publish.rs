@@ -4,32 +4,6 @@ use std::process::Command;
 
 use crate::harness::*;
 
-/// `nix copy --from file://CACHE` into a fresh store, trusting `public`.
-fn nix_copy_into_vm(
-    vm: &Vm,
-    cache: &std::path::Path,
-    public: &str,
-    path: &str,
-) -> std::process::Output {
-    vm.cmd(&[
-        "nix",
-        "--extra-experimental-features",
-        "nix-command",
-        "copy",
-        "--from",
-        &format!("file://{}", cache.display()),
-        "--option",
-        "substituters",
-        "",
-        "--option",
-        "trusted-public-keys",
-        public,
-        path,
-    ])
-    .output()
-    .unwrap()
-}
-
 #[test]
 fn nix_copy_accepts_every_compression_and_keeps_our_signature() {
     let top = Fixture::default().build();
@@ -58,7 +32,11 @@ fn nix_copy_accepts_every_compression_and_keeps_our_signature() {
         );
 
         let vm = Vm::new();
-        let out = nix_copy_into_vm(&vm, &cache, &keys.public_text, &top);
+        let out = vm.nix_copy_from(
+            &format!("file://{}", cache.display()),
+            &keys.public_text,
+            &top,
+        );
         assert!(
             out.status.success(),
             "{compression}: nix copy refused our cache: {}",
@@ -86,13 +64,15 @@ fn nix_copy_accepts_every_compression_and_keeps_our_signature() {
 #[test]
 fn nix_copy_with_another_key_fails() {
     let top = Fixture::default().build();
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
-    let keys = keygen(work.path(), "fleet-1");
+    let (work, cache, keys) = scene();
     let other = keygen(work.path(), "other-1");
     publish(&cache, "foobar", &top, &keys, &[]);
     let vm = Vm::new();
-    let out = nix_copy_into_vm(&vm, &cache, &other.public_text, &top);
+    let out = vm.nix_copy_from(
+        &format!("file://{}", cache.display()),
+        &other.public_text,
+        &top,
+    );
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("lacks a valid signature"),
@@ -103,9 +83,7 @@ fn nix_copy_with_another_key_fails() {
 
 #[test]
 fn republish_is_a_no_op_and_a_change_writes_only_changed_nars() {
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
-    let keys = keygen(work.path(), "fleet-1");
+    let (_work, cache, keys) = scene();
     let gen1 = Fixture {
         version: "inc1",
         ..Default::default()
@@ -149,9 +127,7 @@ fn republish_is_a_no_op_and_a_change_writes_only_changed_nars() {
 
 #[test]
 fn the_pointer_verifies_with_our_key_only_and_another_key_cannot_take_over() {
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
-    let keys = keygen(work.path(), "fleet-1");
+    let (work, cache, keys) = scene();
     let other = keygen(work.path(), "fleet-1-forged");
     let top = Fixture {
         version: "ptr",
@@ -201,7 +177,11 @@ fn a_key_from_nix_store_generate_binary_cache_key_works() {
     let cache = work.path().join("cache");
     publish(&cache, "foobar", &top, &keys, &[]);
     let vm = Vm::new();
-    let out = nix_copy_into_vm(&vm, &cache, &keys.public_text, &top);
+    let out = vm.nix_copy_from(
+        &format!("file://{}", cache.display()),
+        &keys.public_text,
+        &top,
+    );
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
@@ -272,9 +252,7 @@ fn keygen_refuses_to_overwrite_and_keeps_the_secret_private() {
 
 #[test]
 fn hosts_and_diff_describe_the_cache() {
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
-    let keys = keygen(work.path(), "fleet-1");
+    let (work, cache, keys) = scene();
     let pubfile = work.path().join("fleet-1.pub");
     let gen1 = Fixture {
         version: "diff1",

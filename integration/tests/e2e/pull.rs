@@ -10,9 +10,7 @@ fn nars(requests: &[String]) -> Vec<&String> {
 
 #[test]
 fn pull_switches_then_polls_with_one_request_then_updates_incrementally() {
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
-    let keys = keygen(work.path(), "fleet-1");
+    let (_work, cache, keys) = scene();
     let gen1 = Fixture::default().build();
     publish(&cache, "foobar", &gen1, &keys, &[]);
     let server = Server::start(&cache);
@@ -82,9 +80,7 @@ fn pull_switches_then_polls_with_one_request_then_updates_incrementally() {
 
 #[test]
 fn pull_from_file_url_and_dry_run_changes_nothing() {
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
-    let keys = keygen(work.path(), "fleet-1");
+    let (_work, cache, keys) = scene();
     let top = Fixture {
         n: 2,
         version: "file",
@@ -117,9 +113,7 @@ fn pull_from_file_url_and_dry_run_changes_nothing() {
 
 #[test]
 fn pull_from_a_cache_written_by_nix() {
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
-    let keys = keygen(work.path(), "fleet-1");
+    let (_work, cache, keys) = scene();
     let top = Fixture {
         n: 2,
         version: "nixwritten",
@@ -158,9 +152,7 @@ fn pull_from_a_cache_written_by_nix() {
 
 #[test]
 fn a_failed_switch_rolls_back_and_is_not_retried() {
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
-    let keys = keygen(work.path(), "fleet-1");
+    let (_work, cache, keys) = scene();
     let good = Fixture {
         n: 2,
         version: "rb1",
@@ -218,9 +210,7 @@ fn a_failed_switch_rolls_back_and_is_not_retried() {
 /// process and the descendants it waited for.
 #[test]
 fn pulling_a_300_mib_path_stays_under_256_mib() {
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
-    let keys = keygen(work.path(), "fleet-1");
+    let (_work, cache, keys) = scene();
     let top = Fixture {
         n: 1,
         version: "big",
@@ -230,12 +220,10 @@ fn pulling_a_300_mib_path_stays_under_256_mib() {
     .build();
     publish(&cache, "foobar", &top, &keys, &["--compression", "zstd"]);
     let vm = Vm::new();
-    let bin = nixcast_pull_path();
     let url = format!("file://{}", cache.display());
     let mut cmd = std::process::Command::new("/usr/bin/time");
     cmd.args(["-f", "maxrss_kib=%M"]);
-    let inner = vm.cmd(&[
-        bin.to_str().unwrap(),
+    let inner = vm.agent(&[
         "run",
         "--cache",
         &url,
@@ -268,9 +256,7 @@ fn pulling_a_300_mib_path_stays_under_256_mib() {
 /// `--schedule` keeps pulling; SIGTERM ends it cleanly; metrics are written.
 #[test]
 fn scheduled_agent_pulls_writes_metrics_and_stops_on_sigterm() {
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
-    let keys = keygen(work.path(), "fleet-1");
+    let (_work, cache, keys) = scene();
     let top = Fixture {
         n: 2,
         version: "sched",
@@ -279,11 +265,9 @@ fn scheduled_agent_pulls_writes_metrics_and_stops_on_sigterm() {
     .build();
     publish(&cache, "foobar", &top, &keys, &[]);
     let vm = Vm::new();
-    let bin = nixcast_pull_path();
     let url = format!("file://{}", cache.display());
     let mut agent = vm
-        .cmd(&[
-            bin.to_str().unwrap(),
+        .agent(&[
             "run",
             "--cache",
             &url,

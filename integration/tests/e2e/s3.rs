@@ -151,27 +151,7 @@ fn publish_to_s3_pull_from_its_http_endpoint_republish_and_gc() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(vm.valid(&closure(&gen1)));
     let vm2 = Vm::new();
-    // A fresh narinfo cache: Nix's ~/.cache/nix is shared by every "VM" here.
-    let nix_cache = tempfile::tempdir().unwrap();
-    let out = vm2
-        .cmd(&[
-            "nix",
-            "--extra-experimental-features",
-            "nix-command",
-            "copy",
-            "--from",
-            &url,
-            "--option",
-            "substituters",
-            "",
-            "--option",
-            "trusted-public-keys",
-            &keys.public_text,
-            &gen1,
-        ])
-        .env("XDG_CACHE_HOME", nix_cache.path())
-        .output()
-        .unwrap();
+    let out = vm2.nix_copy_from(&url, &keys.public_text, &gen1);
     assert!(out.status.success(), "{}", stderr(&out));
 
     // A republish after one change uploads only the changed objects.

@@ -667,11 +667,9 @@ fn a_second_run_is_locked_out_and_a_killed_run_resumes_without_refetching() {
     let top_url = w.nar_of(&w.gen2);
     w.server.set(&etc_url, Rule::Stall(0));
     w.server.take_requests();
-    let bin = nixcast_pull_path();
     let url = w.server.url.clone();
     let mut first =
-        w.vm.cmd(&[
-            bin.to_str().unwrap(),
+        w.vm.agent(&[
             "run",
             "--cache",
             &url,
@@ -778,14 +776,7 @@ fn a_failing_health_check_rolls_back_and_rollback_by_hand_works() {
     let out = w.pull(&["--health-check", "test -e /nix/store"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(w.vm.status()["appliedGeneration"], 3);
-    let bin = nixcast_pull_path();
-    let out =
-        w.vm.cmd(&[
-            bin.to_str().unwrap(),
-            "rollback",
-            "--state-dir",
-            "/nix/var/nixcast",
-        ])
+    w.vm.agent(&["rollback", "--state-dir", "/nix/var/nixcast"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
