@@ -139,6 +139,9 @@ pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> 
         todo = rest;
     }
     let upstream_paths = entries.len() - reused.len();
+    // Largest first: with paths compressed in parallel, a big path started
+    // last would leave the other cores idle at the end.
+    todo.sort_by_key(|i| std::cmp::Reverse(i.nar_size));
     let (written, bytes_written) = write_nars(target, &todo, opts)?;
 
     // Narinfos only once every NAR is in place.

@@ -181,10 +181,12 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
 
     let manifest = fetch_manifest(cfg, p).await?;
     let missing = store::missing(manifest.paths.iter().map(|e| &e.store_path)).map_err(other)?;
-    let entries: Vec<_> = missing
+    let mut entries: Vec<_> = missing
         .iter()
         .map(|m| manifest.get(m).expect("asked about manifest paths").clone())
         .collect();
+    // Largest first, so that decompressing a big NAR overlaps the small ones.
+    entries.sort_by_key(|e| std::cmp::Reverse(e.file_size));
     let download: u64 = entries.iter().map(|e| e.file_size).sum();
     let unpacked: u64 = entries.iter().map(|e| e.nar_size).sum();
     tracing::info!(
