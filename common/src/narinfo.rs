@@ -1,182 +1,382 @@
-//! Narinfo files: what a binary cache says about one store path.
+//! Narinfo files: what a binary cache says about one store path, served as
+//! `<hash part>.narinfo`.
 //!
 //! ```text
-//! StorePath: /nix/store/si52d1150q5y2r6361zybm110k6plxjf-dep
-//! URL: nar/0w25jdlc0qnv8mizc64h30pzk9x3qyan3ahjgqq5yp0p1804mw26.nar.xz
+//! StorePath: /nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-net-tools-1.60_p20170221182432
+//! URL: nar/1094wph9z4nwlgvsd53abfz8i117ykiv5dwnq9nnhz846s7xqd7d.nar.xz
 //! Compression: xz
-//! FileHash: sha256:0w25jdlc0qnv8mizc64h30pzk9x3qyan3ahjgqq5yp0p1804mw26
-//! FileSize: 168
-//! NarHash: sha256:1jpg5v8rcf4d08rlpq51vnd1w800l64h34r0bw4vkb6z3qlk089k
-//! NarSize: 288
-//! References:
-//! Deriver: 6x22g11pyfqb3ylschdlkqmcj3cxigy5-dep.drv
-//! Sig: impkey-1:qqA+/7z6opxEicjglAoFfpOyWdX0xZaXn/XgXrz6m1OgIOsjUf/ku+3XO8dssexe+pwNrAV2tFqNJv2+j+Y6Cw==
+//! FileHash: sha256:1094wph9z4nwlgvsd53abfz8i117ykiv5dwnq9nnhz846s7xqd7d
+//! FileSize: 114980
+//! NarHash: sha256:0lxjvvpr59c2mdram7ympy5ay741f180kv3349hvfc3f8nrmbqf6
+//! NarSize: 464152
+//! References: 7gx4kiv5m0i7d7qkixq2cwzbr10lvxwc-glibc-2.27
+//! Deriver: 10dx1q4ivjb115y3h90mipaaz533nr0d-net-tools-1.60_p20170221182432.drv
+//! Sig: cache.nixos.org-1:sn5s/RrqEI+YG6/PjwdbPjcAC7rcta7sJU4mFOawGvJBLsWkyLtBrT2EuFt/LJjWkTZ+ZWOI9NTtjo/woMdvAg==
 //! ```
 //!
-//! One `Key: value` per line; References and Deriver are basenames. A
-//! signature covers only the fingerprint
-//! `1;<StorePath>;<NarHash as sha256:nixbase32>;<NarSize>;<sorted full reference paths, comma-separated>`.
-//! Source of truth: Nix's `src/libstore/nar-info.cc` and `path-info.cc`.
-//! Stricter than Nix on purpose: a repeated singleton field is an error (Nix
-//! keeps the last), so that we never read a file differently from Nix.
+//! Grammar: every line, the last one included, is `Key: value\n`. Keys are
+//! case-sensitive. `StorePath` is an absolute store path; `References` is a
+//! list of store path *basenames* separated by single spaces (`References: `,
+//! with its trailing space, when there are none); `Deriver` is a basename
+//! (`unknown-deriver` in old files means none); `NarHash` and `FileHash` are
+//! written `sha256:<nixbase32>`; `Sig` may repeat, every other key may not.
+//! `StorePath`, `URL`, `NarHash` and a non-zero `NarSize` are required. A
+//! missing `Compression` means bzip2.
+//!
+//! Nix writes the keys in this order: StorePath, URL, Compression, FileHash,
+//! FileSize, NarHash, NarSize, References, Deriver, System, Sig…, CA, with
+//! the signatures in string order (they are a `std::set` in Nix). Deriver,
+//! System and CA only when set; System only in older Nix (current Nix neither
+//! writes nor reads it, but old caches carry it).
+//!
+//! A signature covers only the *fingerprint*
+//! `1;<StorePath>;<NarHash as sha256:nixbase32>;<NarSize>;<full reference paths, sorted, comma-separated>`,
+//! so URL, Compression, FileHash, FileSize, Deriver, System and CA are
+//! unsigned: whoever reads them must treat them as attacker-controlled.
+//!
+//! Source of truth: Nix's `src/libstore/nar-info.cc` (`NarInfo::NarInfo`,
+//! `NarInfo::to_string`) and `src/libstore/path-info.cc`
+//! (`ValidPathInfo::fingerprint`, `checkSignatures`).
+//!
+//! Where we differ from Nix, we are stricter, on purpose (THREATS.md §1.3):
+//! - A repeated singleton field is an error. Nix keeps the last value, so a
+//!   reader keeping the first would see another file than Nix does.
+//! - A line must be `Key: value` exactly. Nix splits at the first `:`, skips
+//!   two bytes and reads to the *next* newline, so `References:\n` or an empty
+//!   line would make it swallow the following line; we refuse such files.
+//! - Numbers must be canonical decimals, values may not hold control
+//!   characters, a reference may not repeat, and a malformed `Sig` is an error.
+//! - A `CA` field is never a reason to skip signatures (Nix's
+//!   `checkSignatures` accepts any content-addressed path unsigned).
+//!
+//! Tolerated deviations from what current Nix writes are kept in
+//! [`NarInfo::quirks`], so callers can see them instead of having them hidden.
 
-use std::fmt::Write as _;
+use std::fmt;
 
 use thiserror::Error;
 
-use crate::hash::{HashEncoding, Sha256Hash};
-use crate::keys::{PublicKey, SecretKey, Signature};
-use crate::store_path::StorePath;
+use crate::hash::{HashEncoding, HashError, Sha256Hash};
+use crate::keys::{KeyError, PublicKey, SecretKey, Signature};
+use crate::store_path::{StorePath, StorePathError};
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Quirks {
-    /// NarHash was written in base16, as some old narinfos are.
-    pub nar_hash_base16: bool,
-    /// References were not sorted in the file (the fingerprint sorts them).
-    pub references_unsorted: bool,
-    /// Fields this parser does not know, ignored.
-    pub unknown_fields: Vec<String>,
-}
+/// The compression Nix assumes when a narinfo has no `Compression` line.
+pub const DEFAULT_COMPRESSION: &str = "bzip2";
+
+/// Error messages quote at most this many characters of untrusted input.
+const EXCERPT_CHARS: usize = 80;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NarInfo {
     pub store_path: StorePath,
+    /// Where the (compressed) NAR is, relative to the cache. Unsigned.
     pub url: String,
+    /// `None` when the line is absent; see [`NarInfo::compression_or_default`].
     pub compression: Option<String>,
     pub file_hash: Option<Sha256Hash>,
     pub file_size: Option<u64>,
     pub nar_hash: Sha256Hash,
+    /// Never 0 in a parsed narinfo: Nix cannot fingerprint such a path.
     pub nar_size: u64,
+    /// In file order; the fingerprint sorts them.
     pub references: Vec<StorePath>,
     pub deriver: Option<StorePath>,
     pub sigs: Vec<Signature>,
     pub ca: Option<String>,
     pub system: Option<String>,
-    pub quirks: Quirks,
+    /// What the parser tolerated; empty for a narinfo built in memory.
+    pub quirks: Vec<Quirk>,
+}
+
+/// A deviation from what Nix writes today that the parser accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Quirk {
+    /// A hash not written as `sha256:<nixbase32>`; old caches wrote base16
+    /// (vector 05). The fingerprint uses nixbase32 whatever the file says.
+    HashEncoding {
+        field: &'static str,
+        encoding: HashEncoding,
+    },
+    /// References not in ascending order. Nix signs the sorted set, so a
+    /// signature made over the file's order does not verify (vector 03).
+    ReferencesNotSorted,
+    /// `Deriver: unknown-deriver`, which old Nix wrote and Nix reads as none.
+    UnknownDeriver,
+    /// A key this parser does not know (newer Nix writes `Provenance`, for
+    /// one). Nix ignores unknown keys as well; its value is dropped.
+    UnknownField { line: usize, key: String },
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum NarInfoError {
-    #[error("narinfo line {line}: expected \"Key: value\"")]
-    Line { line: usize },
-    #[error("narinfo line {line}: field {field} appears twice")]
-    Duplicate { line: usize, field: &'static str },
-    #[error("narinfo line {line}: bad {field} {value:?}: {why}")]
-    Value {
-        line: usize,
+    #[error("narinfo line {line} does not end with a newline")]
+    Unterminated { line: usize },
+    #[error("narinfo line {line} contains a control character: {text:?}")]
+    ControlCharacter { line: usize, text: String },
+    #[error("narinfo line {line} is not `Key: value`: {text:?}")]
+    MalformedLine { line: usize, text: String },
+    #[error("narinfo line {line}: {field} appears a second time")]
+    Duplicate { field: &'static str, line: usize },
+    #[error("narinfo line {line}: {field} is empty")]
+    Empty { field: &'static str, line: usize },
+    #[error("narinfo line {line}: invalid {field}")]
+    StorePath {
         field: &'static str,
+        line: usize,
+        #[source]
+        source: StorePathError,
+    },
+    #[error("narinfo line {line}: invalid {field}")]
+    Hash {
+        field: &'static str,
+        line: usize,
+        #[source]
+        source: HashError,
+    },
+    #[error("narinfo line {line}: {field} {value:?} is not a canonical decimal number")]
+    Number {
+        field: &'static str,
+        line: usize,
         value: String,
-        why: String,
+    },
+    #[error("narinfo line {line}: NarSize is 0")]
+    ZeroNarSize { line: usize },
+    #[error(
+        "narinfo line {line}: References must be basenames separated by single spaces: {value:?}"
+    )]
+    ReferencesSpacing { line: usize, value: String },
+    #[error("narinfo line {line}: reference {reference:?} is listed twice")]
+    DuplicateReference { line: usize, reference: String },
+    #[error("narinfo line {line}: invalid Sig")]
+    Signature {
+        line: usize,
+        #[source]
+        source: KeyError,
     },
     #[error("narinfo has no {0} field")]
     Missing(&'static str),
-    #[error("narinfo NarSize is 0")]
-    EmptyNar,
 }
 
-fn set<T>(
-    slot: &mut Option<T>,
-    v: T,
-    line: usize,
-    field: &'static str,
-) -> Result<(), NarInfoError> {
-    if slot.is_some() {
-        return Err(NarInfoError::Duplicate { line, field });
+/// The start of `s`, for error messages about untrusted input.
+fn excerpt(s: &str) -> String {
+    match s.char_indices().nth(EXCERPT_CHARS) {
+        Some((end, _)) => format!("{}…", &s[..end]),
+        None => s.to_owned(),
     }
-    *slot = Some(v);
-    Ok(())
+}
+
+/// Fails if a singleton field was already seen.
+fn first<T>(slot: &Option<T>, field: &'static str, line: usize) -> Result<(), NarInfoError> {
+    match slot {
+        Some(_) => Err(NarInfoError::Duplicate { field, line }),
+        None => Ok(()),
+    }
+}
+
+/// Digits only, no sign, no leading zero: the only form Nix writes, so the
+/// value renders back to the same bytes.
+fn parse_u64(field: &'static str, line: usize, value: &str) -> Result<u64, NarInfoError> {
+    let canonical = !value.is_empty()
+        && value.bytes().all(|b| b.is_ascii_digit())
+        && (value == "0" || !value.starts_with('0'));
+    canonical
+        .then(|| value.parse().ok())
+        .flatten()
+        .ok_or_else(|| NarInfoError::Number {
+            field,
+            line,
+            value: excerpt(value),
+        })
+}
+
+fn parse_hash(
+    field: &'static str,
+    line: usize,
+    value: &str,
+    quirks: &mut Vec<Quirk>,
+) -> Result<Sha256Hash, NarInfoError> {
+    let (hash, encoding) =
+        Sha256Hash::parse_with_encoding(value).map_err(|source| NarInfoError::Hash {
+            field,
+            line,
+            source,
+        })?;
+    if encoding != HashEncoding::NixBase32 {
+        quirks.push(Quirk::HashEncoding { field, encoding });
+    }
+    Ok(hash)
+}
+
+fn parse_basename(
+    field: &'static str,
+    line: usize,
+    value: &str,
+) -> Result<StorePath, NarInfoError> {
+    StorePath::from_basename(value).map_err(|source| NarInfoError::StorePath {
+        field,
+        line,
+        source,
+    })
+}
+
+fn parse_references(
+    line: usize,
+    value: &str,
+    quirks: &mut Vec<Quirk>,
+) -> Result<Vec<StorePath>, NarInfoError> {
+    if value.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tokens: Vec<&str> = value.split(' ').collect();
+    if tokens.iter().any(|t| t.is_empty()) {
+        return Err(NarInfoError::ReferencesSpacing {
+            line,
+            value: excerpt(value),
+        });
+    }
+    // Basenames share no prefix, so their string order is the order of the
+    // full paths, which is the order Nix's fingerprint uses.
+    if tokens.windows(2).any(|w| w[0] > w[1]) {
+        quirks.push(Quirk::ReferencesNotSorted);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    tokens
+        .into_iter()
+        .map(|t| {
+            if !seen.insert(t) {
+                return Err(NarInfoError::DuplicateReference {
+                    line,
+                    reference: excerpt(t),
+                });
+            }
+            parse_basename("References", line, t)
+        })
+        .collect()
 }
 
 impl NarInfo {
+    /// Parses a narinfo; see the module documentation for what is refused.
     pub fn parse(text: &str) -> Result<Self, NarInfoError> {
-        let (mut store_path, mut url, mut compression, mut file_hash, mut file_size) =
-            (None, None, None, None, None);
-        let (mut nar_hash, mut nar_size, mut references, mut deriver) = (None, None, None, None);
-        let (mut ca, mut system) = (None, None);
+        let mut store_path = None;
+        let mut url = None;
+        let mut compression = None;
+        let mut file_hash = None;
+        let mut file_size = None;
+        let mut nar_hash = None;
+        let mut nar_size = None;
+        let mut references = None;
+        // `Some(None)` records an `unknown-deriver` line, so it still counts
+        // as the one Deriver line.
+        let mut deriver: Option<Option<StorePath>> = None;
         let mut sigs = Vec::new();
-        let mut quirks = Quirks::default();
-        for (i, raw) in text.lines().enumerate() {
+        let mut ca = None;
+        let mut system = None;
+        let mut quirks = Vec::new();
+
+        for (i, raw) in text.split_inclusive('\n').enumerate() {
             let line = i + 1;
-            if raw.is_empty() {
-                continue;
+            let content = raw
+                .strip_suffix('\n')
+                .ok_or(NarInfoError::Unterminated { line })?;
+            if content.chars().any(char::is_control) {
+                return Err(NarInfoError::ControlCharacter {
+                    line,
+                    text: excerpt(content),
+                });
             }
-            let (key, value) = raw
-                .split_once(": ")
-                .or_else(|| raw.strip_suffix(':').map(|k| (k, "")))
-                .ok_or(NarInfoError::Line { line })?;
-            let bad = |field: &'static str, why: String| NarInfoError::Value {
+            let malformed = || NarInfoError::MalformedLine {
                 line,
-                field,
-                value: value.to_owned(),
-                why,
+                text: excerpt(content),
             };
-            match key {
-                "StorePath" => set(
-                    &mut store_path,
-                    StorePath::from_absolute(value).map_err(|e| bad("StorePath", e.to_string()))?,
-                    line,
-                    "StorePath",
-                )?,
-                "URL" => set(&mut url, value.to_owned(), line, "URL")?,
-                "Compression" => set(&mut compression, value.to_owned(), line, "Compression")?,
-                "FileHash" => set(
-                    &mut file_hash,
-                    Sha256Hash::parse(value).map_err(|e| bad("FileHash", e.to_string()))?,
-                    line,
-                    "FileHash",
-                )?,
-                "FileSize" => set(
-                    &mut file_size,
-                    value
-                        .parse::<u64>()
-                        .map_err(|e| bad("FileSize", e.to_string()))?,
-                    line,
-                    "FileSize",
-                )?,
-                "NarHash" => {
-                    let (h, enc) = Sha256Hash::parse_with_encoding(value)
-                        .map_err(|e| bad("NarHash", e.to_string()))?;
-                    quirks.nar_hash_base16 = enc == HashEncoding::Base16;
-                    set(&mut nar_hash, h, line, "NarHash")?
+            // Split where Nix does, at the first ':', and insist on the space
+            // Nix skips without looking: `URL:x: y` is `URL` to Nix.
+            let (key, value) = content.split_once(':').ok_or_else(malformed)?;
+            let value = value.strip_prefix(' ').ok_or_else(malformed)?;
+            let key_ok = !key.is_empty()
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !key_ok {
+                return Err(malformed());
+            }
+            // Only References may be empty: Nix writes `References: ` for none.
+            if value.is_empty() && key != "References" {
+                if let Some(field) = known_field(key) {
+                    return Err(NarInfoError::Empty { field, line });
                 }
-                "NarSize" => set(
-                    &mut nar_size,
-                    value
-                        .parse::<u64>()
-                        .map_err(|e| bad("NarSize", e.to_string()))?,
-                    line,
-                    "NarSize",
-                )?,
+            }
+
+            match key {
+                "StorePath" => {
+                    first(&store_path, "StorePath", line)?;
+                    store_path = Some(StorePath::from_absolute(value).map_err(|source| {
+                        NarInfoError::StorePath {
+                            field: "StorePath",
+                            line,
+                            source,
+                        }
+                    })?);
+                }
+                "URL" => {
+                    first(&url, "URL", line)?;
+                    url = Some(value.to_owned());
+                }
+                "Compression" => {
+                    first(&compression, "Compression", line)?;
+                    compression = Some(value.to_owned());
+                }
+                "FileHash" => {
+                    first(&file_hash, "FileHash", line)?;
+                    file_hash = Some(parse_hash("FileHash", line, value, &mut quirks)?);
+                }
+                "FileSize" => {
+                    first(&file_size, "FileSize", line)?;
+                    file_size = Some(parse_u64("FileSize", line, value)?);
+                }
+                "NarHash" => {
+                    first(&nar_hash, "NarHash", line)?;
+                    nar_hash = Some(parse_hash("NarHash", line, value, &mut quirks)?);
+                }
+                "NarSize" => {
+                    first(&nar_size, "NarSize", line)?;
+                    let n = parse_u64("NarSize", line, value)?;
+                    if n == 0 {
+                        return Err(NarInfoError::ZeroNarSize { line });
+                    }
+                    nar_size = Some(n);
+                }
                 "References" => {
-                    let refs = value
-                        .split(' ')
-                        .filter(|r| !r.is_empty())
-                        .map(StorePath::from_basename)
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| bad("References", e.to_string()))?;
-                    quirks.references_unsorted = refs.windows(2).any(|w| w[0] > w[1]);
-                    set(&mut references, refs, line, "References")?
+                    first(&references, "References", line)?;
+                    references = Some(parse_references(line, value, &mut quirks)?);
                 }
                 "Deriver" => {
-                    let d = match value {
-                        "" | "unknown-deriver" => None,
-                        v => Some(
-                            StorePath::from_basename(v)
-                                .map_err(|e| bad("Deriver", e.to_string()))?,
-                        ),
-                    };
-                    set(&mut deriver, d, line, "Deriver")?
+                    first(&deriver, "Deriver", line)?;
+                    deriver = Some(if value == "unknown-deriver" {
+                        quirks.push(Quirk::UnknownDeriver);
+                        None
+                    } else {
+                        Some(parse_basename("Deriver", line, value)?)
+                    });
                 }
-                "Sig" => sigs.push(Signature::parse(value).map_err(|e| bad("Sig", e.to_string()))?),
-                "CA" => set(&mut ca, value.to_owned(), line, "CA")?,
-                "System" => set(&mut system, value.to_owned(), line, "System")?,
-                other => quirks.unknown_fields.push(other.to_owned()),
+                "Sig" => sigs.push(
+                    Signature::parse(value)
+                        .map_err(|source| NarInfoError::Signature { line, source })?,
+                ),
+                "CA" => {
+                    first(&ca, "CA", line)?;
+                    ca = Some(value.to_owned());
+                }
+                "System" => {
+                    first(&system, "System", line)?;
+                    system = Some(value.to_owned());
+                }
+                other => quirks.push(Quirk::UnknownField {
+                    line,
+                    key: excerpt(other),
+                }),
             }
         }
-        let nar_size = nar_size.ok_or(NarInfoError::Missing("NarSize"))?;
-        if nar_size == 0 {
-            return Err(NarInfoError::EmptyNar);
-        }
+
         Ok(Self {
             store_path: store_path.ok_or(NarInfoError::Missing("StorePath"))?,
             url: url.ok_or(NarInfoError::Missing("URL"))?,
@@ -184,7 +384,8 @@ impl NarInfo {
             file_hash,
             file_size,
             nar_hash: nar_hash.ok_or(NarInfoError::Missing("NarHash"))?,
-            nar_size,
+            nar_size: nar_size.ok_or(NarInfoError::Missing("NarSize"))?,
+            // Nix reads a narinfo without References as having none.
             references: references.unwrap_or_default(),
             deriver: deriver.flatten(),
             sigs,
@@ -194,44 +395,20 @@ impl NarInfo {
         })
     }
 
-    /// Nix's default when a narinfo has no Compression line.
+    /// The compression to decompress `url` with: Nix assumes bzip2 when the
+    /// line is absent. The value is unsigned; callers choose what they allow.
     pub fn compression_or_default(&self) -> &str {
-        self.compression.as_deref().unwrap_or("bzip2")
+        self.compression.as_deref().unwrap_or(DEFAULT_COMPRESSION)
     }
 
-    /// The text, in the field order Nix writes.
+    /// The text, laid out as Nix's `NarInfo::to_string` writes it. Optional
+    /// fields are written only when present, and the rest in memory order,
+    /// so a file Nix wrote renders back to the same bytes.
     pub fn render(&self) -> String {
-        let mut s = String::new();
-        let _ = writeln!(s, "StorePath: {}", self.store_path);
-        let _ = writeln!(s, "URL: {}", self.url);
-        if let Some(c) = &self.compression {
-            let _ = writeln!(s, "Compression: {c}");
-        }
-        if let Some(h) = &self.file_hash {
-            let _ = writeln!(s, "FileHash: {h}");
-        }
-        if let Some(n) = self.file_size {
-            let _ = writeln!(s, "FileSize: {n}");
-        }
-        let _ = writeln!(s, "NarHash: {}", self.nar_hash);
-        let _ = writeln!(s, "NarSize: {}", self.nar_size);
-        let refs: Vec<String> = self.references.iter().map(StorePath::basename).collect();
-        let _ = writeln!(s, "References: {}", refs.join(" "));
-        if let Some(d) = &self.deriver {
-            let _ = writeln!(s, "Deriver: {}", d.basename());
-        }
-        if let Some(sys) = &self.system {
-            let _ = writeln!(s, "System: {sys}");
-        }
-        for sig in &self.sigs {
-            let _ = writeln!(s, "Sig: {sig}");
-        }
-        if let Some(ca) = &self.ca {
-            let _ = writeln!(s, "CA: {ca}");
-        }
-        s
+        self.to_string()
     }
 
+    /// The string the signatures are over; see [`fingerprint`].
     pub fn fingerprint(&self) -> String {
         fingerprint(
             &self.store_path,
@@ -241,223 +418,961 @@ impl NarInfo {
         )
     }
 
+    /// Signs the fingerprint with `key`. A signature by a key of the same
+    /// name is replaced, since it is either stale or identical, and the new
+    /// one goes where Nix's sorted set would put it, so that `render` stays
+    /// what Nix would write.
+    ///
+    /// # Panics
+    /// If `nar_size` is 0: Nix refuses to fingerprint such a path, so no Nix
+    /// would accept the signature, and no NAR is empty.
     pub fn sign(&mut self, key: &SecretKey) {
+        assert!(
+            self.nar_size != 0,
+            "cannot sign {}: its NarSize is 0",
+            self.store_path
+        );
         let sig = key.sign(self.fingerprint().as_bytes());
         self.sigs.retain(|s| s.key_name() != key.name());
-        self.sigs.push(sig);
+        let text = sig.to_string();
+        let at = self
+            .sigs
+            .iter()
+            .position(|s| s.to_string() > text)
+            .unwrap_or(self.sigs.len());
+        self.sigs.insert(at, sig);
     }
 
-    /// True when a signature verifies with one of `keys`. Unlike Nix, a CA
-    /// field is no reason to skip the check.
-    pub fn verify(&self, keys: &[PublicKey]) -> bool {
+    /// The trusted keys with a valid signature on this narinfo, in `keys`
+    /// order. A signature whose key name matches no trusted key is ignored.
+    /// A `CA` field changes nothing here, unlike in Nix.
+    pub fn verified_by<'k>(&self, keys: &'k [PublicKey]) -> Vec<&'k PublicKey> {
+        // Nix throws rather than fingerprint a zero-size path; nothing verifies.
+        if self.nar_size == 0 {
+            return Vec::new();
+        }
         let fp = self.fingerprint();
-        self.sigs
-            .iter()
-            .any(|s| keys.iter().any(|k| k.verifies(fp.as_bytes(), s)))
+        keys.iter()
+            .filter(|k| self.sigs.iter().any(|s| k.verifies(fp.as_bytes(), s)))
+            .collect()
+    }
+
+    /// True when at least one trusted key signed this narinfo.
+    pub fn verify(&self, keys: &[PublicKey]) -> bool {
+        !self.verified_by(keys).is_empty()
     }
 }
 
-/// `1;<path>;<sha256:nixbase32>;<size>;<sorted full reference paths, comma-separated>`.
-pub fn fingerprint(
-    path: &StorePath,
+/// The field name as a `'static` string, for the fields this parser knows.
+fn known_field(key: &str) -> Option<&'static str> {
+    [
+        "StorePath",
+        "URL",
+        "Compression",
+        "FileHash",
+        "FileSize",
+        "NarHash",
+        "NarSize",
+        "References",
+        "Deriver",
+        "System",
+        "Sig",
+        "CA",
+    ]
+    .into_iter()
+    .find(|&k| k == key)
+}
+
+/// Writes the narinfo text; [`NarInfo::render`] returns it as a `String`.
+impl fmt::Display for NarInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "StorePath: {}", self.store_path)?;
+        writeln!(f, "URL: {}", self.url)?;
+        if let Some(c) = &self.compression {
+            writeln!(f, "Compression: {c}")?;
+        }
+        if let Some(h) = &self.file_hash {
+            writeln!(f, "FileHash: {h}")?;
+        }
+        if let Some(n) = self.file_size {
+            writeln!(f, "FileSize: {n}")?;
+        }
+        writeln!(f, "NarHash: {}", self.nar_hash)?;
+        writeln!(f, "NarSize: {}", self.nar_size)?;
+        // Always written, with its trailing space when empty, as Nix does.
+        f.write_str("References: ")?;
+        for (i, r) in self.references.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            f.write_str(&r.basename())?;
+        }
+        f.write_str("\n")?;
+        if let Some(d) = &self.deriver {
+            writeln!(f, "Deriver: {}", d.basename())?;
+        }
+        if let Some(s) = &self.system {
+            writeln!(f, "System: {s}")?;
+        }
+        for sig in &self.sigs {
+            writeln!(f, "Sig: {sig}")?;
+        }
+        if let Some(ca) = &self.ca {
+            writeln!(f, "CA: {ca}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for NarInfo {
+    type Err = NarInfoError;
+    fn from_str(s: &str) -> Result<Self, NarInfoError> {
+        Self::parse(s)
+    }
+}
+
+/// `1;<store path>;<sha256:nixbase32 NarHash>;<NarSize>;<references>`, the
+/// references as full paths, sorted and comma-separated.
+///
+/// Nix keeps references in a `std::set<StorePath>`, ordered by basename, so
+/// its fingerprint lists them sorted and once each whatever order a file
+/// gives; a signature over any other order does not verify in Nix, and must
+/// not here. `StorePath`'s `Ord` (hash part, then name) is that same order,
+/// since the hash part has a fixed length.
+pub fn fingerprint<'a>(
+    store_path: &StorePath,
     nar_hash: &Sha256Hash,
     nar_size: u64,
-    references: &[StorePath],
+    references: impl IntoIterator<Item = &'a StorePath>,
 ) -> String {
-    let mut refs: Vec<String> = references.iter().map(|r| r.to_string()).collect();
-    refs.sort();
-    format!("1;{path};{nar_hash};{nar_size};{}", refs.join(","))
+    let refs: std::collections::BTreeSet<&StorePath> = references.into_iter().collect();
+    let mut out = format!("1;{store_path};{nar_hash};{nar_size};");
+    for (i, r) in refs.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&r.to_string());
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     const CACHE_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+
+    const V01: &str = include_str!("../testdata/vectors/01-curl-7.82.0-bin.narinfo");
+    const V02: &str = include_str!("../testdata/vectors/02-net-tools.narinfo");
+    const V03: &str = include_str!("../testdata/vectors/03-gcc-3.4.6-refs-out-of-order.narinfo");
+    const V04: &str = include_str!("../testdata/vectors/04-texlive-hyphenex-ca-sha1.narinfo");
+    const V05: &str = include_str!("../testdata/vectors/05-perl-HTTP-Cookies-narhash-hex.narinfo");
+    const V06: &str =
+        include_str!("../testdata/vectors/06-digikam-system-field-no-compression.narinfo");
+    const V01_FINGERPRINT: &str =
+        include_str!("../testdata/vectors/01-curl-7.82.0-bin.fingerprint");
+
     const VECTORS: [(&str, &str); 6] = [
-        (
-            "01",
-            include_str!("../testdata/vectors/01-curl-7.82.0-bin.narinfo"),
-        ),
-        (
-            "02",
-            include_str!("../testdata/vectors/02-net-tools.narinfo"),
-        ),
-        (
-            "03",
-            include_str!("../testdata/vectors/03-gcc-3.4.6-refs-out-of-order.narinfo"),
-        ),
-        (
-            "04",
-            include_str!("../testdata/vectors/04-texlive-hyphenex-ca-sha1.narinfo"),
-        ),
-        (
-            "05",
-            include_str!("../testdata/vectors/05-perl-HTTP-Cookies-narhash-hex.narinfo"),
-        ),
-        (
-            "06",
-            include_str!("../testdata/vectors/06-digikam-system-field-no-compression.narinfo"),
-        ),
+        ("01", V01),
+        ("02", V02),
+        ("03", V03),
+        ("04", V04),
+        ("05", V05),
+        ("06", V06),
     ];
+
+    /// Every vector whose cache.nixos.org signature Nix accepts: all but 03.
+    fn verifying() -> impl Iterator<Item = (&'static str, &'static str)> {
+        VECTORS.into_iter().filter(|(id, _)| *id != "03")
+    }
+
+    // Written by Nix 2.8.0's `nix copy --to file://…?secret-key=…` and
+    // `nix store sign`; see testdata/nix-written/narinfo-test.README.md.
+    const NIX_TOP2: &str = include_str!("../testdata/nix-written/narinfo-test-top2.narinfo");
+    const NIX_LEAF: &str = include_str!("../testdata/nix-written/narinfo-test-leaf.narinfo");
+    const NIX_KEY_1: &str = include_str!("../testdata/nix-written/narinfo-test-1.pub");
+    const NIX_KEY_2: &str = include_str!("../testdata/nix-written/another-key-1.pub");
 
     fn cache_key() -> PublicKey {
         PublicKey::parse(CACHE_KEY).unwrap()
     }
 
+    fn parse(text: &str) -> NarInfo {
+        NarInfo::parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
+    /// `text` with the value of its (single) `key` line replaced.
+    fn with_value(text: &str, key: &str, value: &str) -> String {
+        let mut hit = false;
+        let out = text
+            .lines()
+            .map(|l| match l.split_once(": ") {
+                Some((k, _)) if k == key => {
+                    hit = true;
+                    format!("{key}: {value}\n")
+                }
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        assert!(hit, "no {key} line");
+        out
+    }
+
+    fn value_of<'t>(text: &'t str, key: &str) -> &'t str {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(": "))
+            .unwrap_or_else(|| panic!("no {key} line"))
+    }
+
     #[test]
-    fn vectors_parse_and_verify_as_nix_does() {
+    fn every_vector_parses() {
         for (id, text) in VECTORS {
             let ni = NarInfo::parse(text).unwrap_or_else(|e| panic!("{id}: {e}"));
-            // 03's signature was made over the file's reference order; Nix sorts, and rejects it.
-            assert_eq!(ni.verify(&[cache_key()]), id != "03", "{id}");
+            assert_eq!(
+                ni.store_path.to_string(),
+                value_of(text, "StorePath"),
+                "{id}"
+            );
+            assert!(
+                ni.sigs.iter().any(|s| s.key_name() == "cache.nixos.org-1"),
+                "{id}"
+            );
         }
     }
 
     #[test]
-    fn fingerprint_matches_the_vector() {
-        let ni = NarInfo::parse(VECTORS[0].1).unwrap();
-        let expected = include_str!("../testdata/vectors/01-curl-7.82.0-bin.fingerprint");
-        assert_eq!(ni.fingerprint(), expected.trim_end());
+    fn cache_key_verifies_every_vector_but_03() {
+        let keys = [cache_key()];
+        for (id, text) in VECTORS {
+            // 03's signature was made over the file's reference order; Nix
+            // fingerprints the sorted set and rejects it, and so do we.
+            assert_eq!(parse(text).verify(&keys), id != "03", "{id}");
+        }
     }
 
     #[test]
-    fn quirks_are_recorded() {
-        let hex = NarInfo::parse(VECTORS[4].1).unwrap();
-        assert!(hex.quirks.nar_hash_base16);
-        assert!(hex.fingerprint().contains(";sha256:"));
-        assert!(
-            !hex.fingerprint().contains("60adfd29"),
-            "the fingerprint uses nixbase32"
-        );
-        assert!(
-            NarInfo::parse(VECTORS[2].1)
-                .unwrap()
-                .quirks
-                .references_unsorted
-        );
-        let sys = NarInfo::parse(VECTORS[5].1).unwrap();
-        assert_eq!(sys.system.as_deref(), Some("i686-linux"));
-        assert_eq!(sys.compression, None);
-        assert_eq!(sys.compression_or_default(), "bzip2");
-        let ca = NarInfo::parse(VECTORS[3].1).unwrap();
+    fn fingerprint_of_01_is_the_expected_string() {
+        let expected = V01_FINGERPRINT
+            .strip_suffix('\n')
+            .unwrap_or(V01_FINGERPRINT);
+        let ni = parse(V01);
+        assert_eq!(ni.fingerprint(), expected);
         assert_eq!(
-            ca.ca.as_deref(),
+            fingerprint(&ni.store_path, &ni.nar_hash, ni.nar_size, &ni.references),
+            expected
+        );
+        // Reference order in memory does not matter: the fingerprint sorts.
+        let reversed: Vec<StorePath> = ni.references.iter().rev().cloned().collect();
+        assert_eq!(
+            fingerprint(&ni.store_path, &ni.nar_hash, ni.nar_size, &reversed),
+            expected
+        );
+    }
+
+    #[test]
+    fn vector_03_records_unsorted_references_and_still_renders_its_bytes() {
+        let ni = parse(V03);
+        assert_eq!(ni.quirks, [Quirk::ReferencesNotSorted]);
+        assert_eq!(ni.references[0].name(), "glibc-2.7", "file order is kept");
+        assert_eq!(ni.render(), V03);
+    }
+
+    #[test]
+    fn vector_05_hex_nar_hash_is_a_quirk_and_fingerprints_as_nixbase32() {
+        let ni = parse(V05);
+        assert_eq!(
+            ni.quirks,
+            [Quirk::HashEncoding {
+                field: "NarHash",
+                encoding: HashEncoding::Base16
+            }]
+        );
+        let hex = "60adfd293a4d81ad7cd7e47263cbb3fc846309ef91b154a08ba672b558f94ff3";
+        assert_eq!(ni.nar_hash.to_hex(), hex);
+        let fp = ni.fingerprint();
+        assert!(!fp.contains(hex), "{fp}");
+        assert!(
+            fp.contains(&format!(";sha256:{};45840;", ni.nar_hash.to_nixbase32())),
+            "{fp}"
+        );
+        // Rendering normalises to what Nix writes today.
+        assert_eq!(
+            value_of(&ni.render(), "NarHash"),
+            ni.nar_hash.to_string().as_str()
+        );
+        assert!(parse(&ni.render()).quirks.is_empty());
+    }
+
+    #[test]
+    fn vector_06_has_system_and_defaults_to_bzip2() {
+        let ni = parse(V06);
+        assert_eq!(ni.system.as_deref(), Some("i686-linux"));
+        assert_eq!(ni.compression, None);
+        assert_eq!(ni.compression_or_default(), "bzip2");
+        assert_eq!(ni.references.len(), 38);
+        assert!(ni.quirks.is_empty());
+        assert_eq!(ni.render(), V06);
+    }
+
+    #[test]
+    fn vector_04_ca_and_empty_references() {
+        let ni = parse(V04);
+        assert_eq!(
+            ni.ca.as_deref(),
             Some("fixed:r:sha1:1ak1ymbmsfx7z8kh09jzkr3a4dvkrfjw")
         );
-        assert!(ca.references.is_empty());
-        let unknown = NarInfo::parse(&format!("{}Future: 1\n", VECTORS[0].1)).unwrap();
-        assert_eq!(unknown.quirks.unknown_fields, ["Future"]);
+        assert!(ni.references.is_empty());
+        assert_eq!(ni.deriver, None);
+        assert!(ni.fingerprint().ends_with(";22552;"));
+        assert_eq!(ni.render(), V04);
     }
 
     #[test]
-    fn any_change_to_a_signed_field_breaks_the_signature() {
-        let other = "/nix/store/0jqd0rlxzra1rs38rdxl43yh6rxchgc6-curl-7.82.0";
-        for (id, text) in VECTORS.iter().filter(|(id, _)| *id != "03") {
-            let ni = NarInfo::parse(text).unwrap();
-            let mut a = ni.clone();
-            a.store_path = other.parse().unwrap();
-            let mut b = ni.clone();
-            b.nar_hash = Sha256Hash::digest(b"other");
-            let mut c = ni.clone();
-            c.nar_size += 1;
-            let mut d = ni.clone();
-            d.references.push(other.parse().unwrap());
-            for (what, changed) in [
-                ("StorePath", a),
-                ("NarHash", b),
-                ("NarSize", c),
-                ("References", d),
-            ] {
-                assert!(!changed.verify(&[cache_key()]), "{id}: {what}");
+    fn vectors_render_back_to_their_bytes() {
+        for (id, text) in VECTORS.into_iter().filter(|(id, _)| *id != "05") {
+            assert_eq!(parse(text).render(), text, "{id}");
+        }
+    }
+
+    // Each signed field, changed in the text, breaks the signature.
+
+    #[test]
+    fn changed_store_path_is_rejected() {
+        for (id, text) in verifying() {
+            let old = value_of(text, "StorePath");
+            let renamed = format!("{old}x");
+            // Same name, another hash part (first character swapped).
+            let (dir, base) = old.rsplit_once('/').unwrap();
+            let swapped = if base.starts_with('0') { '1' } else { '0' };
+            let rehashed = format!("{dir}/{swapped}{}", &base[1..]);
+            for new in [renamed, rehashed] {
+                let ni = parse(&with_value(text, "StorePath", &new));
+                assert!(!ni.verify(&[cache_key()]), "{id}: {new}");
             }
-            // Unsigned fields do not matter to the signature.
-            let mut e = ni.clone();
-            e.url = "nar/x.nar".into();
-            e.file_size = Some(1);
-            assert!(e.verify(&[cache_key()]), "{id}");
         }
     }
 
     #[test]
-    fn a_narinfo_written_by_nix_round_trips_and_verifies() {
-        let text = include_str!("../testdata/nix-written/toplevel.narinfo");
-        let key = PublicKey::parse(include_str!("../testdata/nix-written/key.pub")).unwrap();
-        let ni = NarInfo::parse(text).unwrap();
-        assert!(ni.verify(&[key]));
-        assert!(!ni.verify(&[cache_key()]));
-        assert_eq!(ni.render(), text);
-        for (_, v) in VECTORS.iter().filter(|(id, _)| *id != "05") {
-            assert_eq!(NarInfo::parse(v).unwrap().render(), *v);
+    fn changed_nar_hash_is_rejected() {
+        for (id, text) in verifying() {
+            let mut h = parse(text).nar_hash;
+            h.0[0] ^= 1;
+            let ni = parse(&with_value(text, "NarHash", &h.to_string()));
+            assert!(!ni.verify(&[cache_key()]), "{id}");
         }
+    }
+
+    #[test]
+    fn changed_nar_size_is_rejected() {
+        for (id, text) in verifying() {
+            let n = parse(text).nar_size;
+            for new in [n + 1, n - 1] {
+                let ni = parse(&with_value(text, "NarSize", &new.to_string()));
+                assert!(!ni.verify(&[cache_key()]), "{id}: {new}");
+            }
+        }
+    }
+
+    #[test]
+    fn changed_references_are_rejected() {
+        let extra = "0jqd0rlxzra1rs38rdxl43yh6rxchgc6-curl-7.82.0";
+        for (id, text) in verifying() {
+            let refs: Vec<&str> = value_of(text, "References")
+                .split(' ')
+                .filter(|r| !r.is_empty())
+                .collect();
+            let mut variants = Vec::new();
+            if !refs.is_empty() {
+                variants.push(refs[1..].join(" "));
+            }
+            if !refs.contains(&extra) {
+                let mut more = refs.clone();
+                more.push(extra);
+                more.sort();
+                variants.push(more.join(" "));
+            }
+            for new in variants {
+                let ni = parse(&with_value(text, "References", &new));
+                assert!(!ni.verify(&[cache_key()]), "{id}: {new}");
+            }
+            // Reordering is no change: the signed set is the same.
+            let reversed: Vec<&str> = refs.iter().rev().copied().collect();
+            let ni = parse(&with_value(text, "References", &reversed.join(" ")));
+            assert!(ni.verify(&[cache_key()]), "{id}: reordered");
+        }
+    }
+
+    #[test]
+    fn unsigned_fields_do_not_affect_the_signature() {
+        for (id, text) in verifying() {
+            let mut ni = parse(text);
+            ni.url = "https://elsewhere.example/x.nar".into();
+            ni.compression = Some("none".into());
+            ni.file_hash = None;
+            ni.file_size = Some(1);
+            ni.deriver = None;
+            ni.system = Some("x86_64-linux".into());
+            ni.ca = Some("fixed:r:sha256:0".into());
+            assert!(ni.verify(&[cache_key()]), "{id}");
+        }
+    }
+
+    #[test]
+    fn signatures_by_unknown_key_names_are_ignored() {
+        // 01 carries a second Sig by `test1`, 02 one by `hydra.other.net-1`;
+        // neither is trusted and neither stops the trusted one verifying.
+        for text in [V01, V02] {
+            let ni = parse(text);
+            assert_eq!(ni.sigs.len(), 2);
+            let keys = [cache_key()];
+            assert_eq!(ni.verified_by(&keys), [&keys[0]]);
+        }
+        // A trusted key that signed nothing here verifies nothing.
+        let stranger = SecretKey::generate("stranger-1").unwrap().public();
+        assert!(!parse(V01).verify(&[stranger]));
+        assert!(!parse(V01).verify(&[]));
+    }
+
+    #[test]
+    fn a_key_with_the_trusted_name_but_other_bytes_does_not_verify() {
+        let impostor = SecretKey::generate("cache.nixos.org-1").unwrap();
+        let mut ni = parse(V02);
+        ni.sigs.clear();
+        ni.sign(&impostor);
+        assert!(!ni.verify(&[cache_key()]));
+        assert!(ni.verify(&[impostor.public()]));
     }
 
     #[test]
     fn sign_render_parse_verify() {
         let key = SecretKey::generate("fleet-1").unwrap();
-        let mut ni = NarInfo::parse(VECTORS[0].1).unwrap();
-        ni.sigs.clear();
+        let mut ni = parse(V01);
         assert!(!ni.verify(&[key.public()]));
         ni.sign(&key);
-        ni.sign(&key);
-        assert_eq!(
-            ni.sigs.len(),
-            1,
-            "signing twice keeps one signature per key"
-        );
-        let back = NarInfo::parse(&ni.render()).unwrap();
+        let back = parse(&ni.render());
+        assert_eq!(back, ni);
         assert!(back.verify(&[key.public()]));
+        // The cache's signature is untouched, and the new one sits in
+        // Nix's (string) order: cache.nixos.org-1 < fleet-1 < test1.
+        assert!(back.verify(&[cache_key()]));
+        let names: Vec<&str> = back.sigs.iter().map(Signature::key_name).collect();
+        assert_eq!(names, ["cache.nixos.org-1", "fleet-1", "test1"]);
+        // Signing again with the same key replaces, not adds.
+        let mut again = back.clone();
+        again.sign(&key);
+        assert_eq!(
+            again.sigs, back.sigs,
+            "ed25519 signatures are deterministic"
+        );
     }
 
     #[test]
-    fn strict_parsing() {
-        let base = VECTORS[1].1;
+    fn signing_replaces_a_stale_signature_by_the_same_key_name() {
+        let key = SecretKey::generate("fleet-1").unwrap();
+        let mut ni = parse(V02);
+        ni.sign(&key);
+        ni.nar_size += 1;
+        assert!(!ni.verify(&[key.public()]));
+        ni.sign(&key);
+        assert!(ni.verify(&[key.public()]));
+        assert_eq!(
+            ni.sigs.iter().filter(|s| s.key_name() == "fleet-1").count(),
+            1
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "NarSize is 0")]
+    fn signing_a_zero_size_narinfo_panics() {
+        let mut ni = parse(V02);
+        ni.nar_size = 0;
+        assert!(!ni.verify(&[cache_key()]));
+        ni.sign(&SecretKey::generate("k").unwrap());
+    }
+
+    #[test]
+    fn narinfos_written_by_nix_parse_verify_and_render_to_the_same_bytes() {
+        let k1 = PublicKey::parse(NIX_KEY_1).unwrap();
+        let k2 = PublicKey::parse(NIX_KEY_2).unwrap();
+
+        let top = parse(NIX_TOP2);
+        assert!(top.quirks.is_empty());
+        assert_eq!(top.references.len(), 3);
+        assert!(top.references.contains(&top.store_path), "a self-reference");
+        assert_eq!(
+            top.deriver.as_ref().map(StorePath::name),
+            Some("nixcast-narinfo-top2.drv")
+        );
+        assert!(top.verify(std::slice::from_ref(&k1)));
+        assert!(!top.verify(&[k2.clone(), cache_key()]));
+        assert_eq!(top.render(), NIX_TOP2);
+
+        // Two signatures in Nix's order, no references, no Deriver, a CA line.
+        let leaf = parse(NIX_LEAF);
+        assert!(leaf.references.is_empty());
+        assert_eq!(leaf.deriver, None);
+        assert!(leaf.ca.as_deref().unwrap().starts_with("fixed:r:sha256:"));
+        let keys = [k1.clone(), k2.clone()];
+        assert_eq!(leaf.verified_by(&keys), [&keys[0], &keys[1]]);
+        assert_eq!(leaf.render(), NIX_LEAF);
+
+        // A signature our code adds goes where Nix's sorted set put it.
+        let mut resigned = parse(NIX_LEAF);
+        resigned.sigs.retain(|s| s.key_name() == "narinfo-test-1");
+        let other = SecretKey::generate("another-key-1").unwrap();
+        resigned.sign(&other);
+        let names: Vec<&str> = resigned.sigs.iter().map(Signature::key_name).collect();
+        assert_eq!(names, ["another-key-1", "narinfo-test-1"]);
+    }
+
+    #[test]
+    fn the_nix_written_toplevel_narinfo_verifies_and_round_trips() {
+        // Committed earlier beside key.pub: a NixOS toplevel copied by Nix.
+        let text = include_str!("../testdata/nix-written/toplevel.narinfo");
+        let key = PublicKey::parse(include_str!("../testdata/nix-written/key.pub")).unwrap();
+        let ni = parse(text);
+        assert!(ni.verify(&[key]));
+        assert!(!ni.verify(&[cache_key()]));
+        assert_eq!(ni.render(), text);
+    }
+
+    #[test]
+    fn duplicate_store_path_is_rejected() {
+        assert_duplicate_rejected("StorePath");
+    }
+
+    #[test]
+    fn duplicate_nar_hash_is_rejected() {
+        assert_duplicate_rejected("NarHash");
+    }
+
+    #[test]
+    fn duplicate_url_is_rejected() {
+        assert_duplicate_rejected("URL");
+    }
+
+    #[test]
+    fn duplicate_references_are_rejected() {
+        assert_duplicate_rejected("References");
+        // Even when the first is empty, which a last-wins reader would miss.
+        let doubled = format!("{V04}References: {}\n", "a".repeat(32) + "-x");
+        assert_eq!(
+            NarInfo::parse(&doubled),
+            Err(NarInfoError::Duplicate {
+                field: "References",
+                line: 11
+            })
+        );
+    }
+
+    #[test]
+    fn every_other_singleton_field_is_rejected_twice() {
         for field in [
-            "StorePath",
-            "NarHash",
-            "URL",
-            "References",
-            "NarSize",
             "Compression",
+            "FileHash",
+            "FileSize",
+            "NarSize",
+            "Deriver",
+            "System",
+            "CA",
         ] {
-            let line = base
+            let text = match field {
+                "System" => V06,
+                "CA" => V04,
+                _ => V01,
+            };
+            let line = text
                 .lines()
-                .find(|l| l.starts_with(&format!("{field}:")))
+                .find(|l| l.starts_with(&format!("{field}: ")))
                 .unwrap();
-            let doubled = format!("{base}{line}\n");
+            let doubled = format!("{text}{line}\n");
             assert!(
                 matches!(
                     NarInfo::parse(&doubled),
-                    Err(NarInfoError::Duplicate { .. })
+                    Err(NarInfoError::Duplicate { field: f, .. }) if f == field
                 ),
                 "{field}"
             );
         }
-        for field in ["StorePath", "URL", "NarHash", "NarSize"] {
-            let without: String = base
+        // `unknown-deriver` still counts as the one Deriver line.
+        let text = with_value(V02, "Deriver", "unknown-deriver");
+        assert_eq!(parse(&text).quirks, [Quirk::UnknownDeriver]);
+        assert!(matches!(
+            NarInfo::parse(&format!("{text}Deriver: unknown-deriver\n")),
+            Err(NarInfoError::Duplicate {
+                field: "Deriver",
+                ..
+            })
+        ));
+    }
+
+    /// Doubling `field`'s line, after or before the original, is an error
+    /// naming the field and the second line.
+    fn assert_duplicate_rejected(field: &str) {
+        for (id, text) in VECTORS {
+            let (index, line) = text
                 .lines()
-                .filter(|l| !l.starts_with(&format!("{field}:")))
+                .enumerate()
+                .find(|(_, l)| l.starts_with(&format!("{field}: ")))
+                .unwrap();
+            let appended = format!("{text}{line}\n");
+            let expected_line = text.lines().count() + 1;
+            assert_eq!(
+                NarInfo::parse(&appended).unwrap_err(),
+                NarInfoError::Duplicate {
+                    field: known_field(field).unwrap(),
+                    line: expected_line
+                },
+                "{id}"
+            );
+            let prepended = format!("{line}\n{text}");
+            assert_eq!(
+                NarInfo::parse(&prepended).unwrap_err(),
+                NarInfoError::Duplicate {
+                    field: known_field(field).unwrap(),
+                    line: index + 2
+                },
+                "{id}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_required_fields_are_rejected() {
+        for field in ["StorePath", "URL", "NarHash", "NarSize"] {
+            let without: String = V02
+                .lines()
+                .filter(|l| !l.starts_with(&format!("{field}: ")))
                 .map(|l| format!("{l}\n"))
                 .collect();
             assert_eq!(NarInfo::parse(&without), Err(NarInfoError::Missing(field)));
         }
-        let size_line = base.lines().find(|l| l.starts_with("NarSize:")).unwrap();
-        let zero = base.replace(size_line, "NarSize: 0");
-        assert_eq!(NarInfo::parse(&zero), Err(NarInfoError::EmptyNar));
+        assert_eq!(NarInfo::parse(""), Err(NarInfoError::Missing("StorePath")));
+        // Without References, Nix reads none; so do we.
+        let without: String = V02
+            .lines()
+            .filter(|l| !l.starts_with("References: "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(parse(&without).references.is_empty());
+    }
+
+    #[test]
+    fn nar_size_zero_is_rejected() {
+        assert_eq!(
+            NarInfo::parse(&with_value(V02, "NarSize", "0")),
+            Err(NarInfoError::ZeroNarSize { line: 7 })
+        );
+    }
+
+    #[test]
+    fn malformed_lines_are_rejected_with_their_line_number() {
+        let bad = |text: &str| NarInfo::parse(text).unwrap_err();
+        let mut lines: Vec<&str> = V02.lines().collect();
+        lines.insert(2, "no separator here");
+        let text = lines.join("\n") + "\n";
+        assert_eq!(
+            bad(&text),
+            NarInfoError::MalformedLine {
+                line: 3,
+                text: "no separator here".into()
+            }
+        );
+        for (text, line) in [
+            // No space after the colon: Nix would read the next line into it.
+            (format!("{V02}References:\n"), 12),
+            // `URL:x: y` is a URL line to Nix, not an unknown key.
+            (format!("{V02}URL:x: y\n"), 12),
+            (format!("{V02}\n"), 12),
+            (format!("{V02}: value\n"), 12),
+            (format!("{V02}Bad key: value\n"), 12),
+            (format!("\n{V02}"), 1),
+        ] {
+            assert!(
+                matches!(bad(&text), NarInfoError::MalformedLine { line: l, .. } if l == line),
+                "{text:?}"
+            );
+        }
+        assert_eq!(
+            bad(V02.strip_suffix('\n').unwrap()),
+            NarInfoError::Unterminated { line: 11 }
+        );
         assert!(matches!(
-            NarInfo::parse("no colon here\n"),
-            Err(NarInfoError::Line { line: 1 })
+            bad(&V02.replace('\n', "\r\n")),
+            NarInfoError::ControlCharacter { line: 1, .. }
         ));
-        let bad_path = base.replace("/nix/store/", "/nix/store/e");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let cases = [
+            ("StorePath", "/nix/store/eeee", "StorePath"),
+            ("StorePath", "/tmp/x", "StorePath"),
+            (
+                "Deriver",
+                "/nix/store/10dx1q4ivjb115y3h90mipaaz533nr0d-x.drv",
+                "Deriver",
+            ),
+            ("References", "nope", "References"),
+        ];
+        for (key, value, field) in cases {
+            let err = NarInfo::parse(&with_value(V02, key, value)).unwrap_err();
+            assert!(
+                matches!(err, NarInfoError::StorePath { field: f, .. } if f == field),
+                "{key}: {err}"
+            );
+        }
+        for (key, value) in [
+            ("NarHash", "sha1:1ak1ymbmsfx7z8kh09jzkr3a4dvkrfjw"),
+            ("NarHash", "sha256:short"),
+            ("FileHash", "md5:x"),
+        ] {
+            let err = NarInfo::parse(&with_value(V02, key, value)).unwrap_err();
+            assert!(
+                matches!(err, NarInfoError::Hash { field, .. } if field == key),
+                "{err}"
+            );
+        }
+        for (key, value) in [
+            ("NarSize", "-1"),
+            ("NarSize", "+5"),
+            ("NarSize", "05"),
+            ("NarSize", "18446744073709551616"),
+            ("FileSize", "1e3"),
+            ("FileSize", " 1"),
+        ] {
+            assert_eq!(
+                NarInfo::parse(&with_value(V02, key, value)).unwrap_err(),
+                NarInfoError::Number {
+                    field: known_field(key).unwrap(),
+                    line: if key == "NarSize" { 7 } else { 5 },
+                    value: value.into()
+                }
+            );
+        }
+        for key in ["URL", "Compression", "Deriver", "Sig", "NarHash"] {
+            assert!(
+                matches!(
+                    NarInfo::parse(&with_value(V02, key, "")).unwrap_err(),
+                    NarInfoError::Empty { field, .. } if field == key
+                ),
+                "{key}"
+            );
+        }
         assert!(matches!(
-            NarInfo::parse(&bad_path),
-            Err(NarInfoError::Value {
-                field: "StorePath",
-                ..
-            })
+            NarInfo::parse(&format!("{V02}Sig: nocolon\n")).unwrap_err(),
+            NarInfoError::Signature { line: 12, .. }
         ));
-        for junk in ["", "\n\n", ":", "StorePath:", "NarSize: -1", "\u{0}"] {
-            assert!(NarInfo::parse(junk).is_err(), "{junk:?}");
+        let r = "7gx4kiv5m0i7d7qkixq2cwzbr10lvxwc-glibc-2.27";
+        assert_eq!(
+            NarInfo::parse(&with_value(V02, "References", &format!("{r} {r}"))).unwrap_err(),
+            NarInfoError::DuplicateReference {
+                line: 8,
+                reference: r.into()
+            }
+        );
+        for spaced in [format!("{r}  {r}"), format!(" {r}"), format!("{r} ")] {
+            assert!(matches!(
+                NarInfo::parse(&with_value(V02, "References", &spaced)).unwrap_err(),
+                NarInfoError::ReferencesSpacing { line: 8, .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_tolerated_and_recorded() {
+        let text = format!("{V01}Provenance: {{\"type\":\"x\"}}\nFuture-Thing: 1\n");
+        let ni = parse(&text);
+        assert_eq!(
+            ni.quirks,
+            [
+                Quirk::UnknownField {
+                    line: 12,
+                    key: "Provenance".into()
+                },
+                Quirk::UnknownField {
+                    line: 13,
+                    key: "Future-Thing".into()
+                },
+            ]
+        );
+        assert!(ni.verify(&[cache_key()]));
+        assert_eq!(ni.render(), V01, "unknown fields are not written back");
+        // Keys are case-sensitive, as in Nix: this is not a second StorePath.
+        let lower = format!("{V01}storepath: /nix/store/x\n");
+        assert!(matches!(
+            parse(&lower).quirks[..],
+            [Quirk::UnknownField { line: 12, .. }]
+        ));
+    }
+
+    #[test]
+    fn error_messages_are_lowercase_and_quote_little() {
+        let long = "x".repeat(10_000);
+        let err = NarInfo::parse(&format!("{long}\n")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("narinfo line 1 "), "{msg}");
+        assert!(msg.len() < 200, "{msg}");
+        let err = NarInfo::parse(&with_value(V02, "NarHash", "sha256:short")).unwrap_err();
+        assert_eq!(err.to_string(), "narinfo line 6: invalid NarHash");
+        let source = std::error::Error::source(&err).unwrap().to_string();
+        assert!(source.contains("sha256:short"), "{source}");
+    }
+
+    // Strategies for the property tests.
+
+    fn store_path() -> impl Strategy<Value = StorePath> {
+        // The nixbase32 alphabet has no e, o, t, u.
+        (
+            "[0-9a-df-np-sv-z]{32}",
+            "[0-9a-zA-Z+_?=][0-9a-zA-Z+._?=-]{0,40}",
+        )
+            .prop_map(|(h, n)| StorePath::from_basename(&format!("{h}-{n}")).unwrap())
+    }
+
+    fn sha256() -> impl Strategy<Value = Sha256Hash> {
+        any::<[u8; 32]>().prop_map(Sha256Hash)
+    }
+
+    /// Any non-empty value without control characters.
+    fn text() -> impl Strategy<Value = String> {
+        "\\PC{1,30}"
+    }
+
+    fn signature() -> impl Strategy<Value = Signature> {
+        ("[a-z0-9.-]{1,16}", prop::collection::vec(any::<u8>(), 64))
+            .prop_map(|(name, b)| Signature::from_parts(&name, b.try_into().unwrap()))
+    }
+
+    /// A narinfo as Nix would hold it: references a sorted set, signatures
+    /// in any order, every optional field present or not.
+    fn narinfo() -> impl Strategy<Value = NarInfo> {
+        let path_part = (
+            store_path(),
+            text(),
+            prop::option::of(text()),
+            prop::option::of(sha256()),
+            prop::option::of(any::<u64>()),
+            sha256(),
+            1..=u64::MAX,
+        );
+        let rest = (
+            prop::collection::btree_set(store_path(), 0..6),
+            prop::option::of(store_path()),
+            prop::collection::vec(signature(), 0..4),
+            prop::option::of(text()),
+            prop::option::of(text()),
+        );
+        (path_part, rest).prop_map(
+            |(
+                (store_path, url, compression, file_hash, file_size, nar_hash, nar_size),
+                (references, deriver, sigs, ca, system),
+            )| NarInfo {
+                store_path,
+                url,
+                compression,
+                file_hash,
+                file_size,
+                nar_hash,
+                nar_size,
+                references: references.into_iter().collect(),
+                deriver,
+                sigs,
+                ca,
+                system,
+                quirks: Vec::new(),
+            },
+        )
+    }
+
+    /// Lines that look like a narinfo's: known keys, plausible and broken values.
+    fn narinfo_like() -> impl Strategy<Value = String> {
+        let key = prop::sample::select(vec![
+            "StorePath",
+            "URL",
+            "Compression",
+            "FileHash",
+            "FileSize",
+            "NarHash",
+            "NarSize",
+            "References",
+            "Deriver",
+            "System",
+            "Sig",
+            "CA",
+            "X",
+            "",
+        ]);
+        let value = prop_oneof![
+            Just(String::new()),
+            Just("/nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-x".to_owned()),
+            Just("00bgd045z0d4icpbc2yyz4gx48ak44la-x".to_owned()),
+            Just("sha256:0lxjvvpr59c2mdram7ympy5ay741f180kv3349hvfc3f8nrmbqf6".to_owned()),
+            Just("unknown-deriver".to_owned()),
+            "[0-9]{1,21}",
+            "\\PC{0,20}",
+            ".{0,20}",
+        ];
+        let sep = prop::sample::select(vec![": ", ":", " : ", ": \r", ""]);
+        prop::collection::vec((key, sep, value), 0..16).prop_map(|lines| {
+            lines
+                .into_iter()
+                .map(|(k, s, v)| format!("{k}{s}{v}\n"))
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn parse_of_render_is_identity(ni in narinfo()) {
+            let text = ni.render();
+            let back = NarInfo::parse(&text);
+            prop_assert_eq!(back.as_ref(), Ok(&ni), "{}", text);
+            prop_assert_eq!(back.unwrap().render(), text);
+        }
+
+        #[test]
+        fn signed_then_rendered_verifies(ni in narinfo()) {
+            let key = SecretKey::generate("prop-1").unwrap();
+            let mut ni = ni;
+            ni.sign(&key);
+            let back = NarInfo::parse(&ni.render()).unwrap();
+            prop_assert!(back.verify(&[key.public()]));
+        }
+
+        #[test]
+        fn parse_never_panics_on_arbitrary_text(s in any::<String>()) {
+            let _ = NarInfo::parse(&s);
+        }
+
+        #[test]
+        fn parse_never_panics_on_narinfo_like_text(s in narinfo_like()) {
+            let _ = NarInfo::parse(&s);
+        }
+
+        #[test]
+        fn parse_never_panics_on_damaged_vectors(
+            which in 0..VECTORS.len(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<char>()), 1..4),
+        ) {
+            let mut chars: Vec<char> = VECTORS[which].1.chars().collect();
+            for (at, c) in edits {
+                let i = at.index(chars.len());
+                chars[i] = c;
+            }
+            let s: String = chars.into_iter().collect();
+            if let Ok(ni) = NarInfo::parse(&s) {
+                // Whatever parses, renders to something that parses the same.
+                let again = NarInfo::parse(&ni.render()).unwrap();
+                prop_assert_eq!(
+                    (&again.store_path, &again.nar_hash, again.nar_size, &again.references),
+                    (&ni.store_path, &ni.nar_hash, ni.nar_size, &ni.references)
+                );
+            }
         }
     }
 }
