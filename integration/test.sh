@@ -28,4 +28,17 @@ export NIX_REMOTE=local
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
-cargo test --workspace
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# Each parser of untrusted input under libFuzzer for a few seconds
+# (`fuzz/run.sh 600` is the long run).
+bash fuzz/run.sh 5 || status=1
+# One closing line for the whole run: cargo's last line is a crate's doc tests.
+passed=$(grep -o '[0-9]* passed' "$log" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -o '[0-9]* failed' "$log" | awk '{s+=$1} END {print s+0}')
+echo "tests: $passed passed, $failed failed"
+exit "$status"
