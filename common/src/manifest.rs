@@ -134,6 +134,8 @@ pub enum ManifestError {
     MissingTop(StorePath),
     #[error("manifest entry {0}: references are not sorted and unique")]
     References(StorePath),
+    #[error("manifest sizes add up to more than 2^64 bytes")]
+    SizeOverflow,
 }
 
 impl Manifest {
@@ -205,6 +207,13 @@ impl Manifest {
         if self.get(&self.store_path).is_none() {
             return Err(ManifestError::MissingTop(self.store_path.clone()));
         }
+        // Totals are taken over these sizes; none may overflow.
+        self.paths
+            .iter()
+            .try_fold(0u64, |t, e| {
+                t.checked_add(e.nar_size)?.checked_add(e.file_size)
+            })
+            .ok_or(ManifestError::SizeOverflow)?;
         Ok(())
     }
 
@@ -215,8 +224,11 @@ impl Manifest {
             .map(|i| &self.paths[i])
     }
 
+    /// Cannot overflow for a checked manifest; saturates for an unchecked one.
     pub fn total_nar_size(&self) -> u64 {
-        self.paths.iter().map(|e| e.nar_size).sum()
+        self.paths
+            .iter()
+            .fold(0u64, |t, e| t.saturating_add(e.nar_size))
     }
 
     /// Entries with every dependency before its dependents (self-references ignored).
@@ -377,6 +389,11 @@ mod tests {
         assert!(Manifest::parse(format!("{json} {{}}").as_bytes()).is_err());
         let bzip = json.replacen("\"compression\": \"xz\"", "\"compression\": \"bzip2\"", 1);
         assert!(Manifest::parse(bzip.as_bytes()).is_err());
+        let huge = json.replacen("\"narSize\": 120", "\"narSize\": 18446744073709551615", 1);
+        assert!(matches!(
+            Manifest::parse(huge.as_bytes()),
+            Err(ManifestError::SizeOverflow)
+        ));
         let zero = json.replacen("\"narSize\": 120", "\"narSize\": 0", 1);
         assert!(matches!(
             Manifest::parse(zero.as_bytes()),

@@ -115,9 +115,17 @@ impl Serialize for Timestamp {
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        humantime::parse_rfc3339(&s)
+        let t = humantime::parse_rfc3339(&s)
             .map(Self)
-            .map_err(|e| serde::de::Error::custom(format!("bad timestamp {s:?}: {e}")))
+            .map_err(|e| serde::de::Error::custom(format!("bad timestamp {s:?}: {e}")))?;
+        // Only the one form we write (UTC, whole seconds, "Z"): signed text
+        // then has a single reading.
+        if t.to_string() != s {
+            return Err(serde::de::Error::custom(format!(
+                "bad timestamp {s:?}: write it as {t}"
+            )));
+        }
+        Ok(t)
     }
 }
 
@@ -392,7 +400,8 @@ mod tests {
     #[test]
     fn strict_payload_parsing_after_signature() {
         let k = SecretKey::generate("fleet-1").unwrap();
-        let json = String::from_utf8(serde_json::to_vec(&sample()).unwrap()).unwrap();
+        let p = sample();
+        let json = String::from_utf8(serde_json::to_vec(&p).unwrap()).unwrap();
         let sign_raw = |body: &str| {
             let sig = k.sign(&pae(PAYLOAD_TYPE, body.as_bytes()));
             serde_json::to_vec(&Envelope {
@@ -417,6 +426,12 @@ mod tests {
         let bad_path = json.replacen("/nix/store/si52", "/nix/store/ee52", 1);
         assert!(matches!(
             verify(&sign_raw(&bad_path), &[k.public()]),
+            Err(PointerError::Payload(_))
+        ));
+        let at = p.issued_at.to_string();
+        let fraction = json.replacen(&at, &at.replace('Z', ".5Z"), 1);
+        assert!(matches!(
+            verify(&sign_raw(&fraction), &[k.public()]),
             Err(PointerError::Payload(_))
         ));
         let gen0 = json.replacen("\"generation\":3", "\"generation\":0", 1);

@@ -1,13 +1,36 @@
-//! The manifest parser on arbitrary bytes; what parses must serialise and parse back.
+//! The manifest parser on arbitrary bytes. What parses must serialise and
+//! parse back, and its import order must put every dependency first.
 #![no_main]
+
+use std::collections::BTreeSet;
 
 use libfuzzer_sys::fuzz_target;
 use nixcast_common::manifest::Manifest;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(m) = Manifest::parse(data) {
-        let _ = m.topological();
-        let again = Manifest::parse(&m.to_json()).expect("a serialised manifest parses");
-        assert_eq!(again, m);
+    let Ok(m) = Manifest::parse(data) else {
+        return;
+    };
+    let _ = m.total_nar_size();
+    for e in &m.paths {
+        assert_eq!(m.get(&e.store_path), Some(e));
     }
+
+    // Entries in a reference cycle are left out; the others come once each,
+    // after everything they reference.
+    let order = m.topological();
+    let mut done = BTreeSet::new();
+    for e in &order {
+        for r in &e.references {
+            assert!(
+                *r == e.store_path || done.contains(r),
+                "{} comes before its reference {r}",
+                e.store_path
+            );
+        }
+        assert!(done.insert(&e.store_path), "{} comes twice", e.store_path);
+    }
+
+    let again = Manifest::parse(&m.to_json()).expect("a serialised manifest parses");
+    assert_eq!(again, m);
 });

@@ -1,48 +1,56 @@
-//! The pointer envelope on arbitrary bytes, and the payload parser behind a
-//! valid signature (the input signed with a fixed test key), so that the
-//! fuzzer reaches the code an attacker with a stolen key would.
+//! The pointer on arbitrary bytes, three ways: as an envelope to verify (what
+//! the agent does with `hosts/<host>.json`), as an envelope or payload parsed
+//! without verifying (what display tools do), and as a payload behind a valid
+//! signature (the bytes signed with a fixed test key), which is how the
+//! fuzzer reaches the code only a key holder could otherwise reach.
 #![no_main]
 
+use data_encoding::BASE64;
 use libfuzzer_sys::fuzz_target;
-use nixcast_common::pointer::{self, Envelope, EnvelopeSignature};
-use nixcast_common::SecretKey;
-
-// A throwaway key made by `nixcast keygen` for the fuzzer only.
-const KEY: &str = "fuzz-1:dxqYjHvzcEQziq1e6wqnDkW4M1Qe/muEiUDomayOWmylTg/R2U21mtajMDkb0QceQnHRTemjsgDR1yEkATp/Og==";
+use nixcast_common::pointer::{self, Envelope, EnvelopeSignature, Pointer};
+use nixcast_common::Sha256Hash;
+use nixcast_fuzz::FUZZ_KEY;
 
 fuzz_target!(|data: &[u8]| {
-    let key = SecretKey::parse(KEY).expect("the fuzz key");
-    let trusted = [key.public()];
-    let _ = pointer::verify(data, &trusted);
-    let sig = key.sign(&pointer::pae(pointer::PAYLOAD_TYPE, data));
+    let trusted = [FUZZ_KEY.public()];
+
+    // The seed envelopes are signed with the fuzz key, so they verify.
+    if let Ok(v) = pointer::verify(data, &trusted) {
+        assert_eq!(v.key_name(), FUZZ_KEY.name());
+    }
+
+    let _ = serde_json::from_slice::<Envelope>(data);
+    let parsed = serde_json::from_slice::<Pointer>(data)
+        .ok()
+        .filter(|p| p.check().is_ok());
+
+    let sig = FUZZ_KEY.sign(&pointer::pae(pointer::PAYLOAD_TYPE, data));
     let env = Envelope {
         payload_type: pointer::PAYLOAD_TYPE.to_owned(),
-        payload: encode(data),
+        payload: BASE64.encode(data),
         signatures: vec![EnvelopeSignature {
-            keyid: "fuzz-1".to_owned(),
-            sig: encode(sig.bytes()),
+            keyid: FUZZ_KEY.name().to_owned(),
+            sig: BASE64.encode(sig.bytes()),
         }],
     };
     let bytes = serde_json::to_vec(&env).expect("an envelope serialises");
-    if let Ok(v) = pointer::verify(&bytes, &trusted) {
-        assert_eq!(v.get().generation > 0, true);
+    // Verifying accepts a signed payload exactly when it parses and checks.
+    match (pointer::verify(&bytes, &trusted), parsed) {
+        (Ok(v), Some(p)) => {
+            assert_eq!(v.get(), &p);
+            assert_eq!(v.digest(), Sha256Hash::digest(data));
+        }
+        (Err(_), None) => {}
+        (Err(e), Some(_)) => {
+            // Only the envelope's size cap may refuse a good payload.
+            assert!(
+                matches!(e, pointer::PointerError::TooLarge(_)),
+                "a signed, well-formed payload was refused: {e}"
+            );
+        }
+        (Ok(v), None) => panic!(
+            "verify accepted a payload that does not parse: {:?}",
+            v.get()
+        ),
     }
 });
-
-fn encode(b: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::new();
-    for c in b.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            s.push(if i <= c.len() {
-                T[(n >> (18 - 6 * i) & 63) as usize] as char
-            } else {
-                '='
-            });
-        }
-    }
-    s
-}

@@ -187,6 +187,7 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
         .collect();
     // Largest first, so that decompressing a big NAR overlaps the small ones.
     entries.sort_by_key(|e| std::cmp::Reverse(e.file_size));
+    // Checked manifests cannot overflow these sums.
     let download: u64 = entries.iter().map(|e| e.file_size).sum();
     let unpacked: u64 = entries.iter().map(|e| e.nar_size).sum();
     tracing::info!(
