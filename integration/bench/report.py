@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""report.py RESULTS.tsv MACHINE.txt OUT.md : medians, ratios and the machine, as Markdown.
+
+RESULTS.tsv rows (from run.sh): work tool rep seconds maxrss_kib requests bytes load1 start_epoch log
+Prints the Markdown to stdout and writes it to OUT.md.
+"""
+import collections, datetime, re, statistics, sys
+
+res_path, machine_path, out_path = sys.argv[1:4]
+M = dict(l.rstrip("\n").split("=", 1) for l in open(machine_path) if "=" in l)
+rows = collections.defaultdict(list)  # (work, tool) -> [dict]
+for line in open(res_path):
+    f = line.rstrip("\n").split("\t")
+    if len(f) < 10:
+        continue
+    rows[(f[0], f[1])].append(dict(secs=float(f[3]), rss=int(f[4]), reqs=int(f[5]), bytes=int(f[6]),
+                                   load=float(f[7]), t0=float(f[8]), log=f[9], rep=int(f[2])))
+
+def med(work, tool, key="secs"):
+    r = rows.get((work, tool))
+    return statistics.median(x[key] for x in r) if r else None
+
+def cell(work, tool):
+    r = rows.get((work, tool))
+    if not r:
+        return "—"
+    v = sorted(x["secs"] for x in r)
+    m = statistics.median(v)
+    s = f"{m:.2f} s"
+    if len(v) > 1:
+        s += f" ({v[0]:.2f}–{v[-1]:.2f}, n={len(v)})"
+    else:
+        s += " (n=1)"
+    return s
+
+def mib(b):
+    return f"{b / 2**20:.1f} MiB" if b >= 2**20 else f"{b / 1024:.1f} KiB" if b >= 1024 else f"{b:.0f} B"
+
+N, XN, XS = M["n"], M["xz_n"], M["xz_scale"]
+small = f"n{XN}s{XS}"
+out = []
+p = out.append
+p("# nixcast vs Nix: benchmark results\n")
+p(f"Made by `integration/bench/run.sh` on {M['date']} (commit {M['commit']}); medians of {M['reps']} runs "
+  "unless n says otherwise; tools alternate within each repetition (the order turns by one each time); "
+  "the same closure, the same cache files and the same nginx serve both tools. Fresh stores are private "
+  "mount namespaces with an empty `/nix` (`NIX_REMOTE=local`), as a new VM would have. Page cache warm.\n")
+p("## Machine\n")
+p(f"- {M['nproc']} CPUs, {M['cpu']}, {M['mem']} RAM, Linux {M['kernel']}")
+p(f"- {M['nix']}; nginx {M['nginx']}; {M['xz']}; {M['zstd']}")
+p(f"- closure (`synth-closure.nix --arg n {N}`): {M['stats_full']}")
+p(f"- smaller closure for xz publish (`--arg n {XN} --arg scale {XS}`): {M['stats_small']}")
+p(f"- load before: `{M['uptime_before'].strip()}`; after: `{M['uptime_after'].strip()}`")
+busy, ours, secs = int(M["busy_cpu_seconds"]), int(M["our_cpu_seconds"]), int(M["measure_seconds"])
+other = max(0, busy - ours)
+share = other / max(1, secs * int(M["nproc"]))
+p(f"- measuring took {secs} s ({M['total_seconds']} s with build and setup); the machine was busy for {busy} CPU-s, "
+  f"of which this benchmark used {ours} CPU-s: other work used ~{other} CPU-s ({share:.0%} of the machine)")
+if share > 0.05 or float(M["uptime_before"].split("load average:")[1].split(",")[0]) > 0.5:
+    p(f"- **shared machine: other work was running** (busiest processes before: {M['top_before']}; "
+      f"after: {M['top_after']}); read the numbers with that in mind")
+p("")
+
+targets = {
+    f"publish-cold-zstd-n{N}": "≤ 0.7", f"publish-cold-xz-{small}": "≤ 0.5",
+    "pull-zstd-cold": "≤ 0.5", "pull-xz-cold": "≤ 0.5", "pull-zstd-rtt50-cold": "≤ 0.3",
+}
+labels = [
+    (f"publish-cold-zstd-n{N}", f"publish cold, zstd, {N} paths"),
+    (f"publish-cold-xz-{small}", f"publish cold, xz, {XN} paths at {XS} % size"),
+    (f"publish-cold-xz-n{N}", f"publish cold, xz, {N} paths (nixcast once; Nix 2.8 took 327 s in shared/bench)"),
+    (f"publish-incr-zstd-n{N}", f"publish after one path changed, zstd, {N} paths"),
+    (f"publish-incr-xz-{small}", f"publish after one path changed, xz, {XN} paths at {XS} %"),
+    (f"publish-incr-xz-n{N}", f"publish after one path changed, xz, {N} paths (nixcast once)"),
+    ("pull-zstd-cold", "pull cold, zstd"),
+    ("pull-xz-cold", "pull cold, xz"),
+    ("pull-zstd-rtt50-cold", "pull cold, zstd, +50 ms round trip"),
+    ("pull-zstd-incr", "pull after one path changed, zstd"),
+    ("pull-xz-incr", "pull after one path changed, xz"),
+    ("pull-zstd-noop", "no-op poll, zstd"),
+    ("pull-xz-noop", "no-op poll, xz"),
+]
+tools = ["nixcast", "nix-copy", "nix-store"]
+p("## Time (median seconds, min–max)\n")
+p("Ratio: nixcast / the better of `nix copy` and `nix-store -r` (same run). Pulls include, for nixcast only, "
+  "setting the profile and running `switch-to-configuration` (the stand-in's only echoes).\n")
+p("| work | nixcast | `nix copy` | `nix-store -r -j16` | ratio | target |")
+p("| --- | --- | --- | --- | --- | --- |")
+ratios = {}
+for work, label in labels:
+    if not any((work, t) in rows for t in tools):
+        continue
+    nc = med(work, "nixcast")
+    nix = [v for v in (med(work, "nix-copy"), med(work, "nix-store")) if v is not None]
+    ratio = f"{nc / min(nix):.2f}" if nc is not None and nix and min(nix) > 0 else "—"
+    ratios[work] = ratio
+    p(f"| {label} | {cell(work, 'nixcast')} | {cell(work, 'nix-copy')} | {cell(work, 'nix-store')} | {ratio} | {targets.get(work, '')} |")
+p("")
+
+p("## Requests and bytes (from nginx's access log, medians)\n")
+p("Target for nixcast: after one path changed, pointer + manifest + the changed NARs (2 paths changed: "
+  "`etc` and the top), nothing else; a no-op poll is 1 request.\n")
+p("| work | nixcast | `nix copy` | `nix-store -r -j16` |")
+p("| --- | --- | --- | --- |")
+for work, label in labels:
+    if not work.startswith("pull") or not any((work, t) in rows for t in tools):
+        continue
+    cells = []
+    for t in tools:
+        if (work, t) in rows:
+            cells.append(f"{med(work, t, 'reqs'):.0f} req, {mib(med(work, t, 'bytes'))}")
+        else:
+            cells.append("—")
+    p(f"| {label} | " + " | ".join(cells) + " |")
+p("")
+
+p("## Peak memory (median of `/usr/bin/time -f %M`)\n")
+p("%M is the largest resident set of the command or of any one descendant it waited for (the agent's "
+  "`nix copy` import, `nix-env`, the switch), not their sum. Targets: agent ≤ 256 MiB on the 1000-path pull "
+  "(it includes a 40 MiB path); publisher ≤ 512 MiB.\n")
+p("| work | nixcast | `nix copy` | `nix-store -r -j16` |")
+p("| --- | --- | --- | --- |")
+for work, label in labels:
+    if "cold" not in work or not any((work, t) in rows for t in tools):
+        continue
+    cells = [f"{med(work, t, 'rss') / 1024:.0f} MiB" if (work, t) in rows else "—" for t in tools]
+    p(f"| {label} | " + " | ".join(cells) + " |")
+p("")
+
+# nixcast's phases, from the agent's log lines (one per phase, with timestamps)
+PH = ["pointer verified", "closure checked", "fetched and verified", "imported", "applied"]
+ts_re = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z\s+INFO\s+\S+: (.*)$")
+def phases(r):
+    got = {}
+    for line in open(r["log"], errors="replace"):
+        m = ts_re.match(line.strip())
+        if not m:
+            continue
+        for ph in PH:
+            if m.group(2).startswith(ph) and ph not in got:
+                got[ph] = datetime.datetime.fromisoformat(m.group(1)).replace(
+                    tzinfo=datetime.timezone.utc).timestamp()
+    if len(got) < len(PH):
+        return None
+    marks = [r["t0"]] + [got[ph] for ph in PH] + [r["t0"] + r["secs"]]
+    return [b - a for a, b in zip(marks, marks[1:])]
+ph_rows = []
+for work, label in labels:
+    if not work.endswith("cold") or (work, "nixcast") not in rows:
+        continue
+    per = [x for x in (phases(r) for r in rows[(work, "nixcast")]) if x]
+    if per:
+        ph_rows.append((label, [statistics.median(col) for col in zip(*per)], med(work, "nixcast")))
+if ph_rows:
+    p("## Where nixcast's cold pull spends its time (median seconds, from the agent's log)\n")
+    p("| work | start → pointer verified | → closure checked | → fetched and verified | → imported (`nix copy` from staging) | → applied (profile, switch) | → exit | total |")
+    p("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for label, cols, tot in ph_rows:
+        p(f"| {label} | " + " | ".join(f"{c:.2f}" for c in cols) + f" | {tot:.2f} |")
+    p("")
+
+fl = [(w, t) for (w, t) in rows if w.startswith("decode-")]
+if fl:
+    p("## Floors: single-core decompression of this cache's NARs (one run)\n")
+    p("| work | seconds |")
+    p("| --- | --- |")
+    for w, t in sorted(fl):
+        what = {"decode-largest": "the largest NAR", "decode-all": "all NARs, one stream"}[w.rsplit("-", 1)[0]]
+        cmd = "xz -d -T1" if t == "xz" else "zstd -d"
+        p(f"| `{cmd}`, {what} | {med(w, t):.2f} |")
+    p("")
+
+text = "\n".join(out) + "\n"
+extra = ""
+try:
+    extra = open(out_path).read().split("<!-- notes -->", 1)[1]
+except (OSError, IndexError):
+    pass
+text += "<!-- notes -->" + extra if extra else ""
+open(out_path, "w").write(text)
+print(text)

@@ -1,0 +1,302 @@
+#!/usr/bin/env bash
+# The benchmark: nixcast against Nix on the same closure and the same server,
+# in one run, alternating the tools, medians of $REPS (default 3).
+#
+#   integration/bench/run.sh            # everything; writes integration/bench/RESULTS.md
+#   REPS=1 ONLY=pull-zstd run.sh        # one stage, for development (writes $WORK/RESULTS.partial.md)
+#
+# Needs root (fresh stores are private mount namespaces with their own /nix, as in
+# integration/demo.sh), a Rust toolchain, and ~6 GB in $WORK. Installs Nix (nix-bin),
+# nginx, GNU time, xz and zstd from Debian if missing. Takes ~13 minutes on 2 cores
+# (plus the release build and, the first time, ~1 minute to build the closures).
+# Not part of CI.
+#
+# What it measures (see RESULTS.md for the table):
+#   publish cold, zstd, the 1000-path closure:      nixcast publish  vs  nix copy --to file://…?compression=zstd
+#   publish cold, xz, a smaller closure ($XZ_N paths at $XZ_SCALE % size; xz at Nix's speed
+#     takes 327 s for the full closure), and once the full closure with nixcast only;
+#   publish after one path changed (--arg bumpNode m --argstr bump v2: `etc` and the top change);
+#   pull cold, xz and zstd, into a fresh store from nginx:
+#     nixcast-pull run  vs  nix copy --from http://…  and  nix-store -r --option substituters http://… --max-jobs 16;
+#   pull cold, zstd, +50 ms round trip (delayproxy.py, 25 ms each way); `nix copy` there $DELAY_NIXCOPY_REPS time(s);
+#   pull after one path changed, and a no-op poll: seconds, requests and bytes (from nginx's access log);
+#   peak memory: /usr/bin/time %M, the largest resident set of the command or of any descendant it waited for;
+#   floors: single-core `xz -d` / `zstd -d` of the largest NAR and of all NARs.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+WORK=${BENCH_WORK:-/var/tmp/nixcast-bench}
+REPS=${REPS:-3}
+N=${N:-1000}
+XZ_N=${XZ_N:-200}
+XZ_SCALE=${XZ_SCALE:-30}
+DELAY_NIXCOPY_REPS=${DELAY_NIXCOPY_REPS:-1}
+PORT=${BENCH_PORT:-18480}
+PPORT=$((PORT + 1))
+ONLY=${ONLY:-}
+
+[ "$(id -u)" = 0 ] || { echo "run.sh needs root (unshare, mount)" >&2; exit 1; }
+want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
+say() { printf '\n== %s  [%s, load %s]\n' "$*" "$(date +%T)" "$(cut -d' ' -f1-3 /proc/loadavg)"; }
+T_START=$(date +%s)
+
+# ---------------------------------------------------------------- tools
+need=()
+command -v nix-store >/dev/null || need+=(nix-bin)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+[ -x /usr/bin/time ] || need+=(time)
+command -v xz >/dev/null || need+=(xz-utils)
+command -v zstd >/dev/null || need+=(zstd)
+command -v python3 >/dev/null || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+  say "installing ${need[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+export NIX_REMOTE=local
+
+say "building nixcast (release)"
+(cd "$REPO" && cargo build --release -q --bin nixcast --bin nixcast-pull)
+# Our own copies: another build in the same target directory cannot change them mid-run.
+mkdir -p "$WORK"/{bin,gcroots,keys,ptr,logs,pub,vm,srv,nginx-tmp}
+BIN=$WORK/bin
+cp "$REPO/target/release/nixcast" "$REPO/target/release/nixcast-pull" "$BIN/"
+
+RES=$WORK/results.tsv
+: > "$RES"
+rm -rf "$WORK"/logs/* "$WORK"/pub/* "$WORK"/vm/*
+
+# ---------------------------------------------------------------- closures
+say "building the closures (synth-closure.nix; cached in the store between runs)"
+"$HERE/mkcorpus.sh" "$WORK/corpus" >/dev/null
+build() { # NAME ARGS…
+  local name=$1; shift
+  nix-build "$HERE/synth-closure.nix" --arg corpusDir "$WORK/corpus" "$@" \
+    -o "$WORK/gcroots/$name" --max-jobs 4 --option sandbox false --option substituters '' >/dev/null 2>"$WORK/logs/build-$name.log" \
+    || { cat "$WORK/logs/build-$name.log"; exit 1; }
+  readlink -f "$WORK/gcroots/$name"
+}
+TOP=$(build full --arg n "$N")
+TOP2=$(build full-v2 --arg n "$N" --arg bumpNode $((N - 3)) --argstr bump v2)
+XTOP=$(build small --arg n "$XZ_N" --arg scale "$XZ_SCALE")
+XTOP2=$(build small-v2 --arg n "$XZ_N" --arg scale "$XZ_SCALE" --arg bumpNode $((XZ_N - 3)) --argstr bump v2)
+STATS_FULL=$(python3 "$HERE/closure-stats.py" "$TOP" | sed -n 1p)
+STATS_SMALL=$(python3 "$HERE/closure-stats.py" "$XTOP" | sed -n 1p)
+echo "full:  $TOP"; echo "       $STATS_FULL"
+echo "small: $XTOP"; echo "       $STATS_SMALL"
+echo "changed paths: $(comm -13 <(nix-store -qR "$TOP" | sort) <(nix-store -qR "$TOP2" | sort) | wc -l) (full), $(comm -13 <(nix-store -qR "$XTOP" | sort) <(nix-store -qR "$XTOP2" | sort) | wc -l) (small)"
+
+# ---------------------------------------------------------------- key, server, proxy
+SEC=$WORK/keys/bench.sec
+if [ ! -s "$SEC" ]; then
+  "$BIN/nixcast" keygen --force --name nixcast-bench-1 --secret-key-file "$SEC" --public-key-file "$WORK/keys/bench.pub"
+fi
+PUB=$(cat "$WORK/keys/bench.pub")
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+ACCESS=$WORK/access.log
+: > "$ACCESS"
+sed -e "s|@WORK@|$WORK|g" -e "s|@PORT@|$PORT|g" "$HERE/nginx.conf.in" > "$WORK/nginx.conf"
+"$NGINX" -e "$WORK/nginx-error.log" -c "$WORK/nginx.conf" &
+pids+=($!)
+python3 "$HERE/delayproxy.py" "$PPORT" "$PORT" 25 &
+pids+=($!)
+for port in "$PORT" "$PPORT"; do
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+done
+URL=http://127.0.0.1:$PORT
+DURL=http://127.0.0.1:$PPORT
+echo "nginx at $URL, +50 ms round trip at $DURL"
+
+# CPU accounting: machine busy time vs our own, to tell whether other work ran meanwhile.
+busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
+ours() { awk '{print $14+$15+$16+$17}' "/proc/$$/stat"; }
+UPTIME_BEFORE=$(uptime)
+BUSY0=$(busy); OURS0=$(ours); T_MEASURE=$(date +%s)
+TOPPROCS_BEFORE=$(ps -eo pcpu,etime,comm --sort=-pcpu | sed -n 1,6p)
+
+# ---------------------------------------------------------------- measuring
+# measure WORK TOOL REP CMD… : one timed run; appends a row to results.tsv.
+measure() {
+  local work=$1 tool=$2 rep=$3; shift 3
+  local log=$WORK/logs/$work.$tool.$rep.log
+  local l0 t0 secs rss reqs bytes
+  l0=$(wc -l < "$ACCESS")
+  t0=$(date +%s.%N)
+  if ! /usr/bin/time -o "$WORK/time.out" -f '%e %M' "$@" > "$log" 2>&1; then
+    echo "FAILED: $work $tool #$rep: $*" >&2; tail -20 "$log" >&2; exit 1
+  fi
+  read -r secs rss < <(tail -1 "$WORK/time.out")
+  sleep 0.3 # nginx logs a request when it is done
+  read -r reqs bytes < <(tail -n +$((l0 + 1)) "$ACCESS" | awk '{n++; b+=$5} END {print n+0, b+0}')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$work" "$tool" "$rep" "$secs" "$rss" "$reqs" "$bytes" \
+    "$(cut -d' ' -f1 /proc/loadavg)" "$t0" "$log" >> "$RES"
+  printf '  %-22s %-10s #%s %8.2f s %7d KiB %5d req %11d B\n' "$work" "$tool" "$rep" "$secs" "$rss" "$reqs" "$bytes"
+}
+# The order of the tools turns by one each repetition.
+order() { local r=$1; shift; local a=("$@") n=$#; for i in $(seq 0 $((n - 1))); do echo "${a[$(((i + r - 1) % n))]}"; done; }
+# A command in a fresh "VM": a private mount namespace whose /nix is DIR/nix.
+VM=(unshare -m --propagation private sh -c 'mount --bind "$0" /nix && exec "$@"')
+vmcmd() { VMCMD=("${VM[@]}" "$1/nix" env HOME="$1/home" XDG_CACHE_HOME="$1/xdg" NIX_REMOTE=local); }
+mkvm() { rm -rf "$1"; mkdir -p "$1"/{nix,home,xdg}; }
+set_pointer() { # COMPRESSION v1|v2
+  cp "$WORK/ptr/$1-$2.json" "$WORK/srv/$1/hosts/.vm.json.tmp"
+  mv -f "$WORK/srv/$1/hosts/.vm.json.tmp" "$WORK/srv/$1/hosts/vm.json"
+}
+
+publish_stage() { # COMPRESSION TOP TOP2 LABEL [keep-for-serving]
+  local c=$1 top=$2 top2=$3 label=$4 keep=${5:-}
+  say "publish $label, $c: cold, then after one path changed ($REPS× each tool)"
+  for r in $(seq "$REPS"); do
+    for tool in $(order "$r" nixcast nix-copy); do
+      local d=$WORK/pub/$c-$label-$tool-$r
+      rm -rf "$d" "$d.xdg"
+      mkdir -p "$d.xdg"
+      if [ "$tool" = nixcast ]; then
+        measure "publish-cold-$c-$label" nixcast "$r" \
+          "$BIN/nixcast" publish --host vm --path "$top" --to "$d" --secret-key-file "$SEC" --compression "$c"
+        [ -n "$keep" ] && cp "$d/hosts/vm.json" "$WORK/ptr/$c-v1.json"
+        measure "publish-incr-$c-$label" nixcast "$r" \
+          "$BIN/nixcast" publish --host vm --path "$top2" --to "$d" --secret-key-file "$SEC" --compression "$c"
+        [ -n "$keep" ] && cp "$d/hosts/vm.json" "$WORK/ptr/$c-v2.json"
+      else
+        measure "publish-cold-$c-$label" nix-copy "$r" env XDG_CACHE_HOME="$d.xdg" \
+          nix --extra-experimental-features nix-command copy --to "file://$d?compression=$c&secret-key=$SEC" "$top"
+        measure "publish-incr-$c-$label" nix-copy "$r" env XDG_CACHE_HOME="$d.xdg" \
+          nix --extra-experimental-features nix-command copy --to "file://$d?compression=$c&secret-key=$SEC" "$top2"
+      fi
+      if [ -n "$keep" ] && [ "$tool" = nixcast ] && [ "$r" = "$REPS" ]; then
+        rm -rf "$WORK/srv/$c"; mv "$d" "$WORK/srv/$c"
+      fi
+      rm -rf "$d" "$d.xdg"
+    done
+  done
+}
+
+pull_one() { # COMPRESSION TOOL REP URL WORKPREFIX [cold-only]
+  local c=$1 tool=$2 r=$3 url=$4 w=$5 coldonly=${6:-}
+  local d=$WORK/vm/$w-$tool-$r
+  mkvm "$d"
+  vmcmd "$d"
+  local agent=("$BIN/nixcast-pull" run --cache "$url/$c" --allow-insecure-http --host vm
+               --trusted-key "$PUB" --state-dir /nix/var/nixcast)
+  local steps=(cold incr noop)
+  [ -n "$coldonly" ] && steps=(cold)
+  for step in "${steps[@]}"; do
+    local top=$TOP; [ "$step" != cold ] && top=$TOP2
+    case $tool in
+      nixcast)
+        # cold: generation 1; incr: the publisher's generation 2; noop: untouched
+        case $step in cold) set_pointer "$c" v1 ;; incr) set_pointer "$c" v2 ;; esac
+        measure "$w-$step" nixcast "$r" "${VMCMD[@]}" "${agent[@]}" ;;
+      nix-copy)
+        measure "$w-$step" nix-copy "$r" "${VMCMD[@]}" nix --extra-experimental-features nix-command \
+          copy --from "$url/$c" --option trusted-public-keys "$PUB" "$top" ;;
+      nix-store)
+        measure "$w-$step" nix-store "$r" "${VMCMD[@]}" nix-store -r "$top" \
+          --option substituters "$url/$c" --option trusted-public-keys "$PUB" --max-jobs 16 ;;
+    esac
+  done
+  rm -rf "$d"
+}
+
+pull_stage() { # COMPRESSION
+  local c=$1
+  say "pull $c into fresh stores: cold, after one path changed, no-op ($REPS× each tool)"
+  for r in $(seq "$REPS"); do
+    for tool in $(order "$r" nixcast nix-copy nix-store); do
+      pull_one "$c" "$tool" "$r" "$URL" "pull-$c"
+    done
+  done
+}
+
+if want publish-zstd || want pull-zstd || want pull-delay; then
+  if want publish-zstd || [ ! -f "$WORK/srv/zstd/hosts/vm.json" ]; then
+    publish_stage zstd "$TOP" "$TOP2" "n$N" keep
+  fi
+fi
+if want publish-xz; then
+  publish_stage xz "$XTOP" "$XTOP2" "n${XZ_N}s$XZ_SCALE"
+fi
+if want publish-xz-full || want pull-xz; then
+  if want publish-xz-full || [ ! -f "$WORK/srv/xz/hosts/vm.json" ]; then
+    say "publish n$N, xz, nixcast only, once (the cache the xz pulls read)"
+    d=$WORK/pub/xz-full
+    rm -rf "$d"
+    measure "publish-cold-xz-n$N" nixcast 1 \
+      "$BIN/nixcast" publish --host vm --path "$TOP" --to "$d" --secret-key-file "$SEC" --compression xz
+    cp "$d/hosts/vm.json" "$WORK/ptr/xz-v1.json"
+    measure "publish-incr-xz-n$N" nixcast 1 \
+      "$BIN/nixcast" publish --host vm --path "$TOP2" --to "$d" --secret-key-file "$SEC" --compression xz
+    cp "$d/hosts/vm.json" "$WORK/ptr/xz-v2.json"
+    rm -rf "$WORK/srv/xz"; mv "$d" "$WORK/srv/xz"
+  fi
+fi
+want pull-zstd && pull_stage zstd
+want pull-xz && pull_stage xz
+if want pull-delay; then
+  say "pull zstd cold, +50 ms round trip ($REPS× nixcast and nix-store -r, ${DELAY_NIXCOPY_REPS}× nix copy)"
+  for r in $(seq "$REPS"); do
+    for tool in $(order "$r" nixcast nix-copy nix-store); do
+      [ "$tool" = nix-copy ] && [ "$r" -gt "$DELAY_NIXCOPY_REPS" ] && continue
+      pull_one zstd "$tool" "$r" "$DURL" pull-zstd-rtt50 cold-only
+    done
+  done
+fi
+if want floor; then
+  say "floors: single-core decompression"
+  for c in xz zstd; do
+    [ -d "$WORK/srv/$c/nar" ] || continue
+    big=$(ls -S "$WORK/srv/$c/nar" | sed -n 1p)
+    dec="$c -dc"; [ "$c" = xz ] && dec="xz -dc -T1"
+    measure "decode-largest-$c" "$c" 1 sh -c "$dec '$WORK/srv/$c/nar/$big' > /dev/null"
+    measure "decode-all-$c" "$c" 1 sh -c "cat '$WORK/srv/$c'/nar/*.nar.* | $dec > /dev/null"
+  done
+fi
+
+# ---------------------------------------------------------------- report
+BUSY1=$(busy); T_END=$(date +%s)
+cleanup; trap - EXIT
+OURS1=$(ours)
+UPTIME_AFTER=$(uptime)
+TOPPROCS_AFTER=$(ps -eo pcpu,etime,comm --sort=-pcpu | sed -n 1,6p)
+HZ=$(getconf CLK_TCK)
+{
+  echo "date=$(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "nproc=$(nproc)"
+  echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+  echo "mem=$(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+  echo "kernel=$(uname -r)"
+  echo "nix=$(nix --version)"
+  echo "nginx=$("$NGINX" -v 2>&1 | sed 's/.*: //')"
+  echo "xz=$(xz --version | sed -n 1p)"
+  echo "zstd=$(zstd --version)"
+  echo "commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
+  echo "reps=$REPS"
+  echo "n=$N"
+  echo "xz_n=$XZ_N"
+  echo "xz_scale=$XZ_SCALE"
+  echo "delay_nixcopy_reps=$DELAY_NIXCOPY_REPS"
+  echo "stats_full=$STATS_FULL"
+  echo "stats_small=$STATS_SMALL"
+  echo "uptime_before=$UPTIME_BEFORE"
+  echo "uptime_after=$UPTIME_AFTER"
+  echo "measure_seconds=$((T_END - T_MEASURE))"
+  echo "total_seconds=$((T_END - T_START))"
+  echo "busy_cpu_seconds=$(( (BUSY1 - BUSY0) / HZ ))"
+  echo "our_cpu_seconds=$(( (OURS1 - OURS0) / HZ ))"
+  echo "top_before=$(echo "$TOPPROCS_BEFORE" | tail -n +2 | awk '{printf "%s%s %s%% (%s)", (NR>1?"; ":""), $3, $1, $2}')"
+  echo "top_after=$(echo "$TOPPROCS_AFTER" | tail -n +2 | awk '{printf "%s%s %s%% (%s)", (NR>1?"; ":""), $3, $1, $2}')"
+} > "$WORK/machine.txt"
+out=$HERE/RESULTS.md
+[ -n "$ONLY" ] && out=$WORK/RESULTS.partial.md
+python3 "$HERE/report.py" "$RES" "$WORK/machine.txt" "$out"
+echo
+echo "written: $out ($(( $(date +%s) - T_START )) s in all)"
