@@ -219,10 +219,15 @@ impl<T> Verified<T> {
     }
 }
 
-/// Decodes an envelope's payload without verifying it: for tools that only
-/// display a cache's contents, never for decisions.
-pub fn decode_base64(s: &str) -> Option<Vec<u8>> {
-    BASE64.decode(s.as_bytes()).ok()
+/// Reads an envelope's payload without verifying any signature: for the
+/// publisher's own tools (listing, gc, bundles) reading its own cache, never
+/// for a decision an attacker could steer.
+pub fn decode_unverified(bytes: &[u8]) -> Result<Pointer, PointerError> {
+    let env: Envelope = serde_json::from_slice(bytes).map_err(PointerError::Envelope)?;
+    let body = BASE64
+        .decode(env.payload.as_bytes())
+        .map_err(|_| PointerError::Base64)?;
+    serde_json::from_slice(&body).map_err(PointerError::Payload)
 }
 
 /// DSSE's pre-authentication encoding.

@@ -12,10 +12,10 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use nixcast_common::manifest::Manifest;
 use nixcast_common::pointer::{self, Pointer};
-use nixcast_common::{Sha256Hash, StorePath};
+use nixcast_common::StorePath;
 
+use crate::inspect::read_manifest;
 use crate::publish::human_bytes;
 use crate::target::Target;
 
@@ -26,25 +26,7 @@ pub enum Base {
 }
 
 fn decode_pointer(bytes: &[u8], key: &str) -> Result<Pointer> {
-    let env: pointer::Envelope =
-        serde_json::from_slice(bytes).with_context(|| format!("malformed {key}"))?;
-    let body = pointer::decode_base64(&env.payload)
-        .with_context(|| format!("malformed payload in {key}"))?;
-    serde_json::from_slice(&body).with_context(|| format!("malformed payload in {key}"))
-}
-
-fn manifest_of(target: &Target, p: &Pointer) -> Result<(Vec<u8>, Manifest)> {
-    let bytes = target
-        .get(&p.manifest.path)?
-        .with_context(|| format!("{} is missing from {}", p.manifest.path, target.describe()))?;
-    if Sha256Hash::digest(&bytes) != p.manifest.sha256 {
-        bail!(
-            "{} does not match the sha256 its pointer pins",
-            p.manifest.path
-        );
-    }
-    let m = Manifest::parse(&bytes)?;
-    Ok((bytes, m))
+    pointer::decode_unverified(bytes).with_context(|| format!("reading {key}"))
 }
 
 /// The store paths a host at `base` already has.
@@ -63,7 +45,7 @@ fn base_paths(target: &Target, host: &str, base: &Base) -> Result<BTreeSet<Store
             _ => false,
         };
         if wanted {
-            let (_, m) = manifest_of(target, &p)?;
+            let (_, m) = read_manifest(target, &p)?;
             return Ok(m.paths.into_iter().map(|e| e.store_path).collect());
         }
     }
@@ -89,7 +71,7 @@ pub fn bundle(target: &Target, host: &str, base: &Base, output: &Path) -> Result
         .get(&key)?
         .with_context(|| format!("{}/{key} does not exist", target.describe()))?;
     let p = decode_pointer(&pointer_bytes, &key)?;
-    let (manifest_bytes, m) = manifest_of(target, &p)?;
+    let (manifest_bytes, m) = read_manifest(target, &p)?;
     let have = base_paths(target, host, base)?;
     let needed: Vec<_> = m
         .paths

@@ -15,7 +15,7 @@ use crate::target::Target;
 
 /// Reads a pointer; with keys it must verify, without them its payload is
 /// only decoded (for a look at one's own cache).
-fn read_pointer(target: &Target, key: &str, keys: &[PublicKey]) -> Result<Pointer> {
+pub fn read_pointer(target: &Target, key: &str, keys: &[PublicKey]) -> Result<Pointer> {
     let bytes = target
         .get(key)?
         .with_context(|| format!("{}/{key} does not exist", target.describe()))?;
@@ -24,17 +24,11 @@ fn read_pointer(target: &Target, key: &str, keys: &[PublicKey]) -> Result<Pointe
             .with_context(|| format!("{}/{key}", target.describe()))?
             .into_inner());
     }
-    let env: pointer::Envelope =
-        serde_json::from_slice(&bytes).with_context(|| format!("malformed {key}"))?;
-    let body = data_decode(&env.payload).with_context(|| format!("malformed payload in {key}"))?;
-    serde_json::from_slice(&body).with_context(|| format!("malformed payload in {key}"))
+    pointer::decode_unverified(&bytes).with_context(|| format!("{}/{key}", target.describe()))
 }
 
-fn data_decode(b64: &str) -> Option<Vec<u8>> {
-    nixcast_common::pointer::decode_base64(b64)
-}
-
-fn read_manifest(target: &Target, p: &Pointer) -> Result<Manifest> {
+/// The manifest a pointer pins, checked against the pinned sha256; with its bytes.
+pub fn read_manifest(target: &Target, p: &Pointer) -> Result<(Vec<u8>, Manifest)> {
     let bytes = target
         .get(&p.manifest.path)?
         .with_context(|| format!("{} is missing", p.manifest.path))?;
@@ -44,7 +38,8 @@ fn read_manifest(target: &Target, p: &Pointer) -> Result<Manifest> {
             p.manifest.path
         );
     }
-    Ok(Manifest::parse(&bytes)?)
+    let m = Manifest::parse(&bytes).with_context(|| p.manifest.path.clone())?;
+    Ok((bytes, m))
 }
 
 #[derive(Serialize)]
@@ -67,7 +62,7 @@ pub fn hosts(target: &Target, keys: &[PublicKey], json: bool) -> Result<()> {
             continue;
         }
         let p = read_pointer(target, &key, keys)?;
-        let m = read_manifest(target, &p)?;
+        let (_, m) = read_manifest(target, &p)?;
         rows.push(HostRow {
             host: p.host.clone(),
             generation: p.generation,
@@ -126,7 +121,7 @@ pub fn diff(
     let from = from.unwrap_or(to.saturating_sub(1));
     let load = |g: u64| -> Result<Manifest> {
         let p = read_pointer(target, &format!("hosts/{host}/{g}.json"), keys)?;
-        read_manifest(target, &p)
+        Ok(read_manifest(target, &p)?.1)
     };
     let a = if from == 0 { None } else { Some(load(from)?) };
     let b = load(to)?;
