@@ -18,7 +18,8 @@
 #   publish after one path changed (--arg bumpNode m --argstr bump v2: `etc` and the top change);
 #   pull cold, xz and zstd, into a fresh store from nginx:
 #     nixcast-pull run  vs  nix copy --from http://…  and  nix-store -r --option substituters http://… --max-jobs 16;
-#   pull cold, zstd, +50 ms round trip (delayproxy.py, 25 ms each way); `nix copy` there $DELAY_NIXCOPY_REPS time(s);
+#   pull cold, zstd, +50 ms round trip (delayproxy.py, 25 ms each way), also nixcast-pull --jobs 32;
+#     `nix copy` there only with DELAY_NIXCOPY_REPS=1 (it is sequential: ~2000 round trips, ~110 s a run);
 #   pull after one path changed, and a no-op poll: seconds, requests and bytes (from nginx's access log);
 #   peak memory: /usr/bin/time %M, the largest resident set of the command or of any descendant it waited for;
 #   floors: single-core `xz -d` / `zstd -d` of the largest NAR and of all NARs.
@@ -31,7 +32,7 @@ REPS=${REPS:-3}
 N=${N:-1000}
 XZ_N=${XZ_N:-200}
 XZ_SCALE=${XZ_SCALE:-30}
-DELAY_NIXCOPY_REPS=${DELAY_NIXCOPY_REPS:-1}
+DELAY_NIXCOPY_REPS=${DELAY_NIXCOPY_REPS:-0}
 PORT=${BENCH_PORT:-18480}
 PPORT=$((PORT + 1))
 ONLY=${ONLY:-}
@@ -98,6 +99,9 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+  for m in "$WORK"/vm/*/nix; do mountpoint -q "$m" 2>/dev/null && umount "$m"; done
+  rm -rf "$WORK"/vm/*
 }
 trap cleanup EXIT
 
@@ -134,7 +138,7 @@ measure() {
     echo "FAILED: $work $tool #$rep: $*" >&2; tail -20 "$log" >&2; exit 1
   fi
   read -r secs rss < <(tail -1 "$WORK/time.out")
-  sleep 0.3 # nginx logs a request when it is done
+  sleep 0.1 # nginx logs a request when it has sent the response
   read -r reqs bytes < <(tail -n +$((l0 + 1)) "$ACCESS" | awk '{n++; b+=$5} END {print n+0, b+0}')
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$work" "$tool" "$rep" "$secs" "$rss" "$reqs" "$bytes" \
     "$(cut -d' ' -f1 /proc/loadavg)" "$t0" "$log" >> "$RES"
@@ -145,7 +149,26 @@ order() { local r=$1; shift; local a=("$@") n=$#; for i in $(seq 0 $((n - 1))); 
 # A command in a fresh "VM": a private mount namespace whose /nix is DIR/nix.
 VM=(unshare -m --propagation private sh -c 'mount --bind "$0" /nix && exec "$@"')
 vmcmd() { VMCMD=("${VM[@]}" "$1/nix" env HOME="$1/home" XDG_CACHE_HOME="$1/xdg" NIX_REMOTE=local); }
-mkvm() { rm -rf "$1"; mkdir -p "$1"/{nix,home,xdg}; }
+# Each VM's /nix is a fresh ext4 file system on a loop device, as a new VM's disk
+# would be: in a directory of the host's file system, creating files right after
+# the previous VM's were deleted costs ext4 extra time (recently_deleted() in its
+# inode allocator), which would tax whichever tool runs next.
+LOOP=1
+mkvm() {
+  rmvm "$1"
+  mkdir -p "$1"/{nix,home,xdg}
+  if [ "$LOOP" = 1 ]; then
+    truncate -s 8G "$1.img"
+    if ! { mkfs.ext4 -q -F "$1.img" && mount -o loop "$1.img" "$1/nix"; } 2>/dev/null; then
+      echo "   (no loop devices: VMs are plain directories)"; LOOP=0; rm -f "$1.img"
+    fi
+  fi
+  sync
+}
+rmvm() {
+  if mountpoint -q "$1/nix" 2>/dev/null; then umount "$1/nix"; fi
+  rm -rf "$1" "$1.img"
+}
 set_pointer() { # COMPRESSION v1|v2
   cp "$WORK/ptr/$1-$2.json" "$WORK/srv/$1/hosts/.vm.json.tmp"
   mv -f "$WORK/srv/$1/hosts/.vm.json.tmp" "$WORK/srv/$1/hosts/vm.json"
@@ -180,13 +203,14 @@ publish_stage() { # COMPRESSION TOP TOP2 LABEL [keep-for-serving]
   done
 }
 
-pull_one() { # COMPRESSION TOOL REP URL WORKPREFIX [cold-only]
+pull_one() { # COMPRESSION TOOL REP URL WORKPREFIX [cold-only [AGENT-ARGS…]]
   local c=$1 tool=$2 r=$3 url=$4 w=$5 coldonly=${6:-}
+  shift 6 2>/dev/null || shift $#
   local d=$WORK/vm/$w-$tool-$r
   mkvm "$d"
   vmcmd "$d"
   local agent=("$BIN/nixcast-pull" run --cache "$url/$c" --allow-insecure-http --host vm
-               --trusted-key "$PUB" --state-dir /nix/var/nixcast)
+               --trusted-key "$PUB" --state-dir /nix/var/nixcast "$@")
   local steps=(cold incr noop)
   [ -n "$coldonly" ] && steps=(cold)
   for step in "${steps[@]}"; do
@@ -204,7 +228,7 @@ pull_one() { # COMPRESSION TOOL REP URL WORKPREFIX [cold-only]
           --option substituters "$url/$c" --option trusted-public-keys "$PUB" --max-jobs 16 ;;
     esac
   done
-  rm -rf "$d"
+  rmvm "$d"
 }
 
 pull_stage() { # COMPRESSION
@@ -239,14 +263,19 @@ if want publish-xz-full || want pull-xz; then
     rm -rf "$WORK/srv/xz"; mv "$d" "$WORK/srv/xz"
   fi
 fi
+sync
 want pull-zstd && pull_stage zstd
 want pull-xz && pull_stage xz
 if want pull-delay; then
-  say "pull zstd cold, +50 ms round trip ($REPS× nixcast and nix-store -r, ${DELAY_NIXCOPY_REPS}× nix copy)"
+  say "pull zstd cold, +50 ms round trip ($REPS× nixcast, nixcast --jobs 32 and nix-store -r, ${DELAY_NIXCOPY_REPS}× nix copy)"
   for r in $(seq "$REPS"); do
-    for tool in $(order "$r" nixcast nix-copy nix-store); do
+    for tool in $(order "$r" nixcast nixcast-j32 nix-copy nix-store); do
       [ "$tool" = nix-copy ] && [ "$r" -gt "$DELAY_NIXCOPY_REPS" ] && continue
-      pull_one zstd "$tool" "$r" "$DURL" pull-zstd-rtt50 cold-only
+      if [ "$tool" = nixcast-j32 ]; then
+        pull_one zstd nixcast "$r" "$DURL" pull-zstd-rtt50-j32 cold-only --jobs 32
+      else
+        pull_one zstd "$tool" "$r" "$DURL" pull-zstd-rtt50 cold-only
+      fi
     done
   done
 fi
