@@ -47,7 +47,7 @@ p(f"Made by `integration/bench/run.sh` on {M['date']} (commit {M['commit']}); me
   "mount namespaces with an empty `/nix` (`NIX_REMOTE=local`), as a new VM would have. Page cache warm.\n")
 p("## Machine\n")
 p(f"- {M['nproc']} CPUs, {M['cpu']}, {M['mem']} RAM, Linux {M['kernel']}")
-p(f"- {M['nix']}; nginx {M['nginx']}; {M['xz']}; {M['zstd']}")
+p(f"- {M['nix']}; nginx {M['nginx']}; {M['xz']}; {M['zstd'].strip('* ')}")
 p(f"- closure (`synth-closure.nix --arg n {N}`): {M['stats_full']}")
 p(f"- smaller closure for xz publish (`--arg n {XN} --arg scale {XS}`): {M['stats_small']}")
 p(f"- load before: `{M['uptime_before'].strip()}`; after: `{M['uptime_after'].strip()}`")
@@ -56,9 +56,12 @@ other = max(0, busy - ours)
 share = other / max(1, secs * int(M["nproc"]))
 p(f"- measuring took {secs} s ({M['total_seconds']} s with build and setup); the machine was busy for {busy} CPU-s, "
   f"of which this benchmark used {ours} CPU-s: other work used ~{other} CPU-s ({share:.0%} of the machine)")
-if share > 0.05 or float(M["uptime_before"].split("load average:")[1].split(",")[0]) > 0.5:
+if share > 0.05:
     p(f"- **shared machine: other work was running** (busiest processes before: {M['top_before']}; "
       f"after: {M['top_after']}); read the numbers with that in mind")
+else:
+    p("- no other work of note ran during the measurements (the load average before includes "
+      "whatever ran in the minutes before)")
 p("")
 
 targets = {
@@ -147,7 +150,7 @@ def phases(r):
     if len(got) < len(PH):
         return None
     marks = [r["t0"]] + [got[ph] for ph in PH] + [r["t0"] + r["secs"]]
-    return [b - a for a, b in zip(marks, marks[1:])]
+    return [max(0.0, b - a) for a, b in zip(marks, marks[1:])]
 ph_rows = []
 for work, label in labels:
     if not work.endswith("cold") or (work, "nixcast") not in rows:

@@ -4,12 +4,17 @@
 #
 #   integration/bench/run.sh            # everything; writes integration/bench/RESULTS.md
 #   REPS=1 ONLY=pull-zstd run.sh        # one stage, for development (writes $WORK/RESULTS.partial.md)
+#     stages: publish-zstd publish-xz publish-xz-full pull-zstd pull-xz pull-delay floor (comma-separated)
 #
 # Needs root (fresh stores are private mount namespaces with their own /nix, as in
-# integration/demo.sh), a Rust toolchain, and ~6 GB in $WORK. Installs Nix (nix-bin),
-# nginx, GNU time, xz and zstd from Debian if missing. Takes ~13 minutes on 2 cores
-# (plus the release build and, the first time, ~1 minute to build the closures).
-# Not part of CI.
+# integration/demo.sh) and loop devices for their file systems (else plain directories),
+# a Rust toolchain, and ~6 GB in $WORK (default /var/tmp/nixcast-bench: corpus, closures'
+# GC roots, caches, logs, results.tsv). Installs Nix (nix-bin), nginx, GNU time, xz and
+# zstd from Debian if missing. Takes ~9 minutes on an idle 2-core machine (546 s measured),
+# up to ~14 when other builds compete for the cores; plus the release build and, the first
+# time, ~1 minute to build the closures. Not part of CI.
+# RESULTS.md: the tables are rewritten each run; hand-written notes after the
+# "<!-- notes -->" line are kept.
 #
 # What it measures (see RESULTS.md for the table):
 #   publish cold, zstd, the 1000-path closure:      nixcast publish  vs  nix copy --to file://…?compression=zstd
@@ -65,6 +70,7 @@ BIN=$WORK/bin
 cp "$REPO/target/release/nixcast" "$REPO/target/release/nixcast-pull" "$BIN/"
 
 RES=$WORK/results.tsv
+[ -n "$ONLY" ] && RES=$WORK/results.partial.tsv
 : > "$RES"
 rm -rf "$WORK"/logs/* "$WORK"/pub/* "$WORK"/vm/*
 
@@ -105,6 +111,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
+for port in "$PORT" "$PPORT"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port is in use (another run?); set BENCH_PORT" >&2; exit 1
+  fi
+done
 ACCESS=$WORK/access.log
 : > "$ACCESS"
 sed -e "s|@WORK@|$WORK|g" -e "s|@PORT@|$PORT|g" "$HERE/nginx.conf.in" > "$WORK/nginx.conf"
@@ -326,6 +337,6 @@ HZ=$(getconf CLK_TCK)
 } > "$WORK/machine.txt"
 out=$HERE/RESULTS.md
 [ -n "$ONLY" ] && out=$WORK/RESULTS.partial.md
-python3 "$HERE/report.py" "$RES" "$WORK/machine.txt" "$out"
+python3 -B "$HERE/report.py" "$RES" "$WORK/machine.txt" "$out"
 echo
 echo "written: $out ($(( $(date +%s) - T_START )) s in all)"
