@@ -30,6 +30,8 @@ const XZ_MEMLIMIT: u64 = 128 << 20;
 /// zstd window: 2^27 = 128 MiB, zstd's own default maximum for decoding.
 const ZSTD_WINDOW_LOG_MAX: u32 = 27;
 const TRANSPORT_ATTEMPTS: u32 = 3;
+/// Compressed size below which a NAR's decoding waits for a decoder slot.
+const SMALL: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NarError {
@@ -74,11 +76,14 @@ pub fn staged_path(staging: &Path, e: &Entry) -> PathBuf {
 
 /// Fetches and verifies one NAR, unless a verified copy is already staged.
 /// Returns the number of bytes downloaded.
+/// A NAR smaller than `SMALL` (compressed) waits for a slot of `decoders`
+/// before it is read: its body is in the socket's buffers by then.
 pub async fn fetch_one(
     source: &Source,
     staging: &Path,
     e: &Entry,
     progress: Arc<AtomicU64>,
+    decoders: &tokio::sync::Semaphore,
 ) -> Result<u64, NarError> {
     let dest = staged_path(staging, e);
     let path = e.store_path.to_string();
@@ -100,6 +105,10 @@ pub async fn fetch_one(
             .open(&e.url)
             .await
             .map_err(|err| NarError::from_fetch(&path, err))?;
+        let _slot = match e.file_size < SMALL {
+            true => Some(decoders.acquire().await.expect("never closed")),
+            false => None,
+        };
         let (e2, d2, p2) = (e.clone(), dest.clone(), progress.clone());
         let result = tokio::task::spawn_blocking(move || verify_into(body, &e2, &d2, &p2))
             .await

@@ -8,6 +8,7 @@
 
 mod activate;
 mod fetch;
+mod pipeline;
 mod run;
 mod schedule;
 mod source;
@@ -104,8 +105,8 @@ struct RunArgs {
     profile: PathBuf,
     #[arg(long, default_value = "/var/lib/nixcast", env = "NIXCAST_STATE_DIR")]
     state_dir: PathBuf,
-    /// NARs fetched at once.
-    #[arg(long, default_value_t = 8, env = "NIXCAST_JOBS")]
+    /// Requests in flight at once (NARs are decoded one per CPU at a time, large ones as they arrive).
+    #[arg(long, default_value_t = 32, env = "NIXCAST_JOBS")]
     jobs: usize,
     /// Show what would be fetched; change nothing.
     #[arg(long)]

@@ -1,21 +1,17 @@
 //! One agent run: the steps of DESIGN.md "Agent run", in order.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{anyhow, Context};
-use futures_util::{StreamExt, TryStreamExt};
 use nixcast_common::manifest::Manifest;
 use nixcast_common::pointer::{self, Pointer, Timestamp, Verified};
 use nixcast_common::{PublicKey, Sha256Hash};
 
 use crate::activate::{self, Action};
-use crate::fetch::{self, NarError};
 use crate::source::{FetchError, Fetched, Source};
 use crate::state::{Outcome, StateDir, Status};
-use crate::store;
+use crate::{pipeline, store};
 
 /// A manifest this large would describe some hundred thousand paths.
 const MAX_MANIFEST: u64 = 256 << 20;
@@ -181,12 +177,10 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
 
     let manifest = fetch_manifest(cfg, p).await?;
     let missing = store::missing(manifest.paths.iter().map(|e| &e.store_path)).map_err(other)?;
-    let mut entries: Vec<_> = missing
+    let entries: Vec<_> = missing
         .iter()
-        .map(|m| manifest.get(m).expect("asked about manifest paths").clone())
+        .map(|m| manifest.get(m).expect("asked about manifest paths"))
         .collect();
-    // Largest first, so that decompressing a big NAR overlaps the small ones.
-    entries.sort_by_key(|e| std::cmp::Reverse(e.file_size));
     // Checked manifests cannot overflow these sums.
     let download: u64 = entries.iter().map(|e| e.file_size).sum();
     let unpacked: u64 = entries.iter().map(|e| e.nar_size).sum();
@@ -228,16 +222,13 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
 
     let staging = cfg.state.staging();
     std::fs::create_dir_all(staging.join("nar")).map_err(other)?;
-    let fetched = fetch_all(cfg, &staging, &entries, download).await?;
+    let fetched = pipeline::fetch_and_import(cfg, &staging, &manifest, &entries, download).await?;
     status.last_run_fetched_bytes = fetched;
     tracing::info!(
         paths = entries.len(),
         bytes = fetched,
-        "fetched and verified"
+        "fetched, verified and imported"
     );
-
-    store::write_staging_cache(&staging, &manifest).map_err(other)?;
-    store::import(&staging, &missing, &cfg.trusted).map_err(other)?;
     let still = store::missing(std::iter::once(&p.store_path)).map_err(other)?;
     if !still.is_empty() {
         return Err(other(anyhow!(
@@ -245,7 +236,6 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
             p.store_path
         )));
     }
-    tracing::info!(paths = missing.len(), "imported");
     clear_staged(&staging);
 
     let script = activate::switch_script(&p.store_path);
@@ -365,59 +355,17 @@ async fn fetch_manifest(cfg: &Config, p: &Pointer) -> Result<Manifest, RunError>
     Ok(manifest)
 }
 
-async fn fetch_all(
-    cfg: &Config,
-    staging: &std::path::Path,
-    entries: &[nixcast_common::manifest::Entry],
-    total: u64,
-) -> Result<u64, RunError> {
-    let progress = Arc::new(AtomicU64::new(0));
-    let bar = crate::progress_bar(total);
-    let ticker = {
-        let (bar, progress) = (bar.clone(), progress.clone());
-        tokio::spawn(async move {
-            loop {
-                bar.set_position(progress.load(Ordering::Relaxed));
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            }
-        })
-    };
-    // A manifest may name upstream caches for some paths (publish --upstream);
-    // a bundle carries every NAR itself.
-    let bundled = matches!(cfg.source, Source::Bundle { .. });
-    let mut upstreams: std::collections::HashMap<&str, Source> = Default::default();
-    for url in entries.iter().filter_map(|e| e.cache.as_deref()) {
-        if !bundled && !upstreams.contains_key(url) {
-            let src = Source::new(url, cfg.allow_insecure_http, cfg.stall_timeout)
-                .map_err(RunError::Refused)?;
-            upstreams.insert(url, src);
-        }
-    }
-    let source_of = |e: &nixcast_common::manifest::Entry| match e.cache.as_deref() {
-        Some(url) if !bundled => &upstreams[url],
-        _ => &cfg.source,
-    };
-    let result: Result<Vec<u64>, NarError> = futures_util::stream::iter(entries)
-        .map(|e| fetch::fetch_one(source_of(e), staging, e, progress.clone()))
-        .buffer_unordered(cfg.jobs.max(1))
-        .try_collect()
-        .await;
-    ticker.abort();
-    bar.finish_and_clear();
-    match result {
-        Ok(v) => Ok(v.iter().sum()),
-        Err(e @ NarError::Verify { .. }) => Err(RunError::Refused(e.into())),
-        Err(e @ NarError::Fetch { .. }) => Err(RunError::Fetch(e.into())),
-        Err(e @ NarError::Local { .. }) => Err(RunError::Other(e.into())),
-    }
-}
-
-/// Staged NARs are in the store now; the narinfos are rewritten each run.
+/// Staged NARs (and temporary files a killed run left) and their narinfos
+/// are in the store now.
 fn clear_staged(staging: &std::path::Path) {
-    if let Ok(rd) = std::fs::read_dir(staging.join("nar")) {
-        for e in rd.flatten() {
-            let _ = std::fs::remove_file(e.path());
-        }
+    let nars = std::fs::read_dir(staging.join("nar")).into_iter().flatten();
+    let narinfos = std::fs::read_dir(staging)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".narinfo"));
+    for e in nars.flatten().chain(narinfos) {
+        let _ = std::fs::remove_file(e.path());
     }
 }
 

@@ -15,13 +15,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
-use nixcast_common::manifest::Manifest;
+use nixcast_common::manifest::Entry;
 use nixcast_common::narinfo::NarInfo;
 use nixcast_common::{PublicKey, StorePath};
 
 use crate::fetch::staged_path;
 
-const CHUNK: usize = 4000;
+/// Store paths per command line.
+pub const CHUNK: usize = 4000;
 
 fn run(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}");
@@ -55,12 +56,11 @@ pub fn missing<'a>(paths: impl IntoIterator<Item = &'a StorePath>) -> Result<Vec
     Ok(out)
 }
 
-/// Writes `nix-cache-info` and a narinfo for every manifest entry (NARs are
-/// staged separately). `nix copy` walks the closure through these narinfos,
-/// paths it already has included; it fetches NARs only for missing ones.
-pub fn write_staging_cache(staging: &Path, manifest: &Manifest) -> Result<()> {
+/// Writes `nix-cache-info` and a narinfo for each of `entries` (their NARs
+/// are staged as they arrive). `import` asks for these paths only.
+pub fn write_staging_cache(staging: &Path, entries: &[&Entry]) -> Result<()> {
     std::fs::write(staging.join("nix-cache-info"), "StoreDir: /nix/store\n")?;
-    for e in &manifest.paths {
+    for e in entries {
         let staged = staged_path(staging, e);
         let name = staged.file_name().expect("a file").to_string_lossy();
         let ni = NarInfo {
@@ -84,7 +84,8 @@ pub fn write_staging_cache(staging: &Path, manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
-/// Imports `paths` (and whatever of their closure is missing) from the staging cache.
+/// Imports `paths` from the staging cache. Their references must be valid
+/// already or among `paths` (Nix orders them); Nix refuses the import otherwise.
 pub fn import(staging: &Path, paths: &[StorePath], trusted: &[PublicKey]) -> Result<()> {
     if paths.is_empty() {
         return Ok(());
@@ -93,7 +94,7 @@ pub fn import(staging: &Path, paths: &[StorePath], trusted: &[PublicKey]) -> Res
     let from = format!("file://{}", staging.display());
     let mut cmd = Command::new("nix");
     cmd.args(["--extra-experimental-features", "nix-command"])
-        .args(["copy", "--from", &from])
+        .args(["copy", "--no-recursive", "--from", &from])
         .args(["--option", "substituters", ""])
         .args(["--option", "require-sigs", "true"])
         // Nix's narinfo cache (~/.cache/nix) is keyed by the cache URL, and

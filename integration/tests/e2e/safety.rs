@@ -795,3 +795,51 @@ fn a_failing_health_check_rolls_back_and_rollback_by_hand_works() {
         &format!("switch {}", w.gen1)
     );
 }
+
+/// Imports overlap the downloads: when one NAR cannot be had, every path
+/// that was verified and whose references are in the store is imported (with
+/// the publisher's signature), nothing else is, and the next run fetches only
+/// what is still missing.
+#[test]
+fn a_failed_pull_keeps_verified_paths_and_the_next_run_fetches_only_the_rest() {
+    let w = World::new("zstd");
+    w.publish2("zstd");
+    let top_url = w.nar_of(&w.gen2);
+    w.server.set(&top_url, Rule::Status(404));
+    let vm = Vm::new();
+    w.server.take_requests();
+    let out = vm.pull(&w.server.url, &w.keys, &[]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&w.gen2), "{}", stderr(&out));
+    let below: Vec<String> = closure(&w.gen2)
+        .into_iter()
+        .filter(|p| *p != w.gen2)
+        .collect();
+    assert!(below.len() > 3, "{below:?}");
+    assert!(vm.valid(&below), "paths below the top were not imported");
+    assert!(!vm.valid(&[&w.gen2]));
+    let info = stdout(&ok(&mut vm.cmd(&[
+        "nix",
+        "--extra-experimental-features",
+        "nix-command",
+        "path-info",
+        "--sigs",
+        &below[0],
+    ])));
+    assert!(info.contains("fleet-1:"), "no publisher signature: {info}");
+    assert!(vm.profile_link("system").is_none());
+    assert!(vm.switch_log().is_empty());
+
+    w.server.clear();
+    w.server.take_requests();
+    let out = vm.pull(&w.server.url, &w.keys, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reqs: Vec<String> = w
+        .server
+        .take_requests()
+        .into_iter()
+        .filter(|r| r.starts_with("/nar/"))
+        .collect();
+    assert_eq!(reqs, [top_url]);
+    assert_eq!(vm.switch_log(), [format!("switch {}", w.gen2)]);
+}

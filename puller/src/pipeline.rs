@@ -1,0 +1,342 @@
+//! Steps 6 and 7 of a run, overlapped: fetch the missing NARs and import them
+//! while the rest still download.
+//!
+//! Downloads run `jobs` at a time, the large ones first and then the rest in
+//! dependency order. Each NAR that passed every check (see `fetch`) joins the
+//! staging cache. One `nix copy --no-recursive` at a time imports every staged
+//! path whose missing references are already imported or in the same batch
+//! (Nix orders a batch itself). Nix 2.8 imports one path after another, so
+//! running it alongside the downloads instead of after them takes its time
+//! off the run. Every path imported is verified and its closure is complete;
+//! a run that fails half-way leaves such paths behind, as `nix copy` would,
+//! and a later run does not fetch them again.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use futures_util::StreamExt;
+use nixcast_common::manifest::{Entry, Manifest};
+use nixcast_common::{PublicKey, StorePath};
+use tokio::sync::Semaphore;
+
+use crate::fetch::{self, NarError};
+use crate::run::{Config, RunError};
+use crate::source::Source;
+use crate::store;
+
+/// NARs at least this large are fetched first: decoding them takes longest.
+const LARGE: u64 = 4 << 20;
+
+/// Fetches, verifies and imports `entries` (the paths the store lacks).
+/// Returns the bytes downloaded.
+pub async fn fetch_and_import(
+    cfg: &Config,
+    staging: &Path,
+    manifest: &Manifest,
+    entries: &[&Entry],
+    total: u64,
+) -> Result<u64, RunError> {
+    store::write_staging_cache(staging, entries).map_err(RunError::Other)?;
+    let mut plan = Plan::new(manifest, entries);
+    let order = plan.download_order(entries);
+
+    let progress = Arc::new(AtomicU64::new(0));
+    let bar = crate::progress_bar(total);
+    let ticker = {
+        let (bar, progress) = (bar.clone(), progress.clone());
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(progress.load(Ordering::Relaxed));
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let upstreams = upstream_sources(cfg, entries)?;
+    let source_of = |e: &Entry| match e.cache.as_deref() {
+        Some(url) if !upstreams.is_empty() => &upstreams[url],
+        _ => &cfg.source,
+    };
+    // Requests and decoders are counted apart: `jobs` requests wait on the
+    // network, while small NARs (most of a closure) take a decoder slot, one
+    // per CPU, so that many round trips are in flight without many threads
+    // fighting over the cores. Large NARs stream as they arrive.
+    let decoders = Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let mut downloads = futures_util::stream::iter(order)
+        .map(|e| {
+            let (progress, decoders) = (progress.clone(), &decoders);
+            async move {
+                fetch::fetch_one(source_of(e), staging, e, progress, decoders)
+                    .await
+                    .map(|n| (e, n))
+            }
+        })
+        .buffer_unordered(cfg.jobs.max(1));
+
+    let mut fetched = 0;
+    let mut downloading = true;
+    let mut importing: Option<tokio::task::JoinHandle<anyhow::Result<Vec<StorePath>>>> = None;
+    // A NAR that cannot be had now does not stop the others (they are
+    // verified and imported, and the next run need not fetch them again);
+    // one that fails verification or a local failure stops the run at once.
+    let mut unavailable: Vec<NarError> = Vec::new();
+    let mut failure: Option<RunError> = None;
+    loop {
+        if importing.is_none() && failure.is_none() {
+            let batch = plan.ready();
+            if !batch.is_empty() {
+                let (staging, trusted) = (staging.to_owned(), cfg.trusted.clone());
+                importing = Some(tokio::task::spawn_blocking(move || {
+                    import(&staging, &batch, &trusted).map(|()| batch)
+                }));
+            }
+        }
+        if importing.is_none() && (!downloading || failure.is_some()) {
+            break;
+        }
+        tokio::select! {
+            next = downloads.next(), if downloading && failure.is_none() => match next {
+                Some(Ok((e, n))) => {
+                    fetched += n;
+                    plan.staged(e);
+                }
+                Some(Err(e @ NarError::Fetch { .. })) => unavailable.push(e),
+                Some(Err(e)) => failure = Some(nar_error(e)),
+                None => downloading = false,
+            },
+            done = async { importing.as_mut().expect("guarded").await }, if importing.is_some() => {
+                importing = None;
+                match done {
+                    Ok(Ok(batch)) => {
+                        tracing::debug!(paths = batch.len(), "imported a batch");
+                        plan.imported(batch);
+                    }
+                    Ok(Err(e)) => failure = Some(RunError::Other(e)),
+                    Err(e) => failure = Some(RunError::Other(e.into())),
+                }
+            }
+        }
+    }
+    drop(downloads);
+    ticker.abort();
+    bar.finish_and_clear();
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    if let Some(first) = unavailable.first() {
+        let more = match unavailable.len() {
+            1 => String::new(),
+            n => format!(" (and {} more NARs)", n - 1),
+        };
+        return Err(RunError::Fetch(anyhow!("{first}{more}")));
+    }
+    if !plan.waiting.is_empty() {
+        // Cannot happen for a closed manifest; say so rather than loop.
+        return Err(RunError::Other(anyhow!(
+            "{} verified paths could not be imported: their references are missing",
+            plan.waiting.len()
+        )));
+    }
+    Ok(fetched)
+}
+
+fn import(staging: &Path, batch: &[StorePath], trusted: &[PublicKey]) -> anyhow::Result<()> {
+    // Batches are in dependency order; chunks keep each command line short.
+    for chunk in batch.chunks(store::CHUNK) {
+        store::import(staging, chunk, trusted)?;
+    }
+    Ok(())
+}
+
+fn nar_error(e: NarError) -> RunError {
+    match e {
+        NarError::Verify { .. } => RunError::Refused(e.into()),
+        NarError::Fetch { .. } => RunError::Fetch(e.into()),
+        NarError::Local { .. } => RunError::Other(e.into()),
+    }
+}
+
+/// A manifest may name upstream caches for some paths (publish --upstream);
+/// a bundle carries every NAR itself.
+fn upstream_sources(cfg: &Config, entries: &[&Entry]) -> Result<HashMap<String, Source>, RunError> {
+    let mut out = HashMap::new();
+    if matches!(cfg.source, Source::Bundle { .. }) {
+        return Ok(out);
+    }
+    for url in entries.iter().filter_map(|e| e.cache.as_deref()) {
+        if !out.contains_key(url) {
+            let src = Source::new(url, cfg.allow_insecure_http, cfg.stall_timeout)
+                .map_err(RunError::Refused)?;
+            out.insert(url.to_owned(), src);
+        }
+    }
+    Ok(out)
+}
+
+/// Which verified paths may be imported next.
+struct Plan<'a> {
+    /// Position in the manifest's dependency order.
+    rank: HashMap<&'a StorePath, usize>,
+    /// Paths the store lacked and that are not imported yet.
+    missing: HashSet<&'a StorePath>,
+    /// Verified and staged, not imported yet, by rank.
+    waiting: BTreeMap<usize, &'a Entry>,
+}
+
+impl<'a> Plan<'a> {
+    fn new(manifest: &'a Manifest, entries: &[&'a Entry]) -> Self {
+        let rank = manifest
+            .topological()
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| (&e.store_path, i))
+            .collect();
+        Plan {
+            rank,
+            missing: entries.iter().map(|e| &e.store_path).collect(),
+            waiting: BTreeMap::new(),
+        }
+    }
+
+    /// The large NARs first, largest first, so that decoding them overlaps
+    /// the rest; then dependency order, so that imports can start early.
+    fn download_order(&self, entries: &[&'a Entry]) -> Vec<&'a Entry> {
+        let mut order = entries.to_vec();
+        order.sort_by_key(|e| {
+            if e.file_size >= LARGE {
+                (0, u64::MAX - e.file_size)
+            } else {
+                (1, self.rank[&e.store_path] as u64)
+            }
+        });
+        order
+    }
+
+    fn staged(&mut self, e: &'a Entry) {
+        self.waiting.insert(self.rank[&e.store_path], e);
+    }
+
+    /// Staged paths whose missing references are imported or come earlier in
+    /// the same batch, in dependency order.
+    fn ready(&mut self) -> Vec<StorePath> {
+        let mut batch: HashSet<&StorePath> = HashSet::new();
+        let mut out = Vec::new();
+        for (&rank, e) in &self.waiting {
+            let ok = e
+                .references
+                .iter()
+                .all(|r| r == &e.store_path || !self.missing.contains(r) || batch.contains(r));
+            if ok {
+                batch.insert(&e.store_path);
+                out.push(rank);
+            }
+        }
+        out.into_iter()
+            .map(|r| {
+                self.waiting
+                    .remove(&r)
+                    .expect("just seen")
+                    .store_path
+                    .clone()
+            })
+            .collect()
+    }
+
+    fn imported(&mut self, batch: Vec<StorePath>) {
+        for p in batch {
+            self.missing.remove(&p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nixcast_common::manifest::{nar_url, Compression};
+    use nixcast_common::{nixbase32, Sha256Hash};
+
+    fn sp(name: &str, n: u8) -> StorePath {
+        let h = nixbase32::encode(&[n; 20]);
+        StorePath::from_basename(&format!("{h}-{name}")).unwrap()
+    }
+
+    fn entry(p: &StorePath, refs: &[&StorePath], file_size: u64) -> Entry {
+        let fh = Sha256Hash::digest(p.to_string().as_bytes());
+        Entry {
+            store_path: p.clone(),
+            nar_hash: Sha256Hash::digest(b"x"),
+            nar_size: 120,
+            references: refs.iter().map(|r| (*r).clone()).collect(),
+            deriver: None,
+            sigs: vec![],
+            url: nar_url(&fh, Compression::Xz),
+            compression: Compression::Xz,
+            file_hash: fh,
+            file_size,
+            cache: None,
+        }
+    }
+
+    /// top → {lib, big}, lib → libc, big → libc; libc is already valid.
+    #[test]
+    fn imports_follow_references() {
+        let (libc, lib, big, top) = (sp("libc", 1), sp("lib", 2), sp("big", 3), sp("top", 4));
+        let m = Manifest::new(
+            top.clone(),
+            vec![
+                entry(&top, &[&lib, &big, &top], 10),
+                entry(&big, &[&libc], LARGE),
+                entry(&lib, &[&libc], 10),
+                entry(&libc, &[], 10),
+            ],
+        )
+        .unwrap();
+        let entries: Vec<&Entry> = m.paths.iter().filter(|e| e.store_path != libc).collect();
+        let mut plan = Plan::new(&m, &entries);
+        let order: Vec<_> = plan
+            .download_order(&entries)
+            .iter()
+            .map(|e| e.store_path.name().to_owned())
+            .collect();
+        assert_eq!(order, ["big", "lib", "top"]);
+
+        let get = |p: &StorePath| m.get(p).unwrap();
+        // top arrives first: it waits for lib and big.
+        plan.staged(get(&top));
+        assert!(plan.ready().is_empty());
+        // lib needs only libc, which the store has.
+        plan.staged(get(&lib));
+        assert_eq!(plan.ready(), std::slice::from_ref(&lib));
+        // While lib is imported, big arrives: top must still wait for lib.
+        plan.staged(get(&big));
+        assert_eq!(plan.ready(), std::slice::from_ref(&big));
+        assert!(plan.ready().is_empty());
+        plan.imported(vec![lib]);
+        assert!(plan.ready().is_empty(), "big is not imported yet");
+        plan.imported(vec![big]);
+        assert_eq!(plan.ready(), [top]);
+        assert!(plan.waiting.is_empty());
+    }
+
+    #[test]
+    fn a_batch_may_hold_a_path_and_its_references() {
+        let (a, b, top) = (sp("a", 1), sp("b", 2), sp("top", 3));
+        let m = Manifest::new(
+            top.clone(),
+            vec![
+                entry(&top, &[&b], 1),
+                entry(&b, &[&a], 1),
+                entry(&a, &[], 1),
+            ],
+        )
+        .unwrap();
+        let entries: Vec<&Entry> = m.paths.iter().collect();
+        let mut plan = Plan::new(&m, &entries);
+        for e in m.paths.iter() {
+            plan.staged(e);
+        }
+        assert_eq!(plan.ready(), [a, b, top]);
+    }
+}
