@@ -23,7 +23,7 @@
 #   publish after one path changed (--arg bumpNode m --argstr bump v2: `etc` and the top change);
 #   pull cold, xz and zstd, into a fresh store from nginx:
 #     nixcast-pull run  vs  nix copy --from http://…  and  nix-store -r --option substituters http://… --max-jobs 16;
-#   pull cold, zstd, +50 ms round trip (delayproxy.py, 25 ms each way), also nixcast-pull --jobs 32;
+#   pull cold, zstd, +50 ms round trip (delayproxy.py, 25 ms each way), also nixcast-pull --jobs 64;
 #     `nix copy` there only with DELAY_NIXCOPY_REPS=1 (it is sequential: ~2000 round trips, ~110 s a run);
 #   pull after one path changed, and a no-op poll: seconds, requests and bytes (from nginx's access log);
 #   peak memory: /usr/bin/time %M, the largest resident set of the command or of any descendant it waited for;
@@ -142,17 +142,17 @@ TOPPROCS_BEFORE=$(ps -eo pcpu,etime,comm --sort=-pcpu | sed -n 1,6p)
 measure() {
   local work=$1 tool=$2 rep=$3; shift 3
   local log=$WORK/logs/$work.$tool.$rep.log
-  local l0 t0 secs rss reqs bytes
+  local l0 t0 secs rss user sys reqs bytes
   l0=$(wc -l < "$ACCESS")
   t0=$(date +%s.%N)
-  if ! /usr/bin/time -o "$WORK/time.out" -f '%e %M' "$@" > "$log" 2>&1; then
+  if ! /usr/bin/time -o "$WORK/time.out" -f '%e %M %U %S' "$@" > "$log" 2>&1; then
     echo "FAILED: $work $tool #$rep: $*" >&2; tail -20 "$log" >&2; exit 1
   fi
-  read -r secs rss < <(tail -1 "$WORK/time.out")
+  read -r secs rss user sys < <(tail -1 "$WORK/time.out")
   sleep 0.1 # nginx logs a request when it has sent the response
   read -r reqs bytes < <(tail -n +$((l0 + 1)) "$ACCESS" | awk '{n++; b+=$5} END {print n+0, b+0}')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$work" "$tool" "$rep" "$secs" "$rss" "$reqs" "$bytes" \
-    "$(cut -d' ' -f1 /proc/loadavg)" "$t0" "$log" >> "$RES"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$work" "$tool" "$rep" "$secs" "$rss" "$reqs" "$bytes" \
+    "$(cut -d' ' -f1 /proc/loadavg)" "$t0" "$log" "$(awk -v u="$user" -v s="$sys" 'BEGIN {print u + s}')" >> "$RES"
   printf '  %-22s %-10s #%s %8.2f s %7d KiB %5d req %11d B\n' "$work" "$tool" "$rep" "$secs" "$rss" "$reqs" "$bytes"
 }
 # The order of the tools turns by one each repetition.
@@ -278,12 +278,12 @@ sync
 want pull-zstd && pull_stage zstd
 want pull-xz && pull_stage xz
 if want pull-delay; then
-  say "pull zstd cold, +50 ms round trip ($REPS× nixcast, nixcast --jobs 32 and nix-store -r, ${DELAY_NIXCOPY_REPS}× nix copy)"
+  say "pull zstd cold, +50 ms round trip ($REPS× nixcast, nixcast --jobs 64 and nix-store -r, ${DELAY_NIXCOPY_REPS}× nix copy)"
   for r in $(seq "$REPS"); do
-    for tool in $(order "$r" nixcast nixcast-j32 nix-copy nix-store); do
+    for tool in $(order "$r" nixcast nixcast-j64 nix-copy nix-store); do
       [ "$tool" = nix-copy ] && [ "$r" -gt "$DELAY_NIXCOPY_REPS" ] && continue
-      if [ "$tool" = nixcast-j32 ]; then
-        pull_one zstd nixcast "$r" "$DURL" pull-zstd-rtt50-j32 cold-only --jobs 32
+      if [ "$tool" = nixcast-j64 ]; then
+        pull_one zstd nixcast "$r" "$DURL" pull-zstd-rtt50-j64 cold-only --jobs 64
       else
         pull_one zstd "$tool" "$r" "$DURL" pull-zstd-rtt50 cold-only
       fi
@@ -299,6 +299,22 @@ if want floor; then
     measure "decode-largest-$c" "$c" 1 sh -c "$dec '$WORK/srv/$c/nar/$big' > /dev/null"
     measure "decode-all-$c" "$c" 1 sh -c "cat '$WORK/srv/$c'/nar/*.nar.* | $dec > /dev/null"
   done
+  # Nix's own import of the whole closure from uncompressed NARs on the local disk,
+  # as the agent's staging cache is: what any import through Nix costs.
+  say "floors: nix copy --no-recursive of the closure from a local uncompressed cache"
+  d=$WORK/pub/none
+  rm -rf "$d"
+  "$BIN/nixcast" publish --host vm --path "$TOP" --to "$d" --secret-key-file "$SEC" --compression none >/dev/null 2>&1
+  nix-store -qR "$TOP" > "$WORK/closure.txt"
+  for r in $(seq "$REPS"); do
+    v=$WORK/vm/import-$r
+    mkvm "$v"
+    vmcmd "$v"
+    measure import-all nix "$r" "${VMCMD[@]}" xargs -s 1000000 -a "$WORK/closure.txt" nix --extra-experimental-features nix-command \
+      copy --no-recursive --from "file://$d" --option trusted-public-keys "$PUB"
+    rmvm "$v"
+  done
+  rm -rf "$d"
 fi
 
 # ---------------------------------------------------------------- report

@@ -37,6 +37,7 @@ use axum::extract::State;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::Response;
+use axum::serve::ListenerExt;
 use axum::Router;
 use httpdate::HttpDate;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -113,6 +114,14 @@ pub async fn run(
         root = %canonical.display(),
         "serving the cache read-only"
     );
+    // Nix asks for many small files, one after another on a connection. With
+    // Nagle's algorithm a small answer's last segment often waits for the
+    // client's delayed ACK of the one before: 40 ms or more on Linux, each time.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::warn!(%err, "cannot set TCP_NODELAY on a connection");
+        }
+    });
     axum::serve(listener, router(canonical))
         .with_graceful_shutdown(shutdown)
         .await

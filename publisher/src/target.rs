@@ -8,6 +8,7 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -294,8 +295,7 @@ impl Target {
                 if let Some(parent) = dest.parent() {
                     fs::create_dir_all(parent)?;
                 }
-                // Flushed first, so that no crash leaves a named file with missing bytes.
-                file.as_file().sync_all()?;
+                seal(file.as_file())?;
                 file.persist(&dest)
                     .with_context(|| format!("cannot write {}", dest.display()))?;
                 Ok(())
@@ -352,14 +352,17 @@ impl Target {
             Kind::Dir(root) => {
                 let mut tmp = self.temp_file()?;
                 tmp.write_all(bytes)?;
-                tmp.as_file().sync_all()?;
+                seal(tmp.as_file())?;
                 let dest = Self::file(root, key);
-                if let Some(parent) = dest.parent() {
-                    fs::create_dir_all(parent)?;
-                }
+                let parent = dest.parent().expect("a key names a file under the root");
+                fs::create_dir_all(parent)?;
                 tmp.persist_noclobber(&dest).with_context(|| {
                     format!("cannot write {}: does it exist already?", dest.display())
                 })?;
+                // History goes to hosts/HOST/, which `sync` does not cover.
+                fs::File::open(parent)
+                    .and_then(|f| f.sync_all())
+                    .with_context(|| format!("cannot sync {}", parent.display()))?;
                 Ok(())
             }
             Kind::S3(_) => {
@@ -408,5 +411,37 @@ impl Target {
                 .with_context(|| format!("cannot sync {}", d.display()))?;
         }
         Ok(())
+    }
+}
+
+/// Readies a finished temporary file for its rename: world-readable (a cache
+/// is public, and the web server serving it usually runs as another user;
+/// temporary files start as 0600, and fchmod is not narrowed by the umask),
+/// and flushed, so that no crash leaves a named file with missing bytes.
+fn seal(file: &fs::File) -> io::Result<()> {
+    file.set_permissions(fs::Permissions::from_mode(0o644))?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_files_are_world_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target::open(dir.path().to_str().unwrap()).unwrap();
+        let mut nar = target.temp_file().unwrap();
+        nar.write_all(b"nar bytes").unwrap();
+        target.put_file("nar/abc.nar.zst", nar).unwrap();
+        target.put("abc.narinfo", b"StorePath: ...\n").unwrap();
+        target.put_new("hosts/h/1.json", b"{}").unwrap();
+        for key in ["nar/abc.nar.zst", "abc.narinfo", "hosts/h/1.json"] {
+            let mode = fs::metadata(dir.path().join(key))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o644, "{key}: {mode:o}");
+        }
     }
 }
