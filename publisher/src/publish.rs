@@ -142,11 +142,24 @@ pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> 
     // Largest first: with paths compressed in parallel, a big path started
     // last would leave the other cores idle at the end.
     todo.sort_by_key(|i| std::cmp::Reverse(i.nar_size));
-    let (written, bytes_written) = write_nars(target, &todo, opts)?;
+    let bar = crate::progress_bar(todo.iter().map(|i| i.nar_size).sum(), "compressing");
+    let written = parallel(opts.jobs, &todo, |info| {
+        let r = write_nar(target, info, opts);
+        bar.inc(info.nar_size);
+        r
+    })?;
+    bar.finish_and_clear();
+    let bytes_written = written.iter().filter_map(|ni| ni.file_size).sum();
 
-    // Narinfos only once every NAR is in place.
+    // Narinfos only once every NAR is in place, durably. Each is flushed
+    // before its rename, so they are written in parallel too: on a disk where
+    // a flush waits for the device, one after another would be the slowest
+    // part of a publish.
+    target.sync()?;
+    parallel(opts.jobs, &written, |ni| {
+        target.put(&narinfo_key(&ni.store_path), ni.render().as_bytes())
+    })?;
     for ni in &written {
-        target.put(&narinfo_key(&ni.store_path), ni.render().as_bytes())?;
         entries.push(entry_of(ni)?);
     }
     if !target.exists("nix-cache-info")? {
@@ -341,24 +354,24 @@ fn entry_of(ni: &NarInfo) -> Result<Entry> {
     })
 }
 
-/// Dumps, checks, compresses and stores the NAR of every path in `todo`,
-/// `jobs` paths at a time, and returns their signed narinfos (not yet written).
-fn write_nars(target: &Target, todo: &[&PathInfo], opts: &Options) -> Result<(Vec<NarInfo>, u64)> {
-    let total: u64 = todo.iter().map(|i| i.nar_size).sum();
-    let bar = crate::progress_bar(total, "compressing");
+/// `f` on every item, `jobs` items at a time; stops at the first error.
+fn parallel<T: Sync, R: Send>(
+    jobs: usize,
+    items: &[T],
+    f: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let results = Mutex::new(Vec::with_capacity(todo.len()));
+    let results = Mutex::new(Vec::with_capacity(items.len()));
     std::thread::scope(|s| {
-        for _ in 0..opts.jobs.max(1).min(todo.len().max(1)) {
+        for _ in 0..jobs.max(1).min(items.len().max(1)) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= todo.len() || failed.load(Ordering::Relaxed) {
+                if i >= items.len() || failed.load(Ordering::Relaxed) {
                     break;
                 }
-                let r = write_nar(target, todo[i], opts.compression);
+                let r = f(&items[i]);
                 failed.fetch_or(r.is_err(), Ordering::Relaxed);
-                bar.inc(todo[i].nar_size);
                 results
                     .lock()
                     .expect("no worker panics while holding it")
@@ -366,19 +379,17 @@ fn write_nars(target: &Target, todo: &[&PathInfo], opts: &Options) -> Result<(Ve
             });
         }
     });
-    bar.finish_and_clear();
-    let mut infos = Vec::new();
-    let mut bytes = 0;
-    for r in results.into_inner().expect("workers are done") {
-        let (mut ni, n) = r?;
-        ni.sign(&opts.key);
-        bytes += n;
-        infos.push(ni);
-    }
-    Ok((infos, bytes))
+    results
+        .into_inner()
+        .expect("workers are done")
+        .into_iter()
+        .collect()
 }
 
-fn write_nar(target: &Target, info: &PathInfo, compression: Compression) -> Result<(NarInfo, u64)> {
+/// Dumps, checks, compresses and stores the NAR of one path; returns its
+/// signed narinfo (not yet written).
+fn write_nar(target: &Target, info: &PathInfo, opts: &Options) -> Result<NarInfo> {
+    let compression = opts.compression;
     let path = info.path.to_string();
     let tmp = target.temp_file()?;
     let file = HashingCounter::new(BufWriter::with_capacity(256 * 1024, tmp));
@@ -399,7 +410,7 @@ fn write_nar(target: &Target, info: &PathInfo, compression: Compression) -> Resu
     let tmp = buffered.into_inner().map_err(|e| e.into_error())?;
     let url = manifest::nar_url(&file_hash, compression);
     target.put_file(&url, tmp)?;
-    let ni = NarInfo {
+    let mut ni = NarInfo {
         store_path: info.path.clone(),
         url,
         compression: Some(compression.as_str().to_owned()),
@@ -414,5 +425,6 @@ fn write_nar(target: &Target, info: &PathInfo, compression: Compression) -> Resu
         system: None,
         quirks: Default::default(),
     };
-    Ok((ni, file_size))
+    ni.sign(&opts.key);
+    Ok(ni)
 }
