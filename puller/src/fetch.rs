@@ -75,9 +75,9 @@ pub fn staged_path(staging: &Path, e: &Entry) -> PathBuf {
 }
 
 /// Fetches and verifies one NAR, unless a verified copy is already staged.
-/// Returns the number of bytes downloaded.
-/// A NAR smaller than `SMALL` (compressed) waits for a slot of `decoders`
-/// before it is read: its body is in the socket's buffers by then.
+/// Returns the number of bytes downloaded. A NAR smaller than `SMALL`
+/// (compressed) waits for a slot of `decoders` before it is read: its body
+/// is in the socket's buffers by then.
 pub async fn fetch_one(
     source: &Source,
     staging: &Path,
@@ -105,9 +105,10 @@ pub async fn fetch_one(
             .open(&e.url)
             .await
             .map_err(|err| NarError::from_fetch(&path, err))?;
-        let _slot = match e.file_size < SMALL {
-            true => Some(decoders.acquire().await.expect("never closed")),
-            false => None,
+        let _slot = if e.file_size < SMALL {
+            Some(decoders.acquire().await.expect("never closed"))
+        } else {
+            None
         };
         let (e2, d2, p2) = (e.clone(), dest.clone(), progress.clone());
         let result = tokio::task::spawn_blocking(move || verify_into(body, &e2, &d2, &p2))
