@@ -15,8 +15,14 @@
 //! An entry may name the cache that serves its NAR (`"cache": URL`, an upstream);
 //! without it the NAR is in the same cache as the manifest. `url` is always
 //! relative: `nar/<52 nixbase32 chars>.nar[.xz|.zst]`, matching `compression`.
+//!
+//! A [`Delta`] at `manifests/<new-sha256>.from-<old-sha256>.json` lists what
+//! changed between two manifests, so that an agent holding the old one need
+//! not download the whole new one. It carries no trust of its own: the agent
+//! rebuilds the new manifest from it and compares the result with the sha256
+//! and size the signed pointer pins.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -291,6 +297,72 @@ pub fn nar_url(file_hash: &Sha256Hash, compression: Compression) -> String {
     )
 }
 
+/// Where the delta from the manifest with sha256 `old` to the one with `new` is stored.
+pub fn delta_path(new: &Sha256Hash, old: &Sha256Hash) -> String {
+    format!("manifests/{}.from-{}.json", new.to_hex(), old.to_hex())
+}
+
+/// What changed from one manifest to the next (see the module's text).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Delta {
+    pub version: u32,
+    pub store_path: StorePath,
+    /// Paths of the old manifest whose entries are gone or changed.
+    pub removed: Vec<StorePath>,
+    /// Entries of the new manifest that the old one lacks as they are.
+    pub added: Vec<Entry>,
+}
+
+impl Delta {
+    pub fn between(old: &Manifest, new: &Manifest) -> Self {
+        Self {
+            version: VERSION,
+            store_path: new.store_path.clone(),
+            removed: old
+                .paths
+                .iter()
+                .filter(|e| new.get(&e.store_path) != Some(*e))
+                .map(|e| e.store_path.clone())
+                .collect(),
+            added: new
+                .paths
+                .iter()
+                .filter(|e| old.get(&e.store_path) != Some(*e))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// The manifest this delta makes of `old`, checked like any manifest.
+    /// Whether it is the one wanted is for the caller to check (its sha256).
+    pub fn apply(&self, old: &Manifest) -> Result<Manifest, ManifestError> {
+        if self.version != VERSION {
+            return Err(ManifestError::Version(self.version));
+        }
+        if self.added.len() > MAX_PATHS {
+            return Err(ManifestError::TooManyPaths(self.added.len()));
+        }
+        let removed: HashSet<&StorePath> = self.removed.iter().collect();
+        let paths = old
+            .paths
+            .iter()
+            .filter(|e| !removed.contains(&e.store_path))
+            .chain(&self.added)
+            .cloned()
+            .collect();
+        Manifest::new(self.store_path.clone(), paths)
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<Self, ManifestError> {
+        Ok(serde_json::from_slice(bytes)?)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a delta always serialises")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,5 +471,44 @@ mod tests {
             Manifest::parse(zero.as_bytes()),
             Err(ManifestError::EmptyNar(_))
         ));
+    }
+
+    #[test]
+    fn a_delta_rebuilds_the_new_manifest_byte_for_byte() {
+        let old = sample();
+        let (a, b, top) = (sp("a", 1), sp("b", 2), sp("top", 3));
+        let (c, top2) = (sp("c", 4), sp("top", 5));
+        let mut changed = entry(&b, &[&a, &c]);
+        changed.nar_size = 999;
+        let new = Manifest::new(
+            top2.clone(),
+            vec![
+                entry(&top2, &[&a, &b, &top2]),
+                changed,
+                entry(&a, &[]),
+                entry(&c, &[]),
+            ],
+        )
+        .unwrap();
+        let d = Delta::between(&old, &new);
+        assert_eq!(d.removed, [b.clone(), top]);
+        assert_eq!(d.added.len(), 3, "b changed, c and top2 are new");
+        let d = Delta::parse(&d.to_json()).unwrap();
+        assert_eq!(d.apply(&old).unwrap().to_json(), new.to_json());
+        // Applied to another base it makes another manifest, or none.
+        let mut other_a = entry(&a, &[]);
+        other_a.nar_size = 7;
+        let other = Manifest::new(a.clone(), vec![other_a]).unwrap();
+        assert!(d
+            .apply(&other)
+            .map_or(true, |m| m.to_json() != new.to_json()));
+        // An entry added twice is refused like a duplicate in a manifest.
+        let mut twice = d.clone();
+        twice.added.push(twice.added[0].clone());
+        assert!(twice.apply(&old).is_err());
+        assert_ne!(
+            delta_path(&Sha256Hash::digest(b"1"), &Sha256Hash::digest(b"2")),
+            ""
+        );
     }
 }

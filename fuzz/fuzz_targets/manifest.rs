@@ -1,11 +1,12 @@
 //! The manifest parser on arbitrary bytes. What parses must serialise and
-//! parse back, and its import order must put every dependency first.
+//! parse back, and its import order must put every dependency first. A delta
+//! from it to itself must be empty and rebuild it byte for byte.
 #![no_main]
 
 use std::collections::BTreeSet;
 
 use libfuzzer_sys::fuzz_target;
-use nixcast_common::manifest::Manifest;
+use nixcast_common::manifest::{Delta, Manifest};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(m) = Manifest::parse(data) else {
@@ -33,4 +34,13 @@ fuzz_target!(|data: &[u8]| {
 
     let again = Manifest::parse(&m.to_json()).expect("a serialised manifest parses");
     assert_eq!(again, m);
+
+    let d = Delta::between(&m, &m);
+    assert!(d.removed.is_empty() && d.added.is_empty());
+    let d = Delta::parse(&d.to_json()).expect("a serialised delta parses");
+    assert_eq!(d.apply(&m).expect("rebuilds").to_json(), m.to_json());
+    // The same bytes read as a delta against the manifest they make.
+    if let Ok(d) = Delta::parse(data) {
+        let _ = d.apply(&m);
+    }
 });

@@ -86,8 +86,13 @@ pub fn gc(target: &Target, keep: usize, grace: Duration, dry_run: bool) -> Resul
                 "" => name.ends_with(".narinfo"),
                 _ => true,
             };
+            // A delta lives as long as the manifest it makes.
+            let key_of_use = match name.split_once(".from-") {
+                Some((new, _)) if prefix == "manifests" => format!("manifests/{new}.json"),
+                _ => key.clone(),
+            };
             // A dot-file is a temporary file left by an interrupted publish.
-            let unreferenced = name.starts_with('.') || (ours && !live.contains(&key));
+            let unreferenced = name.starts_with('.') || (ours && !live.contains(&key_of_use));
             if unreferenced && old(mtime) {
                 doomed.push((key, size));
             }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use nixcast_common::hash::HashingCounter;
-use nixcast_common::manifest::{self, Compression, Entry, Manifest};
+use nixcast_common::manifest::{self, Compression, Delta, Entry, Manifest};
 use nixcast_common::narinfo::NarInfo;
 use nixcast_common::pointer::{self, ManifestRef, Pointer, Timestamp};
 use nixcast_common::{nar, SecretKey, StorePath};
@@ -172,6 +172,9 @@ pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> 
     if !target.exists(&manifest_ref.path)? {
         target.put(&manifest_ref.path, &manifest_bytes)?;
     }
+    if let Some(prev) = previous.as_ref().filter(|p| p.manifest != manifest_ref) {
+        write_delta(target, prev, &manifest, &manifest_ref)?;
+    }
 
     let issued_at = Timestamp::now();
     let pointer = Pointer {
@@ -203,6 +206,28 @@ pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> 
         upstream_paths,
         bytes_written,
     }))
+}
+
+/// The delta from the previous generation's manifest, for agents that hold
+/// it. Skipped, with a warning, when that manifest cannot be read: agents
+/// then fetch the new manifest whole.
+fn write_delta(
+    target: &Target,
+    prev: &Pointer,
+    new: &Manifest,
+    new_ref: &ManifestRef,
+) -> Result<()> {
+    let key = manifest::delta_path(&new_ref.sha256, &prev.manifest.sha256);
+    if target.exists(&key)? {
+        return Ok(());
+    }
+    match crate::inspect::read_manifest(target, prev) {
+        Ok((_, old)) => target.put(&key, &Delta::between(&old, new).to_json()),
+        Err(e) => {
+            tracing::warn!("no delta from generation {}: {e:#}", prev.generation);
+            Ok(())
+        }
+    }
 }
 
 /// The current pointer (verified with our key) and the highest generation ever

@@ -4,13 +4,13 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use anyhow::{anyhow, Context};
-use nixcast_common::manifest::Manifest;
-use nixcast_common::pointer::{self, Pointer, Timestamp, Verified};
+use nixcast_common::manifest::{self, Delta, Manifest};
+use nixcast_common::pointer::{self, ManifestRef, Pointer, Timestamp, Verified};
 use nixcast_common::{PublicKey, Sha256Hash};
 
 use crate::activate::{self, Action};
 use crate::source::{FetchError, Fetched, Source};
-use crate::state::{Outcome, StateDir, Status};
+use crate::state::{write_atomic, Outcome, StateDir, Status};
 use crate::{pipeline, store};
 
 /// A manifest this large would describe some hundred thousand paths.
@@ -327,11 +327,14 @@ async fn fetch_manifest(cfg: &Config, p: &Pointer) -> Result<Manifest, RunError>
         )));
     }
     let url = cfg.source.url_of(&m.path);
-    let bytes = cfg
-        .source
-        .get_small(&m.path, m.size)
-        .await
-        .map_err(fetch_error)?;
+    let bytes = match from_delta(cfg, m).await {
+        Some(bytes) => bytes,
+        None => cfg
+            .source
+            .get_small(&m.path, m.size)
+            .await
+            .map_err(fetch_error)?,
+    };
     let got = Sha256Hash::digest(&bytes);
     if bytes.len() as u64 != m.size || got != m.sha256 {
         return Err(RunError::Refused(anyhow!(
@@ -352,7 +355,50 @@ async fn fetch_manifest(cfg: &Config, p: &Pointer) -> Result<Manifest, RunError>
             p.store_path
         )));
     }
+    if !cfg.dry_run {
+        let text = String::from_utf8(bytes).expect("a parsed manifest is UTF-8");
+        if let Err(e) = write_atomic(&cfg.state.manifest(), &text) {
+            tracing::warn!("cannot keep the manifest for the next run's delta: {e:#}");
+        }
+    }
     Ok(manifest)
+}
+
+/// The pinned manifest, rebuilt from the last one this agent verified and
+/// the publisher's delta, if that gives exactly the pinned bytes; `None`
+/// sends the caller to fetch it whole (no base, no delta, or a wrong one).
+async fn from_delta(cfg: &Config, m: &ManifestRef) -> Option<Vec<u8>> {
+    let base = std::fs::read(cfg.state.manifest()).ok()?;
+    let base_sha = Sha256Hash::digest(&base);
+    if base_sha == m.sha256 {
+        return Some(base);
+    }
+    let key = manifest::delta_path(&m.sha256, &base_sha);
+    // A delta larger than the manifest would be no saving.
+    let delta = match cfg.source.get_small(&key, m.size).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::debug!("no manifest delta: {e}");
+            return None;
+        }
+    };
+    let rebuilt = Manifest::parse(&base)
+        .and_then(|old| Delta::parse(&delta)?.apply(&old))
+        .map(|new| new.to_json());
+    match rebuilt {
+        Ok(bytes) if bytes.len() as u64 == m.size && Sha256Hash::digest(&bytes) == m.sha256 => {
+            tracing::info!(delta = %cfg.source.url_of(&key), bytes = delta.len(), "manifest rebuilt from a delta");
+            Some(bytes)
+        }
+        Ok(_) => {
+            tracing::warn!(delta = %cfg.source.url_of(&key), "the delta does not make the pinned manifest; fetching it whole");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(delta = %cfg.source.url_of(&key), "unusable delta ({e}); fetching the manifest whole");
+            None
+        }
+    }
 }
 
 /// Staged NARs (and temporary files a killed run left) and their narinfos

@@ -186,6 +186,11 @@ impl StateDir {
         self.dir.join("staging")
     }
 
+    /// The last manifest this agent verified: the base for a delta.
+    pub fn manifest(&self) -> PathBuf {
+        self.dir.join("manifest.json")
+    }
+
     pub fn create(&self) -> Result<()> {
         fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create {}", self.dir.display()))?;

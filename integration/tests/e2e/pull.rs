@@ -58,8 +58,15 @@ fn pull_switches_then_polls_with_one_request_then_updates_incrementally() {
     assert_eq!(
         reqs.len(),
         2 + changed.len(),
-        "pointer + manifest + NARs: {reqs:?}"
+        "pointer + manifest delta + NARs: {reqs:?}"
     );
+    // The manifest was rebuilt from generation 1's and a delta, not fetched whole.
+    let deltas: Vec<&String> = reqs.iter().filter(|r| r.contains(".from-")).collect();
+    assert_eq!(deltas.len(), 1, "{reqs:?}");
+    let delta_bytes = std::fs::metadata(cache.join(&deltas[0][1..]))
+        .unwrap()
+        .len();
+    assert!(delta_bytes < 4096, "a 2-path change: {delta_bytes} bytes");
     assert_eq!(
         vm.profile_link("system-2-link").as_deref(),
         Some(gen2.as_str())
@@ -76,6 +83,39 @@ fn pull_switches_then_polls_with_one_request_then_updates_incrementally() {
         &gen2,
     ]));
     assert!(stdout(&out).contains("fleet-1:"), "{}", stdout(&out));
+
+    // A delta that does not make the pinned manifest is not used: the agent
+    // fetches the manifest whole and goes on.
+    let gen3 = Fixture {
+        version: "3",
+        ..Default::default()
+    }
+    .build();
+    publish(&cache, "foobar", &gen3, &keys, &[]);
+    let delta = std::fs::read_dir(cache.join("manifests"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".from-"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap())
+        .unwrap();
+    let mut d: nixcast_common::manifest::Delta =
+        serde_json::from_slice(&std::fs::read(&delta).unwrap()).unwrap();
+    d.added.retain(|e| e.store_path.to_string() != gen3);
+    std::fs::write(&delta, serde_json::to_vec(&d).unwrap()).unwrap();
+    let out = vm.pull(&server.url, &keys, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("fetching the manifest whole"),
+        "{}",
+        stderr(&out)
+    );
+    let reqs = server.take_requests();
+    assert!(
+        reqs.iter()
+            .any(|r| r.starts_with("/manifests/") && !r.contains(".from-")),
+        "{reqs:?}"
+    );
+    assert_eq!(vm.switch_log().last().unwrap(), &format!("switch {gen3}"));
 }
 
 #[test]

@@ -175,8 +175,8 @@ fn publish_to_s3_pull_from_its_http_endpoint_republish_and_gc() {
     );
     assert_eq!(
         puts.len(),
-        2 * changed + 3,
-        "NARs, narinfos, manifest, history, pointer: {puts:?}"
+        2 * changed + 4,
+        "NARs, narinfos, manifest, its delta, history, pointer: {puts:?}"
     );
     let out = vm.pull(&url, &keys, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
