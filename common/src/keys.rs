@@ -108,6 +108,17 @@ impl SecretKey {
         zeroize::Zeroizing::new(format!("{}:{}", self.name, BASE64.encode(bytes.as_ref())))
     }
 
+    /// Key material derived from this key for another purpose, named by
+    /// `label`: SHA-256(label ‖ seed). Used for the publisher's own sealing
+    /// identity, so that one secret key file is all a publisher keeps.
+    pub fn derive(&self, label: &str) -> zeroize::Zeroizing<[u8; 32]> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(label.as_bytes());
+        h.update(self.key.to_bytes());
+        zeroize::Zeroizing::new(h.finalize().into())
+    }
+
     pub fn sign(&self, msg: &[u8]) -> Signature {
         Signature {
             key_name: self.name.clone(),

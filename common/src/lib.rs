@@ -7,7 +7,8 @@
 //! - [`narinfo`]: `<hash>.narinfo` files and their signed fingerprint;
 //! - [`nar`]: the NAR archive format, a writer from a directory and a strict reader;
 //! - [`manifest`]: the closure of a host in one file;
-//! - [`pointer`]: the signed DSSE envelope naming what a host should run.
+//! - [`pointer`]: the signed DSSE envelope naming what a host should run;
+//! - [`seal`]: age encryption of a sealed host's objects, recipients and identities.
 
 pub mod hash;
 pub mod keys;
@@ -16,6 +17,7 @@ pub mod nar;
 pub mod narinfo;
 pub mod nixbase32;
 pub mod pointer;
+pub mod seal;
 pub mod store_path;
 
 pub use hash::Sha256Hash;
