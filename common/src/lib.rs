@@ -6,12 +6,14 @@
 //! - [`keys`]: Nix's `name:base64` ed25519 keys and signatures;
 //! - [`narinfo`]: `<hash>.narinfo` files and their signed fingerprint;
 //! - [`nar`]: the NAR archive format, a writer from a directory and a strict reader;
+//! - [`layout`]: where each object lives in a cache;
 //! - [`manifest`]: the closure of a host in one file;
 //! - [`pointer`]: the signed DSSE envelope naming what a host should run;
 //! - [`seal`]: age encryption of a sealed host's objects, recipients and identities.
 
 pub mod hash;
 pub mod keys;
+pub mod layout;
 pub mod manifest;
 pub mod nar;
 pub mod narinfo;

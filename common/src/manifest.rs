@@ -16,6 +16,12 @@
 //! without it the NAR is in the same cache as the manifest. `url` is always
 //! relative: `nar/<52 nixbase32 chars>.nar[.xz|.zst]`, matching `compression`.
 //!
+//! A sealed host's manifest is itself sealed, and each of its own entries
+//! has `"sealedTo": <sha256>` (a name for the recipient set that only the
+//! publisher can compute) and `"url": "sealed/<sha256 of the sealed bytes>"`:
+//! `fileHash` and `fileSize` are then those of the sealed bytes, and
+//! `compression` is what the sealed stream holds.
+//!
 //! A [`Delta`] at `manifests/<new-sha256>.from-<old-sha256>.json` lists what
 //! changed between two manifests, so that an agent holding the old one need
 //! not download the whole new one. It carries no trust of its own: the agent
@@ -106,6 +112,15 @@ pub struct Entry {
     /// The base URL of an upstream cache that serves this NAR; `None`: this cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<String>,
+    /// Sealed: which recipient set (see the module's text). `None`: plain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_to: Option<Sha256Hash>,
+}
+
+impl Entry {
+    pub fn is_sealed(&self) -> bool {
+        self.sealed_to.is_some()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,7 +143,7 @@ pub enum ManifestError {
     Order(StorePath),
     #[error("manifest entry {0}: narSize is 0")]
     EmptyNar(StorePath),
-    #[error("manifest entry {path}: url {url:?} is not nar/<filehash>.nar{ext}")]
+    #[error("manifest entry {path}: url {url:?} is not nar/<filehash>.nar{ext} (or sealed/<sha256> in this cache)")]
     Url {
         path: StorePath,
         url: String,
@@ -191,7 +206,11 @@ impl Manifest {
             if e.nar_size == 0 {
                 return Err(ManifestError::EmptyNar(e.store_path.clone()));
             }
-            if !is_nar_url(&e.url, e.compression) {
+            let url_ok = match e.sealed_to {
+                Some(_) => crate::layout::is_sealed(&e.url) && e.cache.is_none(),
+                None => is_nar_url(&e.url, e.compression),
+            };
+            if !url_ok {
                 return Err(ManifestError::Url {
                     path: e.store_path.clone(),
                     url: e.url.clone(),
@@ -386,6 +405,7 @@ mod tests {
             file_hash: fh,
             file_size: 100,
             cache: None,
+            sealed_to: None,
         }
     }
 
@@ -413,6 +433,23 @@ mod tests {
             .map(|e| e.store_path.name())
             .collect();
         assert_eq!(names, ["a", "b", "top"]);
+    }
+
+    #[test]
+    fn sealed_entries_live_under_sealed_and_nowhere_else() {
+        let mut m = sample();
+        let e = &mut m.paths[0];
+        e.sealed_to = Some(Sha256Hash::digest(b"set"));
+        assert!(matches!(m.check(), Err(ManifestError::Url { .. })));
+        let e = &mut m.paths[0];
+        e.url = crate::layout::sealed(&e.file_hash);
+        m.check().unwrap();
+        assert_eq!(Manifest::parse(&m.to_json()).unwrap(), m);
+        m.paths[0].cache = Some("https://cache.nixos.org".into());
+        assert!(matches!(m.check(), Err(ManifestError::Url { .. })));
+        m.paths[0].cache = None;
+        m.paths[0].sealed_to = None;
+        assert!(matches!(m.check(), Err(ManifestError::Url { .. })));
     }
 
     #[test]

@@ -21,6 +21,12 @@
 //!   "manifest": { "path": "manifests/<sha256-hex>.json", "sha256": "<hex>", "size": 51234 },
 //!   "issuedAt": "2026-11-25T10:00:00Z", "expiresAt": "2026-12-25T10:00:00Z" }
 //! ```
+//!
+//! A sealed host's pointer names no store path: its manifest is sealed
+//! (`"path": "sealed/<sha256 of the sealed bytes>"`), and `"sealed":
+//! {"sha256": …, "size": …}` pins the manifest's plain bytes too, so that an
+//! agent can rebuild it from a delta, or keep the one it holds. The store
+//! path is the sealed manifest's `storePath`.
 
 use std::time::{Duration, SystemTime};
 
@@ -30,6 +36,7 @@ use thiserror::Error;
 
 use crate::hash::Sha256Hash;
 use crate::keys::{PublicKey, SecretKey, Signature};
+use crate::layout;
 use crate::store_path::StorePath;
 
 pub const PAYLOAD_TYPE: &str = "application/vnd.nixcast.pointer.v1+json";
@@ -42,7 +49,9 @@ pub struct Pointer {
     pub host: String,
     pub system: String,
     pub generation: u64,
-    pub store_path: StorePath,
+    /// `None` for a sealed host: the sealed manifest names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_path: Option<StorePath>,
     pub manifest: ManifestRef,
     pub issued_at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,15 +65,42 @@ pub struct ManifestRef {
     #[serde(with = "hex_sha256")]
     pub sha256: Sha256Hash,
     pub size: u64,
+    /// For a sealed manifest: its plain bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<PlainRef>,
+}
+
+/// The sha256 and size of a sealed manifest's plain bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlainRef {
+    #[serde(with = "hex_sha256")]
+    pub sha256: Sha256Hash,
+    pub size: u64,
 }
 
 impl ManifestRef {
     pub fn for_bytes(bytes: &[u8]) -> Self {
         let sha256 = Sha256Hash::digest(bytes);
         Self {
-            path: format!("manifests/{}.json", sha256.to_hex()),
+            path: layout::manifest(&sha256),
             sha256,
             size: bytes.len() as u64,
+            sealed: None,
+        }
+    }
+
+    /// A sealed manifest: `sealed` are the bytes stored, `plain` what they hold.
+    pub fn for_sealed(sealed: &[u8], plain: &[u8]) -> Self {
+        let sha256 = Sha256Hash::digest(sealed);
+        Self {
+            path: layout::sealed(&sha256),
+            sha256,
+            size: sealed.len() as u64,
+            sealed: Some(PlainRef {
+                sha256: Sha256Hash::digest(plain),
+                size: plain.len() as u64,
+            }),
         }
     }
 }
@@ -182,7 +218,9 @@ pub enum PointerError {
     Payload(serde_json::Error),
     #[error("pointer generation is 0; generations start at 1")]
     GenerationZero,
-    #[error("pointer names manifest {0:?}, not manifests/<sha256>.json of its own hash")]
+    #[error("a sealed pointer names no store path, and a plain one names one")]
+    Sealing,
+    #[error("pointer names manifest {0:?}, not manifests/<sha256>.json (or sealed/<sha256>) of its own hash")]
     ManifestPath(String),
     #[error("pointer expires ({expires}) before it was issued ({issued})")]
     ExpiresBeforeIssued {
@@ -249,8 +287,15 @@ impl Pointer {
         if self.generation == 0 {
             return Err(PointerError::GenerationZero);
         }
-        if self.manifest.path != format!("manifests/{}.json", self.manifest.sha256.to_hex()) {
+        let (path, sealed) = match &self.manifest.sealed {
+            None => (layout::manifest(&self.manifest.sha256), false),
+            Some(_) => (layout::sealed(&self.manifest.sha256), true),
+        };
+        if self.manifest.path != path {
             return Err(PointerError::ManifestPath(self.manifest.path.clone()));
+        }
+        if sealed == self.store_path.is_some() {
+            return Err(PointerError::Sealing);
         }
         if let Some(expires) = self.expires_at {
             if expires <= self.issued_at {
@@ -329,9 +374,11 @@ mod tests {
             host: "foobar".into(),
             system: "x86_64-linux".into(),
             generation: 3,
-            store_path: "/nix/store/si52d1150q5y2r6361zybm110k6plxjf-nixos-system-foobar"
-                .parse()
-                .unwrap(),
+            store_path: Some(
+                "/nix/store/si52d1150q5y2r6361zybm110k6plxjf-nixos-system-foobar"
+                    .parse()
+                    .unwrap(),
+            ),
             manifest: ManifestRef::for_bytes(b"{}"),
             issued_at: issued,
             expires_at: Some(issued.plus(Duration::from_secs(3600))),
@@ -445,5 +492,26 @@ mod tests {
             Err(PointerError::GenerationZero)
         ));
         assert!(verify(&sign_raw(&json), &[k.public()]).is_ok());
+    }
+
+    #[test]
+    fn sealed_pointers_name_no_store_path() {
+        let key = SecretKey::generate("fleet-1").unwrap();
+        let mut p = sample();
+        p.manifest = ManifestRef::for_sealed(b"sealed bytes", b"plain bytes");
+        assert!(matches!(p.check(), Err(PointerError::Sealing)));
+        p.store_path = None;
+        p.check().unwrap();
+        let env = p.sign(&key);
+        assert!(!String::from_utf8_lossy(&env).contains("/nix/store"));
+        let v = verify(&env, &[key.public()]).unwrap();
+        assert_eq!(v.get(), &p);
+        // A plain manifest path with a sealed pin, or the reverse, is refused.
+        let mut q = p.clone();
+        q.manifest.path = layout::manifest(&q.manifest.sha256);
+        assert!(matches!(q.check(), Err(PointerError::ManifestPath(_))));
+        let mut q = sample();
+        q.store_path = None;
+        assert!(matches!(q.check(), Err(PointerError::Sealing)));
     }
 }

@@ -160,7 +160,10 @@ impl Recipients {
                 ));
             }
             if hosts.starts_with('@') {
-                return Err(err(format!("markers such as {} are not supported", short(hosts))));
+                return Err(err(format!(
+                    "markers such as {} are not supported",
+                    short(hosts)
+                )));
             }
             let key = key.trim_start();
             // An age key has no comment field in known_hosts; a `#` starts one.
@@ -185,7 +188,11 @@ impl Recipients {
     }
 
     pub fn add(&mut self, host: &str, recipient: Recipient) {
-        if !self.entries.iter().any(|(h, r)| h == host && *r == recipient) {
+        if !self
+            .entries
+            .iter()
+            .any(|(h, r)| h == host && *r == recipient)
+        {
             self.entries.push((host.to_owned(), recipient));
         }
     }
@@ -325,14 +332,16 @@ pub fn fingerprint(key: &SecretKey, recipients: &[Recipient]) -> Sha256Hash {
 }
 
 /// Starts sealing to `recipients`; the caller must call `finish` on the writer.
-pub fn seal<W: Write>(recipients: &[Recipient], out: W) -> io::Result<age::stream::StreamWriter<W>> {
+pub fn seal<W: Write>(
+    recipients: &[Recipient],
+    out: W,
+) -> io::Result<age::stream::StreamWriter<W>> {
     let mut unique: Vec<&Recipient> = recipients.iter().collect();
     unique.sort_by(|a, b| a.text.cmp(&b.text));
     unique.dedup();
-    let encryptor = age::Encryptor::with_recipients(
-        unique.iter().map(|r| &r.key as &dyn age::Recipient),
-    )
-    .map_err(|e| io::Error::other(format!("cannot seal: {e}")))?;
+    let encryptor =
+        age::Encryptor::with_recipients(unique.iter().map(|r| &r.key as &dyn age::Recipient))
+            .map_err(|e| io::Error::other(format!("cannot seal: {e}")))?;
     encryptor.wrap_output(out)
 }
 
@@ -359,7 +368,11 @@ pub fn open<R: BufRead>(
 }
 
 /// Opens a small sealed object in memory, at most `limit` bytes of plain text.
-pub fn open_bytes(identities: &[Identity], sealed: &[u8], limit: u64) -> Result<Vec<u8>, SealError> {
+pub fn open_bytes(
+    identities: &[Identity],
+    sealed: &[u8],
+    limit: u64,
+) -> Result<Vec<u8>, SealError> {
     let mut out = Vec::new();
     open(identities, sealed)?
         .take(limit + 1)
@@ -453,12 +466,17 @@ rdjl6OhPJ6yH9zCOQo6NAAAACHRlc3Qta2V5AQIDBAU=
     fn identity_files_of_each_kind() {
         let k = SecretKey::generate("fleet-1").unwrap();
         let from_nix = Identity::from_file(k.to_file_string().as_bytes(), "f").unwrap();
-        assert_eq!(from_nix[0].recipient(), Identity::of_publisher(&k).recipient());
+        assert_eq!(
+            from_nix[0].recipient(),
+            Identity::of_publisher(&k).recipient()
+        );
         let age_id = age::x25519::Identity::generate();
         let age_line = age::secrecy::ExposeSecret::expose_secret(&age_id.to_string()).to_owned();
         let ids = Identity::from_file(format!("# created: now\n{age_line}\n").as_bytes(), "f");
         assert_eq!(ids.unwrap().len(), 1);
-        let e = Identity::from_file(b"hunter2-secret\n", "f").unwrap_err().to_string();
+        let e = Identity::from_file(b"hunter2-secret\n", "f")
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("hunter2"), "{e}");
         assert!(Identity::from_file(b"", "f").is_err());
     }

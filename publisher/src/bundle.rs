@@ -5,7 +5,8 @@
 //! (`hosts/HOST.json`, `manifests/<sha256>.json`, `nar/…`), so the agent
 //! reads it as one more cache source (`nixcast-pull run --bundle FILE`) with
 //! every check of a network pull. NARs are stored as published (compressed);
-//! the archive adds no compression of its own.
+//! the archive adds no compression of its own. A sealed host's bundle holds
+//! its sealed manifest and NARs: it stays sealed.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -13,6 +14,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use nixcast_common::pointer::{self, Pointer};
+use nixcast_common::seal::Identity;
 use nixcast_common::StorePath;
 
 use crate::inspect::read_manifest;
@@ -30,7 +32,12 @@ fn decode_pointer(bytes: &[u8], key: &str) -> Result<Pointer> {
 }
 
 /// The store paths a host at `base` already has.
-fn base_paths(target: &Target, host: &str, base: &Base) -> Result<BTreeSet<StorePath>> {
+fn base_paths(
+    target: &Target,
+    host: &str,
+    base: &Base,
+    ids: &[Identity],
+) -> Result<BTreeSet<StorePath>> {
     let generation = match base {
         Base::None => return Ok(BTreeSet::new()),
         Base::Generation(g) => Some(*g),
@@ -39,15 +46,22 @@ fn base_paths(target: &Target, host: &str, base: &Base) -> Result<BTreeSet<Store
     for key in target.list(&format!("hosts/{host}"))? {
         let bytes = target.get(&key)?.context("listed")?;
         let p = decode_pointer(&bytes, &key)?;
-        let wanted = match (generation, base) {
-            (Some(g), _) => p.generation == g,
-            (None, Base::Path(sp)) => p.store_path == *sp,
-            _ => false,
+        let m = match (generation, base) {
+            (Some(g), _) if p.generation == g => read_manifest(target, &p, ids)?.1,
+            (None, Base::Path(sp)) if p.store_path.as_ref() == Some(sp) => {
+                read_manifest(target, &p, ids)?.1
+            }
+            // A sealed pointer names no store path: its manifest does.
+            (None, Base::Path(sp)) if p.store_path.is_none() => {
+                let (_, m) = read_manifest(target, &p, ids)?;
+                if m.store_path != *sp {
+                    continue;
+                }
+                m
+            }
+            _ => continue,
         };
-        if wanted {
-            let (_, m) = read_manifest(target, &p)?;
-            return Ok(m.paths.into_iter().map(|e| e.store_path).collect());
-        }
+        return Ok(m.paths.into_iter().map(|e| e.store_path).collect());
     }
     match base {
         Base::Generation(g) => bail!("{} has no generation {g} of {host}", target.describe()),
@@ -65,14 +79,33 @@ fn header(size: u64) -> tar::Header {
     h
 }
 
-pub fn bundle(target: &Target, host: &str, base: &Base, output: &Path) -> Result<()> {
+pub fn bundle(
+    target: &Target,
+    host: &str,
+    base: &Base,
+    ids: &[Identity],
+    output: &Path,
+) -> Result<()> {
     let key = format!("hosts/{host}.json");
     let pointer_bytes = target
         .get(&key)?
         .with_context(|| format!("{}/{key} does not exist", target.describe()))?;
     let p = decode_pointer(&pointer_bytes, &key)?;
-    let (manifest_bytes, m) = read_manifest(target, &p)?;
-    let have = base_paths(target, host, base)?;
+    let (plain_manifest, m) = read_manifest(target, &p, ids)?;
+    // A sealed host's bundle carries the sealed manifest, as the cache does.
+    let manifest_bytes = match p.manifest.sealed {
+        None => plain_manifest,
+        Some(_) => {
+            let b = target.get(&p.manifest.path)?.context("just read")?;
+            anyhow::ensure!(
+                nixcast_common::Sha256Hash::digest(&b) == p.manifest.sha256,
+                "{} changed while it was read",
+                p.manifest.path
+            );
+            b
+        }
+    };
+    let have = base_paths(target, host, base, ids)?;
     let needed: Vec<_> = m
         .paths
         .iter()

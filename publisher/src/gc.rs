@@ -7,12 +7,16 @@
 //! of pulling a generation published moments ago never loses a file.
 //! Deletion runs in the reverse of the publish order (pointers, manifests,
 //! narinfos, NARs): no reader ever sees an object that names a missing one.
+//! Sealed manifests are opened with `--identity`; without one, nothing under
+//! `sealed/` is deleted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
+use nixcast_common::layout;
 use nixcast_common::pointer::{self, Pointer};
+use nixcast_common::seal::Identity;
 
 use crate::publish::human_bytes;
 use crate::target::Target;
@@ -21,9 +25,18 @@ fn decode(bytes: &[u8], key: &str) -> Result<Pointer> {
     pointer::decode_unverified(bytes).with_context(|| format!("reading {key}"))
 }
 
-pub fn gc(target: &Target, keep: usize, grace: Duration, dry_run: bool) -> Result<()> {
+pub fn gc(
+    target: &Target,
+    keep: usize,
+    grace: Duration,
+    ids: &[Identity],
+    dry_run: bool,
+) -> Result<()> {
     anyhow::ensure!(keep >= 1, "--keep must be at least 1");
     let mut live: BTreeSet<String> = BTreeSet::new();
+    // Without the identity to open a kept sealed manifest, nothing sealed is
+    // known to be dead, so nothing sealed is deleted.
+    let mut sealed_unknown = false;
     let mut dropped_pointers = Vec::new();
     for (key, _, _) in target.entries("hosts")? {
         let Some(host) = key
@@ -61,7 +74,11 @@ pub fn gc(target: &Target, keep: usize, grace: Duration, dry_run: bool) -> Resul
         }
         for p in pointers {
             live.insert(p.manifest.path.clone());
-            let (_, m) = crate::inspect::read_manifest(target, &p)
+            if p.manifest.sealed.is_some() && ids.is_empty() {
+                sealed_unknown = true;
+                continue;
+            }
+            let (_, m) = crate::inspect::read_manifest(target, &p, ids)
                 .with_context(|| format!("generation {} of {host} is kept", p.generation))?;
             for e in m.paths.iter().filter(|e| e.cache.is_none()) {
                 live.insert(format!("{}.narinfo", e.store_path.hash_part()));
@@ -77,8 +94,25 @@ pub fn gc(target: &Target, keep: usize, grace: Duration, dry_run: bool) -> Resul
         .filter(|(_, _, mtime)| old(*mtime))
         .map(|(k, size, _)| (k, size))
         .collect();
-    // Reverse publish order: manifests, then narinfos, then NARs.
-    for prefix in ["manifests", "", "nar"] {
+    if sealed_unknown {
+        tracing::warn!(
+            "sealed manifests cannot be opened without --identity: nothing under {}/ is deleted",
+            layout::SEALED_DIR
+        );
+    }
+    // Reverse publish order: manifests, then narinfos, then NARs. Sealed
+    // objects of every kind share one directory; a sealed manifest is never
+    // deleted while a kept pointer names it, so it goes with its NARs.
+    let sealed_prefixes: &[&str] = if sealed_unknown {
+        &[]
+    } else {
+        &[layout::SEALED_DIR]
+    };
+    for prefix in ["manifests", ""]
+        .into_iter()
+        .chain(sealed_prefixes.iter().copied())
+        .chain(["nar"])
+    {
         for (key, size, mtime) in target.entries(prefix)? {
             let name = key.rsplit('/').next().unwrap_or_default();
             let ours = match prefix {
@@ -89,6 +123,7 @@ pub fn gc(target: &Target, keep: usize, grace: Duration, dry_run: bool) -> Resul
             // A delta lives as long as the manifest it makes.
             let key_of_use = match name.split_once(".from-") {
                 Some((new, _)) if prefix == "manifests" => format!("manifests/{new}.json"),
+                Some((new, _)) if prefix == layout::SEALED_DIR => format!("{prefix}/{new}"),
                 _ => key.clone(),
             };
             // A dot-file is a temporary file left by an interrupted publish.

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context, Result};
 use nixcast_common::manifest::Manifest;
 use nixcast_common::pointer::{self, Pointer};
-use nixcast_common::{PublicKey, StorePath};
+use nixcast_common::seal::{self, Identity};
+use nixcast_common::{PublicKey, Sha256Hash, StorePath};
 use serde::Serialize;
 
 use crate::publish::human_bytes;
@@ -27,18 +28,48 @@ pub fn read_pointer(target: &Target, key: &str, keys: &[PublicKey]) -> Result<Po
     pointer::decode_unverified(&bytes).with_context(|| format!("{}/{key}", target.describe()))
 }
 
-/// The manifest a pointer pins, checked against the pinned sha256; with its bytes.
-pub fn read_manifest(target: &Target, p: &Pointer) -> Result<(Vec<u8>, Manifest)> {
+/// A manifest this large would describe some hundred thousand paths.
+const MAX_MANIFEST: u64 = 256 << 20;
+
+/// The manifest a pointer pins, checked against the pinned sha256, with its
+/// plain bytes. A sealed one is opened with `ids`.
+pub fn read_manifest(
+    target: &Target,
+    p: &Pointer,
+    ids: &[Identity],
+) -> Result<(Vec<u8>, Manifest)> {
+    let path = &p.manifest.path;
     let bytes = target
-        .get(&p.manifest.path)?
-        .with_context(|| format!("{} is missing", p.manifest.path))?;
-    if nixcast_common::Sha256Hash::digest(&bytes) != p.manifest.sha256 {
-        bail!(
-            "{} does not match the sha256 its pointer pins",
-            p.manifest.path
-        );
+        .get(path)?
+        .with_context(|| format!("{path} is missing"))?;
+    if Sha256Hash::digest(&bytes) != p.manifest.sha256 {
+        bail!("{path} does not match the sha256 its pointer pins");
     }
-    let m = Manifest::parse(&bytes).with_context(|| p.manifest.path.clone())?;
+    let bytes = match &p.manifest.sealed {
+        None => bytes,
+        Some(plain) => {
+            if ids.is_empty() {
+                bail!(
+                    "the manifest of {} generation {} is sealed: give --identity with the \
+                     publisher's secret key file or the identity of a `*` recipient",
+                    p.host,
+                    p.generation
+                );
+            }
+            let opened = seal::open_bytes(ids, &bytes, MAX_MANIFEST).with_context(|| {
+                let tried: Vec<&str> = ids.iter().map(|i| i.source()).collect();
+                format!("opening {path} (tried {})", tried.join(", "))
+            })?;
+            if opened.len() as u64 != plain.size || Sha256Hash::digest(&opened) != plain.sha256 {
+                bail!("{path} does not hold the manifest its pointer pins");
+            }
+            opened
+        }
+    };
+    let m = Manifest::parse(&bytes).with_context(|| path.clone())?;
+    if p.store_path.as_ref().is_some_and(|t| *t != m.store_path) {
+        bail!("{path} is not for the store path its pointer names");
+    }
     Ok((bytes, m))
 }
 
@@ -47,31 +78,44 @@ pub fn read_manifest(target: &Target, p: &Pointer) -> Result<(Vec<u8>, Manifest)
 struct HostRow {
     host: String,
     generation: u64,
-    store_path: StorePath,
+    /// `None` for a sealed host whose manifest could not be opened.
+    store_path: Option<StorePath>,
+    sealed: bool,
     issued_at: String,
     expires_at: Option<String>,
-    paths: usize,
-    closure_nar_size: u64,
-    closure_file_size: u64,
+    paths: Option<usize>,
+    closure_nar_size: Option<u64>,
+    closure_file_size: Option<u64>,
 }
 
-pub fn hosts(target: &Target, keys: &[PublicKey], json: bool) -> Result<()> {
+pub fn hosts(target: &Target, keys: &[PublicKey], ids: &[Identity], json: bool) -> Result<()> {
     let mut rows = Vec::new();
     for key in target.list("hosts")? {
         if !key.ends_with(".json") {
             continue;
         }
         let p = read_pointer(target, &key, keys)?;
-        let (_, m) = read_manifest(target, &p)?;
+        let sealed = p.manifest.sealed.is_some();
+        let m = match read_manifest(target, &p, ids) {
+            Ok((_, m)) => Some(m),
+            Err(e) if sealed => {
+                tracing::info!("{e:#}");
+                None
+            }
+            Err(e) => return Err(e),
+        };
         rows.push(HostRow {
             host: p.host.clone(),
             generation: p.generation,
-            store_path: p.store_path.clone(),
+            store_path: m.as_ref().map(|m| m.store_path.clone()),
+            sealed,
             issued_at: p.issued_at.to_string(),
             expires_at: p.expires_at.map(|t| t.to_string()),
-            paths: m.paths.len(),
-            closure_nar_size: m.total_nar_size(),
-            closure_file_size: m.paths.iter().map(|e| e.file_size).sum(),
+            paths: m.as_ref().map(|m| m.paths.len()),
+            closure_nar_size: m.as_ref().map(|m| m.total_nar_size()),
+            closure_file_size: m
+                .as_ref()
+                .map(|m| m.paths.iter().map(|e| e.file_size).sum()),
         });
     }
     if json {
@@ -79,16 +123,26 @@ pub fn hosts(target: &Target, keys: &[PublicKey], json: bool) -> Result<()> {
         return Ok(());
     }
     for r in rows {
+        let what = match (
+            &r.store_path,
+            r.paths,
+            r.closure_nar_size,
+            r.closure_file_size,
+        ) {
+            (Some(sp), Some(n), Some(nar), Some(file)) => format!(
+                "{sp}{}\t{n} paths, {} ({} compressed)",
+                if r.sealed { " (sealed)" } else { "" },
+                human_bytes(nar),
+                human_bytes(file)
+            ),
+            _ => "sealed (give --identity to read it)".to_owned(),
+        };
         println!(
-            "{}\tgeneration {}\t{}\tissued {}\texpires {}\t{} paths, {} ({} compressed)",
+            "{}\tgeneration {}\t{what}\tissued {}\texpires {}",
             r.host,
             r.generation,
-            r.store_path,
             r.issued_at,
             r.expires_at.as_deref().unwrap_or("never"),
-            r.paths,
-            human_bytes(r.closure_nar_size),
-            human_bytes(r.closure_file_size)
         );
     }
     Ok(())
@@ -114,6 +168,7 @@ pub fn diff(
     from: Option<u64>,
     to: Option<u64>,
     keys: &[PublicKey],
+    ids: &[Identity],
     json: bool,
 ) -> Result<()> {
     let latest = read_pointer(target, &format!("hosts/{host}.json"), keys)?;
@@ -121,7 +176,7 @@ pub fn diff(
     let from = from.unwrap_or(to.saturating_sub(1));
     let load = |g: u64| -> Result<Manifest> {
         let p = read_pointer(target, &format!("hosts/{host}/{g}.json"), keys)?;
-        Ok(read_manifest(target, &p)?.1)
+        Ok(read_manifest(target, &p, ids)?.1)
     };
     let a = if from == 0 { None } else { Some(load(from)?) };
     let b = load(to)?;

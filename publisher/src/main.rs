@@ -10,6 +10,7 @@ mod inspect;
 mod keygen;
 mod nix;
 mod publish;
+mod sealing;
 mod serve;
 mod target;
 mod upstream;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use nixcast_common::manifest::Compression;
+use nixcast_common::seal::{self, Identity, Recipients};
 use nixcast_common::SecretKey;
 
 #[derive(Parser)]
@@ -69,6 +71,9 @@ enum Cmd {
         /// Verify pointers with this public key (repeatable); without, they are only decoded.
         #[arg(long = "public-key-file")]
         public_key_files: Vec<PathBuf>,
+        /// Opens sealed manifests (repeatable): an operator's identity or the publisher's secret key file.
+        #[arg(long = "identity")]
+        identities: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -83,6 +88,9 @@ enum Cmd {
         to_generation: Option<u64>,
         #[arg(long = "public-key-file")]
         public_key_files: Vec<PathBuf>,
+        /// Opens sealed manifests (repeatable): an operator's identity or the publisher's secret key file.
+        #[arg(long = "identity")]
+        identities: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -101,6 +109,9 @@ enum Cmd {
         base_path: Option<String>,
         #[arg(long)]
         output: PathBuf,
+        /// Opens sealed manifests (repeatable): an operator's identity or the publisher's secret key file.
+        #[arg(long = "identity")]
+        identities: Vec<PathBuf>,
     },
     /// Delete what no kept generation of any host needs.
     Gc {
@@ -114,6 +125,9 @@ enum Cmd {
         grace: Duration,
         #[arg(long)]
         dry_run: bool,
+        /// Opens sealed manifests (repeatable); without one, nothing sealed is deleted.
+        #[arg(long = "identity")]
+        identities: Vec<PathBuf>,
     },
     /// Serve a cache directory over HTTP, read-only.
     Serve {
@@ -163,6 +177,13 @@ struct PublishArgs {
     /// A key an upstream's narinfos must be signed with (repeatable; without one, any upstream narinfo describing the same content counts).
     #[arg(long = "upstream-key")]
     upstream_keys: Vec<String>,
+    /// Seal hosts to the keys listed for them in this file (OpenSSH known_hosts form:
+    /// `HOST ssh-ed25519 BASE64`, `HOST age1…`; host `*` adds an operator to everything sealed).
+    #[arg(long)]
+    recipients_file: Option<PathBuf>,
+    /// Seal the hosts of this command to KEY too (`ssh-ed25519 BASE64` or `age1…`; repeatable).
+    #[arg(long = "recipient", value_name = "KEY")]
+    recipients: Vec<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -208,13 +229,21 @@ fn run(cmd: Cmd) -> Result<()> {
             keep,
             grace,
             dry_run,
-        } => gc::gc(&target::Target::open_existing(&to)?, keep, grace, dry_run),
+            identities,
+        } => gc::gc(
+            &target::Target::open_existing(&to)?,
+            keep,
+            grace,
+            &load_identities(&identities)?,
+            dry_run,
+        ),
         Cmd::Bundle {
             host,
             from,
             base,
             base_path,
             output,
+            identities,
         } => {
             publish::check_host(&host)?;
             let base = match (base, base_path) {
@@ -228,16 +257,19 @@ fn run(cmd: Cmd) -> Result<()> {
                 &target::Target::open_existing(&from)?,
                 &host,
                 &base,
+                &load_identities(&identities)?,
                 &output,
             )
         }
         Cmd::Hosts {
             to,
             public_key_files,
+            identities,
             json,
         } => inspect::hosts(
             &target::Target::open_existing(&to)?,
             &load_public_keys(&public_key_files)?,
+            &load_identities(&identities)?,
             json,
         ),
         Cmd::Diff {
@@ -246,6 +278,7 @@ fn run(cmd: Cmd) -> Result<()> {
             from,
             to_generation,
             public_key_files,
+            identities,
             json,
         } => {
             publish::check_host(&host)?;
@@ -256,6 +289,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 from,
                 to_generation,
                 &keys,
+                &load_identities(&identities)?,
                 json,
             )
         }
@@ -292,6 +326,20 @@ fn publish_cmd(a: PublishArgs) -> Result<()> {
     for h in &hosts {
         publish::check_host(h)?;
     }
+    let mut recipients = match &a.recipients_file {
+        Some(f) => {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read {}", f.display()))?;
+            Recipients::parse(&text).with_context(|| format!("recipients file {}", f.display()))?
+        }
+        None => Recipients::default(),
+    };
+    for r in &a.recipients {
+        let r: seal::Recipient = r.parse().context("--recipient")?;
+        for h in &hosts {
+            recipients.add(h, r.clone());
+        }
+    }
     let target = target::Target::open(&a.to)?;
     let tops: Vec<(String, Result<nixcast_common::StorePath>)> = match (&a.path, &a.flake) {
         (Some(p), _) => {
@@ -304,6 +352,15 @@ fn publish_cmd(a: PublishArgs) -> Result<()> {
         (None, Some(f)) => nix::build_flake_hosts(f, &hosts),
         (None, None) => unreachable!("clap requires --path or --flake"),
     };
+    let mut sealing = sealing::Sealing::new(recipients);
+    // A path is sealed to every sealed host of this command that holds it,
+    // so the closures of all of them are known before the first is written.
+    for (host, top) in &tops {
+        if let (true, Ok(top)) = (sealing.is_sealed(host), top) {
+            let closure = nix::closure(top)?;
+            sealing.add_closure(host, closure.iter().map(|i| &i.path));
+        }
+    }
     let opts = publish::Options {
         key,
         compression: a.compression,
@@ -323,6 +380,7 @@ fn publish_cmd(a: PublishArgs) -> Result<()> {
                 })
                 .collect::<Result<_>>()?,
         )?,
+        sealing,
     };
     // One host after another: paths shared by several are found in the
     // target by the later ones, so each is compressed and written once.
@@ -369,6 +427,19 @@ fn load_public_keys(files: &[PathBuf]) -> Result<Vec<nixcast_common::PublicKey>>
                 .with_context(|| format!("bad public key in {}", f.display()))
         })
         .collect()
+}
+
+/// Identities that open sealed manifests: OpenSSH ed25519 keys, age
+/// identity files, or the publisher's Nix secret key file.
+fn load_identities(files: &[PathBuf]) -> Result<Vec<Identity>> {
+    let mut out = Vec::new();
+    for f in files {
+        let bytes = zeroize::Zeroizing::new(
+            std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?,
+        );
+        out.extend(Identity::from_file(&bytes, &f.display().to_string())?);
+    }
+    Ok(out)
 }
 
 fn init_logging(format: LogFormat) {

@@ -15,13 +15,14 @@ use nixcast_common::hash::HashingCounter;
 use nixcast_common::manifest::{self, Compression, Delta, Entry, Manifest};
 use nixcast_common::narinfo::NarInfo;
 use nixcast_common::pointer::{self, ManifestRef, Pointer, Timestamp};
-use nixcast_common::{nar, SecretKey, StorePath};
+use nixcast_common::seal::{self, Identity, Recipient};
+use nixcast_common::{layout, nar, SecretKey, Sha256Hash, StorePath};
 
 use crate::compress::Encoder;
 use crate::nix::PathInfo;
 use crate::target::Target;
 
-pub const NIX_CACHE_INFO: &str = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n";
+pub const NIX_CACHE_INFO: &str = layout::NIX_CACHE_INFO_TEXT;
 
 pub struct Options {
     pub key: SecretKey,
@@ -31,6 +32,8 @@ pub struct Options {
     pub force: bool,
     pub system: Option<String>,
     pub upstreams: crate::upstream::Upstreams,
+    /// Which hosts are sealed, and to whom.
+    pub sealing: crate::sealing::Sealing,
 }
 
 #[derive(Debug)]
@@ -102,19 +105,49 @@ pub fn check_host(host: &str) -> Result<()> {
 
 pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> Result<Outcome> {
     check_host(host)?;
+    let sealed = opts.sealing.is_sealed(host);
+    let me = [Identity::of_publisher(&opts.key)];
     let (previous, last_generation) = previous_pointer(target, host, opts)?;
+    let unchanged = |prev: &Pointer| Outcome::Unchanged {
+        generation: prev.generation,
+        store_path: top.clone(),
+    };
+    let fresh = |prev: &Pointer| !opts.force && !needs_renewal(prev, opts.expires_in);
     if let Some(prev) = &previous {
-        if prev.store_path == *top && !opts.force && !needs_renewal(prev, opts.expires_in) {
-            return Ok(Outcome::Unchanged {
-                generation: prev.generation,
-                store_path: top.clone(),
+        if !sealed && prev.store_path.as_ref() == Some(top) && fresh(prev) {
+            return Ok(unchanged(prev));
+        }
+    }
+    // The previous manifest: for a sealed pointer's store path, for a delta,
+    // and to tell whether the sealing changed.
+    let prev_manifest =
+        previous
+            .as_ref()
+            .and_then(|p| match crate::inspect::read_manifest(target, p, &me) {
+                Ok((_, m)) => Some(m),
+                Err(e) => {
+                    tracing::warn!("cannot read generation {}'s manifest: {e:#}", p.generation);
+                    None
+                }
             });
+    if let (Some(prev), Some(m)) = (&previous, &prev_manifest) {
+        let was_sealed = prev.manifest.sealed.is_some();
+        if m.store_path == *top
+            && opts.sealing.unchanged(host, &opts.key, m, was_sealed)
+            && fresh(prev)
+        {
+            return Ok(unchanged(prev));
         }
     }
 
     let infos = crate::nix::closure(top)?;
-    tracing::info!(paths = infos.len(), %top, "read closure from Nix");
-    let (reused, mut todo) = split_existing(target, &infos, &opts.key)?;
+    tracing::info!(paths = infos.len(), %top, sealed, "read closure from Nix");
+    // A sealed host reuses no plain narinfo: its paths are sealed (or upstream).
+    let (reused, mut todo) = if sealed {
+        (Vec::new(), infos.iter().collect())
+    } else {
+        split_existing(target, &infos, &opts.key)?
+    };
     let mut entries: Vec<Entry> = reused.iter().map(entry_of).collect::<Result<_>>()?;
     if !opts.upstreams.is_empty() {
         let found = opts.upstreams.lookup(&todo)?;
@@ -139,17 +172,60 @@ pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> 
         todo = rest;
     }
     let upstream_paths = entries.len() - reused.len();
+    let mut reused_paths = reused.len();
+    // Sealed paths the target holds already, sealed to the same set.
+    let mut jobs: Vec<(&PathInfo, Option<SealTo>)> = Vec::new();
+    for info in todo {
+        if !sealed {
+            jobs.push((info, None));
+            continue;
+        }
+        let to = opts.sealing.recipients_of(host, &info.path);
+        let set = seal::fingerprint(&opts.key, &to);
+        match opts.sealing.reusable(target, &opts.key, info, &set)? {
+            Some(e) => {
+                entries.push(e);
+                reused_paths += 1;
+            }
+            None => jobs.push((info, Some((to, set)))),
+        }
+    }
     // Largest first: with paths compressed in parallel, a big path started
     // last would leave the other cores idle at the end.
-    todo.sort_by_key(|i| std::cmp::Reverse(i.nar_size));
-    let bar = crate::progress_bar(todo.iter().map(|i| i.nar_size).sum(), "compressing");
-    let written = parallel(opts.jobs, &todo, |info| {
-        let r = write_nar(target, info, opts);
+    jobs.sort_by_key(|(i, _)| std::cmp::Reverse(i.nar_size));
+    let bar = crate::progress_bar(jobs.iter().map(|(i, _)| i.nar_size).sum(), "compressing");
+    let done = parallel(opts.jobs, &jobs, |(info, seal_to)| {
+        let r = match seal_to {
+            None => write_nar(target, info, opts).map(Written::Plain),
+            Some((to, set)) => crate::sealing::write_sealed_nar(
+                target,
+                info,
+                &opts.key,
+                opts.compression,
+                to,
+                *set,
+            )
+            .map(Written::Sealed),
+        };
         bar.inc(info.nar_size);
         r
     })?;
     bar.finish_and_clear();
-    let bytes_written = written.iter().filter_map(|ni| ni.file_size).sum();
+    let mut written = Vec::new();
+    let mut bytes_written = 0;
+    let new_paths = done.len();
+    for w in done {
+        match w {
+            Written::Plain(ni) => {
+                bytes_written += ni.file_size.unwrap_or(0);
+                written.push(ni);
+            }
+            Written::Sealed(e) => {
+                bytes_written += e.file_size;
+                entries.push(e);
+            }
+        }
+    }
 
     // Narinfos only once every NAR is in place, durably. Each is flushed
     // before its rename, so they are written in parallel too: on a disk where
@@ -162,18 +238,30 @@ pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> 
     for ni in &written {
         entries.push(entry_of(ni)?);
     }
-    if !target.exists("nix-cache-info")? {
-        target.put("nix-cache-info", NIX_CACHE_INFO.as_bytes())?;
+    if !target.exists(layout::NIX_CACHE_INFO)? {
+        target.put(layout::NIX_CACHE_INFO, NIX_CACHE_INFO.as_bytes())?;
     }
 
     let manifest = Manifest::new(top.clone(), entries)?;
     let manifest_bytes = manifest.to_json();
-    let manifest_ref = ManifestRef::for_bytes(&manifest_bytes);
-    if !target.exists(&manifest_ref.path)? {
-        target.put(&manifest_ref.path, &manifest_bytes)?;
-    }
-    if let Some(prev) = previous.as_ref().filter(|p| p.manifest != manifest_ref) {
-        write_delta(target, prev, &manifest, &manifest_ref)?;
+    let manifest_ref = if sealed {
+        let to = opts.sealing.manifest_recipients(host, &opts.key);
+        let sealed_bytes = seal::seal_bytes(&to, &manifest_bytes)?;
+        let r = ManifestRef::for_sealed(&sealed_bytes, &manifest_bytes);
+        target.put(&r.path, &sealed_bytes)?;
+        opts.sealing.remember(&manifest);
+        r
+    } else {
+        let r = ManifestRef::for_bytes(&manifest_bytes);
+        if !target.exists(&r.path)? {
+            target.put(&r.path, &manifest_bytes)?;
+        }
+        r
+    };
+    if let (Some(prev), Some(old)) = (&previous, &prev_manifest) {
+        if prev.manifest != manifest_ref {
+            write_delta(target, host, prev, old, &manifest, &manifest_ref, opts)?;
+        }
     }
 
     let issued_at = Timestamp::now();
@@ -184,48 +272,66 @@ pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> 
             None => system_of(top),
         },
         generation: last_generation + 1,
-        store_path: top.clone(),
+        store_path: (!sealed).then(|| top.clone()),
         manifest: manifest_ref,
         issued_at,
         expires_at: opts.expires_in.map(|d| issued_at.plus(d)),
     };
     let envelope = pointer.sign(&opts.key);
     target.sync()?;
-    target.put_new(
-        &format!("hosts/{host}/{}.json", pointer.generation),
-        &envelope,
-    )?;
-    target.put(&format!("hosts/{host}.json"), &envelope)?;
+    target.put_new(&layout::history(host, pointer.generation), &envelope)?;
+    target.put(&layout::pointer(host), &envelope)?;
     target.sync()?;
     Ok(Outcome::Published(Summary {
         host: host.to_owned(),
         generation: pointer.generation,
         store_path: top.clone(),
-        new_paths: written.len(),
-        reused_paths: reused.len(),
+        new_paths,
+        reused_paths,
         upstream_paths,
         bytes_written,
     }))
 }
 
+/// Who a path is sealed to, and the name of that set.
+type SealTo = (Vec<Recipient>, Sha256Hash);
+
+enum Written {
+    Plain(NarInfo),
+    Sealed(Entry),
+}
+
 /// The delta from the previous generation's manifest, for agents that hold
-/// it. Skipped, with a warning, when that manifest cannot be read: agents
-/// then fetch the new manifest whole.
+/// it (in plain text: they name it by the sha256 of that text). A sealed
+/// host's delta is sealed like its manifest; a host that stops being sealed
+/// gets no delta, which would list its old sealed paths in the clear.
 fn write_delta(
     target: &Target,
+    host: &str,
     prev: &Pointer,
+    old: &Manifest,
     new: &Manifest,
     new_ref: &ManifestRef,
+    opts: &Options,
 ) -> Result<()> {
-    let key = manifest::delta_path(&new_ref.sha256, &prev.manifest.sha256);
-    if target.exists(&key)? {
-        return Ok(());
-    }
-    match crate::inspect::read_manifest(target, prev) {
-        Ok((_, old)) => target.put(&key, &Delta::between(&old, new).to_json()),
-        Err(e) => {
-            tracing::warn!("no delta from generation {}: {e:#}", prev.generation);
-            Ok(())
+    let old_plain = prev
+        .manifest
+        .sealed
+        .map_or(prev.manifest.sha256, |s| s.sha256);
+    let delta = Delta::between(old, new).to_json();
+    match new_ref.sealed {
+        Some(_) => {
+            let to = opts.sealing.manifest_recipients(host, &opts.key);
+            let key = layout::sealed_delta(&new_ref.sha256, &old_plain);
+            target.put(&key, &seal::seal_bytes(&to, &delta)?)
+        }
+        None if prev.manifest.sealed.is_some() => Ok(()),
+        None => {
+            let key = manifest::delta_path(&new_ref.sha256, &old_plain);
+            if target.exists(&key)? {
+                return Ok(());
+            }
+            target.put(&key, &delta)
         }
     }
 }
@@ -376,6 +482,7 @@ fn entry_of(ni: &NarInfo) -> Result<Entry> {
         file_hash,
         file_size,
         cache: None,
+        sealed_to: None,
     })
 }
 

@@ -3,7 +3,8 @@
 //! One pass per NAR, never holding it in memory:
 //!
 //! ```text
-//! body → count ≤ FileSize, sha256 → decompress (xz memory limit, zstd window limit)
+//! body → count ≤ FileSize, sha256 → [open, if sealed: age, every chunk authenticated]
+//!      → decompress (xz memory limit, zstd window limit)
 //!      → count ≤ NarSize, sha256 → strict NAR reader → temporary file
 //! ```
 //!
@@ -20,6 +21,7 @@ use std::sync::Arc;
 
 use nixcast_common::hash::HashingCounter;
 use nixcast_common::manifest::{Compression, Entry};
+use nixcast_common::seal::{self, Identity};
 use nixcast_common::{nar, Sha256Hash};
 use sha2::{Digest, Sha256};
 
@@ -84,6 +86,7 @@ pub async fn fetch_one(
     e: &Entry,
     progress: Arc<AtomicU64>,
     decoders: &tokio::sync::Semaphore,
+    ids: &Arc<[Identity]>,
 ) -> Result<u64, NarError> {
     let dest = staged_path(staging, e);
     let path = e.store_path.to_string();
@@ -110,8 +113,8 @@ pub async fn fetch_one(
         } else {
             None
         };
-        let (e2, d2, p2) = (e.clone(), dest.clone(), progress.clone());
-        let result = tokio::task::spawn_blocking(move || verify_into(body, &e2, &d2, &p2))
+        let (e2, d2, p2, ids) = (e.clone(), dest.clone(), progress.clone(), ids.clone());
+        let result = tokio::task::spawn_blocking(move || verify_into(body, &e2, &d2, &p2, &ids))
             .await
             .map_err(|j| NarError::Local {
                 path: path.clone(),
@@ -201,6 +204,7 @@ fn verify_into(
     e: &Entry,
     dest: &Path,
     progress: &AtomicU64,
+    ids: &[Identity],
 ) -> Result<(), Failure> {
     let dir = dest.parent().expect("staging/nar");
     let tmp = tempfile::Builder::new()
@@ -221,6 +225,7 @@ fn verify_into(
     let checked = decode_and_check(
         &mut body,
         e,
+        ids,
         BufWriter::with_capacity(128 << 10, tmp.as_file()),
     );
     // Read what the decoder left (bounded by FileSize) so FileHash covers every byte.
@@ -250,12 +255,33 @@ fn verify_into(
     Ok(())
 }
 
-fn decode_and_check<W: Write>(body: &mut Body<'_>, e: &Entry, out: W) -> Result<(), String> {
+fn decode_and_check<W: Write>(
+    body: &mut Body<'_>,
+    e: &Entry,
+    ids: &[Identity],
+    out: W,
+) -> Result<(), String> {
     // The decoders read through our buffer, so that after the stream's end we
     // can see whether any byte is left over: trailing data is refused even
     // when FileSize and FileHash count it.
     let input = io::BufReader::with_capacity(64 << 10, body);
-    let leftover = |mut r: io::BufReader<&mut Body<'_>>| -> Result<(), String> {
+    if !e.is_sealed() {
+        return decompress_and_check(input, e, out);
+    }
+    // Every chunk is authenticated before its bytes reach the decompressor;
+    // a sealed stream that ends early, or with bytes after its last chunk,
+    // is an error.
+    let opened = seal::open(ids, input).map_err(|err| match err {
+        seal::SealError::NoMatchingIdentity => {
+            "sealed to none of this host's identities".to_owned()
+        }
+        err => format!("cannot open the sealed NAR: {err}"),
+    })?;
+    decompress_and_check(io::BufReader::with_capacity(64 << 10, opened), e, out)
+}
+
+fn decompress_and_check<R: BufRead, W: Write>(input: R, e: &Entry, out: W) -> Result<(), String> {
+    let leftover = |mut r: R| -> Result<(), String> {
         match r.fill_buf() {
             Ok([]) => Ok(()),
             Ok(_) => Err("trailing data after the compressed stream".to_owned()),

@@ -95,6 +95,10 @@ struct RunArgs {
         value_delimiter = ' '
     )]
     trusted_key_files: Vec<PathBuf>,
+    /// What opens a sealed host's objects (repeatable): an unencrypted OpenSSH ed25519 key or an
+    /// age identity file [default when the pointer is sealed: /etc/ssh/ssh_host_ed25519_key].
+    #[arg(long = "identity", env = "NIXCAST_IDENTITIES", value_delimiter = ' ')]
+    identities: Vec<PathBuf>,
     #[arg(long, value_enum, default_value_t = activate::Action::Switch, env = "NIXCAST_ACTION")]
     action: activate::Action,
     #[arg(
@@ -260,6 +264,7 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
         host: a.host,
         system,
         trusted,
+        identity_files: a.identities,
         action: a.action,
         profile: a.profile,
         state: state::StateDir::new(&a.state_dir),

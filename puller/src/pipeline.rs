@@ -19,6 +19,7 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use futures_util::StreamExt;
 use nixcast_common::manifest::{Entry, Manifest};
+use nixcast_common::seal::Identity;
 use nixcast_common::{PublicKey, StorePath};
 use tokio::sync::Semaphore;
 
@@ -38,6 +39,7 @@ pub async fn fetch_and_import(
     manifest: &Manifest,
     entries: &[&Entry],
     total: u64,
+    ids: &Arc<[Identity]>,
 ) -> Result<u64, RunError> {
     store::write_staging_cache(staging, entries).map_err(RunError::Other)?;
     let mut plan = Plan::new(manifest, entries);
@@ -68,7 +70,7 @@ pub async fn fetch_and_import(
         .map(|e| {
             let (progress, decoders) = (progress.clone(), &decoders);
             async move {
-                fetch::fetch_one(source_of(e), staging, e, progress, decoders)
+                fetch::fetch_one(source_of(e), staging, e, progress, decoders, ids)
                     .await
                     .map(|n| (e, n))
             }
@@ -276,6 +278,7 @@ mod tests {
             file_hash: fh,
             file_size,
             cache: None,
+            sealed_to: None,
         }
     }
 

@@ -1,12 +1,14 @@
 //! One agent run: the steps of DESIGN.md "Agent run", in order.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{anyhow, Context};
 use nixcast_common::manifest::{self, Delta, Manifest};
-use nixcast_common::pointer::{self, ManifestRef, Pointer, Timestamp, Verified};
-use nixcast_common::{PublicKey, Sha256Hash};
+use nixcast_common::pointer::{self, ManifestRef, PlainRef, Pointer, Timestamp, Verified};
+use nixcast_common::seal::{self, Identity};
+use nixcast_common::{layout, PublicKey, Sha256Hash};
 
 use crate::activate::{self, Action};
 use crate::source::{FetchError, Fetched, Source};
@@ -15,12 +17,16 @@ use crate::{pipeline, store};
 
 /// A manifest this large would describe some hundred thousand paths.
 const MAX_MANIFEST: u64 = 256 << 20;
+/// The identity a sealed host opens its objects with when none is given.
+pub const DEFAULT_IDENTITY: &str = "/etc/ssh/ssh_host_ed25519_key";
 
 pub struct Config {
     pub source: Source,
     pub host: String,
     pub system: String,
     pub trusted: Vec<PublicKey>,
+    /// What opens a sealed pointer's objects; empty: the SSH host key.
+    pub identity_files: Vec<PathBuf>,
     pub action: Action,
     pub profile: PathBuf,
     pub state: StateDir,
@@ -148,7 +154,12 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
         .map_err(RunError::Refused)?;
     check_policy(cfg, status, &verified, t0).map_err(RunError::Refused)?;
     let p = verified.get();
-    tracing::info!(generation = p.generation, store_path = %p.store_path, key = verified.key_name(), "pointer verified");
+    tracing::info!(
+        generation = p.generation,
+        sealed = p.manifest.sealed.is_some(),
+        key = verified.key_name(),
+        "pointer verified"
+    );
 
     if status.bad_generations.contains(&p.generation) {
         tracing::warn!(
@@ -157,17 +168,32 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
         );
         return Ok(Outcome::Unchanged);
     }
-    let profile_now = store::profile_target(&cfg.profile);
-    let already = status.applied_store_path.as_ref() == Some(&p.store_path)
-        && (!cfg.action.sets_profile() || profile_now.as_ref() == Some(&p.store_path));
     if !cfg.dry_run {
         // Raise the floor before downloading anything, as TUF does.
         status.highest_generation = p.generation;
         status.highest_digest = Some(verified.digest());
         status.last_issued_at = Some(p.issued_at);
     }
+    // Only objects sealed to this host's identities are opened, and only
+    // after the pointer that pins them verified.
+    let ids: Arc<[Identity]> = match &p.manifest.sealed {
+        Some(_) => load_identities(cfg)?.into(),
+        None => Arc::new([]),
+    };
+    // A sealed pointer names no store path: its manifest does.
+    let mut manifest = None;
+    let top = match &p.store_path {
+        Some(t) => t.clone(),
+        None => manifest
+            .insert(fetch_manifest(cfg, p, &ids).await?)
+            .store_path
+            .clone(),
+    };
+    let profile_now = store::profile_target(&cfg.profile);
+    let already = status.applied_store_path.as_ref() == Some(&top)
+        && (!cfg.action.sets_profile() || profile_now.as_ref() == Some(&top));
     if already {
-        tracing::info!(store_path = %p.store_path, "already running this system");
+        tracing::info!(store_path = %top, "already running this system");
         if !cfg.dry_run {
             status.applied_generation = Some(p.generation);
             status.validators = new_validators;
@@ -175,7 +201,11 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
         return Ok(Outcome::Unchanged);
     }
 
-    let manifest = fetch_manifest(cfg, p).await?;
+    let manifest = match manifest {
+        Some(m) => m,
+        None => fetch_manifest(cfg, p, &ids).await?,
+    };
+    tracing::info!(generation = p.generation, store_path = %top, "manifest verified");
     let missing = store::missing(manifest.paths.iter().map(|e| &e.store_path)).map_err(other)?;
     let entries: Vec<_> = missing
         .iter()
@@ -200,7 +230,7 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
             entries.len(),
             manifest.paths.len(),
             cfg.action.as_str(),
-            p.store_path
+            top
         );
         return Ok(Outcome::Unchanged);
     }
@@ -222,34 +252,32 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
 
     let staging = cfg.state.staging();
     std::fs::create_dir_all(staging.join("nar")).map_err(other)?;
-    let fetched = pipeline::fetch_and_import(cfg, &staging, &manifest, &entries, download).await?;
+    let fetched =
+        pipeline::fetch_and_import(cfg, &staging, &manifest, &entries, download, &ids).await?;
     status.last_run_fetched_bytes = fetched;
     tracing::info!(
         paths = entries.len(),
         bytes = fetched,
         "fetched, verified and imported"
     );
-    let still = store::missing(std::iter::once(&p.store_path)).map_err(other)?;
+    let still = store::missing(std::iter::once(&top)).map_err(other)?;
     if !still.is_empty() {
-        return Err(other(anyhow!(
-            "{} is not valid after the import",
-            p.store_path
-        )));
+        return Err(other(anyhow!("{} is not valid after the import", top)));
     }
     clear_staged(&staging);
 
-    let script = activate::switch_script(&p.store_path);
+    let script = activate::switch_script(&top);
     if !std::path::Path::new(&script).is_file() {
         return Err(RunError::Refused(anyhow!(
             "{} is not a NixOS system: it has no bin/switch-to-configuration",
-            p.store_path
+            top
         )));
     }
     let previous = store::profile_generation(&cfg.profile);
     if cfg.action.sets_profile() {
-        store::set_profile(&cfg.profile, &p.store_path).map_err(other)?;
+        store::set_profile(&cfg.profile, &top).map_err(other)?;
     }
-    let st = activate::activate(&p.store_path, cfg.action).map_err(other)?;
+    let st = activate::activate(&top, cfg.action).map_err(other)?;
     let failure = if !st.success() {
         Some(format!("{script} {} exited with {st}", cfg.action.as_str()))
     } else {
@@ -260,9 +288,9 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
         let rolled = rollback(cfg, previous);
         return Err(RunError::Activation(anyhow!("{why}; {rolled}")));
     }
-    tracing::info!(generation = p.generation, store_path = %p.store_path, action = cfg.action.as_str(), "applied");
+    tracing::info!(generation = p.generation, store_path = %top, action = cfg.action.as_str(), "applied");
     status.applied_generation = Some(p.generation);
-    status.applied_store_path = Some(p.store_path.clone());
+    status.applied_store_path = Some(top.clone());
     status.applied_at = Some(Timestamp::now());
     status.validators = new_validators;
     Ok(Outcome::Applied)
@@ -318,41 +346,47 @@ fn check_policy(
     Ok(())
 }
 
-async fn fetch_manifest(cfg: &Config, p: &Pointer) -> Result<Manifest, RunError> {
+async fn fetch_manifest(cfg: &Config, p: &Pointer, ids: &[Identity]) -> Result<Manifest, RunError> {
     let m = &p.manifest;
-    if m.size > MAX_MANIFEST {
+    if m.size > MAX_MANIFEST || m.sealed.is_some_and(|s| s.size > MAX_MANIFEST) {
         return Err(RunError::Refused(anyhow!(
             "the manifest is {} bytes, over the limit",
             m.size
         )));
     }
     let url = cfg.source.url_of(&m.path);
-    let bytes = match from_delta(cfg, m).await {
+    // What the plain bytes must be: the pointer pins them directly, or
+    // through the sealed bytes that hold them.
+    let plain = m.sealed.unwrap_or(PlainRef {
+        sha256: m.sha256,
+        size: m.size,
+    });
+    let bytes = match from_delta(cfg, m, &plain, ids).await {
         Some(bytes) => bytes,
-        None => cfg
-            .source
-            .get_small(&m.path, m.size)
-            .await
-            .map_err(fetch_error)?,
+        None => {
+            let got = cfg
+                .source
+                .get_small(&m.path, m.size)
+                .await
+                .map_err(fetch_error)?;
+            check_pin(&url, &got, m.sha256, m.size)?;
+            if m.sealed.is_some() {
+                open_sealed(ids, &got, plain.size)
+                    .with_context(|| format!("manifest {url}"))
+                    .map_err(RunError::Refused)?
+            } else {
+                got
+            }
+        }
     };
-    let got = Sha256Hash::digest(&bytes);
-    if bytes.len() as u64 != m.size || got != m.sha256 {
-        return Err(RunError::Refused(anyhow!(
-            "manifest {url}: expected {} bytes with sha256 {}, got {} bytes with {}",
-            m.size,
-            m.sha256.to_hex(),
-            bytes.len(),
-            got.to_hex()
-        )));
-    }
+    check_pin(&url, &bytes, plain.sha256, plain.size)?;
     let manifest = Manifest::parse(&bytes)
         .with_context(|| format!("manifest {url}"))
         .map_err(RunError::Refused)?;
-    if manifest.store_path != p.store_path {
+    if let Some(top) = p.store_path.as_ref().filter(|t| **t != manifest.store_path) {
         return Err(RunError::Refused(anyhow!(
-            "manifest {url} is for {}, the pointer names {}",
+            "manifest {url} is for {}, the pointer names {top}",
             manifest.store_path,
-            p.store_path
         )));
     }
     if !cfg.dry_run {
@@ -364,16 +398,73 @@ async fn fetch_manifest(cfg: &Config, p: &Pointer) -> Result<Manifest, RunError>
     Ok(manifest)
 }
 
+fn check_pin(url: &str, bytes: &[u8], sha256: Sha256Hash, size: u64) -> Result<(), RunError> {
+    let got = Sha256Hash::digest(bytes);
+    if bytes.len() as u64 != size || got != sha256 {
+        return Err(RunError::Refused(anyhow!(
+            "manifest {url}: expected {size} bytes with sha256 {}, got {} bytes with {}",
+            sha256.to_hex(),
+            bytes.len(),
+            got.to_hex()
+        )));
+    }
+    Ok(())
+}
+
+/// Opens a small sealed object; being sealed to none of our identities is
+/// a refusal that names the identities tried.
+fn open_sealed(ids: &[Identity], sealed: &[u8], limit: u64) -> anyhow::Result<Vec<u8>> {
+    seal::open_bytes(ids, sealed, limit).map_err(|e| match e {
+        seal::SealError::NoMatchingIdentity => anyhow!(
+            "sealed to none of this host's identities (tried {})",
+            ids.iter()
+                .map(|i| i.source())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        e => anyhow!("cannot open it: {e}"),
+    })
+}
+
+/// The identities given, or the SSH host key.
+fn load_identities(cfg: &Config) -> Result<Vec<Identity>, RunError> {
+    let default = [PathBuf::from(DEFAULT_IDENTITY)];
+    let files = if cfg.identity_files.is_empty() {
+        &default[..]
+    } else {
+        &cfg.identity_files[..]
+    };
+    let mut out = Vec::new();
+    for f in files {
+        let bytes = zeroize::Zeroizing::new(std::fs::read(f).map_err(|e| {
+            other(anyhow!(
+                "the pointer is sealed, and the identity {} cannot be read: {e} (give --identity)",
+                f.display()
+            ))
+        })?);
+        out.extend(Identity::from_file(&bytes, &f.display().to_string()).map_err(other)?);
+    }
+    Ok(out)
+}
+
 /// The pinned manifest, rebuilt from the last one this agent verified and
 /// the publisher's delta, if that gives exactly the pinned bytes; `None`
 /// sends the caller to fetch it whole (no base, no delta, or a wrong one).
-async fn from_delta(cfg: &Config, m: &ManifestRef) -> Option<Vec<u8>> {
+async fn from_delta(
+    cfg: &Config,
+    m: &ManifestRef,
+    plain: &PlainRef,
+    ids: &[Identity],
+) -> Option<Vec<u8>> {
     let base = std::fs::read(cfg.state.manifest()).ok()?;
     let base_sha = Sha256Hash::digest(&base);
-    if base_sha == m.sha256 {
+    if base_sha == plain.sha256 {
         return Some(base);
     }
-    let key = manifest::delta_path(&m.sha256, &base_sha);
+    let key = match m.sealed {
+        None => manifest::delta_path(&m.sha256, &base_sha),
+        Some(_) => layout::sealed_delta(&m.sha256, &base_sha),
+    };
     // A delta larger than the manifest would be no saving.
     let delta = match cfg.source.get_small(&key, m.size).await {
         Ok(bytes) => bytes,
@@ -382,11 +473,23 @@ async fn from_delta(cfg: &Config, m: &ManifestRef) -> Option<Vec<u8>> {
             return None;
         }
     };
+    let delta = match m.sealed {
+        None => delta,
+        Some(_) => match open_sealed(ids, &delta, plain.size) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(delta = %cfg.source.url_of(&key), "unusable delta ({e:#}); fetching the manifest whole");
+                return None;
+            }
+        },
+    };
     let rebuilt = Manifest::parse(&base)
         .and_then(|old| Delta::parse(&delta)?.apply(&old))
         .map(|new| new.to_json());
     match rebuilt {
-        Ok(bytes) if bytes.len() as u64 == m.size && Sha256Hash::digest(&bytes) == m.sha256 => {
+        Ok(bytes)
+            if bytes.len() as u64 == plain.size && Sha256Hash::digest(&bytes) == plain.sha256 =>
+        {
             tracing::info!(delta = %cfg.source.url_of(&key), bytes = delta.len(), "manifest rebuilt from a delta");
             Some(bytes)
         }

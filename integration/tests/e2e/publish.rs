@@ -139,7 +139,7 @@ fn the_pointer_verifies_with_our_key_only_and_another_key_cannot_take_over() {
     let pk = nixcast_common::PublicKey::parse(&keys.public_text).unwrap();
     let opk = nixcast_common::PublicKey::parse(&other.public_text).unwrap();
     let v = nixcast_common::pointer::verify(&bytes, &[pk]).unwrap();
-    assert_eq!(v.get().store_path.to_string(), top);
+    assert_eq!(v.get().store_path.as_ref().unwrap().to_string(), top);
     assert_eq!(v.get().generation, 1);
     assert!(nixcast_common::pointer::verify(&bytes, &[opk]).is_err());
 
@@ -375,7 +375,7 @@ in {
                 &[nixcast_common::PublicKey::parse(&keys.public_text).unwrap()],
             )
             .unwrap();
-            p.get().store_path.to_string()
+            p.get().store_path.as_ref().unwrap().to_string()
         })
         .collect();
     let union: std::collections::BTreeSet<String> = tops.iter().flat_map(|t| closure(t)).collect();

@@ -178,7 +178,7 @@ fn hostile_pointers_are_refused() {
     unsigned.signatures.clear();
     let mut swapped = env.clone();
     let mut evil = good.clone();
-    evil.store_path = w.gen1.parse().unwrap();
+    evil.store_path = Some(w.gen1.parse().unwrap());
     swapped.payload = data_encoding_b64(&serde_json::to_vec(&evil).unwrap());
     let past =
         Timestamp::from_system_time(std::time::SystemTime::now() - Duration::from_secs(2 * 86400));
