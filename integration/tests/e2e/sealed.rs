@@ -207,6 +207,39 @@ fn a_sealed_cache_shows_no_host_its_neighbours_closure() {
     assert!(store.iter().all(|n| !n.contains("web2")), "{store:?}");
     assert!(vm3.profile_link("system").is_none());
 
+    // A bundle of a sealed host stays sealed, and its host applies it.
+    let bundle = f.work.path().join("web1.tar");
+    ok(nixcast()
+        .args(["bundle", "--host", "web1", "--from"])
+        .arg(&f.cache)
+        .arg("--output")
+        .arg(&bundle)
+        .arg("--identity")
+        .arg(&f.operator_key));
+    let bytes = std::fs::read(&bundle).unwrap();
+    for n in &needles {
+        assert!(!contains(&bytes, n), "the bundle reveals {n:?}");
+    }
+    let vm5 = Vm::new();
+    let out = vm5
+        .agent(&[
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--host",
+            "web1",
+            "--trusted-key",
+            &f.keys.public_text,
+            "--state-dir",
+            "/nix/var/nixcast",
+            "--identity",
+            f.web1_key.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(vm5.valid(&closure(&f.web1)));
+
     // Plain Nix cannot read a sealed path.
     let vm4 = Vm::new();
     let url = format!("file://{}", f.cache.display());
