@@ -183,6 +183,21 @@ if ph_rows:
         p(f"| {label} | " + " | ".join(f"{c:.2f}" for c in cols) + f" | {tot:.2f} |")
     p("")
 
+if ("pull-zstd-sealed-cold", "nixcast") in rows and ("pull-zstd-unsealed-cold", "nixcast") in rows:
+    se, un = med("pull-zstd-sealed-cold", "nixcast"), med("pull-zstd-unsealed-cold", "nixcast")
+    sc, uc = med("pull-zstd-sealed-cold", "nixcast", "cpu"), med("pull-zstd-unsealed-cold", "nixcast", "cpu")
+    p("## Sealed hosts: what sealing costs a cold pull (zstd, nixcast only, alternating)\n")
+    p("The same closure published twice, once sealed to an SSH host key (`--recipient`), once plain; the agent "
+      "opens the sealed one with that key. Target: sealed ≤ 1.10 × unsealed.\n")
+    p("| work | seconds | CPU seconds | peak RSS |")
+    p("| --- | --- | --- | --- |")
+    for w, label in (("pull-zstd-unsealed-cold", "unsealed"), ("pull-zstd-sealed-cold", "sealed")):
+        p(f"| {label} | {cell(w, 'nixcast')} | {med(w, 'nixcast', 'cpu'):.2f} | {med(w, 'nixcast', 'rss') / 1024:.0f} MiB |")
+    p(f"| **sealed / unsealed** | **{se / un:.2f}** | {sc / uc:.2f} | |")
+    if (f"publish-cold-zstd-sealed-n{N}", "nixcast") in rows:
+        p(f"\nPublishing it sealed: {cell(f'publish-cold-zstd-sealed-n{N}', 'nixcast')}.")
+    p("")
+
 fl = [(w, t) for (w, t) in rows if w.startswith("decode-")]
 if fl:
     p("## Floors: single-core decompression of this cache's NARs (one run)\n")

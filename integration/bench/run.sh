@@ -4,7 +4,7 @@
 #
 #   integration/bench/run.sh            # everything; writes integration/bench/RESULTS.md
 #   REPS=1 ONLY=pull-zstd run.sh        # one stage, for development (writes $WORK/RESULTS.partial.md)
-#     stages: publish-zstd publish-xz publish-xz-full pull-zstd pull-xz pull-delay floor (comma-separated)
+#     stages: publish-zstd publish-xz publish-xz-full pull-zstd pull-xz pull-delay pull-sealed floor (comma-separated)
 #
 # Needs root (fresh stores are private mount namespaces with their own /nix, as in
 # integration/demo.sh) and loop devices for their file systems (else plain directories),
@@ -26,6 +26,8 @@
 #   pull cold, zstd, +50 ms round trip (delayproxy.py, 25 ms each way), also nixcast-pull --jobs 64;
 #     `nix copy` there only with DELAY_NIXCOPY_REPS=1 (it is sequential: ~2000 round trips, ~110 s a run);
 #   pull after one path changed, and a no-op poll: seconds, requests and bytes (from nginx's access log);
+#   pull cold, zstd, sealed (publish --recipient, the agent opens with an SSH host key) vs the same
+#     closure unsealed, nixcast only, alternating: what sealing costs;
 #   peak memory: /usr/bin/time %M, the largest resident set of the command or of any descendant it waited for;
 #   floors: single-core `xz -d` / `zstd -d` of the largest NAR and of all NARs.
 set -euo pipefail
@@ -252,7 +254,7 @@ pull_stage() { # COMPRESSION
   done
 }
 
-if want publish-zstd || want pull-zstd || want pull-delay; then
+if want publish-zstd || want pull-zstd || want pull-delay || want pull-sealed; then
   if want publish-zstd || [ ! -f "$WORK/srv/zstd/hosts/vm.json" ]; then
     publish_stage zstd "$TOP" "$TOP2" "n$N" keep
   fi
@@ -286,6 +288,27 @@ if want pull-delay; then
         pull_one zstd nixcast "$r" "$DURL" pull-zstd-rtt50-j64 cold-only --jobs 64
       else
         pull_one zstd "$tool" "$r" "$DURL" pull-zstd-rtt50 cold-only
+      fi
+    done
+  done
+fi
+if want pull-sealed; then
+  say "pull zstd cold, sealed vs unsealed (nixcast only, $REPS× each)"
+  HOSTKEY=$WORK/keys/host-ed25519
+  [ -s "$HOSTKEY" ] || ssh-keygen -q -t ed25519 -N '' -C bench-host -f "$HOSTKEY"
+  d=$WORK/pub/zstd-sealed
+  rm -rf "$d"
+  measure "publish-cold-zstd-sealed-n$N" nixcast 1 \
+    "$BIN/nixcast" publish --host vm --path "$TOP" --to "$d" --secret-key-file "$SEC" --compression zstd \
+    --recipient "$(cat "$HOSTKEY.pub")"
+  cp "$d/hosts/vm.json" "$WORK/ptr/zstd-sealed-v1.json"
+  rm -rf "$WORK/srv/zstd-sealed"; mv "$d" "$WORK/srv/zstd-sealed"
+  for r in $(seq "$REPS"); do
+    for tool in $(order "$r" sealed plain); do
+      if [ "$tool" = sealed ]; then
+        pull_one zstd-sealed nixcast "$r" "$URL" pull-zstd-sealed cold-only --identity "$HOSTKEY"
+      else
+        pull_one zstd nixcast "$r" "$URL" pull-zstd-unsealed cold-only
       fi
     done
   done
