@@ -8,6 +8,7 @@
 
 mod activate;
 mod fetch;
+mod netrc;
 mod pipeline;
 mod run;
 mod schedule;
@@ -72,7 +73,8 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// The cache: https://…, file://DIR or a directory (http:// needs --allow-insecure-http).
+    /// The cache: https://…, s3://BUCKET/PREFIX?endpoint=…&region=…, file://DIR or a directory
+    /// (http:// needs --allow-insecure-http).
     #[arg(long, env = "NIXCAST_CACHE", required_unless_present = "bundle")]
     cache: Option<String>,
     /// Apply a file made by `nixcast bundle` instead of reading a cache: no network.
@@ -111,6 +113,9 @@ struct RunArgs {
     /// Show what would be fetched; change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Credentials for HTTP caches and upstreams, in Nix's netrc format (`machine HOST login USER password PASS`).
+    #[arg(long, env = "NIXCAST_NETRC_FILE")]
+    netrc_file: Option<PathBuf>,
     /// Allow an http:// cache (closures reveal configuration; signatures still hold).
     #[arg(long, env = "NIXCAST_ALLOW_INSECURE_HTTP")]
     allow_insecure_http: bool,
@@ -251,10 +256,16 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|_| format!("{}-linux", std::env::consts::ARCH)),
     };
+    let netrc = match &a.netrc_file {
+        Some(f) => Some(std::sync::Arc::new(netrc::Netrc::read(f)?)),
+        None => None,
+    };
     Ok(run::Config {
         source: match (&a.bundle, &a.cache) {
             (Some(b), _) => source::Source::bundle(b)?,
-            (None, Some(c)) => source::Source::new(c, a.allow_insecure_http, a.stall_timeout)?,
+            (None, Some(c)) => {
+                source::Source::new(c, a.allow_insecure_http, a.stall_timeout, netrc.as_deref())?
+            }
             (None, None) => unreachable!("clap requires --cache or --bundle"),
         },
         host: a.host,
@@ -271,6 +282,7 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
         metrics_file: a.metrics_file,
         allow_insecure_http: a.allow_insecure_http,
         stall_timeout: a.stall_timeout,
+        netrc,
     })
 }
 
