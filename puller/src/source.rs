@@ -94,12 +94,17 @@ impl Source {
             return Ok(Source::S3(Arc::new(bucket)));
         }
         let shown = redact(spec);
-        let mut base =
-            Url::parse(spec).map_err(|e| anyhow::anyhow!("invalid cache URL {shown:?}: {e}"))?;
+        let use_netrc = "put them in a netrc file (`machine HOST login USER password PASSWORD`) \
+                         and pass --netrc-file FILE";
+        let mut base = Url::parse(spec).map_err(|e| match shown != spec {
+            true => anyhow::anyhow!(
+                "invalid cache URL {shown:?}: {e}; if it holds credentials, {use_netrc}"
+            ),
+            false => anyhow::anyhow!("invalid cache URL {shown:?}: {e}"),
+        })?;
         anyhow::ensure!(
             base.username().is_empty() && base.password().is_none(),
-            "the cache URL {shown} holds a user name or password; put them in a netrc file \
-             (`machine HOST login USER password PASSWORD`) and pass --netrc-file FILE"
+            "the cache URL {shown} holds a user name or password; {use_netrc}"
         );
         match base.scheme() {
             "https" => {}
@@ -329,14 +334,14 @@ fn with_auth(
 }
 
 /// `spec` without the user name and password it may hold, for messages.
+/// Everything up to the last `@` goes: a password may hold `/`, `?` or `#`.
 fn redact(spec: &str) -> String {
-    let Some((scheme, rest)) = spec.split_once("://") else {
-        return spec.to_owned();
-    };
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    match authority.rfind('@') {
-        Some(at) => format!("{scheme}://…@{}", &rest[at + 1..]),
-        None => spec.to_owned(),
+    match spec.split_once("://") {
+        Some((scheme, rest)) if rest.contains('@') => {
+            let at = rest.rfind('@').expect("contains @");
+            format!("{scheme}://…@{}", &rest[at + 1..])
+        }
+        _ => spec.to_owned(),
     }
 }
 
@@ -434,21 +439,31 @@ impl Bucket {
         r.map_err(|e| self.error(key, e))
     }
 
+    /// object_store's messages hold their causes already (no `error_chain`).
     fn error(&self, key: &str, e: object_store::Error) -> FetchError {
         use object_store::Error as E;
         let url = self.url_of(key);
         match e {
             E::NotFound { .. } => FetchError::NotFound(url),
-            E::PermissionDenied { .. } | E::Unauthenticated { .. } => FetchError::Transport {
-                url,
-                msg: format!(
-                    "access denied ({}); do the AWS_* credentials allow reading this bucket?",
-                    printable(&error_chain(&e))
-                ),
-            },
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
+                // S3's error code says which: a bad signature, an unknown key, a policy.
+                let text = e.to_string();
+                let code = text
+                    .split_once("<Code>")
+                    .and_then(|(_, rest)| rest.split_once("</Code>"))
+                    .map(|(code, _)| code)
+                    .filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric()))
+                    .unwrap_or("no error code");
+                FetchError::Transport {
+                    url,
+                    msg: format!(
+                        "access denied ({code}); do the AWS_* credentials allow reading this bucket?"
+                    ),
+                }
+            }
             e => FetchError::Transport {
                 url,
-                msg: printable(&error_chain(&e)),
+                msg: printable(&e.to_string()),
             },
         }
     }
@@ -467,7 +482,7 @@ impl Bucket {
         let mut buf = Vec::new();
         while let Some(chunk) = stream.try_next().await.map_err(|e| FetchError::Transport {
             url: url.clone(),
-            msg: printable(&error_chain(&e)),
+            msg: printable(&e.to_string()),
         })? {
             if (buf.len() + chunk.len()) as u64 > cap {
                 return Err(FetchError::TooLarge { url, cap });
@@ -622,6 +637,9 @@ mod tests {
         for spec in [
             "https://alice:hunter2@cache.example.org/",
             "https://hunter2@cache.example.org",
+            "https://alice:hun#ter2@cache.example.org",
+            "https://alice:hun/ter2@cache.example.org",
+            "https://alice:hun?ter2@cache.example.org/x",
             "s3://alice:hunter2@bucket/prefix?region=eu-west-1",
             "s3://bucket/prefix?endpoint=https://alice:hunter2@s3.example.org",
         ] {
@@ -629,7 +647,7 @@ mod tests {
                 .err()
                 .unwrap_or_else(|| panic!("{spec} accepted"));
             let msg = format!("{err:#}");
-            assert!(!msg.contains("hunter2"), "{msg}");
+            assert!(!msg.contains("hunter2") && !msg.contains("ter2@"), "{msg}");
             assert!(
                 msg.contains("--netrc-file") || msg.contains("AWS_SECRET_ACCESS_KEY"),
                 "{msg}"
