@@ -12,6 +12,7 @@ mod netrc;
 mod pipeline;
 mod run;
 mod schedule;
+mod secrets;
 mod source;
 mod state;
 mod store;
@@ -116,6 +117,9 @@ struct RunArgs {
     /// Credentials for HTTP caches and upstreams, in Nix's netrc format (`machine HOST login USER password PASS`).
     #[arg(long, env = "NIXCAST_NETRC_FILE")]
     netrc_file: Option<PathBuf>,
+    /// AWS_* settings for s3:// caches, one KEY=VALUE a line; they take precedence over the environment.
+    #[arg(long, env = "NIXCAST_ENVIRONMENT_FILE")]
+    environment_file: Option<PathBuf>,
     /// Allow an http:// cache (closures reveal configuration; signatures still hold).
     #[arg(long, env = "NIXCAST_ALLOW_INSECURE_HTTP")]
     allow_insecure_http: bool,
@@ -256,15 +260,18 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|_| format!("{}-linux", std::env::consts::ARCH)),
     };
-    let netrc = match &a.netrc_file {
-        Some(f) => Some(std::sync::Arc::new(netrc::Netrc::read(f)?)),
-        None => None,
-    };
+    let mut secrets = secrets::Secrets::default();
+    if let Some(f) = &a.netrc_file {
+        secrets.netrc = Some(netrc::Netrc::read(f)?);
+    }
+    if let Some(f) = &a.environment_file {
+        secrets.aws = secrets::read_env_file(f)?;
+    }
     Ok(run::Config {
         source: match (&a.bundle, &a.cache) {
             (Some(b), _) => source::Source::bundle(b)?,
             (None, Some(c)) => {
-                source::Source::new(c, a.allow_insecure_http, a.stall_timeout, netrc.as_deref())?
+                source::Source::new(c, a.allow_insecure_http, a.stall_timeout, &secrets)?
             }
             (None, None) => unreachable!("clap requires --cache or --bundle"),
         },
@@ -282,7 +289,7 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
         metrics_file: a.metrics_file,
         allow_insecure_http: a.allow_insecure_http,
         stall_timeout: a.stall_timeout,
-        netrc,
+        secrets: std::sync::Arc::new(secrets),
     })
 }
 

@@ -171,7 +171,7 @@ fn upstream_sources(cfg: &Config, entries: &[&Entry]) -> Result<HashMap<String, 
                 url,
                 cfg.allow_insecure_http,
                 cfg.stall_timeout,
-                cfg.netrc.as_deref(),
+                &cfg.secrets,
             )
             .map_err(RunError::Refused)?;
             out.insert(url.to_owned(), src);

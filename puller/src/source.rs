@@ -26,7 +26,8 @@ use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::netrc::{Credentials, Netrc};
+use crate::netrc::Credentials;
+use crate::secrets::Secrets;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const ATTEMPTS: u32 = 4;
@@ -76,12 +77,13 @@ pub enum Source {
 impl Source {
     /// `https://…`, `http://…` (only with `allow_insecure_http`),
     /// `s3://BUCKET/PREFIX?endpoint=…&region=…`, `file://DIR` or a directory.
-    /// An HTTP source sends basic auth when `netrc` has an entry for its host.
+    /// An HTTP source sends basic auth when the netrc has an entry for its
+    /// host; a bucket uses the AWS settings.
     pub fn new(
         spec: &str,
         allow_insecure_http: bool,
         stall: Duration,
-        netrc: Option<&Netrc>,
+        secrets: &Secrets,
     ) -> anyhow::Result<Self> {
         if let Some(dir) = spec.strip_prefix("file://") {
             return Ok(Source::Dir(PathBuf::from(dir)));
@@ -90,7 +92,7 @@ impl Source {
             return Ok(Source::Dir(PathBuf::from(spec)));
         }
         if spec.starts_with("s3://") {
-            let bucket = Bucket::open(spec, allow_insecure_http, stall)?;
+            let bucket = Bucket::open(spec, allow_insecure_http, stall, &secrets.aws)?;
             return Ok(Source::S3(Arc::new(bucket)));
         }
         let shown = redact(spec);
@@ -120,7 +122,11 @@ impl Source {
         }
         // curl, and so Nix, matches netrc entries on the host name alone.
         let host = base.host_str().unwrap_or("").trim_matches(['[', ']']);
-        let auth = netrc.and_then(|n| n.lookup(host)).map(Arc::new);
+        let auth = secrets
+            .netrc
+            .as_ref()
+            .and_then(|n| n.lookup(host))
+            .map(Arc::new);
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(stall)
@@ -356,7 +362,12 @@ pub struct Bucket {
 impl Bucket {
     /// `s3://BUCKET/PREFIX?endpoint=URL&region=R`, as `nixcast publish --to`
     /// takes it. Messages never echo the URL's query or a user part.
-    fn open(spec: &str, allow_insecure_http: bool, stall: Duration) -> anyhow::Result<Self> {
+    fn open(
+        spec: &str,
+        allow_insecure_http: bool,
+        stall: Duration,
+        aws: &[(String, zeroize::Zeroizing<String>)],
+    ) -> anyhow::Result<Self> {
         let rest = spec.strip_prefix("s3://").expect("an s3 URL");
         let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
         anyhow::ensure!(
@@ -376,7 +387,17 @@ impl Bucket {
             max_retries: ATTEMPTS as usize - 1,
             ..Default::default()
         };
-        let mut b = object_store::aws::AmazonS3Builder::from_env()
+        let mut b = object_store::aws::AmazonS3Builder::from_env();
+        for (k, v) in aws {
+            let key = k.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "unknown AWS setting {} in --environment-file",
+                    k.to_uppercase()
+                )
+            })?;
+            b = b.with_config(key, v.as_str());
+        }
+        let mut b = b
             .with_bucket_name(bucket)
             .with_client_options(client)
             .with_retry(retry);
@@ -643,7 +664,7 @@ mod tests {
             "s3://alice:hunter2@bucket/prefix?region=eu-west-1",
             "s3://bucket/prefix?endpoint=https://alice:hunter2@s3.example.org",
         ] {
-            let err = Source::new(spec, false, Duration::from_secs(1), None)
+            let err = Source::new(spec, false, Duration::from_secs(1), &Secrets::default())
                 .err()
                 .unwrap_or_else(|| panic!("{spec} accepted"));
             let msg = format!("{err:#}");
@@ -661,7 +682,7 @@ mod tests {
             "s3://bucket?secret_access_key=hunter2",
             false,
             Duration::from_secs(1),
-            None,
+            &Secrets::default(),
         )
         .err()
         .unwrap();

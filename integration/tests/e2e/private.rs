@@ -507,7 +507,26 @@ for d, _, names in os.walk(root):
     );
     assert!(!vm.valid(&[&top]));
 
-    let good = pull(&vm, &target, &keys, &[], &creds);
+    // The credentials as the NixOS module hands them over: a file of
+    // AWS_* variables (`--environment-file`), not the process environment.
+    let env_file = work.path().join("aws.env");
+    std::fs::write(
+        &env_file,
+        format!(
+            "# the fleet's reader
+AWS_ACCESS_KEY_ID={key_id}
+AWS_SECRET_ACCESS_KEY=\"{secret}\"
+"
+        ),
+    )
+    .unwrap();
+    let good = pull(
+        &vm,
+        &target,
+        &keys,
+        &["--environment-file", env_file.to_str().unwrap()],
+        &[],
+    );
     assert!(good.status.success(), "{}", stderr(&good));
     assert!(vm.valid(&closure(&top)));
     assert_eq!(vm.switch_log(), [format!("switch {top}")]);
