@@ -28,18 +28,20 @@ pub enum EnvFileError {
     },
 }
 
+/// `AWS_*` variables as object_store's configuration keys (lowercase), with their values.
+pub type AwsSettings = Vec<(String, Zeroizing<String>)>;
+
 #[derive(Default)]
 pub struct Secrets {
     pub netrc: Option<Netrc>,
-    /// `AWS_*` variables, as object_store's configuration keys (lowercase).
-    pub aws: Vec<(String, Zeroizing<String>)>,
+    pub aws: AwsSettings,
 }
 
 /// Reads `KEY=VALUE` lines (the common part of systemd's `EnvironmentFile=`
 /// and shell syntax): blank lines and `#` comments are skipped, an optional
 /// `export ` prefix and one pair of surrounding quotes are dropped. Only
 /// `AWS_*` keys are accepted: this file configures buckets, nothing else.
-pub fn read_env_file(path: &Path) -> Result<Vec<(String, Zeroizing<String>)>, EnvFileError> {
+pub fn read_env_file(path: &Path) -> Result<AwsSettings, EnvFileError> {
     let text =
         Zeroizing::new(
             std::fs::read_to_string(path).map_err(|source| EnvFileError::Read {
@@ -54,7 +56,7 @@ pub fn read_env_file(path: &Path) -> Result<Vec<(String, Zeroizing<String>)>, En
     })
 }
 
-fn parse_env(text: &str) -> Result<Vec<(String, Zeroizing<String>)>, (usize, String)> {
+fn parse_env(text: &str) -> Result<AwsSettings, (usize, String)> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();

@@ -366,7 +366,7 @@ impl Bucket {
         spec: &str,
         allow_insecure_http: bool,
         stall: Duration,
-        aws: &[(String, zeroize::Zeroizing<String>)],
+        aws: &crate::secrets::AwsSettings,
     ) -> anyhow::Result<Self> {
         let rest = spec.strip_prefix("s3://").expect("an s3 URL");
         let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
