@@ -327,7 +327,7 @@ fn netrc_opens_a_private_cache_and_its_upstream_each_with_its_own_login() {
         &nginx.url(),
         &keys,
         &["--netrc-file", netrc_arg],
-        &[("NIXCAST_LOG", "debug")],
+        &[("NIXCAST_LOG", "trace")],
     );
     assert!(good.status.success(), "{}", stderr(&good));
     assert!(vm.valid(&all));
@@ -525,12 +525,26 @@ AWS_SECRET_ACCESS_KEY=\"{secret}\"
         &target,
         &keys,
         &["--environment-file", env_file.to_str().unwrap()],
-        &[],
+        &[("NIXCAST_LOG", "trace")],
     );
     assert!(good.status.success(), "{}", stderr(&good));
     assert!(vm.valid(&closure(&top)));
     assert_eq!(vm.switch_log(), [format!("switch {top}")]);
-    let shown = everything_shown(&vm, &[&anonymous, &wrong, &good]);
+    // The next poll asks with the pointer's ETag: one conditional GET.
+    let again = pull(
+        &vm,
+        &target,
+        &keys,
+        &["--environment-file", env_file.to_str().unwrap()],
+        &[],
+    );
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("pointer not modified"),
+        "{}",
+        stderr(&again)
+    );
+    let shown = everything_shown(&vm, &[&anonymous, &wrong, &good, &again]);
     assert!(shown.contains("nixcast_"), "the metrics file was written");
     for s in [secret, wrong_secret] {
         assert!(!shown.contains(s), "{s:?} was shown:\n{shown}");
