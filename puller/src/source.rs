@@ -352,7 +352,8 @@ fn redact(spec: &str) -> String {
 }
 
 /// An S3-style bucket, read with the credentials of the standard `AWS_*`
-/// variables (or whatever else object_store finds: a profile, a web identity).
+/// variables and `--environment-file` (or what else object_store finds: a
+/// web identity token, container or instance credentials).
 pub struct Bucket {
     store: object_store::aws::AmazonS3,
     bucket: String,
