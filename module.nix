@@ -39,6 +39,17 @@ let
   stateDirectory = builtins.substring varLibLength
     (builtins.stringLength cfg.stateDir - varLibLength) cfg.stateDir;
 
+  # systemd copies these files into this unit's own credentials directory
+  # when it starts (LoadCredential=): root-only, on a ramfs, visible to this
+  # service alone. The secrets stay out of the Nix store, the unit file and
+  # the process environment. (The directory is $CREDENTIALS_DIRECTORY, which
+  # systemd puts at /run/credentials/UNIT.)
+  credentialsDir = "/run/credentials/nixcast-pull.service";
+  credentials =
+    lib.optionals (cfg.netrcFile != null) [ "netrc:${cfg.netrcFile}" ]
+    ++ lib.optionals (cfg.environmentFile != null) [ "environment:${cfg.environmentFile}" ];
+  inStore = f: f != null && builtins.substring 0 11 f == "/nix/store/";
+
   args = [
     "run"
     "--cache" cfg.cache
@@ -51,6 +62,8 @@ let
   ++ lib.concatMap (f: [ "--trusted-key-file" (keyFile f) ]) cfg.trustedKeyFiles
   ++ lib.concatMap (c: [ "--health-check" c ]) cfg.healthChecks
   ++ lib.optionals cfg.allowInsecureHttp [ "--allow-insecure-http" ]
+  ++ lib.optionals (cfg.netrcFile != null) [ "--netrc-file" "${credentialsDir}/netrc" ]
+  ++ lib.optionals (cfg.environmentFile != null) [ "--environment-file" "${credentialsDir}/environment" ]
   ++ cfg.extraArgs;
 in
 {
@@ -149,6 +162,32 @@ in
       '';
     };
 
+    netrcFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/secrets/nixcast-netrc";
+      description = ''
+        A netrc file on the host (Nix's `netrc-file` format: `machine HOST
+        login USER password PASSWORD`) with the credentials for an HTTP
+        cache behind basic auth, and for upstream caches. A string, not a
+        path literal: it must not be copied into the Nix store, which every
+        user can read. Handed to the agent as a systemd credential.
+      '';
+    };
+
+    environmentFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/secrets/nixcast-aws";
+      description = ''
+        A file on the host of `AWS_*` variables, one `KEY=VALUE` a line
+        (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, …),
+        for a `cache` of the form `s3://BUCKET/PREFIX?endpoint=…&region=…`.
+        Like `netrcFile`, a string outside the Nix store, handed over as a
+        systemd credential.
+      '';
+    };
+
     stateDir = mkOption {
       type = types.str;
       default = "/var/lib/nixcast";
@@ -181,6 +220,10 @@ in
         # The import goes through the nix-daemon (NIX_REMOTE below).
         assertion = config.nix.enable;
         message = "services.nixcast-pull imports through the nix-daemon: it needs nix.enable";
+      }
+      {
+        assertion = !(inStore cfg.netrcFile) && !(inStore cfg.environmentFile);
+        message = "services.nixcast-pull.netrcFile and environmentFile hold secrets: they must name files outside the Nix store, which every user can read";
       }
       {
         assertion = cfg.host != "";
@@ -347,7 +390,10 @@ in
         # root (a trusted Nix user).
         # MemoryMax=: the agent and `nix copy` stream every NAR; a limit would
         # only add a way for a large closure to fail.
-      };
+      } // (if credentials == [ ] then { } else {
+        # See credentialsDir above.
+        LoadCredential = credentials;
+      });
     };
 
     systemd.timers.nixcast-pull = {

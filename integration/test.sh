@@ -11,6 +11,8 @@ command -v nix-store >/dev/null || need_apt+=(nix-bin)
 command -v unshare >/dev/null || need_apt+=(util-linux)
 command -v xz >/dev/null || need_apt+=(xz-utils)
 [ -x /usr/bin/time ] || need_apt+=(time)
+# nginx with basic auth stands in for a private cache (tests/e2e/private.rs).
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

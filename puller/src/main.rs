@@ -8,9 +8,11 @@
 
 mod activate;
 mod fetch;
+mod netrc;
 mod pipeline;
 mod run;
 mod schedule;
+mod secrets;
 mod source;
 mod state;
 mod store;
@@ -72,7 +74,8 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// The cache: https://…, file://DIR or a directory (http:// needs --allow-insecure-http).
+    /// The cache: https://…, s3://BUCKET/PREFIX?endpoint=…&region=…, file://DIR or a directory
+    /// (http:// needs --allow-insecure-http).
     #[arg(long, env = "NIXCAST_CACHE", required_unless_present = "bundle")]
     cache: Option<String>,
     /// Apply a file made by `nixcast bundle` instead of reading a cache: no network.
@@ -115,6 +118,12 @@ struct RunArgs {
     /// Show what would be fetched; change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Credentials for HTTP caches and upstreams, in Nix's netrc format (`machine HOST login USER password PASS`).
+    #[arg(long, env = "NIXCAST_NETRC_FILE")]
+    netrc_file: Option<PathBuf>,
+    /// AWS_* settings for s3:// caches, one KEY=VALUE a line; they take precedence over the environment.
+    #[arg(long, env = "NIXCAST_ENVIRONMENT_FILE")]
+    environment_file: Option<PathBuf>,
     /// Allow an http:// cache (closures reveal configuration; signatures still hold).
     #[arg(long, env = "NIXCAST_ALLOW_INSECURE_HTTP")]
     allow_insecure_http: bool,
@@ -255,10 +264,19 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|_| format!("{}-linux", std::env::consts::ARCH)),
     };
+    let mut secrets = secrets::Secrets::default();
+    if let Some(f) = &a.netrc_file {
+        secrets.netrc = Some(netrc::Netrc::read(f)?);
+    }
+    if let Some(f) = &a.environment_file {
+        secrets.aws = secrets::read_env_file(f)?;
+    }
     Ok(run::Config {
         source: match (&a.bundle, &a.cache) {
             (Some(b), _) => source::Source::bundle(b)?,
-            (None, Some(c)) => source::Source::new(c, a.allow_insecure_http, a.stall_timeout)?,
+            (None, Some(c)) => {
+                source::Source::new(c, a.allow_insecure_http, a.stall_timeout, &secrets)?
+            }
             (None, None) => unreachable!("clap requires --cache or --bundle"),
         },
         host: a.host,
@@ -276,6 +294,7 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
         metrics_file: a.metrics_file,
         allow_insecure_http: a.allow_insecure_http,
         stall_timeout: a.stall_timeout,
+        secrets: std::sync::Arc::new(secrets),
     })
 }
 

@@ -39,6 +39,8 @@ pub struct Config {
     /// For upstream caches named in a manifest: plain http allowed, stall timeout.
     pub allow_insecure_http: bool,
     pub stall_timeout: std::time::Duration,
+    /// What opens private caches (`--netrc-file`, `--environment-file`), the upstreams' too.
+    pub secrets: std::sync::Arc<crate::secrets::Secrets>,
 }
 
 /// Why a run failed; each kind has its own exit code (see the README).

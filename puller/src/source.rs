@@ -1,4 +1,5 @@
-//! Where the agent reads a cache from: HTTP(S) or a local directory.
+//! Where the agent reads a cache from: HTTP(S), an S3-style bucket, a local
+//! directory or a bundle.
 //!
 //! Keys are relative (`hosts/foobar.json`, `manifests/….json`, `nar/….nar.xz`)
 //! and were checked before they get here (host names, the manifest's URL
@@ -6,18 +7,27 @@
 //! FileSize (checked by the caller while streaming). HTTP uses one client
 //! with keep-alive, a connect timeout, a stall timeout between body reads,
 //! no automatic decompression, and follows redirects only within the same
-//! scheme, host and port.
+//! scheme, host and port. Basic auth from a netrc file goes only to the host
+//! its entry names (and so never across a redirect, which stays on that
+//! origin). A bucket is read with object_store and the standard `AWS_*`
+//! credentials; this and `publisher/src/target.rs` are all that know S3.
+//! No credential reaches an error message: a URL holding one is refused.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
+use object_store::{GetOptions, ObjectStore};
 use reqwest::header::{ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::netrc::Credentials;
+use crate::secrets::Secrets;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const ATTEMPTS: u32 = 4;
@@ -52,7 +62,10 @@ pub enum Source {
     Http {
         client: reqwest::Client,
         base: Url,
+        /// From the netrc entry for `base`'s host.
+        auth: Option<Arc<Credentials>>,
     },
+    S3(Arc<Bucket>),
     Dir(PathBuf),
     /// A tar file laid out like a cache (`nixcast bundle`): key → (offset, size).
     Bundle {
@@ -62,16 +75,39 @@ pub enum Source {
 }
 
 impl Source {
-    /// `https://…`, `http://…` (only with `allow_insecure_http`), `file://DIR` or a directory.
-    pub fn new(spec: &str, allow_insecure_http: bool, stall: Duration) -> anyhow::Result<Self> {
+    /// `https://…`, `http://…` (only with `allow_insecure_http`),
+    /// `s3://BUCKET/PREFIX?endpoint=…&region=…`, `file://DIR` or a directory.
+    /// An HTTP source sends basic auth when the netrc has an entry for its
+    /// host; a bucket uses the AWS settings.
+    pub fn new(
+        spec: &str,
+        allow_insecure_http: bool,
+        stall: Duration,
+        secrets: &Secrets,
+    ) -> anyhow::Result<Self> {
         if let Some(dir) = spec.strip_prefix("file://") {
             return Ok(Source::Dir(PathBuf::from(dir)));
         }
         if !spec.contains("://") {
             return Ok(Source::Dir(PathBuf::from(spec)));
         }
-        let mut base =
-            Url::parse(spec).map_err(|e| anyhow::anyhow!("invalid cache URL {spec:?}: {e}"))?;
+        if spec.starts_with("s3://") {
+            let bucket = Bucket::open(spec, allow_insecure_http, stall, &secrets.aws)?;
+            return Ok(Source::S3(Arc::new(bucket)));
+        }
+        let shown = redact(spec);
+        let use_netrc = "put them in a netrc file (`machine HOST login USER password PASSWORD`) \
+                         and pass --netrc-file FILE";
+        let mut base = Url::parse(spec).map_err(|e| match shown != spec {
+            true => anyhow::anyhow!(
+                "invalid cache URL {shown:?}: {e}; if it holds credentials, {use_netrc}"
+            ),
+            false => anyhow::anyhow!("invalid cache URL {shown:?}: {e}"),
+        })?;
+        anyhow::ensure!(
+            base.username().is_empty() && base.password().is_none(),
+            "the cache URL {shown} holds a user name or password; {use_netrc}"
+        );
         match base.scheme() {
             "https" => {}
             "http" if allow_insecure_http => {}
@@ -79,11 +115,18 @@ impl Source {
                 "refusing plain http cache {spec}: a closure reveals the host's configuration; \
                  use https, or --allow-insecure-http on a trusted network"
             ),
-            s => anyhow::bail!("unsupported cache URL scheme {s:?} in {spec}"),
+            s => anyhow::bail!("unsupported cache URL scheme {s:?} in {shown}"),
         }
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
+        // curl, and so Nix, matches netrc entries on the host name alone.
+        let host = base.host_str().unwrap_or("").trim_matches(['[', ']']);
+        let auth = secrets
+            .netrc
+            .as_ref()
+            .and_then(|n| n.lookup(host))
+            .map(Arc::new);
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(stall)
@@ -91,7 +134,7 @@ impl Source {
             .https_only(!allow_insecure_http)
             .user_agent(concat!("nixcast-pull/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Source::Http { client, base })
+        Ok(Source::Http { client, base, auth })
     }
 
     /// Indexes a bundle: one pass over its tar headers, no data read.
@@ -147,6 +190,7 @@ impl Source {
                 .join(key)
                 .map(String::from)
                 .unwrap_or_else(|_| key.to_owned()),
+            Source::S3(b) => b.url_of(key),
             Source::Dir(d) => format!("file://{}", d.join(key).display()),
         }
     }
@@ -163,10 +207,27 @@ impl Source {
                 self.get_small(key, cap).await?,
                 Validators::default(),
             )),
-            Source::Http { client, base } => {
+            Source::S3(b) => {
+                let opts = GetOptions {
+                    if_none_match: v.etag.clone(),
+                    ..GetOptions::default()
+                };
+                let r = match b.store.get_opts(&b.path(key), opts).await {
+                    Err(object_store::Error::NotModified { .. }) => {
+                        return Ok(Fetched::NotModified)
+                    }
+                    r => r.map_err(|e| b.error(key, e))?,
+                };
+                let validators = Validators {
+                    etag: r.meta.e_tag.clone(),
+                    last_modified: None,
+                };
+                Ok(Fetched::Body(b.read_capped(key, r, cap).await?, validators))
+            }
+            Source::Http { client, base, auth } => {
                 let url = base.join(key).expect("relative key");
-                let resp = send_with_retries(&url, || {
-                    let mut req = client.get(url.clone());
+                let resp = send_with_retries(&url, auth.is_some(), || {
+                    let mut req = with_auth(client.get(url.clone()), auth);
                     if let Some(e) = &v.etag {
                         req = req.header(IF_NONE_MATCH, e);
                     }
@@ -221,9 +282,16 @@ impl Source {
                 }
                 Ok(buf)
             }
-            Source::Http { client, base } => {
+            Source::S3(b) => {
+                let r = b.get(key, GetOptions::default()).await?;
+                b.read_capped(key, r, cap).await
+            }
+            Source::Http { client, base, auth } => {
                 let url = base.join(key).expect("relative key");
-                let resp = send_with_retries(&url, || client.get(url.clone())).await?;
+                let resp = send_with_retries(&url, auth.is_some(), || {
+                    with_auth(client.get(url.clone()), auth)
+                })
+                .await?;
                 read_capped(&url, resp, cap).await
             }
         }
@@ -239,15 +307,220 @@ impl Source {
                     std::fs::File::open(d.join(key)).map_err(|e| io_error(&self.url_of(key), e))?;
                 Ok(Box::new(f))
             }
-            Source::Http { client, base } => {
+            Source::S3(b) => {
+                let r = b.get(key, GetOptions::default()).await?;
+                let stream = r.into_stream().map_err(io::Error::other);
+                let reader = tokio_util::io::StreamReader::new(stream);
+                Ok(Box::new(tokio_util::io::SyncIoBridge::new(reader)))
+            }
+            Source::Http { client, base, auth } => {
                 let url = base.join(key).expect("relative key");
-                let resp = send_with_retries(&url, || client.get(url.clone())).await?;
+                let resp = send_with_retries(&url, auth.is_some(), || {
+                    with_auth(client.get(url.clone()), auth)
+                })
+                .await?;
                 let stream = resp.bytes_stream().map_err(io::Error::other);
                 let reader = tokio_util::io::StreamReader::new(stream);
                 Ok(Box::new(tokio_util::io::SyncIoBridge::new(reader)))
             }
         }
     }
+}
+
+fn with_auth(
+    req: reqwest::RequestBuilder,
+    auth: &Option<Arc<Credentials>>,
+) -> reqwest::RequestBuilder {
+    match auth {
+        // reqwest marks the header sensitive: it is never logged, and it is
+        // dropped on a redirect to another host (which we refuse anyway).
+        Some(c) => req.basic_auth(&c.login, Some(c.password.as_str())),
+        None => req,
+    }
+}
+
+/// `spec` without the user name and password it may hold, for messages.
+/// Everything up to the last `@` goes: a password may hold `/`, `?` or `#`.
+fn redact(spec: &str) -> String {
+    match spec.split_once("://") {
+        Some((scheme, rest)) if rest.contains('@') => {
+            let at = rest.rfind('@').expect("contains @");
+            format!("{scheme}://…@{}", &rest[at + 1..])
+        }
+        _ => spec.to_owned(),
+    }
+}
+
+/// An S3-style bucket, read with the credentials of the standard `AWS_*`
+/// variables and `--environment-file` (or what else object_store finds: a
+/// web identity token, container or instance credentials).
+pub struct Bucket {
+    store: object_store::aws::AmazonS3,
+    bucket: String,
+    prefix: String,
+}
+
+impl Bucket {
+    /// `s3://BUCKET/PREFIX?endpoint=URL&region=R`, as `nixcast publish --to`
+    /// takes it. Messages never echo the URL's query or a user part.
+    fn open(
+        spec: &str,
+        allow_insecure_http: bool,
+        stall: Duration,
+        aws: &crate::secrets::AwsSettings,
+    ) -> anyhow::Result<Self> {
+        let rest = spec.strip_prefix("s3://").expect("an s3 URL");
+        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        anyhow::ensure!(
+            !location.contains('@'),
+            "the bucket URL {} holds credentials; give them in the AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY variables",
+            redact(spec)
+        );
+        let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+        anyhow::ensure!(!bucket.is_empty(), "no bucket in s3://{location}");
+        let client = object_store::ClientOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            // NARs take as long as they take; what must not happen is a stall.
+            .with_timeout_disabled()
+            .with_read_timeout(stall);
+        let retry = object_store::RetryConfig {
+            max_retries: ATTEMPTS as usize - 1,
+            ..Default::default()
+        };
+        let mut b = object_store::aws::AmazonS3Builder::from_env();
+        for (k, v) in aws {
+            let key = k.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "unknown AWS setting {} in --environment-file",
+                    k.to_uppercase()
+                )
+            })?;
+            b = b.with_config(key, v.as_str());
+        }
+        let mut b = b
+            .with_bucket_name(bucket)
+            .with_client_options(client)
+            .with_retry(retry);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let Some((k, v)) = pair.split_once('=') else {
+                anyhow::bail!("a parameter without a value in the query of s3://{location}");
+            };
+            b = match k {
+                "endpoint" => {
+                    anyhow::ensure!(
+                        !v.contains('@'),
+                        "the endpoint of s3://{location} holds credentials; give them in the \
+                         AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY variables"
+                    );
+                    let http = v.starts_with("http://");
+                    anyhow::ensure!(
+                        !http || allow_insecure_http,
+                        "refusing the plain http endpoint {v}: a closure reveals the host's \
+                         configuration; use https, or --allow-insecure-http on a trusted network"
+                    );
+                    b.with_endpoint(v)
+                        .with_allow_http(http)
+                        .with_virtual_hosted_style_request(false)
+                }
+                "region" => b.with_region(v),
+                _ => anyhow::bail!(
+                    "unknown parameter {:?} in the query of s3://{location}: use endpoint and region",
+                    k.escape_debug().to_string()
+                ),
+            };
+        }
+        let store = b
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot open s3://{location}: {e}"))?;
+        Ok(Bucket {
+            store,
+            bucket: bucket.to_owned(),
+            prefix: prefix.trim_matches('/').to_owned(),
+        })
+    }
+
+    fn path(&self, key: &str) -> object_store::path::Path {
+        if self.prefix.is_empty() {
+            key.into()
+        } else {
+            format!("{}/{key}", self.prefix).into()
+        }
+    }
+
+    fn url_of(&self, key: &str) -> String {
+        format!("s3://{}/{}", self.bucket, self.path(key))
+    }
+
+    async fn get(
+        &self,
+        key: &str,
+        opts: GetOptions,
+    ) -> Result<object_store::GetResult, FetchError> {
+        let r = self.store.get_opts(&self.path(key), opts).await;
+        r.map_err(|e| self.error(key, e))
+    }
+
+    /// object_store's messages hold their causes already (no `error_chain`).
+    fn error(&self, key: &str, e: object_store::Error) -> FetchError {
+        use object_store::Error as E;
+        let url = self.url_of(key);
+        match e {
+            E::NotFound { .. } => FetchError::NotFound(url),
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
+                // S3's error code says which: a bad signature, an unknown key, a policy.
+                let text = e.to_string();
+                let code = text
+                    .split_once("<Code>")
+                    .and_then(|(_, rest)| rest.split_once("</Code>"))
+                    .map(|(code, _)| code)
+                    .filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric()))
+                    .unwrap_or("no error code");
+                FetchError::Transport {
+                    url,
+                    msg: format!(
+                        "access denied ({code}); do the AWS_* credentials allow reading this bucket?"
+                    ),
+                }
+            }
+            e => FetchError::Transport {
+                url,
+                msg: printable(&e.to_string()),
+            },
+        }
+    }
+
+    async fn read_capped(
+        &self,
+        key: &str,
+        r: object_store::GetResult,
+        cap: u64,
+    ) -> Result<Vec<u8>, FetchError> {
+        let url = self.url_of(key);
+        if r.meta.size > cap {
+            return Err(FetchError::TooLarge { url, cap });
+        }
+        let mut stream = r.into_stream();
+        let mut buf = Vec::new();
+        while let Some(chunk) = stream.try_next().await.map_err(|e| FetchError::Transport {
+            url: url.clone(),
+            msg: printable(&e.to_string()),
+        })? {
+            if (buf.len() + chunk.len()) as u64 > cap {
+                return Err(FetchError::TooLarge { url, cap });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf)
+    }
+}
+
+/// An S3 error may quote the server's answer: no control characters from it
+/// reach a terminal.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 fn io_error(url: &str, e: io::Error) -> FetchError {
@@ -282,8 +555,10 @@ fn same_origin_redirects() -> reqwest::redirect::Policy {
 /// Sends a request, retrying connection errors, timeouts and 5xx/429 answers
 /// with exponential backoff. 2xx and 304 are returned; 404 (and 403, which S3
 /// answers for a missing key in a bucket that may not be listed) is `NotFound`.
+/// `authed`: whether the requests carry netrc credentials (for a 401's message).
 async fn send_with_retries(
     url: &Url,
+    authed: bool,
     make: impl Fn() -> reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, FetchError> {
     let mut delay = Duration::from_millis(250);
@@ -295,6 +570,17 @@ async fn send_with_retries(
             }
             Ok(r) if matches!(r.status(), StatusCode::NOT_FOUND | StatusCode::FORBIDDEN) => {
                 return Err(FetchError::NotFound(url.to_string()))
+            }
+            Ok(r) if r.status() == StatusCode::UNAUTHORIZED => {
+                let why = if authed {
+                    "the server refused the credentials of the netrc entry for this host"
+                } else {
+                    "the cache wants credentials: pass --netrc-file with an entry for this host"
+                };
+                return Err(FetchError::Transport {
+                    url: url.to_string(),
+                    msg: format!("server answered {}; {why}", r.status()),
+                });
             }
             Ok(r)
                 if r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS =>
@@ -362,4 +648,49 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_with_credentials_is_refused_without_echoing_them() {
+        for spec in [
+            "https://alice:hunter2@cache.example.org/",
+            "https://hunter2@cache.example.org",
+            "https://alice:hun#ter2@cache.example.org",
+            "https://alice:hun/ter2@cache.example.org",
+            "https://alice:hun?ter2@cache.example.org/x",
+            "s3://alice:hunter2@bucket/prefix?region=eu-west-1",
+            "s3://bucket/prefix?endpoint=https://alice:hunter2@s3.example.org",
+        ] {
+            let err = Source::new(spec, false, Duration::from_secs(1), &Secrets::default())
+                .err()
+                .unwrap_or_else(|| panic!("{spec} accepted"));
+            let msg = format!("{err:#}");
+            assert!(!msg.contains("hunter2") && !msg.contains("ter2@"), "{msg}");
+            assert!(
+                msg.contains("--netrc-file") || msg.contains("AWS_SECRET_ACCESS_KEY"),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_bucket_parameters_are_not_echoed_with_their_values() {
+        let err = Source::new(
+            "s3://bucket?secret_access_key=hunter2",
+            false,
+            Duration::from_secs(1),
+            &Secrets::default(),
+        )
+        .err()
+        .unwrap();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("secret_access_key") && !msg.contains("hunter2"),
+            "{msg}"
+        );
+    }
 }

@@ -9,6 +9,7 @@ mod bundle;
 mod gc;
 mod harness;
 mod module;
+mod private;
 mod publish;
 mod pull;
 mod s3;

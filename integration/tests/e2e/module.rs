@@ -177,6 +177,8 @@ fn module_defaults_give_a_five_minute_switching_timer() {
             "healthChecks": [],
             "healthTimeout": "60s",
             "allowInsecureHttp": false,
+            "netrcFile": null,
+            "environmentFile": null,
             "stateDir": "/var/lib/nixcast",
             "extraArgs": [],
         })
@@ -328,6 +330,49 @@ fn module_passes_every_setting_to_the_agent_and_hardens_the_unit() {
         timer(&v)["timerConfig"],
         json!({ "OnCalendar": "hourly", "Persistent": true, "RandomizedDelaySec": 300 })
     );
+}
+
+#[test]
+fn module_hands_private_cache_credentials_over_as_systemd_credentials() {
+    let v = eval(
+        &settings(json!({
+            "cache": "s3://fleet/prod?region=eu-west-1",
+            "netrcFile": "/etc/nixcast/netrc",
+            "environmentFile": "/etc/nixcast/aws.env",
+        })),
+        &[],
+    );
+    assert_eq!(v["failedAssertions"], json!([]));
+    let sc = &service(&v)["serviceConfig"];
+    assert_eq!(
+        sc["LoadCredential"],
+        json!([
+            "netrc:/etc/nixcast/netrc",
+            "environment:/etc/nixcast/aws.env"
+        ])
+    );
+    let argv = exec_argv(sc["ExecStart"].as_str().unwrap());
+    let tail = &argv[argv.len() - 4..];
+    assert_eq!(
+        tail,
+        strings(&[
+            "--netrc-file",
+            "/run/credentials/nixcast-pull.service/netrc",
+            "--environment-file",
+            "/run/credentials/nixcast-pull.service/environment",
+        ])
+    );
+    assert!(!argv.iter().any(|a| a.starts_with("/etc/nixcast/")));
+
+    // A secret in the store would be readable by every user.
+    let v = eval(
+        &settings(json!({
+            "netrcFile": "/nix/store/00000000000000000000000000000000-netrc",
+        })),
+        &[],
+    );
+    let failed = v["failedAssertions"].to_string();
+    assert!(failed.contains("outside the Nix store"), "{failed}");
 }
 
 #[test]

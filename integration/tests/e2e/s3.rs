@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::harness::*;
 
-struct Moto {
+pub(crate) struct Moto {
     child: Child,
     port: u16,
     log: Arc<Mutex<Vec<String>>>,
@@ -15,6 +15,12 @@ struct Moto {
 
 impl Moto {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// moto_server with these environment variables (e.g. moto's
+    /// `INITIAL_NO_AUTH_ACTION_COUNT`, after which it checks every signature).
+    pub(crate) fn start_with(env: &[(&str, &str)]) -> Self {
         let found = Command::new("sh")
             .args(["-c", "command -v moto_server"])
             .output()
@@ -30,6 +36,7 @@ impl Moto {
             .port();
         let mut child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -51,7 +58,7 @@ impl Moto {
         Moto { child, port, log }
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
