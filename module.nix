@@ -60,6 +60,7 @@ let
   ]
   ++ lib.concatMap (k: [ "--trusted-key" k ]) cfg.trustedKeys
   ++ lib.concatMap (f: [ "--trusted-key-file" (keyFile f) ]) cfg.trustedKeyFiles
+  ++ lib.concatMap (f: [ "--identity" f ]) cfg.identityFiles
   ++ lib.concatMap (c: [ "--health-check" c ]) cfg.healthChecks
   ++ lib.optionals cfg.allowInsecureHttp [ "--allow-insecure-http" ]
   ++ lib.optionals (cfg.netrcFile != null) [ "--netrc-file" "${credentialsDir}/netrc" ]
@@ -108,6 +109,19 @@ in
         Files each holding a trusted public key. A path literal is copied
         into the Nix store (fine: it is a public key); a string names a file
         on the host.
+      '';
+    };
+
+    identityFiles = mkOption {
+      type = types.listOf types.str;
+      default = [ "/etc/ssh/ssh_host_ed25519_key" ];
+      example = [ "/etc/ssh/ssh_host_ed25519_key" "/run/keys/nixcast-age.txt" ];
+      description = ''
+        What opens this host's objects when its pointer is sealed: unencrypted
+        OpenSSH ed25519 private keys (the host key, whose public half
+        `ssh-keyscan -t ed25519` gives the publisher) or age identity files.
+        Read only for a sealed pointer. Strings, not paths: a path literal
+        would copy a secret key into the world-readable Nix store.
       '';
     };
 
@@ -224,6 +238,10 @@ in
       {
         assertion = !(inStore cfg.netrcFile) && !(inStore cfg.environmentFile);
         message = "services.nixcast-pull.netrcFile and environmentFile hold secrets: they must name files outside the Nix store, which every user can read";
+      }
+      {
+        assertion = !(builtins.any inStore cfg.identityFiles);
+        message = "services.nixcast-pull.identityFiles are private keys: they must name files outside the Nix store, which every user can read";
       }
       {
         assertion = cfg.host != "";

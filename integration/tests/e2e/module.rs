@@ -179,6 +179,7 @@ fn module_defaults_give_a_five_minute_switching_timer() {
             "allowInsecureHttp": false,
             "netrcFile": null,
             "environmentFile": null,
+            "identityFiles": ["/etc/ssh/ssh_host_ed25519_key"],
             "stateDir": "/var/lib/nixcast",
             "extraArgs": [],
         })
@@ -201,6 +202,8 @@ fn module_defaults_give_a_five_minute_switching_timer() {
             "60s",
             "--trusted-key",
             KEY,
+            "--identity",
+            "/etc/ssh/ssh_host_ed25519_key",
         ])
     );
     assert_eq!(s["serviceConfig"]["StateDirectory"], "nixcast");
@@ -283,6 +286,8 @@ fn module_passes_every_setting_to_the_agent_and_hardens_the_unit() {
             "fleet-2:AAAA",
             "--trusted-key-file",
             "/etc/nixcast/fleet-3.pub",
+            "--identity",
+            "/etc/ssh/ssh_host_ed25519_key",
             "--health-check",
             "systemctl is-active --quiet nginx.service",
             "--health-check",
@@ -432,6 +437,10 @@ fn module_refuses_bad_settings() {
     let msgs = failed(json!({ "trustedKeys": [] }), &[]);
     assert_eq!(msgs.len(), 1, "{msgs:?}");
     assert!(msgs[0].contains("trustedKeys"), "{msgs:?}");
+    let key = "/nix/store/00000000000000000000000000000000-ssh_host_ed25519_key";
+    let msgs = failed(json!({ "identityFiles": [key] }), &[]);
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert!(msgs[0].contains("identityFiles"), "{msgs:?}");
     let msgs = failed(json!({}), &["--argstr", "hostName", ""]);
     assert_eq!(msgs.len(), 1, "{msgs:?}");
     assert!(msgs[0].contains("host"), "{msgs:?}");
