@@ -27,7 +27,7 @@ pub const CHUNK: usize = 4000;
 fn run(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}");
     let out = cmd
-        .stdin(Stdio::null())
+        .stdin(crate::state::child_stdin())
         .stderr(Stdio::piped())
         .output()
         .with_context(|| format!("cannot run {shown}: is Nix installed?"))?;
