@@ -75,26 +75,50 @@ pub struct Status {
     pub applied_generation: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_store_path: Option<StorePath>,
-    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub applied_at: Option<Timestamp>,
-    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_check: Option<Timestamp>,
-    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_result: Option<Outcome>,
-    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_error: Option<String>,
     /// Generations whose switch or health check failed: not retried.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bad_generations: Vec<u64>,
     /// The end of the last run that ended well (applied or nothing to do).
-    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_success: Option<Timestamp>,
     #[serde(default, deserialize_with = "lenient")]
     pub last_run_seconds: f64,
     #[serde(default, deserialize_with = "lenient")]
     pub last_run_fetched_bytes: u64,
     /// Failed runs since the state directory was made, by kind.
-    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "std::collections::BTreeMap::is_empty"
+    )]
     pub failures: std::collections::BTreeMap<String, u64>,
     /// Fields of a newer agent, written back unchanged.
     #[serde(flatten)]

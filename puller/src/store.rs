@@ -58,7 +58,35 @@ pub fn missing<'a>(paths: impl IntoIterator<Item = &'a StorePath>) -> Result<Vec
 
 /// Writes `nix-cache-info` and a narinfo for each of `entries` (their NARs
 /// are staged as they arrive). `import` asks for these paths only.
+///
+/// Whatever an earlier run left goes first (it may have been killed at any
+/// point, or the directory damaged by hand): every narinfo and any other
+/// file, and every file in `nar/` but the NARs of `entries`, which
+/// `fetch::fetch_one` checks again before using them. So Nix never meets a
+/// narinfo this run did not write, nor a NAR it did not verify.
 pub fn write_staging_cache(staging: &Path, entries: &[&Entry]) -> Result<()> {
+    let keep: std::collections::HashSet<_> = entries
+        .iter()
+        .filter_map(|e| staged_path(staging, e).file_name().map(ToOwned::to_owned))
+        .collect();
+    let nar_dir = staging.join("nar");
+    for (dir, keep) in [(staging, None), (nar_dir.as_path(), Some(&keep))] {
+        let listing =
+            std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+        for e in listing {
+            let e = e?;
+            if e.path() == nar_dir || keep.is_some_and(|k| k.contains(&e.file_name())) {
+                continue;
+            }
+            let p = e.path();
+            let removed = if e.file_type()?.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            removed.with_context(|| format!("cannot remove {}", p.display()))?;
+        }
+    }
     std::fs::write(staging.join("nix-cache-info"), "StoreDir: /nix/store\n")?;
     for e in entries {
         let staged = staged_path(staging, e);

@@ -11,6 +11,7 @@ mod harness;
 mod module;
 mod publish;
 mod pull;
+mod recovery;
 mod s3;
 mod safety;
 mod upstream;
