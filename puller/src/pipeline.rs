@@ -51,12 +51,10 @@ pub async fn fetch_and_import(
     tracing::warn!(
         "importing from the staging cache failed; once more from an empty staging directory: {why:#}"
     );
-    let fresh = || -> anyhow::Result<()> {
-        std::fs::remove_dir_all(staging)?;
-        std::fs::create_dir_all(staging.join("nar"))?;
-        Ok(())
-    };
-    fresh().map_err(|e| RunError::Other(e.context("cannot empty the staging directory")))?;
+    std::fs::remove_dir_all(staging)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| store::make_staging(staging))
+        .map_err(|e| RunError::Other(e.context("cannot empty the staging directory")))?;
     let still = store::missing(entries.iter().map(|e| &e.store_path)).map_err(RunError::Other)?;
     let entries: Vec<&Entry> = entries
         .iter()

@@ -56,6 +56,21 @@ pub fn missing<'a>(paths: impl IntoIterator<Item = &'a StorePath>) -> Result<Vec
     Ok(out)
 }
 
+/// Makes the staging directory and its `nar/`; anything else in their
+/// place (a file left by hand or by a damaged disk) goes first.
+pub fn make_staging(staging: &Path) -> Result<()> {
+    for dir in [staging.to_owned(), staging.join("nar")] {
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => continue,
+            Ok(_) => std::fs::remove_file(&dir)
+                .with_context(|| format!("cannot remove {}", dir.display()))?,
+            Err(_) => {}
+        }
+        std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// Writes `nix-cache-info` and a narinfo for each of `entries` (their NARs
 /// are staged as they arrive). `import` asks for these paths only.
 ///

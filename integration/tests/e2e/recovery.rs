@@ -213,8 +213,8 @@ impl Cold {
     }
 }
 
-/// Verified NARs left staged by a failed run, then damaged by hand: a
-/// truncated NAR, a NAR renamed to another's name, a narinfo without its
+/// Verified NARs left staged by a failed run (which found a file where its
+/// staging directory belongs), then damaged by hand: a truncated NAR, a NAR renamed to another's name, a narinfo without its
 /// NAR, a stray narinfo and a half-written temporary file. The next run
 /// fetches again exactly the NARs that no longer verify.
 #[test]
@@ -237,6 +237,9 @@ fn a_damaged_staging_directory_is_recovered() {
     cold.server
         .set(&format!("/{}", base.url), Rule::Status(404));
     let vm = Vm::new();
+    // A file where the staging directory belongs does not stop a run either.
+    std::fs::create_dir_all(vm.nix().join("var/nixcast")).unwrap();
+    std::fs::write(vm.nix().join("var/nixcast/staging"), "junk").unwrap();
     let out = vm.agent(&cold.args(&[])).output().unwrap();
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert_eq!(staged_nars(&vm), m.paths.len() - 1);
