@@ -342,8 +342,10 @@ impl StateDir {
             Ok(s) => Ok(s),
             Err(e) => bail!(
                 "the state file {} is damaged ({e}); refusing to run, since starting afresh would \
-                 forget the highest accepted generation. Restore it from a backup, or, if you \
-                 accept any generation again, delete it and run again",
+                 forget the highest accepted generation. Restore it from a backup, or repair it \
+                 by hand (only highestGeneration, highestDigest, lastIssuedAt and \
+                 badGenerations must be readable; other fields may go), or, if you accept any \
+                 generation again, delete it and run again",
                 p.display()
             ),
         }
