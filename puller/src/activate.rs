@@ -4,6 +4,9 @@
 //! sd_booted() makes), the switch runs in a transient unit through
 //! `systemd-run --wait`: a switch that restarts our own service cannot then
 //! kill the activation half way. Otherwise it runs as a child process.
+//! Either way the switch holds the run lock until it ends (its standard input
+//! is the lock file, which `systemd-run --pipe` hands on to the unit): a run
+//! started while a killed run's switch is still going waits for it.
 
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
@@ -56,7 +59,7 @@ pub fn activate(top: &StorePath, action: Action) -> Result<ExitStatus> {
     } else {
         Command::new(&script)
     };
-    cmd.arg(action.as_str()).stdin(Stdio::null());
+    cmd.arg(action.as_str()).stdin(crate::state::child_stdin());
     tracing::info!(command = ?cmd, "activating");
     cmd.status().with_context(|| format!("cannot run {script}"))
 }

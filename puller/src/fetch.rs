@@ -8,10 +8,13 @@
 //!      → count ≤ NarSize, sha256 → strict NAR reader → temporary file
 //! ```
 //!
-//! The file is renamed to `staging/nar/<narhash>.nar` only when FileSize,
-//! FileHash, NarSize, NarHash and the NAR's structure all check out, so a
-//! file under that name is verified content. A later run re-hashes such a
-//! file (cheap, local) and reuses it instead of downloading it again.
+//! The file is written to disk (fsync) and then renamed to
+//! `staging/nar/<narhash>.nar`, only when FileSize, FileHash, NarSize,
+//! NarHash and the NAR's structure all check out, so a file under that name
+//! is verified content, whole even after a power loss. A later run did not
+//! write it, so it trusts the name no more than a download: it reads the file
+//! again through the strict NAR reader against the pinned NarSize and
+//! NarHash (cheap, local), reuses it if it passes and deletes it if not.
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufWriter, Read, Write};
@@ -92,14 +95,22 @@ pub async fn fetch_one(
     let path = e.store_path.to_string();
     if dest.exists() {
         let (d, e2) = (dest.clone(), e.clone());
-        let ok = tokio::task::spawn_blocking(move || matches_hash(&d, &e2))
+        let checked = tokio::task::spawn_blocking(move || reverify(&d, &e2))
             .await
-            .unwrap_or(false);
-        if ok {
-            tracing::debug!(%path, "already staged and verified");
-            return Ok(0);
+            .unwrap_or_else(|j| Err(j.to_string()));
+        match checked {
+            Ok(()) => {
+                tracing::debug!(%path, "already staged and verified again");
+                return Ok(0);
+            }
+            Err(why) => {
+                tracing::warn!(%path, file = %dest.display(), "discarding a staged NAR: {why}");
+                fs::remove_file(&dest).map_err(|err| NarError::Local {
+                    path: path.clone(),
+                    msg: format!("cannot remove {}: {err}", dest.display()),
+                })?;
+            }
         }
-        let _ = fs::remove_file(&dest);
     }
     let url = source.url_of(&e.url);
     let mut attempt = 1;
@@ -250,6 +261,11 @@ fn verify_into(
             e.file_size, e.file_hash, body.count
         )));
     }
+    // On disk before it has the name that says "verified". The directory is
+    // not synced: a rename a power loss undoes costs a download, no more.
+    tmp.as_file()
+        .sync_all()
+        .map_err(|err| Failure::Local(format!("writing {}: {err}", dest.display())))?;
     tmp.persist(dest)
         .map_err(|err| Failure::Local(format!("cannot rename to {}: {err}", dest.display())))?;
     Ok(())
@@ -340,12 +356,15 @@ fn check_nar<R: Read, W: Write>(decoded: R, e: &Entry, out: W) -> Result<(), Str
     Ok(())
 }
 
-fn matches_hash(p: &Path, e: &Entry) -> bool {
-    let Ok(f) = File::open(p) else { return false };
-    let mut h = HashingCounter::new(f);
-    if io::copy(&mut h, &mut io::sink()).is_err() {
-        return false;
+/// A staged NAR checked as if it had just been downloaded: the strict NAR
+/// reader, NarSize and NarHash, and no byte after the archive's end.
+fn reverify(p: &Path, e: &Entry) -> Result<(), String> {
+    let f = File::open(p).map_err(|err| err.to_string())?;
+    let mut input = io::BufReader::with_capacity(128 << 10, f);
+    check_nar(&mut input, e, io::sink())?;
+    match input.fill_buf() {
+        Ok([]) => Ok(()),
+        Ok(_) => Err("data after the end of the archive".to_owned()),
+        Err(err) => Err(err.to_string()),
     }
-    let (_, hash, size) = h.finish();
-    hash == e.nar_hash && size == e.nar_size
 }

@@ -33,6 +33,10 @@ const LARGE: u64 = 4 << 20;
 
 /// Fetches, verifies and imports `entries` (the paths the store lacks).
 /// Returns the bytes downloaded.
+///
+/// When Nix's import from the staging cache fails, the run goes once more
+/// from an empty staging directory for the paths still missing: whatever
+/// was wrong in staging is gone then, and a second failure is Nix's own.
 pub async fn fetch_and_import(
     cfg: &Config,
     staging: &Path,
@@ -41,6 +45,55 @@ pub async fn fetch_and_import(
     total: u64,
     ids: &Arc<[Identity]>,
 ) -> Result<u64, RunError> {
+    let (fetched, why) = match attempt(cfg, staging, manifest, entries, total, ids).await {
+        Ok(n) => return Ok(n),
+        Err(Failed::Run(e)) => return Err(e),
+        Err(Failed::Import { fetched, why }) => (fetched, why),
+    };
+    tracing::warn!(
+        "importing from the staging cache failed; once more from an empty staging directory: {why:#}"
+    );
+    std::fs::remove_dir_all(staging)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| store::make_staging(staging))
+        .map_err(|e| RunError::Other(e.context("cannot empty the staging directory")))?;
+    let still = store::missing(entries.iter().map(|e| &e.store_path)).map_err(RunError::Other)?;
+    let entries: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| still.contains(&e.store_path))
+        .copied()
+        .collect();
+    let total = entries.iter().map(|e| e.file_size).sum();
+    match attempt(cfg, staging, manifest, &entries, total, ids).await {
+        Ok(n) => Ok(fetched + n),
+        Err(Failed::Run(e)) => Err(e),
+        Err(Failed::Import { why, .. }) => Err(RunError::Other(why)),
+    }
+}
+
+enum Failed {
+    /// `nix copy` from the staging cache failed (after `fetched` bytes).
+    Import {
+        fetched: u64,
+        why: anyhow::Error,
+    },
+    Run(RunError),
+}
+
+impl From<RunError> for Failed {
+    fn from(e: RunError) -> Self {
+        Failed::Run(e)
+    }
+}
+
+async fn attempt(
+    cfg: &Config,
+    staging: &Path,
+    manifest: &Manifest,
+    entries: &[&Entry],
+    total: u64,
+    ids: &Arc<[Identity]>,
+) -> Result<u64, Failed> {
     store::write_staging_cache(staging, entries).map_err(RunError::Other)?;
     let mut plan = Plan::new(manifest, entries);
     let order = plan.download_order(entries);
@@ -84,7 +137,7 @@ pub async fn fetch_and_import(
     // verified and imported, and the next run need not fetch them again);
     // one that fails verification or a local failure stops the run at once.
     let mut unavailable: Vec<NarError> = Vec::new();
-    let mut failure: Option<RunError> = None;
+    let mut failure: Option<Failed> = None;
     loop {
         if importing.is_none() && failure.is_none() {
             let batch = plan.ready();
@@ -105,7 +158,7 @@ pub async fn fetch_and_import(
                     plan.staged(e);
                 }
                 Some(Err(e @ NarError::Fetch { .. })) => unavailable.push(e),
-                Some(Err(e)) => failure = Some(nar_error(e)),
+                Some(Err(e)) => failure = Some(nar_error(e).into()),
                 None => downloading = false,
             },
             done = async { importing.as_mut().expect("guarded").await }, if importing.is_some() => {
@@ -115,8 +168,8 @@ pub async fn fetch_and_import(
                         tracing::debug!(paths = batch.len(), "imported a batch");
                         plan.imported(batch);
                     }
-                    Ok(Err(e)) => failure = Some(RunError::Other(e)),
-                    Err(e) => failure = Some(RunError::Other(e.into())),
+                    Ok(Err(why)) => failure = Some(Failed::Import { fetched, why }),
+                    Err(e) => failure = Some(RunError::Other(e.into()).into()),
                 }
             }
         }
@@ -132,14 +185,15 @@ pub async fn fetch_and_import(
             1 => String::new(),
             n => format!(" (and {} more NARs)", n - 1),
         };
-        return Err(RunError::Fetch(anyhow!("{first}{more}")));
+        return Err(RunError::Fetch(anyhow!("{first}{more}")).into());
     }
     if !plan.waiting.is_empty() {
         // Cannot happen for a closed manifest; say so rather than loop.
         return Err(RunError::Other(anyhow!(
             "{} verified paths could not be imported: their references are missing",
             plan.waiting.len()
-        )));
+        ))
+        .into());
     }
     Ok(fetched)
 }

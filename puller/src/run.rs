@@ -253,7 +253,7 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
     }
 
     let staging = cfg.state.staging();
-    std::fs::create_dir_all(staging.join("nar")).map_err(other)?;
+    store::make_staging(&staging).map_err(other)?;
     let fetched =
         pipeline::fetch_and_import(cfg, &staging, &manifest, &entries, download, &ids).await?;
     status.last_run_fetched_bytes = fetched;

@@ -7,10 +7,24 @@
 //! (temporary file, fsync, rename, fsync of the directory). A file that
 //! cannot be read is an error, never a reset: resetting would lower the
 //! rollback floor to zero.
+//!
+//! The format survives an upgrade and a downgrade of the agent: it carries a
+//! `version`, a newer agent may only add fields (never change what one
+//! means), and an older agent keeps the fields it does not know and writes
+//! them back. The fields that make the rollback floor and the list of failed
+//! generations are read strictly; a field an operator reads (the last result,
+//! error, timings) that does not parse is dropped with a warning instead of
+//! stopping the agent, since a newer agent may have a result this one does
+//! not name.
+//!
+//! The run lock is shared with the Nix commands and the switch the agent
+//! starts (see `child_stdin`), so that a run killed with SIGKILL keeps the
+//! lock until its last child has exited.
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use nixcast_common::pointer::Timestamp;
@@ -34,9 +48,17 @@ pub enum Outcome {
     RolledBack,
 }
 
+/// The `version` this agent writes in `status.json`.
+pub const STATUS_VERSION: u32 = 1;
+
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Status {
+    /// The format version of the file this status was read from (0: written
+    /// before versions). Saving writes `STATUS_VERSION`, or the file's own
+    /// version when that is newer, since the newer fields are kept.
+    #[serde(default)]
+    pub version: u32,
     /// The highest generation whose pointer verified: older ones are refused.
     #[serde(default)]
     pub highest_generation: u64,
@@ -47,33 +69,74 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_issued_at: Option<Timestamp>,
     /// HTTP validators of the pointer last handled to the end (applied or unchanged).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub validators: Validators,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_generation: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_store_path: Option<StorePath>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub applied_at: Option<Timestamp>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_check: Option<Timestamp>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_result: Option<Outcome>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_error: Option<String>,
     /// Generations whose switch or health check failed: not retried.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bad_generations: Vec<u64>,
     /// The end of the last run that ended well (applied or nothing to do).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_success: Option<Timestamp>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub last_run_seconds: f64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub last_run_fetched_bytes: u64,
     /// Failed runs since the state directory was made, by kind.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "std::collections::BTreeMap::is_empty"
+    )]
     pub failures: std::collections::BTreeMap<String, u64>,
+    /// Fields of a newer agent, written back unchanged.
+    #[serde(flatten)]
+    pub unknown: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A field an operator reads: one that does not parse (a newer agent's
+/// value) reads as absent rather than stopping the agent.
+fn lenient<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned + Default,
+{
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(v.clone()).unwrap_or_else(|e| {
+        tracing::warn!("ignoring a status field this agent cannot read ({e}): {v}");
+        T::default()
+    }))
 }
 
 impl Outcome {
@@ -145,7 +208,9 @@ pub fn metrics(s: &Status) -> String {
     out
 }
 
-/// Writes `text` to `path` atomically (the textfile collector may read at any time).
+/// Writes `text` to `path` atomically and durably: after a crash or a power
+/// loss the file is the old one or the new one, whole (the textfile
+/// collector may read at any time; the next run reads the manifest).
 pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
     let dir = path
         .parent()
@@ -159,17 +224,57 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(0o644))?;
+    tmp.as_file().sync_all()?;
     tmp.persist(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+/// A clone of the held run lock's file (the same open file description, so
+/// it holds the same flock), for the children a run starts.
+static HELD: Mutex<Option<File>> = Mutex::new(None);
+
+/// The standard input for a Nix command or the switch: the run's lock file
+/// while a lock is held, else nothing. A child holding it keeps the lock held
+/// after the agent dies (SIGKILL, the OOM killer), so that the next run waits
+/// (`--wait`) or exits 6 instead of racing an orphaned `nix copy` or switch.
+/// systemd-run `--pipe` hands it on to the switch's transient unit. The file
+/// is empty and open for reading, so a child that reads its input sees an
+/// end of file, as from /dev/null. Without `unsafe_code` there is no
+/// parent-death signal to set between fork and exec; this needs none.
+pub fn child_stdin() -> std::process::Stdio {
+    let held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    match held.as_ref().map(File::try_clone) {
+        Some(Ok(f)) => f.into(),
+        Some(Err(e)) => {
+            tracing::warn!("cannot share the run lock with a child: {e}");
+            std::process::Stdio::null()
+        }
+        None => std::process::Stdio::null(),
+    }
 }
 
 pub struct StateDir {
     dir: PathBuf,
 }
 
-/// Held for the whole run; the lock is released when the file is closed.
-pub struct Lock(#[allow(dead_code)] File);
+/// Held for the whole run; the lock is released when the file is closed by
+/// the agent and by every child it was shared with (`child_stdin`).
+pub struct Lock(());
+
+impl Lock {
+    fn hold(f: File) -> Self {
+        *HELD.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
+        Lock(())
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        HELD.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
 
 impl StateDir {
     pub fn new(dir: &Path) -> Self {
@@ -203,19 +308,21 @@ impl StateDir {
     /// Takes the run lock without waiting, or waits for it with `wait`.
     pub fn lock(&self, wait: bool) -> Result<Option<Lock>> {
         let p = self.dir.join(LOCK_FILE);
+        // Readable, as it becomes the standard input of children.
         let f = File::options()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(&p)
             .with_context(|| format!("cannot open {}", p.display()))?;
         if wait {
             f.lock()
                 .with_context(|| format!("cannot lock {}", p.display()))?;
-            return Ok(Some(Lock(f)));
+            return Ok(Some(Lock::hold(f)));
         }
         match f.try_lock() {
-            Ok(()) => Ok(Some(Lock(f))),
+            Ok(()) => Ok(Some(Lock::hold(f))),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
             Err(fs::TryLockError::Error(e)) => {
                 Err(e).with_context(|| format!("cannot lock {}", p.display()))
@@ -235,8 +342,10 @@ impl StateDir {
             Ok(s) => Ok(s),
             Err(e) => bail!(
                 "the state file {} is damaged ({e}); refusing to run, since starting afresh would \
-                 forget the highest accepted generation. Restore it from a backup, or, if you \
-                 accept any generation again, delete it and run again",
+                 forget the highest accepted generation. Restore it from a backup, or repair it \
+                 by hand (only highestGeneration, highestDigest, lastIssuedAt and \
+                 badGenerations must be readable; other fields may go), or, if you accept any \
+                 generation again, delete it and run again",
                 p.display()
             ),
         }
@@ -248,7 +357,11 @@ impl StateDir {
             .prefix(".status-")
             .tempfile_in(&self.dir)
             .with_context(|| format!("cannot write in {}", self.dir.display()))?;
-        let mut bytes = serde_json::to_vec_pretty(status)?;
+        let status = Status {
+            version: status.version.max(STATUS_VERSION),
+            ..status.clone()
+        };
+        let mut bytes = serde_json::to_vec_pretty(&status)?;
         bytes.push(b'\n');
         tmp.write_all(&bytes)?;
         tmp.as_file().sync_all()?;
@@ -275,7 +388,13 @@ mod tests {
             ..Default::default()
         };
         s.save(&st).unwrap();
-        assert_eq!(s.load().unwrap(), st);
+        assert_eq!(
+            s.load().unwrap(),
+            Status {
+                version: STATUS_VERSION,
+                ..st
+            }
+        );
         let bytes = fs::read(d.path().join(STATUS_FILE)).unwrap();
         fs::write(d.path().join(STATUS_FILE), &bytes[..bytes.len() / 2]).unwrap();
         let err = s.load().unwrap_err().to_string();
@@ -285,14 +404,85 @@ mod tests {
         );
     }
 
+    /// A newer agent's status (an extra field, a result this agent does not
+    /// name, a newer version) is read, keeps the floor, and is written back
+    /// with what this agent does not know.
+    #[test]
+    fn a_newer_agents_status_is_read_and_its_fields_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateDir::new(d.path());
+        let text = r#"{
+            "version": 7,
+            "highestGeneration": 12,
+            "badGenerations": [11],
+            "lastResult": "sealed-refused",
+            "lastRunSeconds": "not a number",
+            "rollout": {"wave": 3}
+        }"#;
+        fs::write(d.path().join(STATUS_FILE), text).unwrap();
+        let st = s.load().unwrap();
+        assert_eq!(st.highest_generation, 12);
+        assert_eq!(st.bad_generations, [11]);
+        assert_eq!(st.last_result, None);
+        assert_eq!(st.last_run_seconds, 0.0);
+        s.save(&st).unwrap();
+        let back: serde_json::Value =
+            serde_json::from_slice(&fs::read(d.path().join(STATUS_FILE)).unwrap()).unwrap();
+        assert_eq!(back["version"], 7);
+        assert_eq!(back["highestGeneration"], 12);
+        assert_eq!(back["rollout"]["wave"], 3);
+    }
+
+    /// What makes the rollback floor is read strictly: a value this agent
+    /// cannot read stops it rather than lowering the floor.
+    #[test]
+    fn an_unreadable_floor_stops_the_agent() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateDir::new(d.path());
+        for text in [
+            r#"{"highestGeneration": "twelve"}"#,
+            r#"{"highestGeneration": 12, "highestDigest": 5}"#,
+            r#"{"highestGeneration": 12, "lastIssuedAt": "yesterday"}"#,
+            r#"{"highestGeneration": 12, "badGenerations": "none"}"#,
+        ] {
+            fs::write(d.path().join(STATUS_FILE), text).unwrap();
+            let err = s.load().unwrap_err().to_string();
+            assert!(err.contains("damaged"), "{text}: {err}");
+        }
+    }
+
+    /// The held lock is one per process: tests that take it take turns.
+    static TURN: Mutex<()> = Mutex::new(());
+
     #[test]
     fn second_lock_is_refused() {
+        let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
         let d = tempfile::tempdir().unwrap();
         let s = StateDir::new(d.path());
         let held = s.lock(false).unwrap();
         assert!(held.is_some());
         assert!(s.lock(false).unwrap().is_none());
         drop(held);
+        assert!(s.lock(false).unwrap().is_some());
+    }
+
+    /// A child started with `child_stdin` holds the lock until it exits,
+    /// even once the run has let go of it (as when the agent is killed).
+    #[test]
+    fn a_child_keeps_the_lock_until_it_exits() {
+        let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+        let d = tempfile::tempdir().unwrap();
+        let s = StateDir::new(d.path());
+        let held = s.lock(false).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("1000")
+            .stdin(child_stdin())
+            .spawn()
+            .unwrap();
+        drop(held);
+        assert!(s.lock(false).unwrap().is_none(), "the child holds it");
+        child.kill().unwrap();
+        child.wait().unwrap();
         assert!(s.lock(false).unwrap().is_some());
     }
 }

@@ -27,7 +27,7 @@ pub const CHUNK: usize = 4000;
 fn run(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}");
     let out = cmd
-        .stdin(Stdio::null())
+        .stdin(crate::state::child_stdin())
         .stderr(Stdio::piped())
         .output()
         .with_context(|| format!("cannot run {shown}: is Nix installed?"))?;
@@ -56,9 +56,52 @@ pub fn missing<'a>(paths: impl IntoIterator<Item = &'a StorePath>) -> Result<Vec
     Ok(out)
 }
 
+/// Makes the staging directory and its `nar/`; anything else in their
+/// place (a file left by hand or by a damaged disk) goes first.
+pub fn make_staging(staging: &Path) -> Result<()> {
+    for dir in [staging.to_owned(), staging.join("nar")] {
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => continue,
+            Ok(_) => std::fs::remove_file(&dir)
+                .with_context(|| format!("cannot remove {}", dir.display()))?,
+            Err(_) => {}
+        }
+        std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// Writes `nix-cache-info` and a narinfo for each of `entries` (their NARs
 /// are staged as they arrive). `import` asks for these paths only.
+///
+/// Whatever an earlier run left goes first (it may have been killed at any
+/// point, or the directory damaged by hand): every narinfo and any other
+/// file, and every file in `nar/` but the NARs of `entries`, which
+/// `fetch::fetch_one` checks again before using them. So Nix never meets a
+/// narinfo this run did not write, nor a NAR it did not verify.
 pub fn write_staging_cache(staging: &Path, entries: &[&Entry]) -> Result<()> {
+    let keep: std::collections::HashSet<_> = entries
+        .iter()
+        .filter_map(|e| staged_path(staging, e).file_name().map(ToOwned::to_owned))
+        .collect();
+    let nar_dir = staging.join("nar");
+    for (dir, keep) in [(staging, None), (nar_dir.as_path(), Some(&keep))] {
+        let listing =
+            std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+        for e in listing {
+            let e = e?;
+            if e.path() == nar_dir || keep.is_some_and(|k| k.contains(&e.file_name())) {
+                continue;
+            }
+            let p = e.path();
+            let removed = if e.file_type()?.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            removed.with_context(|| format!("cannot remove {}", p.display()))?;
+        }
+    }
     std::fs::write(staging.join("nix-cache-info"), "StoreDir: /nix/store\n")?;
     for e in entries {
         let staged = staged_path(staging, e);

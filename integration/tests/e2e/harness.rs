@@ -79,6 +79,8 @@ pub struct Fixture {
     pub switch_exit: u32,
     /// Size in bytes of the shared library's random file (default 64 KiB).
     pub big: u64,
+    /// Seconds the switch sleeps after logging "begin ACTION" (0: no pause).
+    pub switch_sleep: u32,
 }
 
 impl Default for Fixture {
@@ -89,6 +91,7 @@ impl Default for Fixture {
             n: 3,
             switch_exit: 0,
             big: 0,
+            switch_sleep: 0,
         }
     }
 }
@@ -96,7 +99,11 @@ impl Default for Fixture {
 impl Fixture {
     /// Builds it in the machine's own store (the "trusted machine") and returns the path.
     pub fn build(&self) -> String {
-        let out = ok(Command::new("nix-build")
+        let mut cmd = Command::new("nix-build");
+        if self.switch_sleep > 0 {
+            cmd.args(["--arg", "switchSleep", &self.switch_sleep.to_string()]);
+        }
+        let out = ok(cmd
             .arg(FIXTURE)
             .args(["--no-out-link", "--option", "sandbox", "false"])
             .args(["--argstr", "host", self.host])

@@ -12,6 +12,7 @@ mod module;
 mod private;
 mod publish;
 mod pull;
+mod recovery;
 mod s3;
 mod safety;
 mod sealed;
