@@ -37,7 +37,9 @@ fn base_paths(target: &Target, host: &str, base: &Base) -> Result<BTreeSet<Store
         Base::Path(_) => None,
     };
     for key in target.list(&format!("hosts/{host}"))? {
-        let bytes = target.get(&key)?.context("listed")?;
+        let bytes = target
+            .get_at_most(&key, pointer::MAX_ENVELOPE_SIZE as u64)?
+            .context("listed")?;
         let p = decode_pointer(&bytes, &key)?;
         let wanted = match (generation, base) {
             (Some(g), _) => p.generation == g,
@@ -68,7 +70,7 @@ fn header(size: u64) -> tar::Header {
 pub fn bundle(target: &Target, host: &str, base: &Base, output: &Path) -> Result<()> {
     let key = format!("hosts/{host}.json");
     let pointer_bytes = target
-        .get(&key)?
+        .get_at_most(&key, pointer::MAX_ENVELOPE_SIZE as u64)?
         .with_context(|| format!("{}/{key} does not exist", target.describe()))?;
     let p = decode_pointer(&pointer_bytes, &key)?;
     let (manifest_bytes, m) = read_manifest(target, &p)?;

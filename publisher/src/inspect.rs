@@ -17,7 +17,7 @@ use crate::target::Target;
 /// only decoded (for a look at one's own cache).
 pub fn read_pointer(target: &Target, key: &str, keys: &[PublicKey]) -> Result<Pointer> {
     let bytes = target
-        .get(key)?
+        .get_at_most(key, pointer::MAX_ENVELOPE_SIZE as u64)?
         .with_context(|| format!("{}/{key} does not exist", target.describe()))?;
     if !keys.is_empty() {
         return Ok(pointer::verify(&bytes, keys)
@@ -29,8 +29,9 @@ pub fn read_pointer(target: &Target, key: &str, keys: &[PublicKey]) -> Result<Po
 
 /// The manifest a pointer pins, checked against the pinned sha256; with its bytes.
 pub fn read_manifest(target: &Target, p: &Pointer) -> Result<(Vec<u8>, Manifest)> {
+    // The pointer says how large it is: nothing beyond that is read.
     let bytes = target
-        .get(&p.manifest.path)?
+        .get_at_most(&p.manifest.path, p.manifest.size)?
         .with_context(|| format!("{} is missing", p.manifest.path))?;
     if nixcast_common::Sha256Hash::digest(&bytes) != p.manifest.sha256 {
         bail!(

@@ -172,9 +172,17 @@ fn parse_expiry(s: &str) -> Result<Expiry, String> {
     if s == "never" {
         return Ok(Expiry(None));
     }
-    humantime::parse_duration(s)
-        .map(|d| Expiry(Some(d)))
-        .map_err(|e| format!("{e}: use a duration such as 30d or 12h, or never"))
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{e}: use a duration such as 30d or 12h, or never"))?;
+    // Checked here, before any NAR is written, rather than when the pointer
+    // is dated at the end.
+    if d.as_secs() < 1 || d > publish::MAX_EXPIRES_IN {
+        return Err(format!(
+            "{s:?} is out of range: use a duration from 1s to {}, or never",
+            humantime::format_duration(publish::MAX_EXPIRES_IN)
+        ));
+    }
+    Ok(Expiry(Some(d)))
 }
 
 fn parse_compression(s: &str) -> Result<Compression, String> {

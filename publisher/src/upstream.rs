@@ -20,7 +20,8 @@ use crate::nix::PathInfo;
 
 /// Narinfo look-ups in flight at once.
 const CONCURRENCY: usize = 32;
-const MAX_NARINFO: usize = 1 << 20;
+/// The largest narinfo read, from an upstream or our own target.
+pub const MAX_NARINFO: usize = 1 << 20;
 
 pub struct Upstreams {
     urls: Vec<String>,
