@@ -325,10 +325,7 @@ fn publish_cmd(a: PublishArgs) -> Result<()> {
             a.upstreams,
             a.upstream_keys
                 .iter()
-                .map(|k| {
-                    nixcast_common::PublicKey::parse(k)
-                        .with_context(|| format!("bad --upstream-key {k:?}"))
-                })
+                .map(|k| public_key(k, "--upstream-key"))
                 .collect::<Result<_>>()?,
         )?,
     };
@@ -373,10 +370,24 @@ fn load_public_keys(files: &[PathBuf]) -> Result<Vec<nixcast_common::PublicKey>>
         .map(|f| {
             let text = std::fs::read_to_string(f)
                 .with_context(|| format!("cannot read {}", f.display()))?;
-            nixcast_common::PublicKey::parse(&text)
-                .with_context(|| format!("bad public key in {}", f.display()))
+            public_key(&text, &format!("--public-key-file {}", f.display()))
         })
         .collect()
+}
+
+/// A public key given as `source`. What is given may be a secret key by
+/// mistake: it is then refused as such, and no part of it is echoed (the
+/// errors of `PublicKey::parse` name only the key name and lengths).
+fn public_key(text: &str, source: &str) -> Result<nixcast_common::PublicKey> {
+    use nixcast_common::keys::KeyError;
+    match nixcast_common::PublicKey::parse(text) {
+        Ok(k) => Ok(k),
+        Err(KeyError::Length { got: 64, .. }) => anyhow::bail!(
+            "{source} is a secret key, not a public key: give the public key \
+             (the --public-key-file that `nixcast keygen` wrote), and keep the secret key private"
+        ),
+        Err(e) => Err(e).with_context(|| format!("bad public key in {source}")),
+    }
 }
 
 fn init_logging(format: LogFormat) {

@@ -510,3 +510,52 @@ fn expires_in_values_that_overflow_are_refused_before_anything_is_written() {
     }
     publish(&cache, "foobar", &top, &keys, &["--expires-in", "100y"]);
 }
+
+#[test]
+fn a_secret_key_given_as_a_public_key_is_refused_and_not_echoed() {
+    let (work, cache, keys) = scene();
+    let top = Fixture {
+        version: "secretpub",
+        ..Default::default()
+    }
+    .build();
+    publish(&cache, "foobar", &top, &keys, &[]);
+    let secret = std::fs::read_to_string(&keys.secret).unwrap();
+    let material = secret.split_once(':').unwrap().1;
+    let check = |out: Output| {
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let (o, e) = (stdout(&out), stderr(&out));
+        assert!(e.contains("is a secret key, not a public key"), "{e}");
+        // Not even a part of the key material.
+        for part in [material, &material[..12], &material[material.len() - 12..]] {
+            assert!(!e.contains(part) && !o.contains(part), "{e}");
+        }
+    };
+    for cmd in [&["hosts"][..], &["diff", "--host", "foobar"]] {
+        check(
+            nixcast()
+                .args(cmd)
+                .arg("--to")
+                .arg(&cache)
+                .arg("--public-key-file")
+                .arg(&keys.secret)
+                .output()
+                .unwrap(),
+        );
+    }
+    check(
+        nixcast()
+            .args(["publish", "--host", "foobar", "--path", &top, "--to"])
+            .arg(work.path().join("other"))
+            .arg("--secret-key-file")
+            .arg(&keys.secret)
+            .args([
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--upstream-key",
+                &secret,
+            ])
+            .output()
+            .unwrap(),
+    );
+}
