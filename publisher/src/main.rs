@@ -120,6 +120,15 @@ enum Cmd {
         dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Connections served at once; more wait to be accepted (lowered to what the file descriptor limit allows).
+        #[arg(long, default_value_t = serve::Limits::default().max_connections, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+        max_connections: usize,
+        /// How long a client has to send a request's headers (also the idle time allowed between requests).
+        #[arg(long, default_value = "10s", value_parser = parse_timeout)]
+        header_timeout: Duration,
+        /// How long a response may wait for the client to take more of it.
+        #[arg(long, default_value = "60s", value_parser = parse_timeout)]
+        send_timeout: Duration,
     },
 }
 
@@ -183,6 +192,16 @@ fn parse_expiry(s: &str) -> Result<Expiry, String> {
         ));
     }
     Ok(Expiry(Some(d)))
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e}: use a duration such as 10s"))?;
+    if d.is_zero() || d > Duration::from_secs(86_400) {
+        return Err(format!(
+            "{s:?} is out of range: use a duration from 1ms to 1d"
+        ));
+    }
+    Ok(d)
 }
 
 fn parse_compression(s: &str) -> Result<Compression, String> {
@@ -267,7 +286,18 @@ fn run(cmd: Cmd) -> Result<()> {
                 json,
             )
         }
-        Cmd::Serve { dir, listen } => {
+        Cmd::Serve {
+            dir,
+            listen,
+            max_connections,
+            header_timeout,
+            send_timeout,
+        } => {
+            let limits = serve::Limits {
+                max_connections,
+                header_timeout,
+                send_timeout,
+            };
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
                 let listener = tokio::net::TcpListener::bind(listen)
@@ -281,7 +311,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 let shutdown = async {
                     let _ = tokio::signal::ctrl_c().await;
                 };
-                serve::run(listener, dir, shutdown).await?;
+                serve::run(listener, dir, limits, shutdown).await?;
                 Ok(())
             })
         }
