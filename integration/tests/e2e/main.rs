@@ -13,4 +13,5 @@ mod publish;
 mod pull;
 mod s3;
 mod safety;
+mod serve;
 mod upstream;
