@@ -110,7 +110,7 @@ pub fn bundle(target: &Target, host: &str, base: &Base, output: &Path) -> Result
         h.set_cksum();
         let w = tar.get_mut();
         w.write_all(h.as_bytes())?;
-        let n = target.read_to(&e.url, w)?;
+        let n = target.read_to(&e.url, w, e.file_size)?;
         anyhow::ensure!(
             n == e.file_size,
             "{} has {n} bytes, its manifest says {}",

@@ -223,22 +223,31 @@ impl Target {
         }
     }
 
-    /// Streams an object into `out`.
-    pub fn read_to(&self, key: &str, out: &mut dyn Write) -> Result<u64> {
+    /// Streams an object of at most `max` bytes into `out`; a larger one is
+    /// an error once `max` bytes are written.
+    pub fn read_to(&self, key: &str, out: &mut dyn Write, max: u64) -> Result<u64> {
+        let too_large = || anyhow::anyhow!("{}/{key} is larger than {max} bytes", self.describe());
         match &self.kind {
             Kind::Dir(root) => {
                 let p = Self::file(root, key);
-                let mut f =
+                let f =
                     fs::File::open(&p).with_context(|| format!("cannot open {}", p.display()))?;
-                Ok(io::copy(&mut f, out)?)
+                let n = io::copy(&mut f.take(max.saturating_add(1)), out)?;
+                if n > max {
+                    return Err(too_large());
+                }
+                Ok(n)
             }
             Kind::S3(s) => s.rt.block_on(async {
                 let mut stream = s.store.get(&s.path(key)).await?.into_stream();
                 let mut n = 0;
                 while let Some(chunk) = stream.next().await {
                     let chunk = chunk?;
-                    out.write_all(&chunk)?;
                     n += chunk.len() as u64;
+                    if n > max {
+                        return Err(too_large());
+                    }
+                    out.write_all(&chunk)?;
                 }
                 Ok(n)
             }),
@@ -489,5 +498,11 @@ mod tests {
         let err = target.get_at_most("hosts/h.json", 99).unwrap_err();
         assert!(err.to_string().contains("larger than 99 bytes"), "{err}");
         assert!(target.get_at_most("hosts/none.json", 99).unwrap().is_none());
+        let mut out = Vec::new();
+        assert_eq!(target.read_to("hosts/h.json", &mut out, 100).unwrap(), 100);
+        let mut out = Vec::new();
+        let err = target.read_to("hosts/h.json", &mut out, 99).unwrap_err();
+        assert!(err.to_string().contains("larger than 99 bytes"), "{err}");
+        assert!(out.len() <= 100, "{}", out.len());
     }
 }
