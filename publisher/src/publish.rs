@@ -251,10 +251,11 @@ fn write_delta(
 
 /// The current pointer (verified with our key), the last generation
 /// published for the host and the latest time one of them was issued. They
-/// come from the current pointer and the history pointers `hosts/HOST/N.json` that verify with our key, name this host and
-/// generation N. File names alone count for nothing: anyone who can write to
-/// the bucket could otherwise plant `hosts/HOST/18446744073709551614.json` and
-/// make us sign a generation no agent can ever move past.
+/// come from the current pointer and the history pointers `hosts/HOST/N.json`
+/// that verify with our key and name this host and generation N. File names
+/// alone count for nothing: anyone who can write to the bucket could
+/// otherwise plant `hosts/HOST/18446744073709551614.json` and make us sign a
+/// generation no agent can ever move past.
 fn previous_pointer(
     target: &Target,
     host: &str,
@@ -281,7 +282,20 @@ fn previous_pointer(
         }
         Err(e) if opts.force => {
             tracing::warn!(error = %e, "previous pointer {key} does not verify with key {}; replacing it (--force)", opts.key.name());
-            Ok((None, history_generation, history_issued))
+            // Taking a host over from another key: its agents hold that
+            // key's generations, so numbering goes on after the one the
+            // current pointer claims. Unverified, so it is the operator's
+            // word (given with --force), and said.
+            let claimed = pointer::decode_unverified(&bytes)
+                .ok()
+                .filter(|p| p.host == host)
+                .map_or(0, |p| p.generation);
+            if claimed > history_generation {
+                tracing::warn!(
+                    "continuing after generation {claimed}, which the replaced pointer claims"
+                );
+            }
+            Ok((None, history_generation.max(claimed), history_issued))
         }
         Err(e) => bail!(
             "the current pointer {} does not verify with key {}: {e}\n\

@@ -1,6 +1,8 @@
 //! `nixcast publish` writes a cache that Nix itself accepts.
 
-use std::process::Command;
+use std::process::{Command, Output};
+
+use nixcast_common::pointer::Pointer;
 
 use crate::harness::*;
 
@@ -393,8 +395,6 @@ fn resigned(cache: &std::path::Path, keys: &Keys, edit: impl FnOnce(&mut Pointer
     p.sign(&nixcast_common::SecretKey::parse(&secret).unwrap())
 }
 
-use nixcast_common::pointer::Pointer;
-
 fn publish_output(cache: &std::path::Path, top: &str, keys: &Keys, extra: &[&str]) -> Output {
     nixcast()
         .args(["publish", "--host", "foobar", "--path", top, "--to"])
@@ -405,8 +405,6 @@ fn publish_output(cache: &std::path::Path, top: &str, keys: &Keys, extra: &[&str
         .output()
         .unwrap()
 }
-
-use std::process::Output;
 
 fn generation_of(cache: &std::path::Path) -> u64 {
     let bytes = std::fs::read(cache.join("hosts/foobar.json")).unwrap();
