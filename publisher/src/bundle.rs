@@ -44,7 +44,9 @@ fn base_paths(
         Base::Path(_) => None,
     };
     for key in target.list(&format!("hosts/{host}"))? {
-        let bytes = target.get(&key)?.context("listed")?;
+        let bytes = target
+            .get_at_most(&key, pointer::MAX_ENVELOPE_SIZE as u64)?
+            .context("listed")?;
         let p = decode_pointer(&bytes, &key)?;
         let m = match (generation, base) {
             (Some(g), _) if p.generation == g => read_manifest(target, &p, ids)?.1,
@@ -88,7 +90,7 @@ pub fn bundle(
 ) -> Result<()> {
     let key = format!("hosts/{host}.json");
     let pointer_bytes = target
-        .get(&key)?
+        .get_at_most(&key, pointer::MAX_ENVELOPE_SIZE as u64)?
         .with_context(|| format!("{}/{key} does not exist", target.describe()))?;
     let p = decode_pointer(&pointer_bytes, &key)?;
     let (plain_manifest, m) = read_manifest(target, &p, ids)?;
@@ -96,7 +98,9 @@ pub fn bundle(
     let manifest_bytes = match p.manifest.sealed {
         None => plain_manifest,
         Some(_) => {
-            let b = target.get(&p.manifest.path)?.context("just read")?;
+            let b = target
+                .get_at_most(&p.manifest.path, p.manifest.size)?
+                .context("just read")?;
             anyhow::ensure!(
                 nixcast_common::Sha256Hash::digest(&b) == p.manifest.sha256,
                 "{} changed while it was read",
@@ -141,7 +145,7 @@ pub fn bundle(
         h.set_cksum();
         let w = tar.get_mut();
         w.write_all(h.as_bytes())?;
-        let n = target.read_to(&e.url, w)?;
+        let n = target.read_to(&e.url, w, e.file_size)?;
         anyhow::ensure!(
             n == e.file_size,
             "{} has {n} bytes, its manifest says {}",

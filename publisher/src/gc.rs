@@ -21,8 +21,11 @@ use nixcast_common::seal::Identity;
 use crate::publish::human_bytes;
 use crate::target::Target;
 
-fn decode(bytes: &[u8], key: &str) -> Result<Pointer> {
-    pointer::decode_unverified(bytes).with_context(|| format!("reading {key}"))
+fn read(target: &Target, key: &str) -> Result<Pointer> {
+    let bytes = target
+        .get_at_most(key, pointer::MAX_ENVELOPE_SIZE as u64)?
+        .context("listed")?;
+    pointer::decode_unverified(&bytes).with_context(|| format!("reading {key}"))
 }
 
 pub fn gc(
@@ -45,16 +48,24 @@ pub fn gc(
         else {
             continue;
         };
-        let current = decode(&target.get(&key)?.context("listed")?, &key)?;
+        let current = read(target, &key)?;
         let mut history: BTreeMap<u64, (String, u64, SystemTime)> = BTreeMap::new();
         for (k, size, mtime) in target.entries(&format!("hosts/{host}"))? {
-            let generation = k
+            let generation: Option<u64> = k
                 .rsplit('/')
                 .next()
                 .and_then(|n| n.strip_suffix(".json"))
                 .and_then(|n| n.parse().ok());
-            if let Some(g) = generation {
-                history.insert(g, (k, size, mtime));
+            let Some(g) = generation else { continue };
+            // A name is anyone's word: a file planted under a high number
+            // must not take the place of a kept generation. What is not this
+            // host's pointer of that generation is neither kept nor deleted.
+            match read(target, &k) {
+                Ok(p) if p.host == host && p.generation == g => {
+                    history.insert(g, (k, size, mtime));
+                }
+                Ok(_) => tracing::warn!("leaving {k:?} alone: it is not generation {g} of {host}"),
+                Err(e) => tracing::warn!("leaving {k:?} alone: {e:#}"),
             }
         }
         let kept: BTreeSet<u64> = history
@@ -67,7 +78,7 @@ pub fn gc(
         let mut pointers = vec![current];
         for (g, entry) in history {
             if kept.contains(&g) {
-                pointers.push(decode(&target.get(&entry.0)?.context("listed")?, &entry.0)?);
+                pointers.push(read(target, &entry.0)?);
             } else {
                 dropped_pointers.push(entry);
             }

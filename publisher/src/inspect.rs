@@ -18,7 +18,7 @@ use crate::target::Target;
 /// only decoded (for a look at one's own cache).
 pub fn read_pointer(target: &Target, key: &str, keys: &[PublicKey]) -> Result<Pointer> {
     let bytes = target
-        .get(key)?
+        .get_at_most(key, pointer::MAX_ENVELOPE_SIZE as u64)?
         .with_context(|| format!("{}/{key} does not exist", target.describe()))?;
     if !keys.is_empty() {
         return Ok(pointer::verify(&bytes, keys)
@@ -39,8 +39,9 @@ pub fn read_manifest(
     ids: &[Identity],
 ) -> Result<(Vec<u8>, Manifest)> {
     let path = &p.manifest.path;
+    // The pointer says how large it is: nothing beyond that is read.
     let bytes = target
-        .get(path)?
+        .get_at_most(path, p.manifest.size)?
         .with_context(|| format!("{path} is missing"))?;
     if Sha256Hash::digest(&bytes) != p.manifest.sha256 {
         bail!("{path} does not match the sha256 its pointer pins");

@@ -134,6 +134,15 @@ enum Cmd {
         dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Connections served at once; more wait to be accepted (lowered to what the file descriptor limit allows).
+        #[arg(long, default_value_t = serve::Limits::default().max_connections, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+        max_connections: usize,
+        /// How long a client has to send a request's headers (also the idle time allowed between requests).
+        #[arg(long, default_value = "10s", value_parser = parse_timeout)]
+        header_timeout: Duration,
+        /// How long a response may wait for the client to take more of it.
+        #[arg(long, default_value = "60s", value_parser = parse_timeout)]
+        send_timeout: Duration,
     },
 }
 
@@ -193,9 +202,27 @@ fn parse_expiry(s: &str) -> Result<Expiry, String> {
     if s == "never" {
         return Ok(Expiry(None));
     }
-    humantime::parse_duration(s)
-        .map(|d| Expiry(Some(d)))
-        .map_err(|e| format!("{e}: use a duration such as 30d or 12h, or never"))
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{e}: use a duration such as 30d or 12h, or never"))?;
+    // Checked here, before any NAR is written, rather than when the pointer
+    // is dated at the end.
+    if d.as_secs() < 1 || d > publish::MAX_EXPIRES_IN {
+        return Err(format!(
+            "{s:?} is out of range: use a duration from 1s to {}, or never",
+            humantime::format_duration(publish::MAX_EXPIRES_IN)
+        ));
+    }
+    Ok(Expiry(Some(d)))
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e}: use a duration such as 10s"))?;
+    if d.is_zero() || d > Duration::from_secs(86_400) {
+        return Err(format!(
+            "{s:?} is out of range: use a duration from 1ms to 1d"
+        ));
+    }
+    Ok(d)
 }
 
 fn parse_compression(s: &str) -> Result<Compression, String> {
@@ -293,7 +320,18 @@ fn run(cmd: Cmd) -> Result<()> {
                 json,
             )
         }
-        Cmd::Serve { dir, listen } => {
+        Cmd::Serve {
+            dir,
+            listen,
+            max_connections,
+            header_timeout,
+            send_timeout,
+        } => {
+            let limits = serve::Limits {
+                max_connections,
+                header_timeout,
+                send_timeout,
+            };
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
                 let listener = tokio::net::TcpListener::bind(listen)
@@ -307,7 +345,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 let shutdown = async {
                     let _ = tokio::signal::ctrl_c().await;
                 };
-                serve::run(listener, dir, shutdown).await?;
+                serve::run(listener, dir, limits, shutdown).await?;
                 Ok(())
             })
         }
@@ -374,10 +412,7 @@ fn publish_cmd(a: PublishArgs) -> Result<()> {
             a.upstreams,
             a.upstream_keys
                 .iter()
-                .map(|k| {
-                    nixcast_common::PublicKey::parse(k)
-                        .with_context(|| format!("bad --upstream-key {k:?}"))
-                })
+                .map(|k| public_key(k, "--upstream-key"))
                 .collect::<Result<_>>()?,
         )?,
         sealing,
@@ -423,8 +458,7 @@ fn load_public_keys(files: &[PathBuf]) -> Result<Vec<nixcast_common::PublicKey>>
         .map(|f| {
             let text = std::fs::read_to_string(f)
                 .with_context(|| format!("cannot read {}", f.display()))?;
-            nixcast_common::PublicKey::parse(&text)
-                .with_context(|| format!("bad public key in {}", f.display()))
+            public_key(&text, &format!("--public-key-file {}", f.display()))
         })
         .collect()
 }
@@ -440,6 +474,21 @@ fn load_identities(files: &[PathBuf]) -> Result<Vec<Identity>> {
         out.extend(Identity::from_file(&bytes, &f.display().to_string())?);
     }
     Ok(out)
+}
+
+/// A public key given as `source`. What is given may be a secret key by
+/// mistake: it is then refused as such, and no part of it is echoed (the
+/// errors of `PublicKey::parse` name only the key name and lengths).
+fn public_key(text: &str, source: &str) -> Result<nixcast_common::PublicKey> {
+    use nixcast_common::keys::KeyError;
+    match nixcast_common::PublicKey::parse(text) {
+        Ok(k) => Ok(k),
+        Err(KeyError::Length { got: 64, .. }) => anyhow::bail!(
+            "{source} is a secret key, not a public key: give the public key \
+             (the --public-key-file that `nixcast keygen` wrote), and keep the secret key private"
+        ),
+        Err(e) => Err(e).with_context(|| format!("bad public key in {source}")),
+    }
 }
 
 fn init_logging(format: LogFormat) {

@@ -107,7 +107,7 @@ pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> 
     check_host(host)?;
     let sealed = opts.sealing.is_sealed(host);
     let me = [Identity::of_publisher(&opts.key)];
-    let (previous, last_generation) = previous_pointer(target, host, opts)?;
+    let (previous, last_generation, last_issued) = previous_pointer(target, host, opts)?;
     let unchanged = |prev: &Pointer| Outcome::Unchanged {
         generation: prev.generation,
         store_path: top.clone(),
@@ -139,6 +139,26 @@ pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> 
             return Ok(unchanged(prev));
         }
     }
+    // Before any NAR is written: a pointer that cannot be numbered or dated
+    // must not leave half a publish behind.
+    let generation = last_generation.checked_add(1).with_context(|| {
+        format!("{host} is at generation {last_generation}, the last there can be")
+    })?;
+    let issued_at = Timestamp::now();
+    if let Some(last) = last_issued.filter(|t| *t > issued_at) {
+        ensure!(
+            opts.force,
+            "this machine's clock ({issued_at}) is behind the time the last pointer of {host} \
+             was issued ({last}); fix the clock, or use --force if that pointer's time is wrong"
+        );
+        tracing::warn!(
+            "the clock ({issued_at}) is behind the last pointer's issue time ({last}); publishing anyway (--force)"
+        );
+    }
+    let expires_at = match opts.expires_in {
+        Some(d) => Some(expiry(issued_at, d)?),
+        None => None,
+    };
 
     let infos = crate::nix::closure(top)?;
     tracing::info!(paths = infos.len(), %top, sealed, "read closure from Nix");
@@ -264,18 +284,17 @@ pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> 
         }
     }
 
-    let issued_at = Timestamp::now();
     let pointer = Pointer {
         host: host.to_owned(),
         system: match &opts.system {
             Some(s) => s.clone(),
             None => system_of(top),
         },
-        generation: last_generation + 1,
+        generation,
         store_path: (!sealed).then(|| top.clone()),
         manifest: manifest_ref,
         issued_at,
-        expires_at: opts.expires_in.map(|d| issued_at.plus(d)),
+        expires_at,
     };
     let envelope = pointer.sign(&opts.key);
     target.sync()?;
@@ -336,24 +355,24 @@ fn write_delta(
     }
 }
 
-/// The current pointer (verified with our key) and the highest generation ever
-/// published for the host, history included.
-fn previous_pointer(target: &Target, host: &str, opts: &Options) -> Result<(Option<Pointer>, u64)> {
+/// The current pointer (verified with our key), the last generation
+/// published for the host and the latest time one of them was issued. They
+/// come from the current pointer and the history pointers `hosts/HOST/N.json`
+/// that verify with our key and name this host and generation N. File names
+/// alone count for nothing: anyone who can write to the bucket could
+/// otherwise plant `hosts/HOST/18446744073709551614.json` and make us sign a
+/// generation no agent can ever move past.
+fn previous_pointer(
+    target: &Target,
+    host: &str,
+    opts: &Options,
+) -> Result<(Option<Pointer>, u64, Option<Timestamp>)> {
     let key = format!("hosts/{host}.json");
-    let history_max = target
-        .list(&format!("hosts/{host}"))?
-        .iter()
-        .filter_map(|k| {
-            k.rsplit('/')
-                .next()?
-                .strip_suffix(".json")?
-                .parse::<u64>()
-                .ok()
-        })
-        .max()
-        .unwrap_or(0);
-    let Some(bytes) = target.get(&key)? else {
-        return Ok((None, history_max));
+    let history_last = last_verified_history(target, host, opts)?;
+    let history_generation = history_last.as_ref().map_or(0, |p| p.generation);
+    let history_issued = history_last.as_ref().map(|p| p.issued_at);
+    let Some(bytes) = target.get_at_most(&key, pointer::MAX_ENVELOPE_SIZE as u64)? else {
+        return Ok((None, history_generation, history_issued));
     };
     match pointer::verify(&bytes, &[opts.key.public()]) {
         Ok(v) => {
@@ -363,12 +382,26 @@ fn previous_pointer(target: &Target, host: &str, opts: &Options) -> Result<(Opti
                 "{key} names host {:?}, not {host:?}; refusing to overwrite it",
                 p.host
             );
-            let generation = history_max.max(p.generation);
-            Ok((Some(p), generation))
+            let generation = history_generation.max(p.generation);
+            let issued = history_issued.max(Some(p.issued_at));
+            Ok((Some(p), generation, issued))
         }
         Err(e) if opts.force => {
             tracing::warn!(error = %e, "previous pointer {key} does not verify with key {}; replacing it (--force)", opts.key.name());
-            Ok((None, history_max))
+            // Taking a host over from another key: its agents hold that
+            // key's generations, so numbering goes on after the one the
+            // current pointer claims. Unverified, so it is the operator's
+            // word (given with --force), and said.
+            let claimed = pointer::decode_unverified(&bytes)
+                .ok()
+                .filter(|p| p.host == host)
+                .map_or(0, |p| p.generation);
+            if claimed > history_generation {
+                tracing::warn!(
+                    "continuing after generation {claimed}, which the replaced pointer claims"
+                );
+            }
+            Ok((None, history_generation.max(claimed), history_issued))
         }
         Err(e) => bail!(
             "the current pointer {} does not verify with key {}: {e}\n\
@@ -377,6 +410,64 @@ fn previous_pointer(target: &Target, host: &str, opts: &Options) -> Result<(Opti
             opts.key.name()
         ),
     }
+}
+
+/// The highest history pointer of `host` that is ours. Names are tried from
+/// the highest number down, so only planted files and one real pointer are
+/// read; each planted one is ignored with a warning.
+fn last_verified_history(target: &Target, host: &str, opts: &Options) -> Result<Option<Pointer>> {
+    let public = opts.key.public();
+    let mut numbered: Vec<(u64, String)> = target
+        .list(&format!("hosts/{host}"))?
+        .into_iter()
+        .filter_map(|k| {
+            let n = k.rsplit('/').next()?.strip_suffix(".json")?.parse().ok()?;
+            Some((n, k))
+        })
+        .collect();
+    numbered.sort_unstable_by(|a, b| b.cmp(a));
+    for (n, k) in numbered {
+        let bytes = match target.get_at_most(&k, pointer::MAX_ENVELOPE_SIZE as u64) {
+            Ok(Some(b)) => b,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!("ignoring {k:?} in the history of {host}: {e:#}");
+                continue;
+            }
+        };
+        let why = match pointer::verify(&bytes, std::slice::from_ref(&public)) {
+            Ok(v) if v.get().host == host && v.get().generation == n => {
+                return Ok(Some(v.into_inner()))
+            }
+            Ok(_) => "it names another host or generation".to_owned(),
+            Err(e) => format!("it does not verify with key {}: {e}", public.name()),
+        };
+        tracing::warn!(
+            "ignoring {k:?} in the history of {host}: {}",
+            why.escape_debug()
+        );
+    }
+    Ok(None)
+}
+
+/// The longest lifetime `--expires-in` takes, 100 years (as humantime counts
+/// them): far beyond any sensible one, and far from where the time of an
+/// expiry would overflow or no longer print as a date.
+pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(3_155_760_000);
+
+/// `issued + lifetime`, refused when the lifetime is out of bounds (the
+/// command line checks this first; this guards every other caller).
+pub fn expiry(issued: Timestamp, lifetime: Duration) -> Result<Timestamp> {
+    ensure!(
+        lifetime.as_secs() >= 1 && lifetime <= MAX_EXPIRES_IN,
+        "a pointer's lifetime must be between 1s and {}",
+        humantime::format_duration(MAX_EXPIRES_IN)
+    );
+    let at = issued
+        .system_time()
+        .checked_add(lifetime)
+        .context("the expiry time overflows")?;
+    Ok(Timestamp::from_system_time(at))
 }
 
 /// A pointer for the same path is re-issued once less than half of its
@@ -423,7 +514,7 @@ fn split_existing<'a>(
         let k = narinfo_key(&info.path);
         let bytes = match &listed {
             Some(set) if !set.contains(&k) => None,
-            _ => target.get(&k)?,
+            _ => target.get_at_most(&k, crate::upstream::MAX_NARINFO as u64)?,
         };
         let Some(bytes) = bytes else {
             todo.push(info);

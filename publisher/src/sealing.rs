@@ -18,6 +18,7 @@ use anyhow::{ensure, Context, Result};
 use nixcast_common::hash::{HashingCounter, Sha256Hash};
 use nixcast_common::manifest::{Compression, Entry, Manifest};
 use nixcast_common::narinfo::NarInfo;
+use nixcast_common::pointer;
 use nixcast_common::seal::{self, Identity, Recipient, Recipients};
 use nixcast_common::{layout, nar, SecretKey, StorePath};
 
@@ -154,12 +155,12 @@ fn load_index(target: &Target, key: &SecretKey) -> Result<Index> {
         if !k.ends_with(".json") {
             continue;
         }
-        let Some(bytes) = target.get(&k)? else {
+        let Some(bytes) = target.get_at_most(&k, pointer::MAX_ENVELOPE_SIZE as u64)? else {
             continue;
         };
         // Only pointers we signed: a planted pointer could name a manifest
         // whose entries point at objects someone else wrote.
-        let Ok(p) = nixcast_common::pointer::verify(&bytes, &[key.public()]) else {
+        let Ok(p) = pointer::verify(&bytes, &[key.public()]) else {
             continue;
         };
         let p = p.into_inner();

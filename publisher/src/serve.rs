@@ -29,7 +29,9 @@ use std::future::Future;
 use std::io::{self, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -37,10 +39,9 @@ use axum::extract::State;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::Response;
-use axum::serve::ListenerExt;
 use axum::Router;
 use httpdate::HttpDate;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, ReadBuf};
 use tokio_util::io::ReaderStream;
 
 /// Bytes read from the file per body chunk: big enough that a NAR of
@@ -98,33 +99,218 @@ pub fn router(root: PathBuf) -> Router {
     Router::new().fallback(handle).with_state(Arc::new(root))
 }
 
+/// What clients may hold of the server. A client that is slow, or many of
+/// them, can then make others wait for a while, but never for good, and
+/// never run the server out of file descriptors.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once. Further clients wait in the kernel's
+    /// accept queue until one ends. Lowered at start to what the file
+    /// descriptor limit allows: a connection takes one descriptor, and one
+    /// more while it sends a file.
+    pub max_connections: usize,
+    /// How long a client has to send a request's headers, counted from when
+    /// the server starts to wait for them; so also how long a kept-alive
+    /// connection may sit idle. Trickling bytes does not extend it.
+    pub header_timeout: Duration,
+    /// How long a response may wait for the client to take more of it
+    /// before the connection is closed. A slow download goes on as long as
+    /// it moves at all within this time.
+    pub send_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Descriptors left for everything but connections: the runtime, the
+/// listener, standard streams, logging.
+const RESERVED_FDS: u64 = 32;
+
+/// `wanted`, or fewer connections if the file descriptor limit cannot hold
+/// that many.
+fn connections_within_fd_limit(wanted: usize) -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let Some(fds) = limit.current else {
+        return wanted;
+    };
+    let fit = usize::try_from(fds.saturating_sub(RESERVED_FDS) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if fit < wanted {
+        tracing::warn!(
+            "the file descriptor limit ({fds}) allows {fit} connections at once, not {wanted}: serving at most {fit}"
+        );
+        return fit;
+    }
+    wanted
+}
+
 /// Serves `root` on `listener` until `shutdown` completes, then lets the
 /// requests in flight finish.
 ///
 /// Fails at once if `root` is not a directory, so that a typo in the command
 /// line is an error rather than a server that answers 404 to everything.
+///
+/// Speaks HTTP/1.1 only: that is what Nix and the agent use over plain HTTP,
+/// and its header timeout bounds every connection from its first byte.
 pub async fn run(
     listener: tokio::net::TcpListener,
     root: PathBuf,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let canonical = checked_root(&root).await?;
+    let max_connections = connections_within_fd_limit(limits.max_connections);
     tracing::info!(
         addr = %listener.local_addr()?,
         root = %canonical.display(),
+        max_connections,
         "serving the cache read-only"
     );
-    // Nix asks for many small files, one after another on a connection. With
-    // Nagle's algorithm a small answer's last segment often waits for the
-    // client's delayed ACK of the one before: 40 ms or more on Linux, each time.
-    let listener = listener.tap_io(|tcp| {
+    let app = router(canonical);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        // A permit first: at the limit, clients wait in the accept queue
+        // rather than take descriptors the server needs.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(err) => {
+                    // Out of descriptors, or a connection reset before it
+                    // was accepted: either way, try again shortly.
+                    tracing::warn!(%err, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Nix asks for many small files, one after another on a connection.
+        // With Nagle's algorithm a small answer's last segment often waits for
+        // the client's delayed ACK of the one before: 40 ms or more on Linux,
+        // each time.
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::warn!(%err, "cannot set TCP_NODELAY on a connection");
         }
-    });
-    axum::serve(listener, router(canonical))
-        .with_graceful_shutdown(shutdown)
-        .await
+        let io = hyper_util::rt::TokioIo::new(SendDeadline::new(tcp, limits.send_timeout));
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(io, service));
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%err, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// A connection whose writes fail once the client has taken nothing for
+/// `timeout`: a client that asks for a NAR and never reads it would
+/// otherwise hold its connection, and a file, for good.
+struct SendDeadline<T> {
+    io: T,
+    timeout: Duration,
+    /// Armed when a write has to wait; cleared when one makes progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> SendDeadline<T> {
+    fn new(io: T, timeout: Duration) -> Self {
+        Self {
+            io,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    fn check<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if result.is_ready() {
+            self.stalled = None;
+            return result;
+        }
+        let timeout = self.timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took nothing of the response for too long",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for SendDeadline<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for SendDeadline<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.check(cx, result)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.check(cx, result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_flush(cx);
+        this.check(cx, result)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.check(cx, result)
+    }
 }
 
 async fn checked_root(root: &Path) -> io::Result<PathBuf> {
@@ -638,6 +824,10 @@ mod tests {
 
     impl Server {
         async fn start() -> Server {
+            Self::start_with(Limits::default()).await
+        }
+
+        async fn start_with(limits: Limits) -> Server {
             let dir = tempfile::tempdir().unwrap();
             std::fs::create_dir(dir.path().join("root")).unwrap();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -646,7 +836,7 @@ mod tests {
             let shutdown = async move {
                 let _ = stopped.await;
             };
-            let task = tokio::spawn(run(listener, dir.path().join("root"), shutdown));
+            let task = tokio::spawn(run(listener, dir.path().join("root"), limits, shutdown));
             // reqwest builds its TLS config even for plain http, so it needs a
             // provider; another test may have installed it already.
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -1260,15 +1450,101 @@ mod tests {
         server.stop().await;
     }
 
+    /// A client that sends the start of a request, then one byte every
+    /// 20 ms. Returns true once the server closes the connection, false if
+    /// it still listens after 1000 bytes (20 s).
+    async fn trickle_headers(addr: SocketAddr) -> bool {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let start = b"GET /nix-cache-info HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
+        if stream.write_all(start).await.is_err() {
+            return true;
+        }
+        for _ in 0..1000 {
+            if stream.write_all(b"a").await.is_err() {
+                return true;
+            }
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_millis(20), stream.read(&mut byte));
+            if let Ok(Ok(0) | Err(_)) = read.await {
+                return true;
+            }
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn clients_that_trickle_headers_are_cut_off_and_others_get_served() {
+        let server = Server::start_with(Limits {
+            max_connections: 4,
+            header_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        })
+        .await;
+        server.put("nix-cache-info", b"StoreDir: /nix/store\n");
+        // Three times as many slow clients as the server serves at once.
+        let slow: Vec<_> = (0..12)
+            .map(|_| tokio::spawn(trickle_headers(server.addr)))
+            .collect();
+        let response = server.get("/nix-cache-info").send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "StoreDir: /nix/store\n");
+        for client in slow {
+            assert!(client.await.unwrap(), "a slow client was never cut off");
+        }
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_cut_off_and_others_get_served() {
+        let server = Server::start_with(Limits {
+            max_connections: 1,
+            send_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        })
+        .await;
+        // Far more than the socket buffers on both ends hold.
+        let size = 64 << 20;
+        server.put("nar/big.nar", &vec![7u8; size]);
+        server.put("nix-cache-info", b"StoreDir: /nix/store\n");
+        let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        stalled
+            .write_all(b"GET /nar/big.nar HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        // Served only once the stalled client's connection is closed: the
+        // server takes one at a time. (The bound only turns a hang into a
+        // failure.)
+        let response = tokio::time::timeout(
+            Duration::from_secs(120),
+            server.get("/nix-cache-info").send(),
+        )
+        .await
+        .expect("served while another client stopped reading")
+        .unwrap();
+        assert_eq!(response.status(), 200);
+        let mut got = Vec::new();
+        let _ = stalled.read_to_end(&mut got).await;
+        assert!(
+            got.len() < size,
+            "the whole file went to a client that did not read"
+        );
+        server.stop().await;
+    }
+
     #[tokio::test]
     async fn run_refuses_a_root_that_is_not_a_directory() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("file"), b"x").unwrap();
         for root in [dir.path().join("missing"), dir.path().join("file")] {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let err = run(listener, root.clone(), std::future::pending())
-                .await
-                .unwrap_err();
+            let err = run(
+                listener,
+                root.clone(),
+                Limits::default(),
+                std::future::pending(),
+            )
+            .await
+            .unwrap_err();
             assert!(
                 err.to_string()
                     .starts_with(&format!("cannot serve {}", root.display())),

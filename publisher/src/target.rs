@@ -171,21 +171,49 @@ impl Target {
         }
     }
 
-    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+    /// An object's bytes, or None if it does not exist. Anyone who can write
+    /// to the bucket can put anything under a key we read, so no more than
+    /// `max` bytes are ever read: a larger object is an error.
+    pub fn get_at_most(&self, key: &str, max: u64) -> Result<Option<Vec<u8>>> {
+        let too_large = || anyhow::anyhow!("{}/{key} is larger than {max} bytes", self.describe());
         match &self.kind {
             Kind::Dir(root) => {
                 let p = Self::file(root, key);
-                match fs::read(&p) {
-                    Ok(b) => Ok(Some(b)),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+                let file = match fs::File::open(&p) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("cannot read {}", p.display()))
+                    }
+                };
+                let mut bytes = Vec::new();
+                file.take(max.saturating_add(1))
+                    .read_to_end(&mut bytes)
+                    .with_context(|| format!("cannot read {}", p.display()))?;
+                if bytes.len() as u64 > max {
+                    return Err(too_large());
                 }
+                Ok(Some(bytes))
             }
             Kind::S3(s) => {
-                let got =
-                    s.rt.block_on(async { s.store.get(&s.path(key)).await?.bytes().await });
+                let got = s.rt.block_on(async {
+                    let got = s.store.get(&s.path(key)).await?;
+                    if got.meta.size > max {
+                        return Ok(Err(too_large()));
+                    }
+                    // The announced size is the server's word: count as well.
+                    let mut stream = got.into_stream();
+                    let mut bytes = Vec::new();
+                    while let Some(chunk) = stream.next().await {
+                        bytes.extend_from_slice(&chunk?);
+                        if bytes.len() as u64 > max {
+                            return Ok(Err(too_large()));
+                        }
+                    }
+                    Ok(Ok(bytes))
+                });
                 match got {
-                    Ok(b) => Ok(Some(b.to_vec())),
+                    Ok(b) => b.map(Some),
                     Err(e) if S3::missing(&e) => Ok(None),
                     Err(e) => {
                         Err(e).with_context(|| format!("cannot read {}/{key}", self.describe()))
@@ -195,22 +223,31 @@ impl Target {
         }
     }
 
-    /// Streams an object into `out`.
-    pub fn read_to(&self, key: &str, out: &mut dyn Write) -> Result<u64> {
+    /// Streams an object of at most `max` bytes into `out`; a larger one is
+    /// an error once `max` bytes are written.
+    pub fn read_to(&self, key: &str, out: &mut dyn Write, max: u64) -> Result<u64> {
+        let too_large = || anyhow::anyhow!("{}/{key} is larger than {max} bytes", self.describe());
         match &self.kind {
             Kind::Dir(root) => {
                 let p = Self::file(root, key);
-                let mut f =
+                let f =
                     fs::File::open(&p).with_context(|| format!("cannot open {}", p.display()))?;
-                Ok(io::copy(&mut f, out)?)
+                let n = io::copy(&mut f.take(max.saturating_add(1)), out)?;
+                if n > max {
+                    return Err(too_large());
+                }
+                Ok(n)
             }
             Kind::S3(s) => s.rt.block_on(async {
                 let mut stream = s.store.get(&s.path(key)).await?.into_stream();
                 let mut n = 0;
                 while let Some(chunk) = stream.next().await {
                     let chunk = chunk?;
-                    out.write_all(&chunk)?;
                     n += chunk.len() as u64;
+                    if n > max {
+                        return Err(too_large());
+                    }
+                    out.write_all(&chunk)?;
                 }
                 Ok(n)
             }),
@@ -443,5 +480,29 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o644, "{key}: {mode:o}");
         }
+    }
+
+    #[test]
+    fn reads_stop_at_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target::open(dir.path().to_str().unwrap()).unwrap();
+        target.put("hosts/h.json", &[b'x'; 100]).unwrap();
+        assert_eq!(
+            target
+                .get_at_most("hosts/h.json", 100)
+                .unwrap()
+                .unwrap()
+                .len(),
+            100
+        );
+        let err = target.get_at_most("hosts/h.json", 99).unwrap_err();
+        assert!(err.to_string().contains("larger than 99 bytes"), "{err}");
+        assert!(target.get_at_most("hosts/none.json", 99).unwrap().is_none());
+        let mut out = Vec::new();
+        assert_eq!(target.read_to("hosts/h.json", &mut out, 100).unwrap(), 100);
+        let mut out = Vec::new();
+        let err = target.read_to("hosts/h.json", &mut out, 99).unwrap_err();
+        assert!(err.to_string().contains("larger than 99 bytes"), "{err}");
+        assert!(out.len() <= 100, "{}", out.len());
     }
 }

@@ -8,6 +8,7 @@
 //! from the upstream and checks it against the NarHash in our signed
 //! manifest, so it needs no upstream key.
 
+use std::io::Read;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -20,7 +21,8 @@ use crate::nix::PathInfo;
 
 /// Narinfo look-ups in flight at once.
 const CONCURRENCY: usize = 32;
-const MAX_NARINFO: usize = 1 << 20;
+/// The largest narinfo read, from an upstream or our own target.
+pub const MAX_NARINFO: usize = 1 << 20;
 
 pub struct Upstreams {
     urls: Vec<String>,
@@ -34,6 +36,8 @@ impl Upstreams {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(30))
+            // A narinfo is small: one that trickles in is not worth waiting for.
+            .timeout(Duration::from_secs(120))
             .user_agent(concat!("nixcast/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let urls = urls
@@ -110,13 +114,24 @@ impl Upstreams {
     /// 403 as S3 answers for a missing key).
     async fn get(&self, url: &str) -> Result<Option<String>> {
         if let Some(path) = url.strip_prefix("file://") {
-            return match std::fs::read_to_string(path) {
-                Ok(t) => Ok(Some(t)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(e).with_context(|| format!("cannot read {path}")),
+            let file = match std::fs::File::open(path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e).with_context(|| format!("cannot read {path}")),
             };
+            let mut bytes = Vec::new();
+            file.take(MAX_NARINFO as u64 + 1)
+                .read_to_end(&mut bytes)
+                .with_context(|| format!("cannot read {path}"))?;
+            anyhow::ensure!(
+                bytes.len() <= MAX_NARINFO,
+                "{url}: narinfo larger than {MAX_NARINFO} bytes"
+            );
+            return String::from_utf8(bytes)
+                .map(Some)
+                .with_context(|| format!("{url} is not UTF-8"));
         }
-        let resp = self
+        let mut resp = self
             .client
             .get(url)
             .send()
@@ -133,12 +148,21 @@ impl Upstreams {
         {
             anyhow::bail!("{url}: narinfo larger than {MAX_NARINFO} bytes");
         }
-        let bytes = resp
-            .bytes()
+        // Chunk by chunk: without a length (or with a false one) the body
+        // could be endless, and only what fits the limit is ever held.
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
             .await
-            .with_context(|| format!("reading {url}"))?;
-        anyhow::ensure!(bytes.len() <= MAX_NARINFO, "{url}: narinfo too large");
-        String::from_utf8(bytes.to_vec())
+            .with_context(|| format!("reading {url}"))?
+        {
+            anyhow::ensure!(
+                bytes.len() + chunk.len() <= MAX_NARINFO,
+                "{url}: narinfo larger than {MAX_NARINFO} bytes"
+            );
+            bytes.extend_from_slice(&chunk);
+        }
+        String::from_utf8(bytes)
             .map(Some)
             .with_context(|| format!("{url} is not UTF-8"))
     }

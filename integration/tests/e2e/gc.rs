@@ -113,3 +113,41 @@ fn gc_deletes_exactly_what_no_kept_generation_reaches() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn planted_history_files_take_no_kept_generation_s_place() {
+    let (_work, cache, keys) = scene();
+    let gens: Vec<String> = ["gcp1", "gcp2"]
+        .iter()
+        .map(|v| {
+            Fixture {
+                version: v,
+                ..Default::default()
+            }
+            .build()
+        })
+        .collect();
+    for g in &gens {
+        publish(&cache, "foobar", g, &keys, &[]);
+    }
+    let history = cache.join("hosts/foobar");
+    // The current pointer again under a higher number, and an empty file.
+    std::fs::copy(history.join("2.json"), history.join("999.json")).unwrap();
+    std::fs::write(history.join("1000.json"), b"").unwrap();
+    let out = ok(nixcast()
+        .args(["gc", "--keep", "2", "--grace", "0s", "--to"])
+        .arg(&cache));
+    assert!(stderr(&out).contains("999.json"), "{}", stderr(&out));
+    // Generations 2 and 1 are the two kept: all of generation 1 stays.
+    assert_eq!(
+        files(&cache, "hosts/foobar"),
+        ["1.json", "1000.json", "2.json", "999.json"]
+    );
+    assert_eq!(files(&cache, "nar").len(), {
+        let mut all = closure(&gens[0]);
+        all.extend(closure(&gens[1]));
+        all.sort();
+        all.dedup();
+        all.len()
+    });
+}

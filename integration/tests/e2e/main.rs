@@ -16,4 +16,5 @@ mod recovery;
 mod s3;
 mod safety;
 mod sealed;
+mod serve;
 mod upstream;

@@ -1,6 +1,8 @@
 //! `nixcast publish` writes a cache that Nix itself accepts.
 
-use std::process::Command;
+use std::process::{Command, Output};
+
+use nixcast_common::pointer::Pointer;
 
 use crate::harness::*;
 
@@ -381,4 +383,177 @@ in {
     let union: std::collections::BTreeSet<String> = tops.iter().flat_map(|t| closure(t)).collect();
     assert!(union.len() < closure(&tops[0]).len() * 2);
     assert_eq!(files(&cache, "nar").len(), union.len());
+}
+
+/// The pointer `hosts/foobar.json` of `cache`, changed by `edit` and signed
+/// again with `keys`: what a key holder (or a wrong clock) could have written.
+fn resigned(cache: &std::path::Path, keys: &Keys, edit: impl FnOnce(&mut Pointer)) -> Vec<u8> {
+    let bytes = std::fs::read(cache.join("hosts/foobar.json")).unwrap();
+    let mut p = nixcast_common::pointer::decode_unverified(&bytes).unwrap();
+    edit(&mut p);
+    let secret = std::fs::read_to_string(&keys.secret).unwrap();
+    p.sign(&nixcast_common::SecretKey::parse(&secret).unwrap())
+}
+
+fn publish_output(cache: &std::path::Path, top: &str, keys: &Keys, extra: &[&str]) -> Output {
+    nixcast()
+        .args(["publish", "--host", "foobar", "--path", top, "--to"])
+        .arg(cache)
+        .arg("--secret-key-file")
+        .arg(&keys.secret)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn generation_of(cache: &std::path::Path) -> u64 {
+    let bytes = std::fs::read(cache.join("hosts/foobar.json")).unwrap();
+    nixcast_common::pointer::decode_unverified(&bytes)
+        .unwrap()
+        .generation
+}
+
+#[test]
+fn planted_history_files_do_not_set_the_next_generation() {
+    let (work, cache, keys) = scene();
+    let other = keygen(work.path(), "intruder-1");
+    let top = |v| Fixture {
+        version: v,
+        ..Default::default()
+    };
+    let (gen1, gen2, gen3) = (
+        top("plant1").build(),
+        top("plant2").build(),
+        top("plant3").build(),
+    );
+    publish(&cache, "foobar", &gen1, &keys, &[]);
+    let history = cache.join("hosts/foobar");
+    // An empty file, a pointer signed by another key under its own number,
+    // and our own generation 1 under a number it does not carry.
+    std::fs::write(history.join("18446744073709551614.json"), b"").unwrap();
+    let forged = resigned(&cache, &other, |p| p.generation = 18446744073709551613);
+    std::fs::write(history.join("18446744073709551613.json"), forged).unwrap();
+    std::fs::copy(history.join("1.json"), history.join("4000000000.json")).unwrap();
+
+    let out = publish(&cache, "foobar", &gen2, &keys, &[]);
+    assert_eq!(generation_of(&cache), 2, "{}", stderr(&out));
+    assert!(history.join("2.json").exists());
+    let err = stderr(&out);
+    for planted in ["18446744073709551614", "18446744073709551613", "4000000000"] {
+        assert!(
+            err.contains(&format!("hosts/foobar/{planted}.json")),
+            "{err}"
+        );
+    }
+
+    // Even a pointer of ours at the last generation there is cannot make
+    // the next one wrap: the publish is refused before anything is written.
+    let last = resigned(&cache, &keys, |p| p.generation = u64::MAX);
+    std::fs::write(history.join("18446744073709551615.json"), last).unwrap();
+    let nars = files(&cache, "nar");
+    let out = publish_output(&cache, &gen3, &keys, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the last there can be"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(files(&cache, "nar"), nars);
+    assert_eq!(generation_of(&cache), 2);
+}
+
+#[test]
+fn a_clock_behind_the_last_pointer_refuses_to_publish_unless_forced() {
+    let (_work, cache, keys) = scene();
+    let top = |v| Fixture {
+        version: v,
+        ..Default::default()
+    };
+    let (gen1, gen2) = (top("clock1").build(), top("clock2").build());
+    publish(&cache, "foobar", &gen1, &keys, &[]);
+    // Generation 1 as a publisher whose clock is a day ahead would have made it.
+    let ahead = resigned(&cache, &keys, |p| {
+        let day = std::time::Duration::from_secs(86_400);
+        p.issued_at = p.issued_at.plus(day);
+        p.expires_at = p.expires_at.map(|t| t.plus(day));
+    });
+    std::fs::write(cache.join("hosts/foobar.json"), &ahead).unwrap();
+    std::fs::write(cache.join("hosts/foobar/1.json"), &ahead).unwrap();
+
+    let nars = files(&cache, "nar");
+    let out = publish_output(&cache, &gen2, &keys, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("clock"), "{}", stderr(&out));
+    assert_eq!(files(&cache, "nar"), nars, "nothing is written");
+    assert_eq!(generation_of(&cache), 1);
+
+    let out = publish(&cache, "foobar", &gen2, &keys, &["--force"]);
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+    assert_eq!(generation_of(&cache), 2);
+}
+
+#[test]
+fn expires_in_values_that_overflow_are_refused_before_anything_is_written() {
+    let (_work, cache, keys) = scene();
+    let top = Fixture {
+        version: "expiry",
+        ..Default::default()
+    }
+    .build();
+    for bad in ["500000000years", "0s", "584942417355y"] {
+        let out = publish_output(&cache, &top, &keys, &["--expires-in", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
+        assert!(stderr(&out).contains("--expires-in"), "{}", stderr(&out));
+        assert!(files(&cache, "nar").is_empty(), "{bad}");
+    }
+    publish(&cache, "foobar", &top, &keys, &["--expires-in", "100y"]);
+}
+
+#[test]
+fn a_secret_key_given_as_a_public_key_is_refused_and_not_echoed() {
+    let (work, cache, keys) = scene();
+    let top = Fixture {
+        version: "secretpub",
+        ..Default::default()
+    }
+    .build();
+    publish(&cache, "foobar", &top, &keys, &[]);
+    let secret = std::fs::read_to_string(&keys.secret).unwrap();
+    let material = secret.split_once(':').unwrap().1;
+    let check = |out: Output| {
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let (o, e) = (stdout(&out), stderr(&out));
+        assert!(e.contains("is a secret key, not a public key"), "{e}");
+        // Not even a part of the key material.
+        for part in [material, &material[..12], &material[material.len() - 12..]] {
+            assert!(!e.contains(part) && !o.contains(part), "{e}");
+        }
+    };
+    for cmd in [&["hosts"][..], &["diff", "--host", "foobar"]] {
+        check(
+            nixcast()
+                .args(cmd)
+                .arg("--to")
+                .arg(&cache)
+                .arg("--public-key-file")
+                .arg(&keys.secret)
+                .output()
+                .unwrap(),
+        );
+    }
+    check(
+        nixcast()
+            .args(["publish", "--host", "foobar", "--path", &top, "--to"])
+            .arg(work.path().join("other"))
+            .arg("--secret-key-file")
+            .arg(&keys.secret)
+            .args([
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--upstream-key",
+                &secret,
+            ])
+            .output()
+            .unwrap(),
+    );
 }

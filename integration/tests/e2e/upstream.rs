@@ -100,3 +100,41 @@ fn upstream_paths_are_not_uploaded_and_the_agent_fetches_them_there() {
     assert!(vm2.profile_link("system").is_none());
     assert!(vm2.switch_log().is_empty());
 }
+
+#[test]
+fn an_endless_upstream_narinfo_is_refused_at_its_size_limit() {
+    let (work, cache, keys) = scene();
+    let top = Fixture {
+        version: "endless",
+        ..Default::default()
+    }
+    .build();
+    let root = work.path().join("upstream");
+    std::fs::create_dir(&root).unwrap();
+    let upstream = nixcast_integration::Hostile::start(root);
+    let hash = top
+        .strip_prefix("/nix/store/")
+        .unwrap()
+        .split('-')
+        .next()
+        .unwrap();
+    upstream.set(
+        &format!("/{hash}.narinfo"),
+        nixcast_integration::Rule::Endless,
+    );
+    let out = nixcast()
+        .args(["publish", "--host", "foobar", "--path", &top, "--to"])
+        .arg(&cache)
+        .arg("--secret-key-file")
+        .arg(&keys.secret)
+        .args(["--upstream", &upstream.url])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("narinfo larger than 1048576 bytes"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!cache.join("hosts/foobar.json").exists());
+}
