@@ -1,0 +1,789 @@
+use super::*;
+
+use std::net::SocketAddr;
+
+use reqwest::header::{
+    ACCEPT_RANGES, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, RANGE,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const TEN: &[u8] = b"0123456789";
+
+/// A real server on a loopback port, serving `<tempdir>/root`; the
+/// temporary directory also holds files outside the root.
+struct Server {
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+    client: reqwest::Client,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<io::Result<()>>,
+}
+
+impl Server {
+    async fn start() -> Server {
+        Self::start_with(Limits::default()).await
+    }
+
+    async fn start_with(limits: Limits) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("root")).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let task = tokio::spawn(run(listener, dir.path().join("root"), limits, shutdown));
+        // reqwest builds its TLS config even for plain http, so it needs a
+        // provider; another test may have installed it already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        Server {
+            addr,
+            dir,
+            client,
+            stop,
+            task,
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// Writes `bytes` at `name` under the root, creating directories.
+    fn put(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.root().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(format!("http://{}{path}", self.addr))
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("http://{}{path}", self.addr))
+    }
+
+    /// Sends `METHOD TARGET` exactly as written (reqwest would normalise
+    /// dot segments away) and returns the status and the whole answer.
+    async fn raw(&self, method: &str, target: &str) -> (u16, Vec<u8>) {
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let request =
+            format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        let status_line = String::from_utf8_lossy(&answer[..answer.len().min(12)]).into_owned();
+        let status = status_line
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP answer: {status_line:?}"));
+        (status, answer)
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn header(response: &reqwest::Response, name: reqwest::header::HeaderName) -> &str {
+    response
+        .headers()
+        .get(&name)
+        .unwrap_or_else(|| panic!("no {name}"))
+        .to_str()
+        .unwrap()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+#[tokio::test]
+async fn content_types_follow_the_cache_layout() {
+    let server = Server::start().await;
+    let cases = [
+        ("nix-cache-info", "text/x-nix-cache-info"),
+        (
+            "0123456789abcdfghijklmnpqrsvwxyz.narinfo",
+            "text/x-nix-narinfo",
+        ),
+        ("nar/a.nar", "application/x-nix-nar"),
+        ("nar/b.nar.xz", "application/x-nix-nar"),
+        ("nar/c.nar.zst", "application/x-nix-nar"),
+        ("nar/d.nar.bz2", "application/x-nix-nar"),
+        ("manifests/e.json", "application/json"),
+        ("hosts/foobar.json", "application/json"),
+        ("hosts/foobar/7.json", "application/json"),
+        ("nar/f.nar.gz.tmp", "application/octet-stream"),
+        ("log/x", "application/octet-stream"),
+    ];
+    for (name, expected) in cases {
+        server.put(name, name.as_bytes());
+        let response = server.get(&format!("/{name}")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{name}");
+        assert_eq!(header(&response, CONTENT_TYPE), expected, "{name}");
+        assert_eq!(header(&response, ACCEPT_RANGES), "bytes", "{name}");
+        assert_eq!(
+            header(&response, CONTENT_LENGTH),
+            name.len().to_string(),
+            "{name}"
+        );
+        assert_eq!(response.bytes().await.unwrap(), name.as_bytes(), "{name}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cache_control_matches_how_each_file_changes() {
+    let server = Server::start().await;
+    let cases = [
+        ("nix-cache-info", "no-cache"),
+        ("hosts/foobar.json", "no-cache"),
+        ("hosts/foobar/7.json", "public, max-age=86400"),
+        (
+            "0123456789abcdfghijklmnpqrsvwxyz.narinfo",
+            "public, max-age=300",
+        ),
+        ("nar/a.nar.xz", "public, max-age=31536000, immutable"),
+        ("manifests/e.json", "public, max-age=31536000, immutable"),
+        ("other.bin", "no-cache"),
+    ];
+    for (name, expected) in cases {
+        server.put(name, b"x");
+        let response = server.get(&format!("/{name}")).send().await.unwrap();
+        assert_eq!(header(&response, CACHE_CONTROL), expected, "{name}");
+    }
+    let missing = server.get("/missing.narinfo").send().await.unwrap();
+    assert_eq!(header(&missing, CACHE_CONTROL), "no-store");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn missing_files_are_404_with_a_short_text() {
+    let server = Server::start().await;
+    server.put("present.narinfo", b"x");
+    for path in [
+        "/missing.narinfo",
+        "/nar/missing.nar.xz",
+        "/present.narinfo/below",
+    ] {
+        let response = server.get(path).send().await.unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+        assert_eq!(header(&response, CONTENT_TYPE), "text/plain; charset=utf-8");
+        assert_eq!(response.text().await.unwrap(), "not found\n");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_root_and_directories_are_404() {
+    let server = Server::start().await;
+    // Files a listing or an index lookup would reveal.
+    server.put("index.html", b"index");
+    server.put("nar/index.html", b"index");
+    server.put("nar/a.nar", b"nar");
+    for path in ["/", "/nar", "/nar/", "//nar/a.nar", "/nar//a.nar"] {
+        let response = server.get(path).send().await.unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+        assert_eq!(response.text().await.unwrap(), "not found\n", "{path}");
+    }
+    // The same file under its real name is there.
+    assert_eq!(server.get("/nar/a.nar").send().await.unwrap().status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn dot_segments_cannot_leave_the_root() {
+    let server = Server::start().await;
+    std::fs::write(server.dir.path().join("secret"), b"SECRET-BYTES").unwrap();
+    server.put("nar/a.nar", b"inside");
+    // The raw helper does reach files, so a 400 below is the server's doing.
+    let (status, answer) = server.raw("GET", "/nar/a.nar").await;
+    assert_eq!(status, 200);
+    assert!(contains(&answer, b"inside"));
+    for target in [
+        "/../secret",
+        "/nar/../../secret",
+        "/%2e%2e/secret",
+        "/%2E%2E/secret",
+        "/nar/%2e%2e/%2e%2e/secret",
+        "/..%2fsecret",
+        "/%2e%2e%2fsecret",
+        "/./nar/a.nar",
+        "/%2e/nar/a.nar",
+    ] {
+        let (status, answer) = server.raw("GET", target).await;
+        assert_eq!(status, 400, "{target}");
+        assert!(!contains(&answer, b"SECRET-BYTES"), "{target}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn encoded_separators_nul_and_broken_escapes_are_refused() {
+    let server = Server::start().await;
+    server.put("nar/a.nar", b"inside");
+    server.put("a b", b"space");
+    // An encoded `/` is not a separator: `nar%2fa.nar` must not find nar/a.nar.
+    for target in [
+        "/nar%2fa.nar",
+        "/nar%2Fa.nar",
+        "/nar%5ca.nar",
+        "/a%00b",
+        "/%zz",
+        "/a%2",
+        "/%ff",
+    ] {
+        let (status, _) = server.raw("GET", target).await;
+        assert_eq!(status, 400, "{target}");
+    }
+    // A harmless escape is decoded.
+    let (status, answer) = server.raw("GET", "/a%20b").await;
+    assert_eq!(status, 200);
+    assert!(contains(&answer, b"space"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn dot_files_are_not_served() {
+    let server = Server::start().await;
+    server.put("nar/.tmp-half", b"half a nar");
+    server.put(".hidden", b"hidden");
+    for path in ["/nar/.tmp-half", "/.hidden", "/nar/%2etmp-half"] {
+        let (status, answer) = server.raw("GET", path).await;
+        assert_eq!(status, 404, "{path}");
+        assert!(
+            !contains(&answer, b"half a nar") && !contains(&answer, b"hidden"),
+            "{path}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn symlinks_are_followed_only_within_the_root() {
+    let server = Server::start().await;
+    let outside = server.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("secret"), b"SECRET-BYTES").unwrap();
+    let inside = server.put("nar/a.nar", b"inside");
+    let root = server.root();
+    std::os::unix::fs::symlink(outside.join("secret"), root.join("to-outside")).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("dir-outside")).unwrap();
+    std::os::unix::fs::symlink(&inside, root.join("to-inside.nar")).unwrap();
+    std::os::unix::fs::symlink("nar/a.nar", root.join("relative.nar")).unwrap();
+
+    for path in ["/to-outside", "/dir-outside/secret"] {
+        let response = server.get(path).send().await.unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+        assert!(!response.text().await.unwrap().contains("SECRET"), "{path}");
+    }
+    for path in ["/to-inside.nar", "/relative.nar"] {
+        let response = server.get(path).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        // Typed by the name asked for, not by the link's target.
+        assert_eq!(header(&response, CONTENT_TYPE), "application/x-nix-nar");
+        assert_eq!(response.bytes().await.unwrap(), &b"inside"[..], "{path}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_fifo_is_404_without_blocking() {
+    let server = Server::start().await;
+    let fifo = server.root().join("pipe.narinfo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // Opening a FIFO for reading would wait for a writer forever.
+    let request = server.get("/pipe.narinfo").send();
+    let Ok(response) = tokio::time::timeout(Duration::from_secs(10), request).await else {
+        // Free the server's blocked reader, or the runtime would wait for
+        // it forever instead of reporting the failure.
+        drop(std::fs::OpenOptions::new().write(true).open(&fifo));
+        panic!("the server opened the FIFO and waited for a writer");
+    };
+    let response = response.unwrap();
+    assert_eq!(response.status(), 404);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_matching_etag_gives_304_without_a_body() {
+    let server = Server::start().await;
+    server.put("hosts/foobar.json", b"{\"pointer\":1}");
+    let first = server.get("/hosts/foobar.json").send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let etag = header(&first, ETAG).to_owned();
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"') && etag.len() > 2,
+        "{etag}"
+    );
+
+    for value in [
+        etag.clone(),
+        format!("\"other\", {etag}"),
+        format!("W/{etag}"),
+        "*".to_owned(),
+    ] {
+        let response = server
+            .get("/hosts/foobar.json")
+            .header(IF_NONE_MATCH, &value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 304, "{value}");
+        assert_eq!(header(&response, ETAG), etag);
+        assert_eq!(header(&response, CACHE_CONTROL), "no-cache");
+        assert!(response.bytes().await.unwrap().is_empty(), "{value}");
+    }
+    // A tag containing a comma is one tag, not two halves that could match.
+    let tricky = format!("\"a,{}", &etag[1..]);
+    for value in ["\"other\"", "W/\"other\"", tricky.as_str()] {
+        let response = server
+            .get("/hosts/foobar.json")
+            .header(IF_NONE_MATCH, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{value}");
+        assert_eq!(response.bytes().await.unwrap(), &b"{\"pointer\":1}"[..]);
+    }
+    // If-None-Match wins over If-Modified-Since, which alone would say 304.
+    let response = server
+        .get("/hosts/foobar.json")
+        .header(IF_NONE_MATCH, "\"other\"")
+        .header(IF_MODIFIED_SINCE, header(&first, LAST_MODIFIED))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_etag_changes_when_the_file_is_replaced() {
+    let server = Server::start().await;
+    let path = server.put("hosts/foobar.json", b"{\"generation\":1}");
+    let old = server.get("/hosts/foobar.json").send().await.unwrap();
+    let old_etag = header(&old, ETAG).to_owned();
+    // Replaced as the publisher does it: a new file renamed over the old.
+    let next = path.with_file_name("next");
+    std::fs::write(&next, b"{\"generation\":2}").unwrap();
+    std::fs::rename(&next, &path).unwrap();
+
+    let response = server
+        .get("/hosts/foobar.json")
+        .header(IF_NONE_MATCH, &old_etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_ne!(header(&response, ETAG), old_etag);
+    assert_eq!(response.bytes().await.unwrap(), &b"{\"generation\":2}"[..]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn if_modified_since_gives_304_unless_the_file_is_newer() {
+    let server = Server::start().await;
+    let path = server.put("nix-cache-info", b"StoreDir: /nix/store\n");
+    let mtime = UNIX_EPOCH + Duration::new(1_700_000_000, 500_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+
+    let response = server.get("/nix-cache-info").send().await.unwrap();
+    assert_eq!(
+        header(&response, LAST_MODIFIED),
+        "Tue, 14 Nov 2023 22:13:20 GMT"
+    );
+    for since in [
+        "Tue, 14 Nov 2023 22:13:20 GMT",
+        "Wed, 15 Nov 2023 00:00:00 GMT",
+    ] {
+        let response = server
+            .get("/nix-cache-info")
+            .header(IF_MODIFIED_SINCE, since)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 304, "{since}");
+        assert!(response.bytes().await.unwrap().is_empty());
+    }
+    for since in ["Tue, 14 Nov 2023 22:13:19 GMT", "not a date"] {
+        let response = server
+            .get("/nix-cache-info")
+            .header(IF_MODIFIED_SINCE, since)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{since}");
+        assert_eq!(
+            response.bytes().await.unwrap(),
+            &b"StoreDir: /nix/store\n"[..]
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn ranges_give_206_with_the_right_bytes() {
+    let server = Server::start().await;
+    server.put("nar/ten.nar", TEN);
+    let cases = [
+        ("bytes=2-5", "2345", "bytes 2-5/10"),
+        ("bytes=-3", "789", "bytes 7-9/10"),
+        ("bytes=5-", "56789", "bytes 5-9/10"),
+        ("bytes=8-100", "89", "bytes 8-9/10"),
+        ("bytes=-100", "0123456789", "bytes 0-9/10"),
+        ("bytes=0-0", "0", "bytes 0-0/10"),
+    ];
+    for (range, body, content_range) in cases {
+        let response = server
+            .get("/nar/ten.nar")
+            .header(RANGE, range)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 206, "{range}");
+        assert_eq!(header(&response, CONTENT_RANGE), content_range, "{range}");
+        assert_eq!(
+            header(&response, CONTENT_LENGTH),
+            body.len().to_string(),
+            "{range}"
+        );
+        assert_eq!(header(&response, ACCEPT_RANGES), "bytes", "{range}");
+        assert_eq!(response.text().await.unwrap(), body, "{range}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_unsatisfiable_range_is_416() {
+    let server = Server::start().await;
+    server.put("nar/ten.nar", TEN);
+    server.put("nar/empty.nar", b"");
+    for (path, range, content_range) in [
+        ("/nar/ten.nar", "bytes=10-", "bytes */10"),
+        ("/nar/ten.nar", "bytes=20-30", "bytes */10"),
+        ("/nar/ten.nar", "bytes=-0", "bytes */10"),
+        ("/nar/empty.nar", "bytes=-5", "bytes */0"),
+    ] {
+        let response = server.get(path).header(RANGE, range).send().await.unwrap();
+        assert_eq!(response.status(), 416, "{range}");
+        assert_eq!(header(&response, CONTENT_RANGE), content_range, "{range}");
+        assert_eq!(header(&response, CACHE_CONTROL), "no-store", "{range}");
+        assert_eq!(
+            response.text().await.unwrap(),
+            "range not satisfiable\n",
+            "{range}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn ranges_we_do_not_handle_get_the_whole_file() {
+    let server = Server::start().await;
+    server.put("nar/ten.nar", TEN);
+    for range in [
+        "bytes=0-1,4-5",
+        "items=0-1",
+        "bytes=5-2",
+        "bytes=+1-2",
+        "bytes",
+    ] {
+        let response = server
+            .get("/nar/ten.nar")
+            .header(RANGE, range)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{range}");
+        assert!(response.headers().get(CONTENT_RANGE).is_none(), "{range}");
+        assert_eq!(response.bytes().await.unwrap(), TEN, "{range}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn if_range_applies_the_range_only_to_the_same_file() {
+    let server = Server::start().await;
+    server.put("nar/ten.nar", TEN);
+    let first = server.get("/nar/ten.nar").send().await.unwrap();
+    let etag = header(&first, ETAG).to_owned();
+    let last_modified = header(&first, LAST_MODIFIED).to_owned();
+
+    for (if_range, status) in [
+        (etag.clone(), 206),
+        (last_modified, 206),
+        ("\"other\"".to_owned(), 200),
+        (format!("W/{etag}"), 200),
+        ("Mon, 01 Jan 2001 00:00:00 GMT".to_owned(), 200),
+    ] {
+        let response = server
+            .get("/nar/ten.nar")
+            .header(RANGE, "bytes=2-5")
+            .header(IF_RANGE, &if_range)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{if_range}");
+        let expected: &[u8] = if status == 206 { b"2345" } else { TEN };
+        assert_eq!(response.bytes().await.unwrap(), expected, "{if_range}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn head_has_the_headers_and_no_body() {
+    let server = Server::start().await;
+    server.put("abc.narinfo", b"StorePath: /nix/store/abc\n");
+    let get = server.get("/abc.narinfo").send().await.unwrap();
+    let head = server
+        .request(reqwest::Method::HEAD, "/abc.narinfo")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    for name in [
+        CONTENT_LENGTH,
+        CONTENT_TYPE,
+        ETAG,
+        LAST_MODIFIED,
+        CACHE_CONTROL,
+        ACCEPT_RANGES,
+    ] {
+        assert_eq!(header(&head, name.clone()), header(&get, name));
+    }
+    assert_eq!(header(&head, CONTENT_LENGTH), "26");
+    // On the wire the answer ends with the headers: no body bytes follow.
+    let (status, answer) = server.raw("HEAD", "/abc.narinfo").await;
+    assert_eq!(status, 200);
+    assert!(
+        answer.ends_with(b"\r\n\r\n"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(!contains(&answer, b"StorePath"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn other_methods_are_405() {
+    let server = Server::start().await;
+    server.put("nar/a.nar", b"nar");
+    for method in [
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+        reqwest::Method::OPTIONS,
+    ] {
+        let response = server
+            .request(method.clone(), "/nar/a.nar")
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{method}");
+        assert_eq!(header(&response, ALLOW), "GET, HEAD");
+    }
+    assert_eq!(
+        std::fs::read(server.root().join("nar/a.nar")).unwrap(),
+        b"nar"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_large_file_streams_intact() {
+    let server = Server::start().await;
+    // Pseudo-random bytes (xorshift), so a misplaced chunk cannot go unseen.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let data: Vec<u8> = (0..5 * 1024 * 1024)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    server.put("nar/big.nar", &data);
+
+    let response = server.get("/nar/big.nar").send().await.unwrap();
+    assert_eq!(header(&response, CONTENT_LENGTH), data.len().to_string());
+    assert!(
+        response.bytes().await.unwrap() == data[..],
+        "whole file differs"
+    );
+
+    let response = server
+        .get("/nar/big.nar")
+        .header(RANGE, "bytes=1000000-3999999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 206);
+    assert!(
+        response.bytes().await.unwrap() == data[1_000_000..4_000_000],
+        "range differs"
+    );
+    server.stop().await;
+}
+
+/// A client that sends the start of a request, then one byte every
+/// 20 ms. Returns true once the server closes the connection, false if
+/// it still listens after 1000 bytes (20 s).
+async fn trickle_headers(addr: SocketAddr) -> bool {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let start = b"GET /nix-cache-info HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
+    if stream.write_all(start).await.is_err() {
+        return true;
+    }
+    for _ in 0..1000 {
+        if stream.write_all(b"a").await.is_err() {
+            return true;
+        }
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(20), stream.read(&mut byte));
+        if let Ok(Ok(0) | Err(_)) = read.await {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test]
+async fn clients_that_trickle_headers_are_cut_off_and_others_get_served() {
+    let server = Server::start_with(Limits {
+        max_connections: 4,
+        header_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    })
+    .await;
+    server.put("nix-cache-info", b"StoreDir: /nix/store\n");
+    // Three times as many slow clients as the server serves at once.
+    let slow: Vec<_> = (0..12)
+        .map(|_| tokio::spawn(trickle_headers(server.addr)))
+        .collect();
+    let response = server.get("/nix-cache-info").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "StoreDir: /nix/store\n");
+    for client in slow {
+        assert!(client.await.unwrap(), "a slow client was never cut off");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_and_others_get_served() {
+    let server = Server::start_with(Limits {
+        max_connections: 1,
+        send_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    })
+    .await;
+    // Far more than the socket buffers on both ends hold.
+    let size = 64 << 20;
+    server.put("nar/big.nar", &vec![7u8; size]);
+    server.put("nix-cache-info", b"StoreDir: /nix/store\n");
+    let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /nar/big.nar HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    // Served only once the stalled client's connection is closed: the
+    // server takes one at a time. (The bound only turns a hang into a
+    // failure.)
+    let response = tokio::time::timeout(
+        Duration::from_secs(120),
+        server.get("/nix-cache-info").send(),
+    )
+    .await
+    .expect("served while another client stopped reading")
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut got = Vec::new();
+    let _ = stalled.read_to_end(&mut got).await;
+    assert!(
+        got.len() < size,
+        "the whole file went to a client that did not read"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn run_refuses_a_root_that_is_not_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("file"), b"x").unwrap();
+    for root in [dir.path().join("missing"), dir.path().join("file")] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let err = run(
+            listener,
+            root.clone(),
+            Limits::default(),
+            std::future::pending(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot serve {}", root.display())),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn entity_tag_lists_are_scanned_tag_by_tag() {
+    let tag = |weak, opaque| EntityTag { weak, opaque };
+    assert_eq!(entity_tags("\"a\""), [tag(false, "\"a\"")]);
+    assert_eq!(
+        entity_tags(" W/\"a,b\" ,\"c\""),
+        [tag(true, "\"a,b\""), tag(false, "\"c\"")]
+    );
+    assert_eq!(entity_tags("\"a\", junk, \"b\""), [tag(false, "\"a\"")]);
+    assert_eq!(entity_tags("\"unterminated"), []);
+}
+
+#[test]
+fn byte_ranges_parse_strictly() {
+    use ByteRange::{Part, Unsatisfiable, Whole};
+    assert_eq!(byte_range("bytes=2-5", 10), Part { start: 2, len: 4 });
+    assert_eq!(byte_range("Bytes=2-", 10), Part { start: 2, len: 8 });
+    assert_eq!(byte_range("bytes=-3", 10), Part { start: 7, len: 3 });
+    assert_eq!(byte_range("bytes=9-9", 10), Part { start: 9, len: 1 });
+    assert_eq!(byte_range("bytes=10-10", 10), Unsatisfiable);
+    assert_eq!(byte_range("bytes=0-", 0), Unsatisfiable);
+    assert_eq!(byte_range("bytes=-", 10), Whole);
+    assert_eq!(byte_range("bytes=a-b", 10), Whole);
+    assert_eq!(byte_range("bytes=99999999999999999999-", 10), Whole);
+}
+
+#[test]
+fn file_times_are_clamped_to_what_http_dates_can_say() {
+    assert_eq!(http_time(UNIX_EPOCH - Duration::from_secs(5)), UNIX_EPOCH);
+    let far = UNIX_EPOCH + Duration::from_secs(400_000_000_000);
+    assert_eq!(
+        httpdate::fmt_http_date(http_time(far)),
+        "Fri, 31 Dec 9999 23:59:59 GMT"
+    );
+}
