@@ -102,7 +102,12 @@ pub async fn fetch_and_import(
                     fetched += n;
                     plan.staged(e);
                 }
-                Some(Err(e @ NarError::Fetch { .. })) => unavailable.push(e),
+                Some(Err(e @ NarError::Fetch { .. })) => {
+                    unavailable.push(e);
+                    if let Some(f) = failing_origin(&unavailable) {
+                        failure = Some(f);
+                    }
+                }
                 Some(Err(e)) => failure = Some(nar_error(e)),
                 None => downloading = false,
             },
@@ -113,8 +118,8 @@ pub async fn fetch_and_import(
                         tracing::debug!(paths = batch.len(), "imported a batch");
                         plan.imported(batch);
                     }
-                    Ok(Err(e)) => failure = Some(RunError::Other(e)),
-                    Err(e) => failure = Some(RunError::Other(e.into())),
+                    Ok(Err(e)) => failure = Some(RunError::Import(e)),
+                    Err(e) => failure = Some(RunError::Import(e.into())),
                 }
             }
         }
@@ -142,6 +147,29 @@ pub async fn fetch_and_import(
     Ok(fetched)
 }
 
+/// NARs from one origin that may fail (after their retries) before the run
+/// stops: one missing NAR is worth finishing the rest for, an origin that
+/// stalls or fails on every NAR is not worth working through them all.
+const ORIGIN_FAILURES: usize = 3;
+
+fn failing_origin(unavailable: &[NarError]) -> Option<RunError> {
+    let origin = |e: &NarError| match e {
+        NarError::Fetch { url, .. } => reqwest::Url::parse(url)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_else(|_| url.clone()),
+        _ => String::new(),
+    };
+    let last = origin(unavailable.last()?);
+    let same: Vec<&NarError> = unavailable.iter().filter(|e| origin(e) == last).collect();
+    (same.len() >= ORIGIN_FAILURES).then(|| {
+        RunError::Fetch(anyhow!(
+            "{} NARs from {last} failed, stopping early; the first: {}",
+            same.len(),
+            same[0]
+        ))
+    })
+}
+
 fn import(staging: &Path, batch: &[StorePath], trusted: &[PublicKey]) -> anyhow::Result<()> {
     // Batches are in dependency order; chunks keep each command line short.
     for chunk in batch.chunks(store::CHUNK) {
@@ -167,7 +195,7 @@ fn upstream_sources(cfg: &Config, entries: &[&Entry]) -> Result<HashMap<String, 
     }
     for url in entries.iter().filter_map(|e| e.cache.as_deref()) {
         if !out.contains_key(url) {
-            let src = Source::new(url, cfg.allow_insecure_http, cfg.stall_timeout)
+            let src = Source::new(url, &cfg.http)
                 .map_err(RunError::Refused)?;
             out.insert(url.to_owned(), src);
         }

@@ -47,11 +47,31 @@ pub enum Fetched {
     Body(Vec<u8>, Validators),
 }
 
+/// How the agent talks HTTP, to its cache and to upstream caches alike.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    pub allow_insecure_http: bool,
+    /// No byte for this long ends a transfer.
+    pub stall_timeout: Duration,
+    /// Bytes per second a transfer must average once `stall_timeout` has
+    /// passed (0: none). A stall timeout alone restarts on every byte: a
+    /// server that trickles would hold a run, and its lock, for days.
+    pub min_rate: u64,
+    pub proxy: Option<String>,
+}
+
+#[derive(Clone, Copy)]
+pub struct Limits {
+    min_rate: u64,
+    grace: Duration,
+}
+
 #[derive(Clone)]
 pub enum Source {
     Http {
         client: reqwest::Client,
         base: Url,
+        limits: Limits,
     },
     Dir(PathBuf),
     /// A tar file laid out like a cache (`nixcast bundle`): key → (offset, size).
@@ -63,7 +83,8 @@ pub enum Source {
 
 impl Source {
     /// `https://…`, `http://…` (only with `allow_insecure_http`), `file://DIR` or a directory.
-    pub fn new(spec: &str, allow_insecure_http: bool, stall: Duration) -> anyhow::Result<Self> {
+    pub fn new(spec: &str, opts: &HttpOptions) -> anyhow::Result<Self> {
+        let allow_insecure_http = opts.allow_insecure_http;
         if let Some(dir) = spec.strip_prefix("file://") {
             return Ok(Source::Dir(PathBuf::from(dir)));
         }
@@ -84,14 +105,35 @@ impl Source {
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(stall)
+            .read_timeout(opts.stall_timeout)
             .redirect(same_origin_redirects())
             .https_only(!allow_insecure_http)
             .user_agent(concat!("nixcast-pull/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Source::Http { client, base })
+            // reqwest reads http_proxy & co by default: a variable left in a
+            // service's environment would route the agent through a machine
+            // nobody chose for it. Only --proxy names one.
+            .no_proxy();
+        if let Some(p) = &opts.proxy {
+            let proxy = reqwest::Proxy::all(p.as_str())
+                .map_err(|e| anyhow::anyhow!("invalid --proxy: {}", error_chain(&e)))?;
+            let shown = Url::parse(p).map_or_else(
+                |_| "(unparsable)".to_owned(),
+                |u| format!("{}://{}", u.scheme(), u.host_str().unwrap_or("")) + &u.port().map_or(String::new(), |p| format!(":{p}")),
+            );
+            tracing::info!(proxy = %shown, cache = %base, "using a proxy");
+            builder = builder.proxy(proxy);
+        }
+        let client = builder.build()?;
+        Ok(Source::Http {
+            client,
+            base,
+            limits: Limits {
+                min_rate: opts.min_rate,
+                grace: opts.stall_timeout,
+            },
+        })
     }
 
     /// Indexes a bundle: one pass over its tar headers, no data read.
@@ -163,9 +205,10 @@ impl Source {
                 self.get_small(key, cap).await?,
                 Validators::default(),
             )),
-            Source::Http { client, base } => {
+            Source::Http { client, base, limits } => {
                 let url = base.join(key).expect("relative key");
-                let resp = send_with_retries(&url, || {
+                let conditional = v.etag.is_some() || v.last_modified.is_some();
+                let resp = send_with_retries(&url, conditional, || {
                     let mut req = client.get(url.clone());
                     if let Some(e) = &v.etag {
                         req = req.header(IF_NONE_MATCH, e);
@@ -189,7 +232,7 @@ impl Source {
                     etag: header(ETAG),
                     last_modified: header(LAST_MODIFIED),
                 };
-                let bytes = read_capped(&url, resp, cap).await?;
+                let bytes = read_capped(&url, resp, cap, *limits).await?;
                 Ok(Fetched::Body(bytes, validators))
             }
         }
@@ -221,10 +264,10 @@ impl Source {
                 }
                 Ok(buf)
             }
-            Source::Http { client, base } => {
+            Source::Http { client, base, limits } => {
                 let url = base.join(key).expect("relative key");
-                let resp = send_with_retries(&url, || client.get(url.clone())).await?;
-                read_capped(&url, resp, cap).await
+                let resp = send_with_retries(&url, false, || client.get(url.clone())).await?;
+                read_capped(&url, resp, cap, *limits).await
             }
         }
     }
@@ -239,10 +282,10 @@ impl Source {
                     std::fs::File::open(d.join(key)).map_err(|e| io_error(&self.url_of(key), e))?;
                 Ok(Box::new(f))
             }
-            Source::Http { client, base } => {
+            Source::Http { client, base, limits } => {
                 let url = base.join(key).expect("relative key");
-                let resp = send_with_retries(&url, || client.get(url.clone())).await?;
-                let stream = resp.bytes_stream().map_err(io::Error::other);
+                let resp = send_with_retries(&url, false, || client.get(url.clone())).await?;
+                let stream = at_least(resp.bytes_stream(), *limits);
                 let reader = tokio_util::io::StreamReader::new(stream);
                 Ok(Box::new(tokio_util::io::SyncIoBridge::new(reader)))
             }
@@ -280,18 +323,28 @@ fn same_origin_redirects() -> reqwest::redirect::Policy {
 }
 
 /// Sends a request, retrying connection errors, timeouts and 5xx/429 answers
-/// with exponential backoff. 2xx and 304 are returned; 404 (and 403, which S3
-/// answers for a missing key in a bucket that may not be listed) is `NotFound`.
+/// with exponential backoff. 2xx is returned, and 304 to a `conditional`
+/// request (to any other, it answers nothing that was asked: a protocol
+/// error); 404 (and 403, which S3 answers for a missing key in a bucket that
+/// may not be listed) is `NotFound`.
 async fn send_with_retries(
     url: &Url,
+    conditional: bool,
     make: impl Fn() -> reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, FetchError> {
     let mut delay = Duration::from_millis(250);
     let mut attempt = 1;
     loop {
         let transient = match make().send().await {
-            Ok(r) if r.status().is_success() || r.status() == StatusCode::NOT_MODIFIED => {
-                return Ok(r)
+            Ok(r) if r.status().is_success() => return Ok(r),
+            Ok(r) if r.status() == StatusCode::NOT_MODIFIED && conditional => return Ok(r),
+            Ok(r) if r.status() == StatusCode::NOT_MODIFIED => {
+                return Err(FetchError::Transport {
+                    url: url.to_string(),
+                    msg: "the server answered 304 Not Modified to a request without \
+                          validators (a protocol error)"
+                        .to_owned(),
+                })
             }
             Ok(r) if matches!(r.status(), StatusCode::NOT_FOUND | StatusCode::FORBIDDEN) => {
                 return Err(FetchError::NotFound(url.to_string()))
@@ -328,14 +381,50 @@ async fn send_with_retries(
     }
 }
 
-async fn read_capped(url: &Url, resp: reqwest::Response, cap: u64) -> Result<Vec<u8>, FetchError> {
+/// A body that fails once it arrives slower than `limits.min_rate` on
+/// average, counted from the request after `limits.grace`. (A body with no
+/// byte at all for `grace` fails by the client's read timeout.)
+fn at_least<B: AsRef<[u8]>>(
+    body: impl futures_util::Stream<Item = reqwest::Result<B>>,
+    limits: Limits,
+) -> impl futures_util::Stream<Item = io::Result<B>> {
+    let start = std::time::Instant::now();
+    let mut count: u64 = 0;
+    body.map_err(io::Error::other).and_then(move |chunk| {
+        count = count.saturating_add(chunk.as_ref().len() as u64);
+        let elapsed = start.elapsed();
+        let slow = limits.min_rate > 0
+            && elapsed > limits.grace
+            && (count as f64) < limits.min_rate as f64 * elapsed.as_secs_f64();
+        let result = if slow {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{count} bytes in {:.0?}, slower than the minimum of {} bytes/s (--min-rate)",
+                    elapsed, limits.min_rate
+                ),
+            ))
+        } else {
+            Ok(chunk)
+        };
+        std::future::ready(result)
+    })
+}
+
+async fn read_capped(
+    url: &Url,
+    resp: reqwest::Response,
+    cap: u64,
+    limits: Limits,
+) -> Result<Vec<u8>, FetchError> {
     if resp.content_length().is_some_and(|n| n > cap) {
         return Err(FetchError::TooLarge {
             url: url.to_string(),
             cap,
         });
     }
-    let mut stream = resp.bytes_stream();
+    let stream = at_least(resp.bytes_stream(), limits);
+    futures_util::pin_mut!(stream);
     let mut buf = Vec::new();
     while let Some(chunk) = stream.try_next().await.map_err(|e| FetchError::Transport {
         url: url.to_string(),

@@ -32,6 +32,8 @@ pub enum Outcome {
     ImportFailed,
     ActivationFailed,
     RolledBack,
+    /// This host failed: its state directory, its disk, its Nix.
+    LocalError,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,9 +48,17 @@ pub struct Status {
     /// issuedAt of that pointer: a pointer issued earlier is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_issued_at: Option<Timestamp>,
-    /// HTTP validators of the pointer last handled to the end (applied or unchanged).
-    #[serde(default)]
+    /// HTTP validators of the pointer last handled to the end (applied or
+    /// unchanged), kept with its expiry (older agents kept them without it,
+    /// under `validators`: those are not sent, so the pointer is read whole).
+    #[serde(default, rename = "pointerValidators")]
     pub validators: Validators,
+    #[serde(default, rename = "validators", skip_serializing)]
+    pub legacy_validators: Validators,
+    /// expiresAt of the pointer those validators belong to: a 304 answer
+    /// stands for that pointer, and expires with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pointer_expires_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_generation: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,6 +96,7 @@ impl Outcome {
             Outcome::ImportFailed => "import-failed",
             Outcome::ActivationFailed => "activation-failed",
             Outcome::RolledBack => "rolled-back",
+            Outcome::LocalError => "local-error",
         }
     }
 }
@@ -138,6 +149,7 @@ pub fn metrics(s: &Status) -> String {
         "fetch-failed",
         "import-failed",
         "activation-failed",
+        "local-error",
     ] {
         let n = s.failures.get(kind).copied().unwrap_or(0);
         out.push_str(&format!("nixcast_failures_total{{kind=\"{kind}\"}} {n}\n"));
@@ -191,12 +203,46 @@ impl StateDir {
         self.dir.join("manifest.json")
     }
 
+    /// Makes the directory (root's alone), or checks that an existing one
+    /// is: staged NARs are imported as verified, and `status.json` holds the
+    /// rollback floor, so whoever else can write here controls the host.
     pub fn create(&self) -> Result<()> {
-        fs::create_dir_all(&self.dir)
-            .with_context(|| format!("cannot create {}", self.dir.display()))?;
-        // Staged NARs are verified content waiting for import: root's alone.
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))?;
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        let made = fs::DirBuilder::new().mode(0o700).create(&self.dir);
+        match made {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(_) => fs::DirBuilder::new()
+                .mode(0o700)
+                .recursive(true)
+                .create(&self.dir)
+                .with_context(|| format!("cannot create {}", self.dir.display()))?,
+        }
+        let meta = fs::symlink_metadata(&self.dir)
+            .with_context(|| format!("cannot read {}", self.dir.display()))?;
+        let me = fs::metadata("/proc/self").map(|m| m.uid()).ok();
+        if !meta.is_dir() {
+            bail!(
+                "the state directory {} is not a directory (a symlink?); refusing to use it",
+                self.dir.display()
+            );
+        }
+        if Some(meta.uid()) != me {
+            bail!(
+                "the state directory {} is owned by uid {}, not by this user: whoever owns it \
+                 can plant NARs and lower the rollback floor; chown it, or pick another --state-dir",
+                self.dir.display(),
+                meta.uid()
+            );
+        }
+        if meta.mode() & 0o022 != 0 {
+            bail!(
+                "the state directory {} is writable by group or others (mode {:o}): whoever can \
+                 write there can plant NARs and lower the rollback floor; chmod 700 it",
+                self.dir.display(),
+                meta.mode() & 0o7777
+            );
+        }
         Ok(())
     }
 

@@ -59,7 +59,7 @@ pub fn missing<'a>(paths: impl IntoIterator<Item = &'a StorePath>) -> Result<Vec
 /// Writes `nix-cache-info` and a narinfo for each of `entries` (their NARs
 /// are staged as they arrive). `import` asks for these paths only.
 pub fn write_staging_cache(staging: &Path, entries: &[&Entry]) -> Result<()> {
-    std::fs::write(staging.join("nix-cache-info"), "StoreDir: /nix/store\n")?;
+    write_new(&staging.join("nix-cache-info"), "StoreDir: /nix/store\n")?;
     for e in entries {
         let staged = staged_path(staging, e);
         let name = staged.file_name().expect("a file").to_string_lossy();
@@ -79,9 +79,27 @@ pub fn write_staging_cache(staging: &Path, entries: &[&Entry]) -> Result<()> {
             quirks: Default::default(),
         };
         let p = staging.join(format!("{}.narinfo", e.store_path.hash_part()));
-        std::fs::write(&p, ni.render()).with_context(|| format!("cannot write {}", p.display()))?;
+        write_new(&p, &ni.render())?;
     }
     Ok(())
+}
+
+/// Writes a staging file afresh. `create_new` (O_EXCL) follows no symlink:
+/// a link planted under this name is removed, never written through.
+fn write_new(p: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    match std::fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot replace {}", p.display()))
+        }
+        _ => {}
+    }
+    std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .open(p)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .with_context(|| format!("cannot write {}", p.display()))
 }
 
 /// Imports `paths` from the staging cache. Their references must be valid
