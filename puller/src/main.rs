@@ -319,7 +319,9 @@ fn public_key(text: &str) -> Result<PublicKey> {
 }
 
 fn status(dir: &std::path::Path, json: bool) -> Result<()> {
-    let st = state::StateDir::new(dir).load()?;
+    let state = state::StateDir::new(dir);
+    let st = state.load()?;
+    let running = state.running();
     let link = |p: &str| {
         std::fs::canonicalize(p)
             .ok()
@@ -330,6 +332,13 @@ fn status(dir: &std::path::Path, json: bool) -> Result<()> {
         let mut v = serde_json::to_value(&st)?;
         v["currentSystem"] = current.into();
         v["bootedSystem"] = booted.into();
+        if let Some(r) = &running {
+            v["run"] = serde_json::json!({
+                "pid": r.pid,
+                "startedAt": r.started_at,
+                "alive": r.alive(),
+            });
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -345,6 +354,15 @@ fn status(dir: &std::path::Path, json: bool) -> Result<()> {
     println!("current system:     {}", show(current));
     println!("booted system:      {}", show(booted));
     println!("highest accepted:   {}", st.highest_generation);
+    let run = match &running {
+        None => "no".to_owned(),
+        Some(r) if r.alive() => format!("since {} (pid {})", r.started_at, r.pid),
+        Some(r) => format!(
+            "no (pid {}, started at {}, ended without releasing the lock: killed?)",
+            r.pid, r.started_at
+        ),
+    };
+    println!("running:            {run}");
     println!(
         "last check:         {}",
         show(st.last_check.map(|t| t.to_string()))

@@ -181,7 +181,31 @@ pub struct StateDir {
 }
 
 /// Held for the whole run; the lock is released when the file is closed.
-pub struct Lock(#[allow(dead_code)] File);
+/// While held, the file says which process holds it and since when (for
+/// `status`); it is emptied before it is released.
+pub struct Lock(File);
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = self.0.set_len(0);
+    }
+}
+
+/// What the lock file says about the run holding it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunInfo {
+    pub pid: u32,
+    pub started_at: Timestamp,
+}
+
+impl RunInfo {
+    /// Whether that process still exists (a run killed with -9 leaves its
+    /// line behind; its pid may in time be another process's).
+    pub fn alive(&self) -> bool {
+        Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
+}
 
 impl StateDir {
     pub fn new(dir: &Path) -> Self {
@@ -255,18 +279,33 @@ impl StateDir {
             .write(true)
             .open(&p)
             .with_context(|| format!("cannot open {}", p.display()))?;
+        let held = |mut f: File| -> Result<Lock> {
+            let info = RunInfo {
+                pid: std::process::id(),
+                started_at: Timestamp::now(),
+            };
+            f.set_len(0)?;
+            f.write_all(&serde_json::to_vec(&info)?)?;
+            Ok(Lock(f))
+        };
         if wait {
             f.lock()
                 .with_context(|| format!("cannot lock {}", p.display()))?;
-            return Ok(Some(Lock(f)));
+            return held(f).map(Some);
         }
         match f.try_lock() {
-            Ok(()) => Ok(Some(Lock(f))),
+            Ok(()) => held(f).map(Some),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
             Err(fs::TryLockError::Error(e)) => {
                 Err(e).with_context(|| format!("cannot lock {}", p.display()))
             }
         }
+    }
+
+    /// The run that holds the lock or held it last without releasing it, if any.
+    pub fn running(&self) -> Option<RunInfo> {
+        let text = fs::read(self.dir.join(LOCK_FILE)).ok()?;
+        serde_json::from_slice(&text).ok()
     }
 
     /// The saved status; a missing file is a first run, a damaged one an error.
@@ -335,10 +374,15 @@ mod tests {
     fn second_lock_is_refused() {
         let d = tempfile::tempdir().unwrap();
         let s = StateDir::new(d.path());
+        assert!(s.running().is_none());
         let held = s.lock(false).unwrap();
         assert!(held.is_some());
+        let info = s.running().unwrap();
+        assert_eq!(info.pid, std::process::id());
+        assert!(info.alive());
         assert!(s.lock(false).unwrap().is_none());
         drop(held);
+        assert!(s.running().is_none(), "a released lock names no run");
         assert!(s.lock(false).unwrap().is_some());
     }
 }
