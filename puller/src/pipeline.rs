@@ -88,8 +88,9 @@ pub async fn fetch_and_import(
             let batch = plan.ready();
             if !batch.is_empty() {
                 let (staging, trusted) = (staging.to_owned(), cfg.trusted.clone());
+                let roots = store::gc_roots_dir(cfg.state.path());
                 importing = Some(tokio::task::spawn_blocking(move || {
-                    import(&staging, &batch, &trusted).map(|()| batch)
+                    import(&staging, &roots, &batch, &trusted).map(|()| batch)
                 }));
             }
         }
@@ -170,10 +171,20 @@ fn failing_origin(unavailable: &[NarError]) -> Option<RunError> {
     })
 }
 
-fn import(staging: &Path, batch: &[StorePath], trusted: &[PublicKey]) -> anyhow::Result<()> {
+fn import(
+    staging: &Path,
+    roots: &Path,
+    batch: &[StorePath],
+    trusted: &[PublicKey],
+) -> anyhow::Result<()> {
     // Batches are in dependency order; chunks keep each command line short.
     for chunk in batch.chunks(store::CHUNK) {
         store::import(staging, chunk, trusted)?;
+        // Nothing refers to these paths until the profile does: a garbage
+        // collection while later NARs download would delete them.
+        if let Err(e) = store::add_roots(roots, chunk) {
+            tracing::warn!("imported paths are not protected from garbage collection: {e:#}");
+        }
     }
     Ok(())
 }

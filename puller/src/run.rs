@@ -287,7 +287,11 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
     if cfg.action.sets_profile() {
         store::set_profile(&cfg.profile, &p.store_path).map_err(other)?;
     }
-    let st = activate::activate(&p.store_path, cfg.action).map_err(other)?;
+    let st = activate::activate(&p.store_path, cfg.action);
+    // The profile holds the system now (or, for test and dry-activate, the
+    // running system does); a failed switch leaves nothing worth keeping.
+    store::clear_roots(&store::gc_roots_dir(cfg.state.path()));
+    let st = st.map_err(other)?;
     let failure = if !st.success() {
         Some(format!("{script} {} exited with {st}", cfg.action.as_str()))
     } else {

@@ -125,6 +125,39 @@ pub fn import(staging: &Path, paths: &[StorePath], trusted: &[PublicKey]) -> Res
     Ok(())
 }
 
+/// Where a run's GC roots live: in the state directory, which the agent may
+/// write even in its sandbox (Nix registers them as indirect roots).
+pub fn gc_roots_dir(state: &Path) -> std::path::PathBuf {
+    state.join("gcroots")
+}
+
+/// Roots `paths` (valid already) until `clear_roots`: `DIR/HASH`, `DIR/HASH-2`, …
+/// named after the first path, which no other batch imports.
+pub fn add_roots(dir: &Path, paths: &[StorePath]) -> Result<()> {
+    let Some(first) = paths.first() else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    run(Command::new("nix-store")
+        .arg("--add-root")
+        .arg(dir.join(first.hash_part()))
+        .args(["--indirect", "--realise"])
+        .args(["--option", "substituters", ""])
+        .args(paths.iter().map(|p| p.to_string())))
+    .context("adding GC roots")?;
+    Ok(())
+}
+
+/// Drops a run's GC roots, once the profile holds what they protected (Nix
+/// forgets an indirect root whose link is gone).
+pub fn clear_roots(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!("cannot remove the GC roots in {}: {e}", dir.display());
+        }
+    }
+}
+
 pub fn set_profile(profile: &Path, path: &StorePath) -> Result<()> {
     run(Command::new("nix-env")
         .arg("-p")

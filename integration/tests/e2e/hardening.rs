@@ -431,3 +431,66 @@ fn keys_proxies_and_the_state_directory_are_the_operators_choice() {
     assert!(proxy.take_requests().contains(&"/hosts/foobar.json".to_owned()));
     assert!(stderr(&out).contains("using a proxy"), "{}", stderr(&out));
 }
+
+#[test]
+fn paths_imported_by_a_run_survive_a_garbage_collection_and_status_shows_the_run() {
+    let w = World::new();
+    let top = format!("/{}", w.manifest().get(&w.gen2.parse().unwrap()).unwrap().url);
+    w.server.set(&top, Rule::Stall(10));
+    let url = w.server.url.clone();
+    let mut run =
+        w.vm.agent(&[
+            "run",
+            "--cache",
+            &url,
+            "--host",
+            "foobar",
+            "--trusted-key",
+            &w.keys.public_text,
+            "--state-dir",
+            "/nix/var/nixcast",
+            "--allow-insecure-http",
+            "--stall-timeout",
+            "1h",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until everything below the stalled top is imported.
+    let below: Vec<String> = closure(&w.gen2)
+        .into_iter()
+        .filter(|p| *p != w.gen2)
+        .collect();
+    let mut waited = 0;
+    while !w.vm.valid(&below) {
+        assert!(waited < 600, "the run imported nothing");
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
+    let status = |w: &World| {
+        let out = w.vm.agent(&["status", "--state-dir", "/nix/var/nixcast"]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let shown = status(&w);
+    assert!(shown.contains("running:            since "), "{shown}");
+
+    ok(&mut w.vm.cmd(&["nix-collect-garbage"]));
+    assert!(w.vm.valid(&below), "the garbage collector deleted imported paths");
+
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let shown = status(&w);
+    assert!(shown.contains("killed?"), "{shown}");
+    w.server.take_requests();
+    w.assert_applies_gen2(&[]);
+    let nars: Vec<String> = w
+        .server
+        .take_requests()
+        .into_iter()
+        .filter(|r| r.starts_with("/nar/"))
+        .collect();
+    assert_eq!(nars, [top]);
+    assert!(status(&w).contains("running:            no"));
+    assert!(!w.vm.nix().join("var/nixcast/gcroots").exists());
+}
