@@ -206,8 +206,7 @@ fn upstream_sources(cfg: &Config, entries: &[&Entry]) -> Result<HashMap<String, 
     }
     for url in entries.iter().filter_map(|e| e.cache.as_deref()) {
         if !out.contains_key(url) {
-            let src = Source::new(url, &cfg.http)
-                .map_err(RunError::Refused)?;
+            let src = Source::new(url, &cfg.http).map_err(RunError::Refused)?;
             out.insert(url.to_owned(), src);
         }
     }

@@ -120,7 +120,10 @@ impl Source {
                 .map_err(|e| anyhow::anyhow!("invalid --proxy: {}", error_chain(&e)))?;
             let shown = Url::parse(p).map_or_else(
                 |_| "(unparsable)".to_owned(),
-                |u| format!("{}://{}", u.scheme(), u.host_str().unwrap_or("")) + &u.port().map_or(String::new(), |p| format!(":{p}")),
+                |u| {
+                    format!("{}://{}", u.scheme(), u.host_str().unwrap_or(""))
+                        + &u.port().map_or(String::new(), |p| format!(":{p}"))
+                },
             );
             tracing::info!(proxy = %shown, cache = %base, "using a proxy");
             builder = builder.proxy(proxy);
@@ -205,7 +208,11 @@ impl Source {
                 self.get_small(key, cap).await?,
                 Validators::default(),
             )),
-            Source::Http { client, base, limits } => {
+            Source::Http {
+                client,
+                base,
+                limits,
+            } => {
                 let url = base.join(key).expect("relative key");
                 let conditional = v.etag.is_some() || v.last_modified.is_some();
                 let resp = send_with_retries(&url, conditional, || {
@@ -264,7 +271,11 @@ impl Source {
                 }
                 Ok(buf)
             }
-            Source::Http { client, base, limits } => {
+            Source::Http {
+                client,
+                base,
+                limits,
+            } => {
                 let url = base.join(key).expect("relative key");
                 let resp = send_with_retries(&url, false, || client.get(url.clone())).await?;
                 read_capped(&url, resp, cap, *limits).await
@@ -282,7 +293,11 @@ impl Source {
                     std::fs::File::open(d.join(key)).map_err(|e| io_error(&self.url_of(key), e))?;
                 Ok(Box::new(f))
             }
-            Source::Http { client, base, limits } => {
+            Source::Http {
+                client,
+                base,
+                limits,
+            } => {
                 let url = base.join(key).expect("relative key");
                 let resp = send_with_retries(&url, false, || client.get(url.clone())).await?;
                 let stream = at_least(resp.bytes_stream(), *limits);

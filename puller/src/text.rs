@@ -35,7 +35,9 @@ fn push_escaped(out: &mut String, c: char) {
         '\r' => out.push_str("\\r"),
         '\t' => out.push_str("\\t"),
         // Bidirectional overrides and isolates reorder what a terminal shows.
-        c if c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') => {
+        c if c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+        {
             let _ = write!(out, "\\u{{{:x}}}", c as u32);
         }
         c => out.push(c),

@@ -173,7 +173,10 @@ fn implausible_generations_and_pointers_from_the_future_are_refused() {
     jump.generation = 5000;
     w.serve_pointer(&jump);
     let hint = stderr(&w.pull(&[]));
-    assert!(hint.contains("run once with --max-generation-jump 4999"), "{hint}");
+    assert!(
+        hint.contains("run once with --max-generation-jump 4999"),
+        "{hint}"
+    );
     let out = w.pull(&["--max-generation-jump", "4999"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(w.vm.status()["highestGeneration"], 5000);
@@ -194,7 +197,11 @@ fn a_304_is_no_excuse_to_skip_the_pointer_checks() {
     // A server (or anything on the path) that answers 304 to everything.
     w.server.set("/hosts/foobar.json", Rule::Status(304));
     // The first run kept no validators (this server sends none): a 304 is no answer.
-    w.assert_unchanged(&w.pull(&[]), 4, "304 Not Modified to a request without validators");
+    w.assert_unchanged(
+        &w.pull(&[]),
+        4,
+        "304 Not Modified to a request without validators",
+    );
     assert_eq!(w.vm.status()["lastResult"], "fetch-failed");
 
     // With validators kept from a pointer that has expired since, a 304
@@ -313,11 +320,10 @@ fn a_manifest_that_contradicts_its_signatures_is_refused_and_its_nar_dropped() {
     (e.url, e.compression, e.file_hash) = (url, Compression::None, file_hash);
     (e.file_size, e.nar_size) = (nar.len() as u64, nar.len() as u64);
     e.nar_hash = Sha256Hash::digest(&nar);
-    let staged = w
-        .vm
-        .nix()
-        .join("var/nixcast/staging/nar")
-        .join(format!("{}.nar", e.nar_hash.to_nixbase32()));
+    let staged =
+        w.vm.nix()
+            .join("var/nixcast/staging/nar")
+            .join(format!("{}.nar", e.nar_hash.to_nixbase32()));
     let bytes = serde_json::to_vec_pretty(&m).unwrap();
     let mref = ManifestRef::for_bytes(&bytes);
     std::fs::write(w.cache.join(&mref.path), &bytes).unwrap();
@@ -331,7 +337,10 @@ fn a_manifest_that_contradicts_its_signatures_is_refused_and_its_nar_dropped() {
     let out = w.pull(&[]);
     w.assert_unchanged(&out, 3, "contradicts its own signatures");
     assert!(stderr(&out).contains(&etc), "{}", stderr(&out));
-    assert!(!staged.exists(), "the NAR of the refused entry stayed in staging");
+    assert!(
+        !staged.exists(),
+        "the NAR of the refused entry stayed in staging"
+    );
 }
 
 #[test]
@@ -339,9 +348,11 @@ fn untrusted_text_reaches_the_terminal_escaped_bounded_and_once() {
     let w = World::new();
     // An envelope signed by an unknown key whose keyid is an escape sequence.
     let mut env: pointer::Envelope =
-        serde_json::from_slice(&std::fs::read(w.cache.join("hosts/foobar.json")).unwrap())
-            .unwrap();
-    let evil = format!("\x1b]0;owned\x07\x1b[2J\nerror: fake line{}", "x".repeat(20000));
+        serde_json::from_slice(&std::fs::read(w.cache.join("hosts/foobar.json")).unwrap()).unwrap();
+    let evil = format!(
+        "\x1b]0;owned\x07\x1b[2J\nerror: fake line{}",
+        "x".repeat(20000)
+    );
     env.signatures[0].keyid = evil;
     env.signatures[0].sig = format!("{}==", "A".repeat(86));
     let bytes = serde_json::to_vec(&env).unwrap();
@@ -352,15 +363,18 @@ fn untrusted_text_reaches_the_terminal_escaped_bounded_and_once() {
     w.assert_unchanged(&out, 3, "not signed by any trusted key");
     assert!(!err.contains('\x1b') && !err.contains('\x07'), "{err:?}");
     assert!(!err.contains("\nerror: fake"), "{err}");
-    assert_eq!(err.matches("not signed by any trusted key").count(), 1, "{err}");
+    assert_eq!(
+        err.matches("not signed by any trusted key").count(),
+        1,
+        "{err}"
+    );
     assert!(err.len() < 3000, "{} bytes of stderr", err.len());
     let last_error = w.vm.status()["lastError"].as_str().unwrap().to_owned();
     assert!(!last_error.contains('\x1b') && last_error.len() < 3000);
-    let status = w
-        .vm
-        .agent(&["status", "--state-dir", "/nix/var/nixcast"])
-        .output()
-        .unwrap();
+    let status =
+        w.vm.agent(&["status", "--state-dir", "/nix/var/nixcast"])
+            .output()
+            .unwrap();
     assert!(status.status.success(), "{}", stderr(&status));
     assert!(!stdout(&status).contains('\x1b'), "{}", stdout(&status));
     w.assert_applies_gen2(&[]);
@@ -399,7 +413,11 @@ fn keys_proxies_and_the_state_directory_are_the_operators_choice() {
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
     let out = w.pull(&[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("writable by group or others"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("writable by group or others"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(
         std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
         0o777
@@ -409,7 +427,13 @@ fn keys_proxies_and_the_state_directory_are_the_operators_choice() {
     // http_proxy & co in the environment are not used...
     let proxy = Hostile::start(w.cache.clone());
     let mut cmd = run(&[], &w.keys.public_text);
-    for var in ["http_proxy", "HTTP_PROXY", "https_proxy", "all_proxy", "ALL_PROXY"] {
+    for var in [
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "all_proxy",
+        "ALL_PROXY",
+    ] {
         cmd.env(var, &proxy.url);
     }
     let out = cmd.output().unwrap();
@@ -428,14 +452,19 @@ fn keys_proxies_and_the_state_directory_are_the_operators_choice() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(proxy.take_requests().contains(&"/hosts/foobar.json".to_owned()));
+    assert!(proxy
+        .take_requests()
+        .contains(&"/hosts/foobar.json".to_owned()));
     assert!(stderr(&out).contains("using a proxy"), "{}", stderr(&out));
 }
 
 #[test]
 fn paths_imported_by_a_run_survive_a_garbage_collection_and_status_shows_the_run() {
     let w = World::new();
-    let top = format!("/{}", w.manifest().get(&w.gen2.parse().unwrap()).unwrap().url);
+    let top = format!(
+        "/{}",
+        w.manifest().get(&w.gen2.parse().unwrap()).unwrap().url
+    );
     w.server.set(&top, Rule::Stall(10));
     let url = w.server.url.clone();
     let mut run =
@@ -468,7 +497,10 @@ fn paths_imported_by_a_run_survive_a_garbage_collection_and_status_shows_the_run
         waited += 1;
     }
     let status = |w: &World| {
-        let out = w.vm.agent(&["status", "--state-dir", "/nix/var/nixcast"]).output().unwrap();
+        let out =
+            w.vm.agent(&["status", "--state-dir", "/nix/var/nixcast"])
+                .output()
+                .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
         stdout(&out)
     };
@@ -476,7 +508,10 @@ fn paths_imported_by_a_run_survive_a_garbage_collection_and_status_shows_the_run
     assert!(shown.contains("running:            since "), "{shown}");
 
     ok(&mut w.vm.cmd(&["nix-collect-garbage"]));
-    assert!(w.vm.valid(&below), "the garbage collector deleted imported paths");
+    assert!(
+        w.vm.valid(&below),
+        "the garbage collector deleted imported paths"
+    );
 
     run.kill().unwrap();
     run.wait().unwrap();
