@@ -484,6 +484,7 @@ fn paths_imported_by_a_run_survive_a_garbage_collection_and_status_shows_the_run
         ])
         .stderr(std::process::Stdio::null())
         .spawn()
+        .map(KillOnDrop)
         .unwrap();
     // Wait (bounded) until everything below the stalled top is imported.
     let below: Vec<String> = closure(&w.gen2)
@@ -513,8 +514,8 @@ fn paths_imported_by_a_run_survive_a_garbage_collection_and_status_shows_the_run
         "the garbage collector deleted imported paths"
     );
 
-    run.kill().unwrap();
-    run.wait().unwrap();
+    run.0.kill().unwrap();
+    run.0.wait().unwrap();
     let shown = status(&w);
     assert!(shown.contains("killed?"), "{shown}");
     w.server.take_requests();
@@ -528,4 +529,15 @@ fn paths_imported_by_a_run_survive_a_garbage_collection_and_status_shows_the_run
     assert_eq!(nars, [top]);
     assert!(status(&w).contains("running:            no"));
     assert!(!w.vm.nix().join("var/nixcast/gcroots").exists());
+}
+
+/// A stalled agent must not outlive a failed assertion: the server would
+/// wait for its connection for ever.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
