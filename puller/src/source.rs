@@ -4,8 +4,9 @@
 //! and were checked before they get here (host names, the manifest's URL
 //! pattern). Every read is bounded: small files by a cap, NARs by the signed
 //! FileSize (checked by the caller while streaming). HTTP uses one client
-//! with keep-alive, a connect timeout, a stall timeout between body reads,
-//! no automatic decompression, and follows redirects only within the same
+//! with keep-alive, a connect timeout, a stall timeout between body reads, a
+//! minimum average rate per body, no automatic decompression, no proxy but
+//! the one `--proxy` names, and follows redirects only within the same
 //! scheme, host and port.
 
 use std::collections::HashMap;
