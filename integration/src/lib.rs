@@ -24,6 +24,8 @@ pub enum Rule {
     Endless,
     /// Send the file's first N bytes, then nothing, without closing.
     Stall(usize),
+    /// Send the file one byte at a time, a byte every 100 ms, without a length.
+    Trickle,
     /// Answer 302 to this location.
     Redirect(String),
     /// Answer this status with an empty body.
@@ -167,6 +169,19 @@ async fn handle(State(s): State<Arc<Shared>>, uri: Uri) -> Response {
                         tokio::time::sleep(Duration::from_secs(3600)).await;
                         None
                     }
+                }
+            });
+            Body::from_stream(stream).into_response()
+        }
+        Some(Rule::Trickle) => {
+            let Some(data) = file() else {
+                return StatusCode::NOT_FOUND.into_response();
+            };
+            let stream = futures_util::stream::unfold(0, move |i| {
+                let byte = data.get(i).copied();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    byte.map(|b| (Ok::<_, std::io::Error>(Bytes::from(vec![b])), i + 1))
                 }
             });
             Body::from_stream(stream).into_response()

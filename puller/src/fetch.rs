@@ -81,8 +81,7 @@ pub fn staged_path(staging: &Path, e: &Entry) -> PathBuf {
 
 /// Fetches and verifies one NAR, unless a verified copy is already staged.
 /// Returns the number of bytes downloaded. A NAR smaller than `SMALL`
-/// (compressed) waits for a slot of `decoders` before it is read: its body
-/// is in the socket's buffers by then.
+/// (compressed) is read into memory, then waits for a slot of `decoders`.
 pub async fn fetch_one(
     source: &Source,
     staging: &Path,
@@ -115,10 +114,31 @@ pub async fn fetch_one(
     let url = source.url_of(&e.url);
     let mut attempt = 1;
     loop {
-        let body = source
-            .open(&e.url)
-            .await
-            .map_err(|err| NarError::from_fetch(&path, err))?;
+        // A small NAR is read whole before it takes a decoder slot, so that
+        // a server that stalls or trickles holds a request, never a slot.
+        let body: Box<dyn Read + Send> = if e.file_size < SMALL {
+            match source.get_small(&e.url, e.file_size).await {
+                Ok(bytes) => Box::new(io::Cursor::new(bytes)),
+                Err(FetchError::TooLarge { .. }) => {
+                    return Err(NarError::Verify {
+                        path,
+                        url,
+                        msg: format!("more bytes than the FileSize of {}", e.file_size),
+                    })
+                }
+                Err(FetchError::Transport { msg, .. }) if attempt < TRANSPORT_ATTEMPTS => {
+                    tracing::warn!(%url, error = %msg, "download failed, retrying");
+                    attempt += 1;
+                    continue;
+                }
+                Err(err) => return Err(NarError::from_fetch(&path, err)),
+            }
+        } else {
+            source
+                .open(&e.url)
+                .await
+                .map_err(|err| NarError::from_fetch(&path, err))?
+        };
         let _slot = if e.file_size < SMALL {
             Some(decoders.acquire().await.expect("never closed"))
         } else {
@@ -194,6 +214,9 @@ struct Nar<R, W> {
     inner: R,
     out: HashingCounter<W>,
     cap: u64,
+    /// Set when the copy could not be written: the reader's error then says
+    /// nothing about the NAR.
+    write_error: Option<io::Error>,
 }
 
 impl<R: Read, W: Write> Read for Nar<R, W> {
@@ -205,7 +228,11 @@ impl<R: Read, W: Write> Read for Nar<R, W> {
                 self.cap
             )));
         }
-        self.out.write_all(&buf[..n])?;
+        if let Err(err) = self.out.write_all(&buf[..n]) {
+            let copy = io::Error::new(err.kind(), err.to_string());
+            self.write_error = Some(err);
+            return Err(copy);
+        }
         Ok(n)
     }
 }
@@ -240,12 +267,19 @@ fn verify_into(
         BufWriter::with_capacity(128 << 10, tmp.as_file()),
     );
     // Read what the decoder left (bounded by FileSize) so FileHash covers every byte.
-    let drained =
-        checked.and_then(|()| io::copy(&mut body, &mut io::sink()).map_err(|err| err.to_string()));
+    let drained = checked.and_then(|()| {
+        io::copy(&mut body, &mut io::sink())
+            .map(drop)
+            .map_err(|err| Failure::Verify(err.to_string()))
+    });
     if let Some(t) = body.transport_error.take() {
         return Err(Failure::Transport(t));
     }
-    if let Err(msg) = drained {
+    if let Err(failure) = drained {
+        let msg = match failure {
+            Failure::Verify(msg) => msg,
+            other => return Err(other),
+        };
         if body.eof && body.count < e.file_size {
             return Err(Failure::Transport(format!(
                 "truncated: {} of {} bytes ({msg})",
@@ -276,7 +310,7 @@ fn decode_and_check<W: Write>(
     e: &Entry,
     ids: &[Identity],
     out: W,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     // The decoders read through our buffer, so that after the stream's end we
     // can see whether any byte is left over: trailing data is refused even
     // when FileSize and FileHash count it.
@@ -287,23 +321,28 @@ fn decode_and_check<W: Write>(
     // Every chunk is authenticated before its bytes reach the decompressor;
     // a sealed stream that ends early, or with bytes after its last chunk,
     // is an error.
-    let opened = seal::open(ids, input).map_err(|err| match err {
-        seal::SealError::NoMatchingIdentity => {
-            "sealed to none of this host's identities".to_owned()
-        }
-        err => format!("cannot open the sealed NAR: {err}"),
+    let opened = seal::open(ids, input).map_err(|err| {
+        Failure::Verify(match err {
+            seal::SealError::NoMatchingIdentity => {
+                "sealed to none of this host's identities".to_owned()
+            }
+            err => format!("cannot open the sealed NAR: {err}"),
+        })
     })?;
     decompress_and_check(io::BufReader::with_capacity(64 << 10, opened), e, out)
 }
 
-fn decompress_and_check<R: BufRead, W: Write>(input: R, e: &Entry, out: W) -> Result<(), String> {
-    let leftover = |mut r: R| -> Result<(), String> {
+fn decompress_and_check<R: BufRead, W: Write>(input: R, e: &Entry, out: W) -> Result<(), Failure> {
+    let leftover = |mut r: R| -> Result<(), Failure> {
         match r.fill_buf() {
             Ok([]) => Ok(()),
-            Ok(_) => Err("trailing data after the compressed stream".to_owned()),
-            Err(err) => Err(err.to_string()),
+            Ok(_) => Err(Failure::Verify(
+                "trailing data after the compressed stream".to_owned(),
+            )),
+            Err(err) => Err(Failure::Verify(err.to_string())),
         }
     };
+    let verify = |err: io::Error| Failure::Verify(err.to_string());
     match e.compression {
         Compression::Xz => {
             // The container's own check (CRC64) is skipped: FileHash covers
@@ -312,17 +351,16 @@ fn decompress_and_check<R: BufRead, W: Write>(input: R, e: &Entry, out: W) -> Re
                 XZ_MEMLIMIT,
                 liblzma::stream::IGNORE_CHECK,
             )
-            .map_err(|err| err.to_string())?;
+            .map_err(|err| Failure::Verify(err.to_string()))?;
             let mut d = liblzma::bufread::XzDecoder::new_stream(input, stream);
             check_nar(&mut d, e, out)?;
             leftover(d.into_inner())
         }
         Compression::Zstd => {
             let mut d = zstd::stream::read::Decoder::with_buffer(input)
-                .map_err(|err| err.to_string())?
+                .map_err(verify)?
                 .single_frame();
-            d.window_log_max(ZSTD_WINDOW_LOG_MAX)
-                .map_err(|err| err.to_string())?;
+            d.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(verify)?;
             check_nar(&mut d, e, out)?;
             leftover(d.finish())
         }
@@ -335,23 +373,30 @@ fn decompress_and_check<R: BufRead, W: Write>(input: R, e: &Entry, out: W) -> Re
 }
 
 /// Reads the decompressed NAR through the strict reader, copying it to `out`,
-/// and checks NarSize and NarHash.
-fn check_nar<R: Read, W: Write>(decoded: R, e: &Entry, out: W) -> Result<(), String> {
+/// and checks NarSize and NarHash. A failure to write the copy (a full disk)
+/// is this host's, not the server's.
+fn check_nar<R: Read, W: Write>(decoded: R, e: &Entry, out: W) -> Result<(), Failure> {
     let mut nar = Nar {
         inner: decoded,
         out: HashingCounter::new(out),
         cap: e.nar_size,
+        write_error: None,
     };
-    nar::validate(&mut nar, &nar::Limits::default()).map_err(|err| format!("{err}"))?;
+    let valid = nar::validate(&mut nar, &nar::Limits::default());
+    let local =
+        |err: &dyn std::fmt::Display| Failure::Local(format!("writing the staged copy: {err}"));
+    if let Some(err) = nar.write_error.take() {
+        return Err(local(&err));
+    }
+    valid.map_err(|err| Failure::Verify(format!("{err}")))?;
     let Nar { out, .. } = nar;
     let (mut w, nar_hash, nar_size) = out.finish();
-    w.flush()
-        .map_err(|err| format!("writing the staged copy: {err}"))?;
+    w.flush().map_err(|err| local(&err))?;
     if nar_size != e.nar_size || nar_hash != e.nar_hash {
-        return Err(format!(
+        return Err(Failure::Verify(format!(
             "NarHash/NarSize mismatch: expected {} bytes {}, got {nar_size} bytes {nar_hash}",
             e.nar_size, e.nar_hash
-        ));
+        )));
     }
     Ok(())
 }
@@ -361,7 +406,9 @@ fn check_nar<R: Read, W: Write>(decoded: R, e: &Entry, out: W) -> Result<(), Str
 fn reverify(p: &Path, e: &Entry) -> Result<(), String> {
     let f = File::open(p).map_err(|err| err.to_string())?;
     let mut input = io::BufReader::with_capacity(128 << 10, f);
-    check_nar(&mut input, e, io::sink())?;
+    check_nar(&mut input, e, io::sink()).map_err(|f| match f {
+        Failure::Transport(m) | Failure::Verify(m) | Failure::Local(m) => m,
+    })?;
     match input.fill_buf() {
         Ok([]) => Ok(()),
         Ok(_) => Err("data after the end of the archive".to_owned()),

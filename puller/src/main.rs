@@ -16,6 +16,7 @@ mod secrets;
 mod source;
 mod state;
 mod store;
+mod text;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -133,6 +134,21 @@ struct RunArgs {
     /// Give up on a download when no byte arrives for this long.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "NIXCAST_STALL_TIMEOUT")]
     stall_timeout: Duration,
+    /// Give up on a download slower than this many bytes per second on
+    /// average, counted after the first --stall-timeout (0: no minimum).
+    #[arg(long, default_value_t = 4096, env = "NIXCAST_MIN_RATE")]
+    min_rate: u64,
+    /// Stop a run that has not reached the switch after this long (exit 4);
+    /// below the NixOS module's start timeout of 45 minutes.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration, env = "NIXCAST_RUN_TIMEOUT")]
+    run_timeout: Duration,
+    /// Refuse a pointer more than this many generations above the highest accepted one.
+    #[arg(long, default_value_t = 1000, env = "NIXCAST_MAX_GENERATION_JUMP")]
+    max_generation_jump: u64,
+    /// Reach the cache through this HTTP(S) proxy. `http_proxy`, `https_proxy`
+    /// and `all_proxy` are ignored: a proxy is used only when named here.
+    #[arg(long, env = "NIXCAST_PROXY")]
+    proxy: Option<String>,
     /// Wait for another run to finish instead of exiting.
     #[arg(long)]
     wait: bool,
@@ -159,12 +175,19 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let format = cli.log_format;
+    init_logging(format);
+    // Each error is told once: as the last line in text mode, as a log
+    // event in JSON mode (where a bare line would break the stream).
+    let report = |e: &dyn std::fmt::Display| match format {
+        LogFormat::Text => eprintln!("error: {}", text::clean(&e.to_string())),
+        LogFormat::Json => tracing::error!("{}", text::clean(&e.to_string())),
+    };
     match cli.command {
         Cmd::Status { state_dir, json } => match status(&state_dir, json) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                report(&format_args!("{e:#}"));
                 ExitCode::FAILURE
             }
         },
@@ -178,7 +201,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                report(&e);
                 ExitCode::from(e.exit_code())
             }
         },
@@ -189,9 +212,13 @@ fn main() -> ExitCode {
                     None => run_once(&cfg),
                     Some(expr) => run_scheduled(&cfg, &expr, jitter),
                 },
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    1
+                Err(e) => Err((1, e)),
+            };
+            let code = match code {
+                Ok(()) => 0,
+                Err((code, e)) => {
+                    report(&format_args!("{e:#}"));
+                    code
                 }
             };
             ExitCode::from(code)
@@ -199,51 +226,43 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_once(cfg: &run::Config) -> u8 {
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return 1;
-        }
-    };
-    match rt.block_on(run::run(cfg)) {
+/// Exit code and error of a failed run.
+type Failed = (u8, anyhow::Error);
+
+fn run_once(cfg: &run::Config) -> Result<(), Failed> {
+    let rt = tokio::runtime::Runtime::new()
+        .map_err(|e| (1, anyhow::Error::new(e).context("cannot start the runtime")))?;
+    let result = rt.block_on(run::run(cfg));
+    // A transfer cut by --run-timeout may still hold a blocking thread; it
+    // has nothing left to do that matters.
+    rt.shutdown_background();
+    match result {
         Ok(outcome) => {
             tracing::info!(?outcome, "done");
-            0
+            Ok(())
         }
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("error: {e}");
-            e.exit_code()
-        }
+        Err(e) => Err((e.exit_code(), e.into())),
     }
 }
 
-fn run_scheduled(cfg: &run::Config, expr: &str, jitter: Duration) -> u8 {
-    let result = schedule::parse(expr).and_then(|sched| {
-        tokio::runtime::Runtime::new()?.block_on(schedule::run_forever(cfg, &sched, jitter))
-    });
-    match result {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            1
-        }
-    }
+fn run_scheduled(cfg: &run::Config, expr: &str, jitter: Duration) -> Result<(), Failed> {
+    schedule::parse(expr)
+        .and_then(|sched| {
+            tokio::runtime::Runtime::new()?.block_on(schedule::run_forever(cfg, &sched, jitter))
+        })
+        .map_err(|e| (1, e))
 }
 
 fn build_config(a: RunArgs) -> Result<run::Config> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut trusted = Vec::new();
-    for k in a.trusted_keys.iter().filter(|k| !k.is_empty()) {
-        trusted.push(PublicKey::parse(k).with_context(|| format!("bad --trusted-key {k:?}"))?);
+    for (i, k) in a.trusted_keys.iter().filter(|k| !k.is_empty()).enumerate() {
+        trusted.push(public_key(k).with_context(|| format!("--trusted-key #{}", i + 1))?);
     }
     for f in &a.trusted_key_files {
         let text =
             std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
-        trusted
-            .push(PublicKey::parse(&text).with_context(|| format!("bad key in {}", f.display()))?);
+        trusted.push(public_key(&text).with_context(|| format!("the key in {}", f.display()))?);
     }
     anyhow::ensure!(
         !trusted.is_empty(),
@@ -271,12 +290,16 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
     if let Some(f) = &a.environment_file {
         secrets.aws = secrets::read_env_file(f)?;
     }
+    let http = source::HttpOptions {
+        allow_insecure_http: a.allow_insecure_http,
+        stall_timeout: a.stall_timeout,
+        min_rate: a.min_rate,
+        proxy: a.proxy,
+    };
     Ok(run::Config {
         source: match (&a.bundle, &a.cache) {
             (Some(b), _) => source::Source::bundle(b)?,
-            (None, Some(c)) => {
-                source::Source::new(c, a.allow_insecure_http, a.stall_timeout, &secrets)?
-            }
+            (None, Some(c)) => source::Source::new(c, &http, &secrets)?,
             (None, None) => unreachable!("clap requires --cache or --bundle"),
         },
         host: a.host,
@@ -292,14 +315,35 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
         health_checks: a.health_checks,
         health_timeout: a.health_timeout,
         metrics_file: a.metrics_file,
-        allow_insecure_http: a.allow_insecure_http,
-        stall_timeout: a.stall_timeout,
         secrets: std::sync::Arc::new(secrets),
+        http,
+        run_timeout: a.run_timeout,
+        max_generation_jump: a.max_generation_jump,
+    })
+}
+
+/// A trusted public key. The text is never echoed: what is passed here by
+/// mistake may be a secret key, which then must not reach a log.
+fn public_key(text: &str) -> Result<PublicKey> {
+    if let Ok(secret) = nixcast_common::SecretKey::parse(text) {
+        anyhow::bail!(
+            "this is the secret key {:?}, not a public key: pass its public half \
+             (`nix key convert-secret-to-public`), and treat the secret key as exposed",
+            secret.name()
+        );
+    }
+    PublicKey::parse(text).map_err(|e| match e {
+        nixcast_common::keys::KeyError::Length { got: 64, .. } => {
+            anyhow::anyhow!("this has the length of a secret key, not of a public key")
+        }
+        e => e.into(),
     })
 }
 
 fn status(dir: &std::path::Path, json: bool) -> Result<()> {
-    let st = state::StateDir::new(dir).load()?;
+    let state = state::StateDir::new(dir);
+    let st = state.load()?;
+    let running = state.running();
     let link = |p: &str| {
         std::fs::canonicalize(p)
             .ok()
@@ -310,6 +354,13 @@ fn status(dir: &std::path::Path, json: bool) -> Result<()> {
         let mut v = serde_json::to_value(&st)?;
         v["currentSystem"] = current.into();
         v["bootedSystem"] = booted.into();
+        if let Some(r) = &running {
+            v["run"] = serde_json::json!({
+                "pid": r.pid,
+                "startedAt": r.started_at,
+                "alive": r.alive(),
+            });
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -325,6 +376,15 @@ fn status(dir: &std::path::Path, json: bool) -> Result<()> {
     println!("current system:     {}", show(current));
     println!("booted system:      {}", show(booted));
     println!("highest accepted:   {}", st.highest_generation);
+    let run = match &running {
+        None => "no".to_owned(),
+        Some(r) if r.alive() => format!("since {} (pid {})", r.started_at, r.pid),
+        Some(r) => format!(
+            "no (pid {}, started at {}, ended without releasing the lock: killed?)",
+            r.pid, r.started_at
+        ),
+    };
+    println!("running:            {run}");
     println!(
         "last check:         {}",
         show(st.last_check.map(|t| t.to_string()))
@@ -337,7 +397,10 @@ fn status(dir: &std::path::Path, json: bool) -> Result<()> {
         "last result:        {}",
         show(st.last_result.map(|r| r.as_str().to_owned()))
     );
-    println!("last error:         {}", show(st.last_error));
+    println!(
+        "last error:         {}",
+        show(st.last_error.as_deref().map(text::clean))
+    );
     if !st.bad_generations.is_empty() {
         println!("bad generations:    {:?}", st.bad_generations);
     }
@@ -347,13 +410,14 @@ fn status(dir: &std::path::Path, json: bool) -> Result<()> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NIXCAST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder
+            .with_writer(|| text::CleanStderr)
+            .with_ansi(false)
+            .init(),
+        // JSON escapes every control character itself.
+        LogFormat::Json => builder.with_writer(std::io::stderr).json().init(),
     }
 }
 

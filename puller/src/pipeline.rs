@@ -67,7 +67,7 @@ pub async fn fetch_and_import(
     match attempt(cfg, staging, manifest, &entries, total, ids).await {
         Ok(n) => Ok(fetched + n),
         Err(Failed::Run(e)) => Err(e),
-        Err(Failed::Import { why, .. }) => Err(RunError::Other(why)),
+        Err(Failed::Import { why, .. }) => Err(RunError::Import(why)),
     }
 }
 
@@ -143,8 +143,9 @@ async fn attempt(
             let batch = plan.ready();
             if !batch.is_empty() {
                 let (staging, trusted) = (staging.to_owned(), cfg.trusted.clone());
+                let roots = store::gc_roots_dir(cfg.state.path());
                 importing = Some(tokio::task::spawn_blocking(move || {
-                    import(&staging, &batch, &trusted).map(|()| batch)
+                    import(&staging, &roots, &batch, &trusted).map(|()| batch)
                 }));
             }
         }
@@ -157,7 +158,12 @@ async fn attempt(
                     fetched += n;
                     plan.staged(e);
                 }
-                Some(Err(e @ NarError::Fetch { .. })) => unavailable.push(e),
+                Some(Err(e @ NarError::Fetch { .. })) => {
+                    unavailable.push(e);
+                    if let Some(f) = failing_origin(&unavailable) {
+                        failure = Some(f.into());
+                    }
+                }
                 Some(Err(e)) => failure = Some(nar_error(e).into()),
                 None => downloading = false,
             },
@@ -169,7 +175,7 @@ async fn attempt(
                         plan.imported(batch);
                     }
                     Ok(Err(why)) => failure = Some(Failed::Import { fetched, why }),
-                    Err(e) => failure = Some(RunError::Other(e.into()).into()),
+                    Err(e) => failure = Some(RunError::Import(e.into()).into()),
                 }
             }
         }
@@ -198,10 +204,43 @@ async fn attempt(
     Ok(fetched)
 }
 
-fn import(staging: &Path, batch: &[StorePath], trusted: &[PublicKey]) -> anyhow::Result<()> {
+/// NARs from one origin that may fail (after their retries) before the run
+/// stops: one missing NAR is worth finishing the rest for, an origin that
+/// stalls or fails on every NAR is not worth working through them all.
+const ORIGIN_FAILURES: usize = 3;
+
+fn failing_origin(unavailable: &[NarError]) -> Option<RunError> {
+    let origin = |e: &NarError| match e {
+        NarError::Fetch { url, .. } => reqwest::Url::parse(url)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_else(|_| url.clone()),
+        _ => String::new(),
+    };
+    let last = origin(unavailable.last()?);
+    let same: Vec<&NarError> = unavailable.iter().filter(|e| origin(e) == last).collect();
+    (same.len() >= ORIGIN_FAILURES).then(|| {
+        RunError::Fetch(anyhow!(
+            "{} NARs from {last} failed, stopping early; the first: {}",
+            same.len(),
+            same[0]
+        ))
+    })
+}
+
+fn import(
+    staging: &Path,
+    roots: &Path,
+    batch: &[StorePath],
+    trusted: &[PublicKey],
+) -> anyhow::Result<()> {
     // Batches are in dependency order; chunks keep each command line short.
     for chunk in batch.chunks(store::CHUNK) {
         store::import(staging, chunk, trusted)?;
+        // Nothing refers to these paths until the profile does: a garbage
+        // collection while later NARs download would delete them.
+        if let Err(e) = store::add_roots(roots, chunk) {
+            tracing::warn!("imported paths are not protected from garbage collection: {e:#}");
+        }
     }
     Ok(())
 }
@@ -223,13 +262,7 @@ fn upstream_sources(cfg: &Config, entries: &[&Entry]) -> Result<HashMap<String, 
     }
     for url in entries.iter().filter_map(|e| e.cache.as_deref()) {
         if !out.contains_key(url) {
-            let src = Source::new(
-                url,
-                cfg.allow_insecure_http,
-                cfg.stall_timeout,
-                &cfg.secrets,
-            )
-            .map_err(RunError::Refused)?;
+            let src = Source::new(url, &cfg.http, &cfg.secrets).map_err(RunError::Refused)?;
             out.insert(url.to_owned(), src);
         }
     }

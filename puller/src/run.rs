@@ -19,6 +19,12 @@ use crate::{pipeline, store};
 const MAX_MANIFEST: u64 = 256 << 20;
 /// The identity a sealed host opens its objects with when none is given.
 pub const DEFAULT_IDENTITY: &str = "/etc/ssh/ssh_host_ed25519_key";
+/// How far a pointer's `issuedAt` may be ahead of this host's clock. Hosts
+/// kept by NTP differ by well under a second, and a pointer is read seconds
+/// after it is signed; five minutes (Kerberos's default skew) allows a host
+/// whose clock drifts between syncs, while a publisher whose clock is wrong
+/// by hours cannot pin the freeze floor far in the future.
+pub const MAX_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
 
 pub struct Config {
     pub source: Source,
@@ -36,11 +42,14 @@ pub struct Config {
     pub health_checks: Vec<String>,
     pub health_timeout: std::time::Duration,
     pub metrics_file: Option<PathBuf>,
-    /// For upstream caches named in a manifest: plain http allowed, stall timeout.
-    pub allow_insecure_http: bool,
-    pub stall_timeout: std::time::Duration,
+    /// For upstream caches named in a manifest: plain http allowed, time limits, proxy.
+    pub http: crate::source::HttpOptions,
     /// What opens private caches (`--netrc-file`, `--environment-file`), the upstreams' too.
     pub secrets: std::sync::Arc<crate::secrets::Secrets>,
+    /// The whole run's time limit, up to the switch.
+    pub run_timeout: std::time::Duration,
+    /// The largest step up from the highest accepted generation.
+    pub max_generation_jump: u64,
 }
 
 /// Why a run failed; each kind has its own exit code (see the README).
@@ -54,6 +63,9 @@ pub enum RunError {
     Activation(anyhow::Error),
     #[error("another nixcast-pull run holds the lock in {0}; try again later or pass --wait")]
     Locked(String),
+    /// Nix refused or failed to import verified paths.
+    #[error("{0:#}")]
+    Import(anyhow::Error),
     #[error("{0:#}")]
     Other(anyhow::Error),
 }
@@ -61,7 +73,7 @@ pub enum RunError {
 impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunError::Other(_) => 1,
+            RunError::Other(_) | RunError::Import(_) => 1,
             RunError::Refused(_) => 3,
             RunError::Fetch(_) => 4,
             RunError::Activation(_) => 5,
@@ -74,7 +86,8 @@ impl RunError {
             RunError::Refused(_) => Outcome::Refused,
             RunError::Fetch(_) => Outcome::FetchFailed,
             RunError::Activation(_) => Outcome::ActivationFailed,
-            RunError::Locked(_) | RunError::Other(_) => Outcome::ImportFailed,
+            RunError::Import(_) => Outcome::ImportFailed,
+            RunError::Locked(_) | RunError::Other(_) => Outcome::LocalError,
         }
     }
 }
@@ -95,7 +108,7 @@ pub async fn run(cfg: &Config) -> Result<Outcome, RunError> {
     if cfg.dry_run {
         // A dry run writes nothing, so it takes no lock and keeps no state.
         let mut status = cfg.state.load().map_err(other)?;
-        return apply(cfg, &mut status).await;
+        return bounded(cfg, apply(cfg, &mut status)).await;
     }
     cfg.state.create().map_err(other)?;
     let _lock = cfg
@@ -106,7 +119,12 @@ pub async fn run(cfg: &Config) -> Result<Outcome, RunError> {
     let mut status = cfg.state.load().map_err(other)?;
     let started = std::time::Instant::now();
     status.last_run_fetched_bytes = 0;
-    let result = apply(cfg, &mut status).await;
+    let result = bounded(cfg, apply(cfg, &mut status)).await;
+    if result.is_err() {
+        // Verified NARs stay for the next run; the narinfos naming every
+        // missing path (many, for a large manifest) are written again then.
+        clear_narinfos(&cfg.state.staging());
+    }
     status.last_check = Some(Timestamp::now());
     status.last_run_seconds = started.elapsed().as_secs_f64();
     match &result {
@@ -117,7 +135,7 @@ pub async fn run(cfg: &Config) -> Result<Outcome, RunError> {
         }
         Err(e) => {
             status.last_result = Some(e.outcome());
-            status.last_error = Some(e.to_string());
+            status.last_error = Some(crate::text::clean(&e.to_string()));
             *status
                 .failures
                 .entry(e.outcome().as_str().to_owned())
@@ -129,6 +147,23 @@ pub async fn run(cfg: &Config) -> Result<Outcome, RunError> {
         crate::state::write_atomic(path, &crate::state::metrics(&status)).map_err(other)?;
     }
     result
+}
+
+/// A run stops at `--run-timeout`. The switch cannot be cut: once the
+/// import is done, `apply` has nothing left to wait for, so the deadline can
+/// only strike before the profile is touched.
+async fn bounded(
+    cfg: &Config,
+    run: impl std::future::Future<Output = Result<Outcome, RunError>>,
+) -> Result<Outcome, RunError> {
+    match tokio::time::timeout(cfg.run_timeout, run).await {
+        Ok(result) => result,
+        Err(_) => Err(RunError::Fetch(anyhow!(
+            "the run did not finish within --run-timeout {}; what was verified is kept for \
+             the next run",
+            humantime::format_duration(cfg.run_timeout)
+        ))),
+    }
 }
 
 async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
@@ -146,6 +181,7 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
         .map_err(fetch_error)?
     {
         Fetched::NotModified => {
+            not_modified(status, t0).map_err(RunError::Refused)?;
             tracing::info!(url = %cfg.source.url_of(&key), "pointer not modified");
             return Ok(Outcome::Unchanged);
         }
@@ -199,6 +235,7 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
         if !cfg.dry_run {
             status.applied_generation = Some(p.generation);
             status.validators = new_validators;
+            status.pointer_expires_at = p.expires_at;
         }
         return Ok(Outcome::Unchanged);
     }
@@ -213,6 +250,7 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
         .iter()
         .map(|m| manifest.get(m).expect("asked about manifest paths"))
         .collect();
+    check_signatures(cfg, &entries)?;
     // Checked manifests cannot overflow these sums.
     let download: u64 = entries.iter().map(|e| e.file_size).sum();
     let unpacked: u64 = entries.iter().map(|e| e.nar_size).sum();
@@ -279,7 +317,11 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
     if cfg.action.sets_profile() {
         store::set_profile(&cfg.profile, &top).map_err(other)?;
     }
-    let st = activate::activate(&top, cfg.action).map_err(other)?;
+    let st = activate::activate(&top, cfg.action);
+    // The profile holds the system now (or, for test and dry-activate, the
+    // running system does); a failed switch leaves nothing worth keeping.
+    store::clear_roots(&store::gc_roots_dir(cfg.state.path()));
+    let st = st.map_err(other)?;
     let failure = if !st.success() {
         Some(format!("{script} {} exited with {st}", cfg.action.as_str()))
     } else {
@@ -295,7 +337,23 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
     status.applied_store_path = Some(top.clone());
     status.applied_at = Some(Timestamp::now());
     status.validators = new_validators;
+    status.pointer_expires_at = p.expires_at;
     Ok(Outcome::Applied)
+}
+
+/// A `304 Not Modified` stands for the pointer whose validators were sent, so
+/// that pointer's time limits still apply: a path or a CDN that answers 304
+/// for ever must not keep a host on an expired pointer while it looks healthy.
+fn not_modified(status: &Status, t0: SystemTime) -> anyhow::Result<()> {
+    if let Some(exp) = status.pointer_expires_at {
+        anyhow::ensure!(
+            exp.system_time() > t0,
+            "the server answers 304 Not Modified, but the pointer it stands for (generation {}) \
+             expired at {exp}",
+            status.highest_generation
+        );
+    }
+    Ok(())
 }
 
 /// The checks of a verified pointer against this host and what it has seen.
@@ -326,11 +384,39 @@ fn check_policy(
         );
     }
     anyhow::ensure!(
+        p.issued_at.system_time() <= t0 + MAX_CLOCK_SKEW,
+        "the pointer (generation {}) was issued at {}, in the future (this host's clock says {}): \
+         a publisher with a wrong clock? It would keep this host from accepting any pointer \
+         issued before then",
+        p.generation,
+        p.issued_at,
+        Timestamp::from_system_time(t0)
+    );
+    anyhow::ensure!(
         p.generation >= status.highest_generation,
         "the pointer has generation {}, lower than the highest accepted ({}): a rollback attack, or a restored cache",
         p.generation,
         status.highest_generation
     );
+    // Checked above: not below the floor. A host that accepted nothing yet
+    // has no floor to measure a jump from.
+    let jump = p.generation.saturating_sub(status.highest_generation);
+    anyhow::ensure!(
+        p.generation < u64::MAX,
+        "the pointer has generation {}, which leaves no room for a next one",
+        p.generation
+    );
+    if status.highest_digest.is_some() && jump > cfg.max_generation_jump {
+        anyhow::bail!(
+            "the pointer jumps from generation {} to {} (more than --max-generation-jump {}): \
+             a history file planted in the bucket, or a publish gone wrong? Once accepted, no \
+             lower generation is ever applied again. If the jump is intended, run once with \
+             --max-generation-jump {jump}",
+            status.highest_generation,
+            p.generation,
+            cfg.max_generation_jump
+        );
+    }
     if p.generation == status.highest_generation {
         anyhow::ensure!(
             status.highest_digest.is_none() || status.highest_digest == Some(v.digest()),
@@ -449,6 +535,43 @@ fn load_identities(cfg: &Config) -> Result<Vec<Identity>, RunError> {
     Ok(out)
 }
 
+/// Each path to fetch must carry a trusted signature over its NarHash,
+/// NarSize and references: Nix would refuse to import it otherwise, after
+/// the download. A manifest that contradicts its own signatures is refused
+/// before anything is fetched, and a NAR staged for such an entry is dropped.
+fn check_signatures(cfg: &Config, entries: &[&manifest::Entry]) -> Result<(), RunError> {
+    let unsigned: Vec<&&manifest::Entry> = entries
+        .iter()
+        .filter(|e| {
+            let fp = nixcast_common::narinfo::fingerprint(
+                &e.store_path,
+                &e.nar_hash,
+                e.nar_size,
+                &e.references,
+            );
+            e.nar_size == 0
+                || !cfg
+                    .trusted
+                    .iter()
+                    .any(|k| e.sigs.iter().any(|s| k.verifies(fp.as_bytes(), s)))
+        })
+        .collect();
+    let Some(first) = unsigned.first() else {
+        return Ok(());
+    };
+    if !cfg.dry_run {
+        for e in &unsigned {
+            let _ = std::fs::remove_file(crate::fetch::staged_path(&cfg.state.staging(), e));
+        }
+    }
+    Err(RunError::Refused(anyhow!(
+        "the manifest's entry for {} (and {} more) has no trusted signature over its NarHash, \
+         NarSize and references: the manifest contradicts its own signatures",
+        first.store_path,
+        unsigned.len() - 1
+    )))
+}
+
 /// The pinned manifest, rebuilt from the last one this agent verified and
 /// the publisher's delta, if that gives exactly the pinned bytes; `None`
 /// sends the caller to fetch it whole (no base, no delta, or a wrong one).
@@ -503,6 +626,17 @@ async fn from_delta(
             tracing::warn!(delta = %cfg.source.url_of(&key), "unusable delta ({e}); fetching the manifest whole");
             None
         }
+    }
+}
+
+fn clear_narinfos(staging: &std::path::Path) {
+    let narinfos = std::fs::read_dir(staging)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".narinfo"));
+    for e in narinfos {
+        let _ = std::fs::remove_file(e.path());
     }
 }
 

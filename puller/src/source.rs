@@ -5,8 +5,9 @@
 //! and were checked before they get here (host names, the manifest's URL
 //! pattern). Every read is bounded: small files by a cap, NARs by the signed
 //! FileSize (checked by the caller while streaming). HTTP uses one client
-//! with keep-alive, a connect timeout, a stall timeout between body reads,
-//! no automatic decompression, and follows redirects only within the same
+//! with keep-alive, a connect timeout, a stall timeout between body reads, a
+//! minimum average rate per body, no automatic decompression, no proxy but
+//! the one `--proxy` names, and follows redirects only within the same
 //! scheme, host and port. Basic auth from a netrc file goes only to the host
 //! its entry names (and so never across a redirect, which stays on that
 //! origin). A bucket is read with object_store and the standard `AWS_*`
@@ -57,6 +58,25 @@ pub enum Fetched {
     Body(Vec<u8>, Validators),
 }
 
+/// How the agent talks HTTP, to its cache and to upstream caches alike.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    pub allow_insecure_http: bool,
+    /// No byte for this long ends a transfer.
+    pub stall_timeout: Duration,
+    /// Bytes per second a transfer must average once `stall_timeout` has
+    /// passed (0: none). A stall timeout alone restarts on every byte: a
+    /// server that trickles would hold a run, and its lock, for days.
+    pub min_rate: u64,
+    pub proxy: Option<String>,
+}
+
+#[derive(Clone, Copy)]
+pub struct Limits {
+    min_rate: u64,
+    grace: Duration,
+}
+
 #[derive(Clone)]
 pub enum Source {
     Http {
@@ -64,6 +84,7 @@ pub enum Source {
         base: Url,
         /// From the netrc entry for `base`'s host.
         auth: Option<Arc<Credentials>>,
+        limits: Limits,
     },
     S3(Arc<Bucket>),
     Dir(PathBuf),
@@ -79,12 +100,9 @@ impl Source {
     /// `s3://BUCKET/PREFIX?endpoint=…&region=…`, `file://DIR` or a directory.
     /// An HTTP source sends basic auth when the netrc has an entry for its
     /// host; a bucket uses the AWS settings.
-    pub fn new(
-        spec: &str,
-        allow_insecure_http: bool,
-        stall: Duration,
-        secrets: &Secrets,
-    ) -> anyhow::Result<Self> {
+    pub fn new(spec: &str, opts: &HttpOptions, secrets: &Secrets) -> anyhow::Result<Self> {
+        let allow_insecure_http = opts.allow_insecure_http;
+        let stall = opts.stall_timeout;
         if let Some(dir) = spec.strip_prefix("file://") {
             return Ok(Source::Dir(PathBuf::from(dir)));
         }
@@ -127,14 +145,39 @@ impl Source {
             .as_ref()
             .and_then(|n| n.lookup(host))
             .map(Arc::new);
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(stall)
+            .read_timeout(opts.stall_timeout)
             .redirect(same_origin_redirects())
             .https_only(!allow_insecure_http)
             .user_agent(concat!("nixcast-pull/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Source::Http { client, base, auth })
+            // reqwest reads http_proxy & co by default: a variable left in a
+            // service's environment would route the agent through a machine
+            // nobody chose for it. Only --proxy names one.
+            .no_proxy();
+        if let Some(p) = &opts.proxy {
+            let proxy = reqwest::Proxy::all(p.as_str())
+                .map_err(|e| anyhow::anyhow!("invalid --proxy: {}", error_chain(&e)))?;
+            let shown = Url::parse(p).map_or_else(
+                |_| "(unparsable)".to_owned(),
+                |u| {
+                    format!("{}://{}", u.scheme(), u.host_str().unwrap_or(""))
+                        + &u.port().map_or(String::new(), |p| format!(":{p}"))
+                },
+            );
+            tracing::info!(proxy = %shown, cache = %base, "using a proxy");
+            builder = builder.proxy(proxy);
+        }
+        let client = builder.build()?;
+        Ok(Source::Http {
+            client,
+            base,
+            auth,
+            limits: Limits {
+                min_rate: opts.min_rate,
+                grace: opts.stall_timeout,
+            },
+        })
     }
 
     /// Indexes a bundle: one pass over its tar headers, no data read.
@@ -224,9 +267,15 @@ impl Source {
                 };
                 Ok(Fetched::Body(b.read_capped(key, r, cap).await?, validators))
             }
-            Source::Http { client, base, auth } => {
+            Source::Http {
+                client,
+                base,
+                auth,
+                limits,
+            } => {
                 let url = base.join(key).expect("relative key");
-                let resp = send_with_retries(&url, auth.is_some(), || {
+                let conditional = v.etag.is_some() || v.last_modified.is_some();
+                let resp = send_with_retries(&url, conditional, auth.is_some(), || {
                     let mut req = with_auth(client.get(url.clone()), auth);
                     if let Some(e) = &v.etag {
                         req = req.header(IF_NONE_MATCH, e);
@@ -250,7 +299,7 @@ impl Source {
                     etag: header(ETAG),
                     last_modified: header(LAST_MODIFIED),
                 };
-                let bytes = read_capped(&url, resp, cap).await?;
+                let bytes = read_capped(&url, resp, cap, *limits).await?;
                 Ok(Fetched::Body(bytes, validators))
             }
         }
@@ -286,13 +335,18 @@ impl Source {
                 let r = b.get(key, GetOptions::default()).await?;
                 b.read_capped(key, r, cap).await
             }
-            Source::Http { client, base, auth } => {
+            Source::Http {
+                client,
+                base,
+                auth,
+                limits,
+            } => {
                 let url = base.join(key).expect("relative key");
-                let resp = send_with_retries(&url, auth.is_some(), || {
+                let resp = send_with_retries(&url, false, auth.is_some(), || {
                     with_auth(client.get(url.clone()), auth)
                 })
                 .await?;
-                read_capped(&url, resp, cap).await
+                read_capped(&url, resp, cap, *limits).await
             }
         }
     }
@@ -313,13 +367,18 @@ impl Source {
                 let reader = tokio_util::io::StreamReader::new(stream);
                 Ok(Box::new(tokio_util::io::SyncIoBridge::new(reader)))
             }
-            Source::Http { client, base, auth } => {
+            Source::Http {
+                client,
+                base,
+                auth,
+                limits,
+            } => {
                 let url = base.join(key).expect("relative key");
-                let resp = send_with_retries(&url, auth.is_some(), || {
+                let resp = send_with_retries(&url, false, auth.is_some(), || {
                     with_auth(client.get(url.clone()), auth)
                 })
                 .await?;
-                let stream = resp.bytes_stream().map_err(io::Error::other);
+                let stream = at_least(resp.bytes_stream(), *limits);
                 let reader = tokio_util::io::StreamReader::new(stream);
                 Ok(Box::new(tokio_util::io::SyncIoBridge::new(reader)))
             }
@@ -553,11 +612,14 @@ fn same_origin_redirects() -> reqwest::redirect::Policy {
 }
 
 /// Sends a request, retrying connection errors, timeouts and 5xx/429 answers
-/// with exponential backoff. 2xx and 304 are returned; 404 (and 403, which S3
-/// answers for a missing key in a bucket that may not be listed) is `NotFound`.
-/// `authed`: whether the requests carry netrc credentials (for a 401's message).
+/// with exponential backoff. 2xx is returned, and 304 to a `conditional`
+/// request (to any other, it answers nothing that was asked: a protocol
+/// error); 404 (and 403, which S3 answers for a missing key in a bucket that
+/// may not be listed) is `NotFound`. `authed`: whether the requests carry
+/// netrc credentials (for a 401's message).
 async fn send_with_retries(
     url: &Url,
+    conditional: bool,
     authed: bool,
     make: impl Fn() -> reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, FetchError> {
@@ -565,8 +627,15 @@ async fn send_with_retries(
     let mut attempt = 1;
     loop {
         let transient = match make().send().await {
-            Ok(r) if r.status().is_success() || r.status() == StatusCode::NOT_MODIFIED => {
-                return Ok(r)
+            Ok(r) if r.status().is_success() => return Ok(r),
+            Ok(r) if r.status() == StatusCode::NOT_MODIFIED && conditional => return Ok(r),
+            Ok(r) if r.status() == StatusCode::NOT_MODIFIED => {
+                return Err(FetchError::Transport {
+                    url: url.to_string(),
+                    msg: "the server answered 304 Not Modified to a request without \
+                          validators (a protocol error)"
+                        .to_owned(),
+                })
             }
             Ok(r) if matches!(r.status(), StatusCode::NOT_FOUND | StatusCode::FORBIDDEN) => {
                 return Err(FetchError::NotFound(url.to_string()))
@@ -614,14 +683,50 @@ async fn send_with_retries(
     }
 }
 
-async fn read_capped(url: &Url, resp: reqwest::Response, cap: u64) -> Result<Vec<u8>, FetchError> {
+/// A body that fails once it arrives slower than `limits.min_rate` on
+/// average, counted from the request after `limits.grace`. (A body with no
+/// byte at all for `grace` fails by the client's read timeout.)
+fn at_least<B: AsRef<[u8]>>(
+    body: impl futures_util::Stream<Item = reqwest::Result<B>>,
+    limits: Limits,
+) -> impl futures_util::Stream<Item = io::Result<B>> {
+    let start = std::time::Instant::now();
+    let mut count: u64 = 0;
+    body.map_err(io::Error::other).and_then(move |chunk| {
+        count = count.saturating_add(chunk.as_ref().len() as u64);
+        let elapsed = start.elapsed();
+        let slow = limits.min_rate > 0
+            && elapsed > limits.grace
+            && (count as f64) < limits.min_rate as f64 * elapsed.as_secs_f64();
+        let result = if slow {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{count} bytes in {:.0?}, slower than the minimum of {} bytes/s (--min-rate)",
+                    elapsed, limits.min_rate
+                ),
+            ))
+        } else {
+            Ok(chunk)
+        };
+        std::future::ready(result)
+    })
+}
+
+async fn read_capped(
+    url: &Url,
+    resp: reqwest::Response,
+    cap: u64,
+    limits: Limits,
+) -> Result<Vec<u8>, FetchError> {
     if resp.content_length().is_some_and(|n| n > cap) {
         return Err(FetchError::TooLarge {
             url: url.to_string(),
             cap,
         });
     }
-    let mut stream = resp.bytes_stream();
+    let stream = at_least(resp.bytes_stream(), limits);
+    futures_util::pin_mut!(stream);
     let mut buf = Vec::new();
     while let Some(chunk) = stream.try_next().await.map_err(|e| FetchError::Transport {
         url: url.to_string(),
@@ -654,6 +759,15 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
+    fn test_options() -> HttpOptions {
+        HttpOptions {
+            allow_insecure_http: false,
+            stall_timeout: Duration::from_secs(1),
+            min_rate: 0,
+            proxy: None,
+        }
+    }
+
     #[test]
     fn a_url_with_credentials_is_refused_without_echoing_them() {
         for spec in [
@@ -665,7 +779,7 @@ mod tests {
             "s3://alice:hunter2@bucket/prefix?region=eu-west-1",
             "s3://bucket/prefix?endpoint=https://alice:hunter2@s3.example.org",
         ] {
-            let err = Source::new(spec, false, Duration::from_secs(1), &Secrets::default())
+            let err = Source::new(spec, &test_options(), &Secrets::default())
                 .err()
                 .unwrap_or_else(|| panic!("{spec} accepted"));
             let msg = format!("{err:#}");
@@ -681,8 +795,7 @@ mod tests {
     fn unknown_bucket_parameters_are_not_echoed_with_their_values() {
         let err = Source::new(
             "s3://bucket?secret_access_key=hunter2",
-            false,
-            Duration::from_secs(1),
+            &test_options(),
             &Secrets::default(),
         )
         .err()

@@ -46,6 +46,8 @@ pub enum Outcome {
     ImportFailed,
     ActivationFailed,
     RolledBack,
+    /// This host failed: its state directory, its disk, its Nix.
+    LocalError,
 }
 
 /// The `version` this agent writes in `status.json`.
@@ -68,9 +70,17 @@ pub struct Status {
     /// issuedAt of that pointer: a pointer issued earlier is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_issued_at: Option<Timestamp>,
-    /// HTTP validators of the pointer last handled to the end (applied or unchanged).
-    #[serde(default, deserialize_with = "lenient")]
+    /// HTTP validators of the pointer last handled to the end (applied or
+    /// unchanged), kept with its expiry (older agents kept them without it,
+    /// under `validators`: those are not sent, so the pointer is read whole).
+    #[serde(default, rename = "pointerValidators", deserialize_with = "lenient")]
     pub validators: Validators,
+    #[serde(default, rename = "validators", skip_serializing)]
+    pub legacy_validators: Validators,
+    /// expiresAt of the pointer those validators belong to: a 304 answer
+    /// stands for that pointer, and expires with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pointer_expires_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_generation: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -149,6 +159,7 @@ impl Outcome {
             Outcome::ImportFailed => "import-failed",
             Outcome::ActivationFailed => "activation-failed",
             Outcome::RolledBack => "rolled-back",
+            Outcome::LocalError => "local-error",
         }
     }
 }
@@ -201,6 +212,7 @@ pub fn metrics(s: &Status) -> String {
         "fetch-failed",
         "import-failed",
         "activation-failed",
+        "local-error",
     ] {
         let n = s.failures.get(kind).copied().unwrap_or(0);
         out.push_str(&format!("nixcast_failures_total{{kind=\"{kind}\"}} {n}\n"));
@@ -260,7 +272,9 @@ pub struct StateDir {
 }
 
 /// Held for the whole run; the lock is released when the file is closed by
-/// the agent and by every child it was shared with (`child_stdin`).
+/// the agent and by every child it was shared with (`child_stdin`). While
+/// held, the file says which process holds it and since when (for
+/// `status`); it is emptied before it is released.
 pub struct Lock(());
 
 impl Lock {
@@ -272,7 +286,25 @@ impl Lock {
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        HELD.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(f) = HELD.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = f.set_len(0);
+        }
+    }
+}
+
+/// What the lock file says about the run holding it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunInfo {
+    pub pid: u32,
+    pub started_at: Timestamp,
+}
+
+impl RunInfo {
+    /// Whether that process still exists (a run killed with -9 leaves its
+    /// line behind; its pid may in time be another process's).
+    pub fn alive(&self) -> bool {
+        Path::new(&format!("/proc/{}", self.pid)).exists()
     }
 }
 
@@ -296,12 +328,46 @@ impl StateDir {
         self.dir.join("manifest.json")
     }
 
+    /// Makes the directory (root's alone), or checks that an existing one
+    /// is: staged NARs are imported as verified, and `status.json` holds the
+    /// rollback floor, so whoever else can write here controls the host.
     pub fn create(&self) -> Result<()> {
-        fs::create_dir_all(&self.dir)
-            .with_context(|| format!("cannot create {}", self.dir.display()))?;
-        // Staged NARs are verified content waiting for import: root's alone.
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))?;
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        let made = fs::DirBuilder::new().mode(0o700).create(&self.dir);
+        match made {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(_) => fs::DirBuilder::new()
+                .mode(0o700)
+                .recursive(true)
+                .create(&self.dir)
+                .with_context(|| format!("cannot create {}", self.dir.display()))?,
+        }
+        let meta = fs::symlink_metadata(&self.dir)
+            .with_context(|| format!("cannot read {}", self.dir.display()))?;
+        let me = fs::metadata("/proc/self").map(|m| m.uid()).ok();
+        if !meta.is_dir() {
+            bail!(
+                "the state directory {} is not a directory (a symlink?); refusing to use it",
+                self.dir.display()
+            );
+        }
+        if Some(meta.uid()) != me {
+            bail!(
+                "the state directory {} is owned by uid {}, not by this user: whoever owns it \
+                 can plant NARs and lower the rollback floor; chown it, or pick another --state-dir",
+                self.dir.display(),
+                meta.uid()
+            );
+        }
+        if meta.mode() & 0o022 != 0 {
+            bail!(
+                "the state directory {} is writable by group or others (mode {:o}): whoever can \
+                 write there can plant NARs and lower the rollback floor; chmod 700 it",
+                self.dir.display(),
+                meta.mode() & 0o7777
+            );
+        }
         Ok(())
     }
 
@@ -316,18 +382,33 @@ impl StateDir {
             .write(true)
             .open(&p)
             .with_context(|| format!("cannot open {}", p.display()))?;
+        let held = |mut f: File| -> Result<Lock> {
+            let info = RunInfo {
+                pid: std::process::id(),
+                started_at: Timestamp::now(),
+            };
+            f.set_len(0)?;
+            f.write_all(&serde_json::to_vec(&info)?)?;
+            Ok(Lock::hold(f))
+        };
         if wait {
             f.lock()
                 .with_context(|| format!("cannot lock {}", p.display()))?;
-            return Ok(Some(Lock::hold(f)));
+            return held(f).map(Some);
         }
         match f.try_lock() {
-            Ok(()) => Ok(Some(Lock::hold(f))),
+            Ok(()) => held(f).map(Some),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
             Err(fs::TryLockError::Error(e)) => {
                 Err(e).with_context(|| format!("cannot lock {}", p.display()))
             }
         }
+    }
+
+    /// The run that holds the lock or held it last without releasing it, if any.
+    pub fn running(&self) -> Option<RunInfo> {
+        let text = fs::read(self.dir.join(LOCK_FILE)).ok()?;
+        serde_json::from_slice(&text).ok()
     }
 
     /// The saved status; a missing file is a first run, a damaged one an error.
@@ -459,10 +540,15 @@ mod tests {
         let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
         let d = tempfile::tempdir().unwrap();
         let s = StateDir::new(d.path());
+        assert!(s.running().is_none());
         let held = s.lock(false).unwrap();
         assert!(held.is_some());
+        let info = s.running().unwrap();
+        assert_eq!(info.pid, std::process::id());
+        assert!(info.alive());
         assert!(s.lock(false).unwrap().is_none());
         drop(held);
+        assert!(s.running().is_none(), "a released lock names no run");
         assert!(s.lock(false).unwrap().is_some());
     }
 

@@ -102,7 +102,7 @@ pub fn write_staging_cache(staging: &Path, entries: &[&Entry]) -> Result<()> {
             removed.with_context(|| format!("cannot remove {}", p.display()))?;
         }
     }
-    std::fs::write(staging.join("nix-cache-info"), "StoreDir: /nix/store\n")?;
+    write_new(&staging.join("nix-cache-info"), "StoreDir: /nix/store\n")?;
     for e in entries {
         let staged = staged_path(staging, e);
         let name = staged.file_name().expect("a file").to_string_lossy();
@@ -122,9 +122,27 @@ pub fn write_staging_cache(staging: &Path, entries: &[&Entry]) -> Result<()> {
             quirks: Default::default(),
         };
         let p = staging.join(format!("{}.narinfo", e.store_path.hash_part()));
-        std::fs::write(&p, ni.render()).with_context(|| format!("cannot write {}", p.display()))?;
+        write_new(&p, &ni.render())?;
     }
     Ok(())
+}
+
+/// Writes a staging file afresh. `create_new` (O_EXCL) follows no symlink:
+/// a link planted under this name is removed, never written through.
+fn write_new(p: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    match std::fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot replace {}", p.display()))
+        }
+        _ => {}
+    }
+    std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .open(p)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .with_context(|| format!("cannot write {}", p.display()))
 }
 
 /// Imports `paths` from the staging cache. Their references must be valid
@@ -148,6 +166,39 @@ pub fn import(staging: &Path, paths: &[StorePath], trusted: &[PublicKey]) -> Res
         .args(paths.iter().map(|p| p.to_string()));
     run(&mut cmd).context("importing into the Nix store")?;
     Ok(())
+}
+
+/// Where a run's GC roots live: in the state directory, which the agent may
+/// write even in its sandbox (Nix registers them as indirect roots).
+pub fn gc_roots_dir(state: &Path) -> std::path::PathBuf {
+    state.join("gcroots")
+}
+
+/// Roots `paths` (valid already) until `clear_roots`: `DIR/HASH`, `DIR/HASH-2`, …
+/// named after the first path, which no other batch imports.
+pub fn add_roots(dir: &Path, paths: &[StorePath]) -> Result<()> {
+    let Some(first) = paths.first() else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    run(Command::new("nix-store")
+        .arg("--add-root")
+        .arg(dir.join(first.hash_part()))
+        .args(["--indirect", "--realise"])
+        .args(["--option", "substituters", ""])
+        .args(paths.iter().map(|p| p.to_string())))
+    .context("adding GC roots")?;
+    Ok(())
+}
+
+/// Drops a run's GC roots, once the profile holds what they protected (Nix
+/// forgets an indirect root whose link is gone).
+pub fn clear_roots(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!("cannot remove the GC roots in {}: {e}", dir.display());
+        }
+    }
 }
 
 pub fn set_profile(profile: &Path, path: &StorePath) -> Result<()> {

@@ -7,6 +7,7 @@
 
 mod bundle;
 mod gc;
+mod hardening;
 mod harness;
 mod module;
 mod private;

@@ -94,9 +94,20 @@ impl World {
         Manifest::parse(&std::fs::read(self.cache.join(&p.manifest.path)).unwrap()).unwrap()
     }
 
-    /// Writes `m` (unchecked) and a pointer to it signed with the publisher's key.
+    /// Writes `m` (unchecked) with each entry signed again, and a pointer to
+    /// it, all with the publisher's key: what a stolen key could serve.
     fn republish_manifest(&self, m: &Manifest, change: impl FnOnce(&mut Pointer)) {
-        let bytes = serde_json::to_vec_pretty(m).unwrap();
+        let mut m = m.clone();
+        for e in &mut m.paths {
+            let fp = nixcast_common::narinfo::fingerprint(
+                &e.store_path,
+                &e.nar_hash,
+                e.nar_size,
+                &e.references,
+            );
+            e.sigs = vec![self.secret().sign(fp.as_bytes())];
+        }
+        let bytes = serde_json::to_vec_pretty(&m).unwrap();
         let mref = ManifestRef::for_bytes(&bytes);
         std::fs::write(self.cache.join(&mref.path), &bytes).unwrap();
         let mut p = self.pointer();
