@@ -35,6 +35,7 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 command -v nix-store >/dev/null || need+=(nix-bin)
 command -v python3 >/dev/null || need+=(python3)
+command -v pgrep >/dev/null || need+=(procps)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -332,7 +333,8 @@ boot_service_applies() {
   boot_gen1=$(boot_publish boot-1)
   echo "boot_gen1=$boot_gen1" >>"$work/boot.env"
   expect "nix-daemon before" "$(box systemctl is-active nix-daemon.service)" inactive || true
-  box systemctl start nixcast-pull.service
+  box systemctl start nixcast-pull.service ||
+    { box journalctl -q -b --no-pager -u nixcast-pull.service | tail -30; return 1; }
   expect "profile" "$(profile "$boot_store")" "system-1-link $boot_gen1"
   # The switch ran in a transient unit, outside the service's sandbox.
   expect "switch log" "$(tail -1 "$boot_store/var/nixcast-test-switch.log")" "switch $boot_gen1"
