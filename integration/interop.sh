@@ -259,7 +259,7 @@ publish_onto_new_cache() {
   # Nix's narinfos and NARs were reused, not rewritten.
   diff <(echo "$files") <(find "$cache" -type f -not -path "$cache/hosts/*" -not -path "$cache/manifests/*" | sort | xargs sha256sum)
   serve "$cache"
-  local as
+  local as side nbp
   for side in new old; do
     as=$(store "onto-agent-$side")
     if [ $side = new ]; then nbp=/usr/local/bin/nixcast-pull; else nbp=$bin/nixcast-pull; fi
