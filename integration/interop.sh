@@ -53,9 +53,13 @@ bin=$repo/target/debug
 
 # --- The trixie root, built once a day ---------------------------------------
 base=$cache_dir/trixie-$(date -u +%Y%m%d)
+mkdir -p "$cache_dir"
+# One build at a time, and no root removed while another run copies it: a
+# run started meanwhile waits and reuses the build.
+exec 9>"$cache_dir/.lock"
+flock 9
 if [ ! -x "$base/usr/bin/nix-store" ]; then
   echo "== building a Debian trixie root in $base (debootstrap)"
-  mkdir -p "$cache_dir"
   rm -rf "$cache_dir"/trixie-* "$cache_dir"/.build-*
   tmp=$cache_dir/.build-$$
   debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus \
@@ -69,6 +73,7 @@ if [ ! -x "$base/usr/bin/nix-store" ]; then
     { tail -20 "$cache_dir/debootstrap.log"; die "installing nix-bin in the trixie root failed"; }
   mv "$tmp" "$base"
 fi
+flock -s 9
 
 work=$(mktemp -d /var/tmp/nixcast-interop.XXXXXX)
 root=$work/root
@@ -91,6 +96,7 @@ cleanup() {
 }
 trap cleanup EXIT
 cp -a "$base" "$root"
+exec 9>&-
 cp "$bin/nixcast" "$bin/nixcast-pull" "$root/usr/local/bin/"
 mkdir -p "$root/work" "$root/nix" "$work/stores"
 # No nixbld users in the root, and the stand-in system builds with /bin.
@@ -124,7 +130,10 @@ old() {
 build() {
   local f=$work/fixture.nix
   [ "$1" = new ] && f=/work/fixture.nix
-  "$1" "$2" nix-build "$f" --no-out-link --option substituters '' --argstr host foobar \
+  # Without build users: Nix kills every process of a build user before a
+  # build, which would hit builds of other stores on this machine.
+  "$1" "$2" nix-build "$f" --no-out-link --option substituters '' --option build-users-group '' \
+    --argstr host foobar \
     --argstr version "$3" --arg n 6 --arg switchExit "${4:-0}"
 }
 # serve DIR: serves DIR over HTTP on the loopback, sets $url.
