@@ -7,10 +7,10 @@
 # switch is neither confined by this unit's sandbox nor killed when it
 # restarts units.
 #
-# The module uses only a few `lib` functions (mkOption, mkEnableOption, mkIf,
-# literalExpression, concatMap, optionals, types.*), so that the tests can
-# evaluate it with a small stub instead of nixpkgs
-# (integration/fixtures/eval-module.nix).
+# The tests evaluate this module under the real module system with nixpkgs'
+# `lib` (integration/fixtures/eval-module.nix declares the NixOS options it
+# sets), and integration/interop.sh runs its rendered units under a booted
+# systemd 257.
 { config, lib, pkgs, ... }:
 let
   inherit (lib) mkOption types;

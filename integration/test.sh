@@ -27,6 +27,13 @@ if ! command -v moto_server >/dev/null; then
 fi
 # Debian's Nix has no daemon running here; root uses the store directly.
 export NIX_REMOTE=local
+# module.nix is evaluated with nixpkgs' lib, found as <nixpkgs/lib>; CI keeps
+# a copy of it beside the clone. Without one the module tests say how to
+# provide it.
+if [ -z "${NIX_PATH:-}" ] && [ -d ../shared/nixpkgs-lib ]; then
+  NIX_PATH=nixpkgs=$(realpath ../shared/nixpkgs-lib)
+  export NIX_PATH
+fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings

@@ -4,9 +4,11 @@
 //! - both parse;
 //! - `flake.nix`'s outputs, evaluated with a stub nixpkgs, pass the expected
 //!   arguments to `buildRustPackage` and wire the module to the package;
-//! - `module.nix`, evaluated with a stub `lib` (`fixtures/eval-module.nix`),
-//!   gives the expected service and timer, exact values included, and its
-//!   assertions and option types refuse bad settings;
+//! - `module.nix`, evaluated under the real module system (nixpkgs' `lib`
+//!   as `<nixpkgs/lib>` from `NIX_PATH`, with the NixOS options it sets
+//!   declared in `fixtures/eval-module.nix`), gives the expected service and
+//!   timer, exact values included; its assertions and option types refuse
+//!   bad settings, and a host's overrides merge as on NixOS;
 //! - the units rendered from that evaluation pass `systemd-analyze verify`
 //!   (unknown directives, bad quoting) and the calendar expression parses;
 //! - the agent still imports, sets the profile and switches inside the
@@ -14,9 +16,8 @@
 //!   `ReadWritePaths`, an inaccessible `/root`, and the import going through a
 //!   nix-daemon, emulated with mount namespaces.
 //!
-//! What only a real NixOS evaluation and boot could show (the option types'
-//! merging, NixOS's own rendering of the units, the seccomp filter and the
-//! namespaces systemd applies) is out of reach here.
+//! NixOS's own rendering of the units and the sandbox a real systemd applies
+//! are checked by `integration/interop.sh` (a booted Debian trixie root).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -460,6 +461,66 @@ fn module_refuses_bad_settings() {
     );
     let err = eval_error(&settings(json!({ "intervall": "hourly" })));
     assert!(err.contains("intervall"), "{err}");
+}
+
+#[test]
+fn module_merges_a_hosts_overrides_as_nixos_does() {
+    let with =
+        |module: &str| -> Vec<String> { vec!["--arg".into(), "extraModule".into(), module.into()] };
+    // What the module's comments tell users to write: more ReadWritePaths
+    // (for --metrics-file) and `lib.mkForce false` for a JIT health check.
+    let args = with(
+        r#"{ lib, ... }: { systemd.services.nixcast-pull.serviceConfig = {
+             ReadWritePaths = [ "/var/lib/prometheus-node-exporter" ];
+             MemoryDenyWriteExecute = lib.mkForce false; }; }"#,
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let v = eval(&settings(json!({})), &args);
+    let sc = &service(&v)["serviceConfig"];
+    let mut rw: Vec<String> = serde_json::from_value(sc["ReadWritePaths"].clone()).unwrap();
+    rw.sort();
+    assert_eq!(
+        rw,
+        ["/nix/var/nix/profiles", "/var/lib/prometheus-node-exporter"]
+    );
+    assert_eq!(sc["MemoryDenyWriteExecute"], false);
+
+    // Without mkForce the two definitions conflict, as on NixOS; a misspelt
+    // or undeclared option, and a value no unit file can hold, fail.
+    for (module, expect) in [
+        (
+            "{ systemd.services.nixcast-pull.serviceConfig.MemoryDenyWriteExecute = false; }",
+            "conflicting definition values",
+        ),
+        (
+            "{ systemd.services.nixcast-pull.serviceConfg.Nice = 5; }",
+            "serviceConfg' does not exist",
+        ),
+        (
+            "{ systemd.timers.nixcast-pull.timerConfig.OnCalendar = { hourly = true; }; }",
+            "is not of type",
+        ),
+    ] {
+        let out = eval_cmd(&settings(json!({})), &["--arg", "extraModule", module])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{module} should fail");
+        assert!(stderr(&out).contains(expect), "{module}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn module_evaluation_without_nixpkgs_says_how_to_provide_it() {
+    let out = eval_cmd(&settings(json!({})), &[])
+        .env_remove("NIX_PATH")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("set NIX_PATH=nixpkgs=DIR"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// flake.nix's outputs, with a stub nixpkgs whose `buildRustPackage` returns
