@@ -13,22 +13,18 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use nixcast_common::pointer::{self, Pointer};
+use nixcast_common::layout;
+use nixcast_common::pointer;
 use nixcast_common::seal::Identity;
 use nixcast_common::StorePath;
 
-use crate::inspect::read_manifest;
-use crate::publish::human_bytes;
+use crate::cache::{decode_pointer, human_bytes, read_manifest};
 use crate::target::Target;
 
 pub enum Base {
     None,
     Generation(u64),
     Path(StorePath),
-}
-
-fn decode_pointer(bytes: &[u8], key: &str) -> Result<Pointer> {
-    pointer::decode_unverified(bytes).with_context(|| format!("reading {key}"))
 }
 
 /// The store paths a host at `base` already has.
@@ -43,11 +39,8 @@ fn base_paths(
         Base::Generation(g) => Some(*g),
         Base::Path(_) => None,
     };
-    for key in target.list(&format!("hosts/{host}"))? {
-        let bytes = target
-            .get_at_most(&key, pointer::MAX_ENVELOPE_SIZE as u64)?
-            .context("listed")?;
-        let p = decode_pointer(&bytes, &key)?;
+    for key in target.list(&layout::history_dir(host))? {
+        let p = decode_pointer(target, &key)?;
         let m = match (generation, base) {
             (Some(g), _) if p.generation == g => read_manifest(target, &p, ids)?.1,
             (None, Base::Path(sp)) if p.store_path.as_ref() == Some(sp) => {
@@ -88,11 +81,11 @@ pub fn bundle(
     ids: &[Identity],
     output: &Path,
 ) -> Result<()> {
-    let key = format!("hosts/{host}.json");
+    let key = layout::pointer(host);
     let pointer_bytes = target
         .get_at_most(&key, pointer::MAX_ENVELOPE_SIZE as u64)?
         .with_context(|| format!("{}/{key} does not exist", target.describe()))?;
-    let p = decode_pointer(&pointer_bytes, &key)?;
+    let p = pointer::decode_unverified(&pointer_bytes).with_context(|| format!("reading {key}"))?;
     let (plain_manifest, m) = read_manifest(target, &p, ids)?;
     // A sealed host's bundle carries the sealed manifest, as the cache does.
     let manifest_bytes = match p.manifest.sealed {

@@ -15,18 +15,10 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use nixcast_common::layout;
-use nixcast_common::pointer::{self, Pointer};
 use nixcast_common::seal::Identity;
 
-use crate::publish::human_bytes;
+use crate::cache::{decode_pointer, human_bytes, read_manifest};
 use crate::target::Target;
-
-fn read(target: &Target, key: &str) -> Result<Pointer> {
-    let bytes = target
-        .get_at_most(key, pointer::MAX_ENVELOPE_SIZE as u64)?
-        .context("listed")?;
-    pointer::decode_unverified(&bytes).with_context(|| format!("reading {key}"))
-}
 
 pub fn gc(
     target: &Target,
@@ -41,16 +33,16 @@ pub fn gc(
     // known to be dead, so nothing sealed is deleted.
     let mut sealed_unknown = false;
     let mut dropped_pointers = Vec::new();
-    for (key, _, _) in target.entries("hosts")? {
+    for (key, _, _) in target.entries(layout::HOSTS_DIR)? {
         let Some(host) = key
             .strip_prefix("hosts/")
             .and_then(|k| k.strip_suffix(".json"))
         else {
             continue;
         };
-        let current = read(target, &key)?;
+        let current = decode_pointer(target, &key)?;
         let mut history: BTreeMap<u64, (String, u64, SystemTime)> = BTreeMap::new();
-        for (k, size, mtime) in target.entries(&format!("hosts/{host}"))? {
+        for (k, size, mtime) in target.entries(&layout::history_dir(host))? {
             let generation: Option<u64> = k
                 .rsplit('/')
                 .next()
@@ -60,7 +52,7 @@ pub fn gc(
             // A name is anyone's word: a file planted under a high number
             // must not take the place of a kept generation. What is not this
             // host's pointer of that generation is neither kept nor deleted.
-            match read(target, &k) {
+            match decode_pointer(target, &k) {
                 Ok(p) if p.host == host && p.generation == g => {
                     history.insert(g, (k, size, mtime));
                 }
@@ -78,7 +70,7 @@ pub fn gc(
         let mut pointers = vec![current];
         for (g, entry) in history {
             if kept.contains(&g) {
-                pointers.push(read(target, &entry.0)?);
+                pointers.push(decode_pointer(target, &entry.0)?);
             } else {
                 dropped_pointers.push(entry);
             }
@@ -89,10 +81,10 @@ pub fn gc(
                 sealed_unknown = true;
                 continue;
             }
-            let (_, m) = crate::inspect::read_manifest(target, &p, ids)
+            let (_, m) = read_manifest(target, &p, ids)
                 .with_context(|| format!("generation {} of {host} is kept", p.generation))?;
             for e in m.paths.iter().filter(|e| e.cache.is_none()) {
-                live.insert(format!("{}.narinfo", e.store_path.hash_part()));
+                live.insert(layout::narinfo(&e.store_path));
                 live.insert(e.url.clone());
             }
         }

@@ -4,75 +4,15 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
+use nixcast_common::layout;
 use nixcast_common::manifest::Manifest;
-use nixcast_common::pointer::{self, Pointer};
-use nixcast_common::seal::{self, Identity};
-use nixcast_common::{PublicKey, Sha256Hash, StorePath};
+use nixcast_common::seal::Identity;
+use nixcast_common::{PublicKey, StorePath};
 use serde::Serialize;
 
-use crate::publish::human_bytes;
+use crate::cache::{human_bytes, read_manifest, read_pointer};
 use crate::target::Target;
-
-/// Reads a pointer; with keys it must verify, without them its payload is
-/// only decoded (for a look at one's own cache).
-pub fn read_pointer(target: &Target, key: &str, keys: &[PublicKey]) -> Result<Pointer> {
-    let bytes = target
-        .get_at_most(key, pointer::MAX_ENVELOPE_SIZE as u64)?
-        .with_context(|| format!("{}/{key} does not exist", target.describe()))?;
-    if !keys.is_empty() {
-        return Ok(pointer::verify(&bytes, keys)
-            .with_context(|| format!("{}/{key}", target.describe()))?
-            .into_inner());
-    }
-    pointer::decode_unverified(&bytes).with_context(|| format!("{}/{key}", target.describe()))
-}
-
-/// A manifest this large would describe some hundred thousand paths.
-const MAX_MANIFEST: u64 = 256 << 20;
-
-/// The manifest a pointer pins, checked against the pinned sha256, with its
-/// plain bytes. A sealed one is opened with `ids`.
-pub fn read_manifest(
-    target: &Target,
-    p: &Pointer,
-    ids: &[Identity],
-) -> Result<(Vec<u8>, Manifest)> {
-    let path = &p.manifest.path;
-    // The pointer says how large it is: nothing beyond that is read.
-    let bytes = target
-        .get_at_most(path, p.manifest.size)?
-        .with_context(|| format!("{path} is missing"))?;
-    if Sha256Hash::digest(&bytes) != p.manifest.sha256 {
-        bail!("{path} does not match the sha256 its pointer pins");
-    }
-    let bytes = match &p.manifest.sealed {
-        None => bytes,
-        Some(plain) => {
-            if ids.is_empty() {
-                bail!(
-                    "the manifest of {} generation {} is sealed: give --identity with the \
-                     publisher's secret key file or the identity of a `*` recipient",
-                    p.host,
-                    p.generation
-                );
-            }
-            let opened = seal::open_bytes(ids, &bytes, MAX_MANIFEST).with_context(|| {
-                let tried: Vec<&str> = ids.iter().map(|i| i.source()).collect();
-                format!("opening {path} (tried {})", tried.join(", "))
-            })?;
-            if opened.len() as u64 != plain.size || Sha256Hash::digest(&opened) != plain.sha256 {
-                bail!("{path} does not hold the manifest its pointer pins");
-            }
-            opened
-        }
-    };
-    let m = Manifest::parse(&bytes).with_context(|| path.clone())?;
-    if p.store_path.as_ref().is_some_and(|t| *t != m.store_path) {
-        bail!("{path} is not for the store path its pointer names");
-    }
-    Ok((bytes, m))
-}
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -91,7 +31,7 @@ struct HostRow {
 
 pub fn hosts(target: &Target, keys: &[PublicKey], ids: &[Identity], json: bool) -> Result<()> {
     let mut rows = Vec::new();
-    for key in target.list("hosts")? {
+    for key in target.list(layout::HOSTS_DIR)? {
         if !key.ends_with(".json") {
             continue;
         }
@@ -172,11 +112,11 @@ pub fn diff(
     ids: &[Identity],
     json: bool,
 ) -> Result<()> {
-    let latest = read_pointer(target, &format!("hosts/{host}.json"), keys)?;
+    let latest = read_pointer(target, &layout::pointer(host), keys)?;
     let to = to.unwrap_or(latest.generation);
     let from = from.unwrap_or(to.saturating_sub(1));
     let load = |g: u64| -> Result<Manifest> {
-        let p = read_pointer(target, &format!("hosts/{host}/{g}.json"), keys)?;
+        let p = read_pointer(target, &layout::history(host, g), keys)?;
         Ok(read_manifest(target, &p, ids)?.1)
     };
     let a = if from == 0 { None } else { Some(load(from)?) };

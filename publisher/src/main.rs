@@ -4,6 +4,7 @@
 //! Exit codes: 0 success (also "nothing to publish"), 1 error, 2 usage.
 
 mod bundle;
+mod cache;
 mod compress;
 mod gc;
 mod inspect;
@@ -276,7 +277,7 @@ fn run(cmd: Cmd) -> Result<()> {
             output,
             identities,
         } => {
-            publish::check_host(&host)?;
+            cache::check_host(&host)?;
             let base = match (base, base_path) {
                 (Some(g), _) => bundle::Base::Generation(g),
                 (None, Some(p)) => {
@@ -312,7 +313,7 @@ fn run(cmd: Cmd) -> Result<()> {
             identities,
             json,
         } => {
-            publish::check_host(&host)?;
+            cache::check_host(&host)?;
             let keys = load_public_keys(&public_key_files)?;
             inspect::diff(
                 &target::Target::open_existing(&to)?,
@@ -366,7 +367,7 @@ fn publish_cmd(a: PublishArgs) -> Result<()> {
         _ => a.hosts.clone(),
     };
     for h in &hosts {
-        publish::check_host(h)?;
+        cache::check_host(h)?;
     }
     let mut recipients = match &a.recipients_file {
         Some(f) => {

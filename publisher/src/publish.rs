@@ -68,43 +68,13 @@ impl std::fmt::Display for Summary {
             self.new_paths,
             self.reused_paths,
             self.upstream_paths,
-            human_bytes(self.bytes_written)
+            crate::cache::human_bytes(self.bytes_written)
         )
     }
 }
 
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-/// A host name becomes part of object keys, so it is held to DNS-like characters.
-pub fn check_host(host: &str) -> Result<()> {
-    let ok = !host.is_empty()
-        && host.len() <= 253
-        && !host.starts_with('.')
-        && host
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c));
-    ensure!(
-        ok,
-        "invalid host name {host:?}: use letters, digits, '-', '_' and '.'"
-    );
-    Ok(())
-}
-
 pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> Result<Outcome> {
-    check_host(host)?;
+    crate::cache::check_host(host)?;
     let sealed = opts.sealing.is_sealed(host);
     let me = [Identity::of_publisher(&opts.key)];
     let (previous, last_generation, last_issued) = previous_pointer(target, host, opts)?;
@@ -123,7 +93,7 @@ pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> 
     let prev_manifest =
         previous
             .as_ref()
-            .and_then(|p| match crate::inspect::read_manifest(target, p, &me) {
+            .and_then(|p| match crate::cache::read_manifest(target, p, &me) {
                 Ok((_, m)) => Some(m),
                 Err(e) => {
                     tracing::warn!("cannot read generation {}'s manifest: {e:#}", p.generation);
@@ -367,7 +337,7 @@ fn previous_pointer(
     host: &str,
     opts: &Options,
 ) -> Result<(Option<Pointer>, u64, Option<Timestamp>)> {
-    let key = format!("hosts/{host}.json");
+    let key = layout::pointer(host);
     let history_last = last_verified_history(target, host, opts)?;
     let history_generation = history_last.as_ref().map_or(0, |p| p.generation);
     let history_issued = history_last.as_ref().map(|p| p.issued_at);
@@ -418,7 +388,7 @@ fn previous_pointer(
 fn last_verified_history(target: &Target, host: &str, opts: &Options) -> Result<Option<Pointer>> {
     let public = opts.key.public();
     let mut numbered: Vec<(u64, String)> = target
-        .list(&format!("hosts/{host}"))?
+        .list(&layout::history_dir(host))?
         .into_iter()
         .filter_map(|k| {
             let n = k.rsplit('/').next()?.strip_suffix(".json")?.parse().ok()?;
@@ -491,7 +461,7 @@ fn system_of(top: &StorePath) -> String {
 }
 
 fn narinfo_key(p: &StorePath) -> String {
-    format!("{}.narinfo", p.hash_part())
+    layout::narinfo(p)
 }
 
 /// Splits the closure into paths the target already serves (their narinfos,

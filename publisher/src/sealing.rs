@@ -167,7 +167,7 @@ fn load_index(target: &Target, key: &SecretKey) -> Result<Index> {
         if p.manifest.sealed.is_none() {
             continue;
         }
-        match crate::inspect::read_manifest(target, &p, &me) {
+        match crate::cache::read_manifest(target, &p, &me) {
             Ok((_, m)) => add_to_index(&mut index, &m, Some(&present)),
             Err(e) => tracing::warn!("cannot reuse the sealed objects of {k}: {e:#}"),
         }

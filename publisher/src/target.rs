@@ -15,6 +15,7 @@ use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
+use nixcast_common::layout;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use tempfile::NamedTempFile;
@@ -113,7 +114,7 @@ impl Target {
             });
         }
         let root = Self::dir_of(spec)?;
-        for sub in ["", "nar", "manifests", "hosts"] {
+        for sub in ["", "nar", "manifests", layout::HOSTS_DIR] {
             fs::create_dir_all(root.join(sub))
                 .with_context(|| format!("cannot create {}", root.join(sub).display()))?;
         }

@@ -268,15 +268,7 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
         !trusted.is_empty(),
         "no trusted key: pass --trusted-key or --trusted-key-file"
     );
-    anyhow::ensure!(
-        !a.host.is_empty()
-            && a.host
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
-            && !a.host.starts_with('.'),
-        "invalid host name {:?}",
-        a.host
-    );
+    nixcast_common::layout::check_host(&a.host).map_err(anyhow::Error::msg)?;
     let system = match a.system {
         Some(s) => s,
         None => std::fs::read_to_string("/run/current-system/system")

@@ -168,7 +168,7 @@ async fn bounded(
 
 async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
     let t0 = SystemTime::now();
-    let key = format!("hosts/{}.json", cfg.host);
+    let key = layout::pointer(&cfg.host);
     let validators = if cfg.dry_run {
         Default::default()
     } else {

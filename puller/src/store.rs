@@ -15,6 +15,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+use nixcast_common::layout;
 use nixcast_common::manifest::Entry;
 use nixcast_common::narinfo::NarInfo;
 use nixcast_common::{PublicKey, StorePath};
@@ -102,7 +103,10 @@ pub fn write_staging_cache(staging: &Path, entries: &[&Entry]) -> Result<()> {
             removed.with_context(|| format!("cannot remove {}", p.display()))?;
         }
     }
-    write_new(&staging.join("nix-cache-info"), "StoreDir: /nix/store\n")?;
+    write_new(
+        &staging.join(layout::NIX_CACHE_INFO),
+        "StoreDir: /nix/store\n",
+    )?;
     for e in entries {
         let staged = staged_path(staging, e);
         let name = staged.file_name().expect("a file").to_string_lossy();
@@ -121,7 +125,7 @@ pub fn write_staging_cache(staging: &Path, entries: &[&Entry]) -> Result<()> {
             system: None,
             quirks: Default::default(),
         };
-        let p = staging.join(format!("{}.narinfo", e.store_path.hash_part()));
+        let p = staging.join(layout::narinfo(&e.store_path));
         write_new(&p, &ni.render())?;
     }
     Ok(())
