@@ -393,8 +393,8 @@ in
         # CapabilityBoundingSet=: the agent's real power is being root towards
         # PID 1 (systemd-run starts anything, unconfined) and towards the
         # nix-daemon (a trusted user), both over AF_UNIX, which no capability
-        # set limits; a compromised agent is root either way (THREATS.md 6.1
-        # splits off an unprivileged fetcher for that reason). Dropping
+        # set limits; a compromised agent is root either way (only splitting
+        # off an unprivileged fetcher process would change that). Dropping
         # CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH even breaks Nix 2.8's nix-env
         # under ProtectHome= (it aborts with "getting status of
         # /root/.nix-defexpr/channels: Permission denied"; tried). Nix's

@@ -178,7 +178,7 @@ mod tests {
 
     #[test]
     fn three_forms_agree() {
-        // The same NarHash in the forms of NIX-FACTS.md §3.
+        // The same NarHash as Nix writes it: nixbase32, base16 and SRI.
         let b32 = Sha256Hash::parse("sha256:1jpg5v8rcf4d08rlpq51vnd1w800l64h34r0bw4vkb6z3qlk089k")
             .unwrap();
         let sri = Sha256Hash::parse("sha256-MyEwKR7frLkJXyCTAYmhACAemt2h4EszAo04ltEu78o=").unwrap();

@@ -245,7 +245,7 @@ impl<'de> serde::Deserialize<'de> for Signature {
 mod tests {
     use super::*;
 
-    // A pair made by `nix-store --generate-binary-cache-key impkey-1 sk pk` (NIX-FACTS.md §6).
+    // A pair made by `nix-store --generate-binary-cache-key impkey-1 sk pk` (Nix 2.8).
     const SK: &str = "impkey-1:21FkgpHFImmNodDxV+sxT+r6B9v6nHevE1Wu+mqHoOUmzMEG9jUKoWtoehVEw/2BpCIosaCvZyjhVZrcsLpzRA==";
     const PK: &str = "impkey-1:JszBBvY1CqFraHoVRMP9gaQiKLGgr2co4VWa3LC6c0Q=";
 
@@ -293,7 +293,7 @@ mod tests {
 
     #[test]
     fn weak_key_and_bad_inputs_rejected() {
-        // The identity point (THREATS.md K3).
+        // The identity point: a signature by it verifies for many messages.
         let mut id = [0u8; 32];
         id[0] = 1;
         let s = format!("w:{}", BASE64.encode(&id));

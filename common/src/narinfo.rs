@@ -38,7 +38,8 @@
 //! `NarInfo::to_string`) and `src/libstore/path-info.cc`
 //! (`ValidPathInfo::fingerprint`, `checkSignatures`).
 //!
-//! Where we differ from Nix, we are stricter, on purpose (THREATS.md §1.3):
+//! Where we differ from Nix, we are stricter, on purpose (two readers that
+//! disagree about one file are a way to show each a different one):
 //! - A repeated singleton field is an error. Nix keeps the last value, so a
 //!   reader keeping the first would see another file than Nix does.
 //! - A line must be `Key: value` exactly. Nix splits at the first `:`, skips

@@ -3,7 +3,8 @@
 //! The closure and its metadata come from `nix-store --query --requisites` and
 //! `nix-store --dump-db PATHS…`: two commands whatever the closure's size,
 //! whose output has not changed from Nix 2.3 to today (unlike
-//! `nix path-info --json`, see NIX-FACTS.md §4). `--dump-db` prints, per path:
+//! `nix path-info --json`, whose shape changed in Nix 2.19, 2.23 and 2.33).
+//! `--dump-db` prints, per path:
 //!
 //! ```text
 //! /nix/store/…-pkg-1        path

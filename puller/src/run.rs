@@ -1,4 +1,7 @@
-//! One agent run: the steps of DESIGN.md "Agent run", in order.
+//! One agent run, in order: lock; fetch the pointer (conditionally) and verify
+//! it; fetch the manifest it pins (opening it if sealed); ask Nix what is
+//! missing; fetch, verify and import that; set the profile; switch; check
+//! health, and roll back on failure; record the status.
 
 use std::path::PathBuf;
 use std::sync::Arc;

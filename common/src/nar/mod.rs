@@ -33,7 +33,8 @@
 //! nesting 64 deep (`narMaxDepth`); non-zero padding; and an `executable`
 //! marker with a non-empty value. [`validate`] rejects all of these too, in
 //! release builds, and also trailing bytes after the archive and more
-//! entries than [`Limits::max_entries`] (THREATS.md §7.4).
+//! entries than [`Limits::max_entries`], so that a hostile archive can cost
+//! neither unbounded memory nor a crash.
 //!
 //! - [`dump_path`] writes the NAR of a file, directory or symlink, as
 //!   `nix-store --dump` does: symlinks are archived, never followed.

@@ -1,5 +1,6 @@
-//! Hostile input is refused with a clear error, and nothing is lost
-//! (THREATS.md §7). Each refusal shows: its exit code and an error naming what
+//! Hostile input is refused with a clear error, and nothing is lost: a
+//! hostile cache, server or network may stop updates, never make a host run
+//! or store anything unverified. Each refusal shows: its exit code and an error naming what
 //! failed; nothing of the bad object in the store; the profile, the running
 //! system and the accepted generation unchanged; no stray temporary files.
 
@@ -463,7 +464,8 @@ fn hostile_nar_transfers_are_refused() {
     );
 }
 
-/// NAR bytes built token by token (NIX-FACTS.md §1), to forge hostile archives.
+/// NAR bytes built token by token (each token a length-prefixed string padded
+/// to 8 bytes, as `nix-store --dump` writes them), to forge hostile archives.
 #[derive(Default)]
 struct NarBytes(Vec<u8>);
 

@@ -374,7 +374,7 @@ fn rejects_depth_at_the_limit() {
     ));
 }
 
-/// THREATS.md C5: a very deep archive must fail cleanly, and even with
+/// A very deep archive (a stack-exhaustion attack) must fail cleanly, and even with
 /// the depth limit lifted the parser must not use the thread's stack.
 #[test]
 fn very_deep_archives_do_not_overflow_the_stack() {
