@@ -28,11 +28,11 @@ top=$(nix-build integration/fixtures/fixture.nix --no-out-link --option sandbox 
 echo "$top ($(nix-store -qR "$top" | wc -l) paths)"
 
 step "publishing it (nixcast publish)"
-"$bin/nixcast" publish --host foobar --path "$top" --to "$work/cache" --secret-key-file "$work/secret.key"
+"$bin/nixcast" publish --host foobar --path "$top" --cache "$work/cache" --secret-key-file "$work/secret.key"
 echo "cache contents:"; (cd "$work/cache" && find . -maxdepth 2 -not -path './nar/*' | sort | sed 's/^/  /')
 
 step "serving the cache (nixcast serve)"
-"$bin/nixcast" serve "$work/cache" --listen 127.0.0.1:0 2> "$work/serve.log" &
+"$bin/nixcast" serve --cache "$work/cache" --listen 127.0.0.1:0 2> "$work/serve.log" &
 server=$!
 for _ in $(seq 50); do grep -q 'http://' "$work/serve.log" && break; sleep 0.1; done
 url=$(grep -o 'http://[0-9.:]*' "$work/serve.log" | head -1)

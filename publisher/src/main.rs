@@ -67,10 +67,11 @@ enum Cmd {
     Publish(PublishArgs),
     /// List every host in a cache: generation, store path, times, closure size.
     Hosts {
-        #[arg(long)]
+        /// The cache: a directory, file://DIR or s3://BUCKET/PREFIX?….
+        #[arg(long = "cache", alias = "to", value_name = "CACHE")]
         to: String,
         /// Verify pointers with this public key (repeatable); without, they are only decoded.
-        #[arg(long = "public-key-file")]
+        #[arg(long = "trusted-key-file", alias = "public-key-file")]
         public_key_files: Vec<PathBuf>,
         /// Opens sealed manifests (repeatable): an operator's identity or the publisher's secret key file.
         #[arg(long = "identity")]
@@ -80,14 +81,16 @@ enum Cmd {
     },
     /// What changed between two generations of a host (default: the latest and the one before).
     Diff {
-        #[arg(long)]
+        /// The cache: a directory, file://DIR or s3://BUCKET/PREFIX?….
+        #[arg(long = "cache", alias = "to", value_name = "CACHE")]
         to: String,
         #[arg(long)]
         host: String,
         from: Option<u64>,
         #[arg(value_name = "TO")]
         to_generation: Option<u64>,
-        #[arg(long = "public-key-file")]
+        /// Verify pointers with this public key (repeatable).
+        #[arg(long = "trusted-key-file", alias = "public-key-file")]
         public_key_files: Vec<PathBuf>,
         /// Opens sealed manifests (repeatable): an operator's identity or the publisher's secret key file.
         #[arg(long = "identity")]
@@ -99,8 +102,8 @@ enum Cmd {
     Bundle {
         #[arg(long)]
         host: String,
-        /// The cache to read: a directory or file://DIR.
-        #[arg(long)]
+        /// The cache to read: a directory, file://DIR or s3://….
+        #[arg(long = "cache", alias = "from", value_name = "CACHE")]
         from: String,
         /// Leave out what this generation of the host has.
         #[arg(long, conflicts_with = "base_path")]
@@ -116,7 +119,8 @@ enum Cmd {
     },
     /// Delete what no kept generation of any host needs.
     Gc {
-        #[arg(long)]
+        /// The cache: a directory, file://DIR or s3://BUCKET/PREFIX?….
+        #[arg(long = "cache", alias = "to", value_name = "CACHE")]
         to: String,
         /// Generations kept per host (the current one is always kept).
         #[arg(long)]
@@ -132,7 +136,16 @@ enum Cmd {
     },
     /// Serve a cache directory over HTTP, read-only.
     Serve {
-        dir: PathBuf,
+        /// The cache directory to serve (also accepted as the one positional argument).
+        #[arg(
+            long = "cache",
+            value_name = "DIR",
+            required_unless_present = "dir_positional",
+            conflicts_with = "dir_positional"
+        )]
+        dir: Option<PathBuf>,
+        #[arg(hide = true, value_name = "DIR")]
+        dir_positional: Option<PathBuf>,
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         /// Connections served at once; more wait to be accepted (lowered to what the file descriptor limit allows).
@@ -156,8 +169,9 @@ struct PublishArgs {
     /// With --flake: every attribute of nixosConfigurations.
     #[arg(long, requires = "flake", conflicts_with = "hosts")]
     all: bool,
-    /// The cache: a directory or file://DIR.
-    #[arg(long)]
+    /// The cache to write: a directory, file://DIR or s3://BUCKET/PREFIX?… (`--to`, as in
+    /// `nix copy --to`, is the same).
+    #[arg(long = "cache", alias = "to", value_name = "CACHE")]
     to: String,
     /// An already-built system (a store path or a symlink to one, such as ./result).
     #[arg(long)]
@@ -327,11 +341,13 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Serve {
             dir,
+            dir_positional,
             listen,
             max_connections,
             header_timeout,
             send_timeout,
         } => {
+            let dir = dir.or(dir_positional).expect("clap requires one");
             let limits = serve::Limits {
                 max_connections,
                 header_timeout,

@@ -293,7 +293,7 @@ pub struct Server {
 impl Server {
     pub fn start(dir: &Path) -> Self {
         let mut child = nixcast()
-            .arg("serve")
+            .args(["serve", "--cache"])
             .arg(dir)
             .args(["--listen", "127.0.0.1:0"])
             .env("NIXCAST_LOG", "nixcast=debug")

@@ -104,7 +104,9 @@ impl Fleet {
 
     fn nixcast(&self, args: &[&str]) -> std::process::Output {
         let mut c = nixcast();
-        c.args(args).arg("--to").arg(&self.cache);
+        // The current spelling; other tests use the old ones (--to, --from,
+        // --public-key-file, serve DIR), which stay accepted.
+        c.args(args).arg("--cache").arg(&self.cache);
         c.output().unwrap()
     }
 }
@@ -210,7 +212,7 @@ fn a_sealed_cache_shows_no_host_its_neighbours_closure() {
     // A bundle of a sealed host stays sealed, and its host applies it.
     let bundle = f.work.path().join("web1.tar");
     ok(nixcast()
-        .args(["bundle", "--host", "web1", "--from"])
+        .args(["bundle", "--host", "web1", "--cache"])
         .arg(&f.cache)
         .arg("--output")
         .arg(&bundle)
@@ -261,7 +263,15 @@ fn the_trusted_side_reads_a_sealed_cache_with_an_operator_identity() {
     assert_eq!(rows[0]["sealed"], true);
     assert_eq!(rows[0]["storePath"], serde_json::Value::Null);
 
-    let out = f.nixcast(&["hosts", "--json", "--identity", op]);
+    let public = f.work.path().join("fleet-1.pub");
+    let out = f.nixcast(&[
+        "hosts",
+        "--json",
+        "--identity",
+        op,
+        "--trusted-key-file",
+        public.to_str().unwrap(),
+    ]);
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows[0]["storePath"], f.web1.as_str());
     assert_eq!(rows[1]["storePath"], f.web2.as_str());
@@ -307,7 +317,7 @@ fn the_trusted_side_reads_a_sealed_cache_with_an_operator_identity() {
     // what generation 1 alone needed.
     let gc = |extra: &[&str]| {
         let mut c = nixcast();
-        c.args(["gc", "--to", cache, "--keep", "1", "--grace", "0s"])
+        c.args(["gc", "--cache", cache, "--keep", "1", "--grace", "0s"])
             .args(extra);
         ok(&mut c)
     };
