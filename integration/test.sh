@@ -37,6 +37,8 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
+# Layering: no module cycle in either binary, nothing calls back into main.rs.
+python3 integration/layers.py >/dev/null || { python3 integration/layers.py; exit 1; }
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

@@ -524,19 +524,3 @@ fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().init(),
     }
 }
-
-/// A progress bar on a terminal, nothing otherwise.
-pub fn progress_bar(total: u64, what: &'static str) -> indicatif::ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-        )
-        .expect("a valid template"),
-    );
-    bar.set_message(what);
-    bar
-}

@@ -183,7 +183,7 @@ pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> 
     // Largest first: with paths compressed in parallel, a big path started
     // last would leave the other cores idle at the end.
     jobs.sort_by_key(|(i, _)| std::cmp::Reverse(i.nar_size));
-    let bar = crate::progress_bar(jobs.iter().map(|(i, _)| i.nar_size).sum(), "compressing");
+    let bar = progress_bar(jobs.iter().map(|(i, _)| i.nar_size).sum(), "compressing");
     let done = parallel(opts.jobs, &jobs, |(info, seal_to)| {
         let r = match seal_to {
             None => write_nar(target, info, opts).map(Written::Plain),
@@ -620,4 +620,20 @@ fn write_nar(target: &Target, info: &PathInfo, opts: &Options) -> Result<NarInfo
     };
     ni.sign(&opts.key);
     Ok(ni)
+}
+
+/// A progress bar on a terminal, nothing otherwise.
+fn progress_bar(total: u64, what: &'static str) -> indicatif::ProgressBar {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .expect("a valid template"),
+    );
+    bar.set_message(what);
+    bar
 }

@@ -7,6 +7,7 @@
 //! 6 another run holds the lock.
 
 mod activate;
+mod config;
 mod fetch;
 mod netrc;
 mod pipeline;
@@ -18,7 +19,6 @@ mod state;
 mod store;
 mod text;
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -411,19 +411,4 @@ fn init_logging(format: LogFormat) {
         // JSON escapes every control character itself.
         LogFormat::Json => builder.with_writer(std::io::stderr).json().init(),
     }
-}
-
-/// A byte progress bar on a terminal, nothing otherwise.
-pub fn progress_bar(total: u64) -> indicatif::ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "fetching [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-        )
-        .expect("a valid template"),
-    );
-    bar
 }

@@ -23,8 +23,8 @@ use nixcast_common::seal::Identity;
 use nixcast_common::{PublicKey, StorePath};
 use tokio::sync::Semaphore;
 
+use crate::config::{Config, RunError};
 use crate::fetch::{self, NarError};
-use crate::run::{Config, RunError};
 use crate::source::Source;
 use crate::store;
 
@@ -99,7 +99,7 @@ async fn attempt(
     let order = plan.download_order(entries);
 
     let progress = Arc::new(AtomicU64::new(0));
-    let bar = crate::progress_bar(total);
+    let bar = progress_bar(total);
     let ticker = {
         let (bar, progress) = (bar.clone(), progress.clone());
         tokio::spawn(async move {
@@ -343,6 +343,21 @@ impl<'a> Plan<'a> {
             self.missing.remove(&p);
         }
     }
+}
+
+/// A byte progress bar on a terminal, nothing otherwise.
+fn progress_bar(total: u64) -> indicatif::ProgressBar {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "fetching [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .expect("a valid template"),
+    );
+    bar
 }
 
 #[cfg(test)]

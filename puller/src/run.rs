@@ -11,10 +11,11 @@ use anyhow::{anyhow, Context};
 use nixcast_common::manifest::{self, Delta, Manifest};
 use nixcast_common::pointer::{self, ManifestRef, PlainRef, Pointer, Timestamp, Verified};
 use nixcast_common::seal::{self, Identity};
-use nixcast_common::{layout, PublicKey, Sha256Hash};
+use nixcast_common::{layout, Sha256Hash};
 
 use crate::activate::{self, Action};
-use crate::source::{FetchError, Fetched, Source};
+pub use crate::config::{Config, RunError};
+use crate::source::{FetchError, Fetched};
 use crate::state::{write_atomic, Outcome, StateDir, Status};
 use crate::{pipeline, store};
 
@@ -28,72 +29,6 @@ pub const DEFAULT_IDENTITY: &str = "/etc/ssh/ssh_host_ed25519_key";
 /// whose clock drifts between syncs, while a publisher whose clock is wrong
 /// by hours cannot pin the freeze floor far in the future.
 pub const MAX_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
-
-pub struct Config {
-    pub source: Source,
-    pub host: String,
-    pub system: String,
-    pub trusted: Vec<PublicKey>,
-    /// What opens a sealed pointer's objects; empty: the SSH host key.
-    pub identity_files: Vec<PathBuf>,
-    pub action: Action,
-    pub profile: PathBuf,
-    pub state: StateDir,
-    pub jobs: usize,
-    pub dry_run: bool,
-    pub wait: bool,
-    pub health_checks: Vec<String>,
-    pub health_timeout: std::time::Duration,
-    pub metrics_file: Option<PathBuf>,
-    /// For upstream caches named in a manifest: plain http allowed, time limits, proxy.
-    pub http: crate::source::HttpOptions,
-    /// What opens private caches (`--netrc-file`, `--environment-file`), the upstreams' too.
-    pub secrets: std::sync::Arc<crate::secrets::Secrets>,
-    /// The whole run's time limit, up to the switch.
-    pub run_timeout: std::time::Duration,
-    /// The largest step up from the highest accepted generation.
-    pub max_generation_jump: u64,
-}
-
-/// Why a run failed; each kind has its own exit code (see the README).
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("refused: {0:#}")]
-    Refused(anyhow::Error),
-    #[error("fetch failed: {0:#}")]
-    Fetch(anyhow::Error),
-    #[error("activation failed: {0:#}")]
-    Activation(anyhow::Error),
-    #[error("another nixcast-pull run holds the lock in {0}; try again later or pass --wait")]
-    Locked(String),
-    /// Nix refused or failed to import verified paths.
-    #[error("{0:#}")]
-    Import(anyhow::Error),
-    #[error("{0:#}")]
-    Other(anyhow::Error),
-}
-
-impl RunError {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            RunError::Other(_) | RunError::Import(_) => 1,
-            RunError::Refused(_) => 3,
-            RunError::Fetch(_) => 4,
-            RunError::Activation(_) => 5,
-            RunError::Locked(_) => 6,
-        }
-    }
-
-    fn outcome(&self) -> Outcome {
-        match self {
-            RunError::Refused(_) => Outcome::Refused,
-            RunError::Fetch(_) => Outcome::FetchFailed,
-            RunError::Activation(_) => Outcome::ActivationFailed,
-            RunError::Import(_) => Outcome::ImportFailed,
-            RunError::Locked(_) | RunError::Other(_) => Outcome::LocalError,
-        }
-    }
-}
 
 /// More bytes than a signed or fixed size allows is an attack, not an outage.
 fn fetch_error(e: FetchError) -> RunError {

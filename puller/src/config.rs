@@ -1,0 +1,77 @@
+//! What a run is given, and how it can fail: below both the run's steps
+//! (`run.rs`) and the download pipeline (`pipeline.rs`), so that neither
+//! module reaches back into the other.
+
+use std::path::PathBuf;
+
+use nixcast_common::PublicKey;
+
+use crate::activate::Action;
+use crate::source::Source;
+use crate::state::{Outcome, StateDir};
+
+pub struct Config {
+    pub source: Source,
+    pub host: String,
+    pub system: String,
+    pub trusted: Vec<PublicKey>,
+    /// What opens a sealed pointer's objects; empty: the SSH host key.
+    pub identity_files: Vec<PathBuf>,
+    pub action: Action,
+    pub profile: PathBuf,
+    pub state: StateDir,
+    pub jobs: usize,
+    pub dry_run: bool,
+    pub wait: bool,
+    pub health_checks: Vec<String>,
+    pub health_timeout: std::time::Duration,
+    pub metrics_file: Option<PathBuf>,
+    /// For upstream caches named in a manifest: plain http allowed, time limits, proxy.
+    pub http: crate::source::HttpOptions,
+    /// What opens private caches (`--netrc-file`, `--environment-file`), the upstreams' too.
+    pub secrets: std::sync::Arc<crate::secrets::Secrets>,
+    /// The whole run's time limit, up to the switch.
+    pub run_timeout: std::time::Duration,
+    /// The largest step up from the highest accepted generation.
+    pub max_generation_jump: u64,
+}
+
+/// Why a run failed; each kind has its own exit code (see the README).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("refused: {0:#}")]
+    Refused(anyhow::Error),
+    #[error("fetch failed: {0:#}")]
+    Fetch(anyhow::Error),
+    #[error("activation failed: {0:#}")]
+    Activation(anyhow::Error),
+    #[error("another nixcast-pull run holds the lock in {0}; try again later or pass --wait")]
+    Locked(String),
+    /// Nix refused or failed to import verified paths.
+    #[error("{0:#}")]
+    Import(anyhow::Error),
+    #[error("{0:#}")]
+    Other(anyhow::Error),
+}
+
+impl RunError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Other(_) | RunError::Import(_) => 1,
+            RunError::Refused(_) => 3,
+            RunError::Fetch(_) => 4,
+            RunError::Activation(_) => 5,
+            RunError::Locked(_) => 6,
+        }
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            RunError::Refused(_) => Outcome::Refused,
+            RunError::Fetch(_) => Outcome::FetchFailed,
+            RunError::Activation(_) => Outcome::ActivationFailed,
+            RunError::Import(_) => Outcome::ImportFailed,
+            RunError::Locked(_) | RunError::Other(_) => Outcome::LocalError,
+        }
+    }
+}
