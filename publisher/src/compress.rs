@@ -1,6 +1,15 @@
-//! Streaming compressors for NAR files.
+//! Streaming compressors for NAR files, and a path's NAR dumped through
+//! them, checked against Nix's database, with its signed narinfo.
 
 use std::io::{self, Write};
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use nixcast_common::hash::{HashingCounter, Sha256Hash};
+use nixcast_common::narinfo::NarInfo;
+use nixcast_common::{nar, SecretKey};
+
+use crate::nix::PathInfo;
 
 use nixcast_common::manifest::Compression;
 
@@ -50,4 +59,52 @@ impl<W: Write> Write for Encoder<W> {
             Encoder::None(w) => w.flush(),
         }
     }
+}
+
+/// Dumps the NAR of `info`'s path through `compression` into `out`, checked
+/// against Nix's database, and returns `out`. The NAR we made must be the one
+/// Nix registered; otherwise the store is corrupt or the path changed under
+/// us, and nothing of it is published.
+pub fn dump_compressed<W: Write>(info: &PathInfo, compression: Compression, out: W) -> Result<W> {
+    let path = info.path.to_string();
+    let nar = HashingCounter::new(Encoder::new(compression, out)?);
+    let nar =
+        nar::dump_path(Path::new(&path), nar).with_context(|| format!("cannot dump {path}"))?;
+    let (encoder, nar_hash, nar_size) = nar.finish();
+    ensure!(
+        nar_hash == info.nar_hash && nar_size == info.nar_size,
+        "the NAR of {path} does not match Nix's database: Nix says {} ({} bytes), \
+         the files give {nar_hash} ({nar_size} bytes); run `nix-store --verify-path {path}`",
+        info.nar_hash,
+        info.nar_size
+    );
+    Ok(encoder.finish()?)
+}
+
+/// The narinfo of a path just written at `url`, signed with `key`.
+pub fn signed_narinfo(
+    info: &PathInfo,
+    url: String,
+    compression: Compression,
+    file_hash: Sha256Hash,
+    file_size: u64,
+    key: &SecretKey,
+) -> NarInfo {
+    let mut ni = NarInfo {
+        store_path: info.path.clone(),
+        url,
+        compression: Some(compression.as_str().to_owned()),
+        file_hash: Some(file_hash),
+        file_size: Some(file_size),
+        nar_hash: info.nar_hash,
+        nar_size: info.nar_size,
+        references: info.references.clone(),
+        deriver: info.deriver.clone(),
+        sigs: Vec::new(),
+        ca: None,
+        system: None,
+        quirks: Default::default(),
+    };
+    ni.sign(key);
+    ni
 }

@@ -5,7 +5,6 @@
 //! follows the pointer therefore never finds a missing object.
 
 use std::io::BufWriter;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -16,9 +15,8 @@ use nixcast_common::manifest::{self, Compression, Delta, Entry, Manifest};
 use nixcast_common::narinfo::NarInfo;
 use nixcast_common::pointer::{self, ManifestRef, Pointer, Timestamp};
 use nixcast_common::seal::{self, Identity, Recipient};
-use nixcast_common::{layout, nar, SecretKey, Sha256Hash, StorePath};
+use nixcast_common::{layout, SecretKey, Sha256Hash, StorePath};
 
-use crate::compress::Encoder;
 use crate::nix::PathInfo;
 use crate::target::Target;
 
@@ -583,43 +581,20 @@ fn parallel<T: Sync, R: Send>(
 /// signed narinfo (not yet written).
 fn write_nar(target: &Target, info: &PathInfo, opts: &Options) -> Result<NarInfo> {
     let compression = opts.compression;
-    let path = info.path.to_string();
-    let tmp = target.temp_file()?;
-    let file = HashingCounter::new(BufWriter::with_capacity(256 * 1024, tmp));
-    let nar = HashingCounter::new(Encoder::new(compression, file)?);
-    let nar =
-        nar::dump_path(Path::new(&path), nar).with_context(|| format!("cannot dump {path}"))?;
-    let (encoder, nar_hash, nar_size) = nar.finish();
-    // The NAR we made must be the one Nix registered; otherwise the store is
-    // corrupt or the path changed under us, and nothing of it is published.
-    ensure!(
-        nar_hash == info.nar_hash && nar_size == info.nar_size,
-        "the NAR of {path} does not match Nix's database: Nix says {} ({} bytes), \
-         the files give {nar_hash} ({nar_size} bytes); run `nix-store --verify-path {path}`",
-        info.nar_hash,
-        info.nar_size
-    );
-    let (buffered, file_hash, file_size) = encoder.finish()?.finish();
+    let file = HashingCounter::new(BufWriter::with_capacity(256 * 1024, target.temp_file()?));
+    let (buffered, file_hash, file_size) =
+        crate::compress::dump_compressed(info, compression, file)?.finish();
     let tmp = buffered.into_inner().map_err(|e| e.into_error())?;
     let url = manifest::nar_url(&file_hash, compression);
     target.put_file(&url, tmp)?;
-    let mut ni = NarInfo {
-        store_path: info.path.clone(),
+    Ok(crate::compress::signed_narinfo(
+        info,
         url,
-        compression: Some(compression.as_str().to_owned()),
-        file_hash: Some(file_hash),
-        file_size: Some(file_size),
-        nar_hash,
-        nar_size,
-        references: info.references.clone(),
-        deriver: info.deriver.clone(),
-        sigs: Vec::new(),
-        ca: None,
-        system: None,
-        quirks: Default::default(),
-    };
-    ni.sign(&opts.key);
-    Ok(ni)
+        compression,
+        file_hash,
+        file_size,
+        &opts.key,
+    ))
 }
 
 /// A progress bar on a terminal, nothing otherwise.

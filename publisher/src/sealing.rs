@@ -11,18 +11,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::BufWriter;
-use std::path::Path;
 use std::sync::Mutex;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::Result;
 use nixcast_common::hash::{HashingCounter, Sha256Hash};
 use nixcast_common::manifest::{Compression, Entry, Manifest};
-use nixcast_common::narinfo::NarInfo;
 use nixcast_common::pointer;
 use nixcast_common::seal::{self, Identity, Recipient, Recipients};
-use nixcast_common::{layout, nar, SecretKey, StorePath};
+use nixcast_common::{layout, SecretKey, StorePath};
 
-use crate::compress::Encoder;
 use crate::nix::PathInfo;
 use crate::target::Target;
 
@@ -186,49 +183,22 @@ pub fn write_sealed_nar(
     recipients: &[Recipient],
     set: Sha256Hash,
 ) -> Result<Entry> {
-    let path = info.path.to_string();
-    let tmp = target.temp_file()?;
-    let file = HashingCounter::new(BufWriter::with_capacity(256 * 1024, tmp));
-    let sealed = seal::seal(recipients, file)?;
-    let nar = HashingCounter::new(Encoder::new(compression, sealed)?);
-    let nar =
-        nar::dump_path(Path::new(&path), nar).with_context(|| format!("cannot dump {path}"))?;
-    let (encoder, nar_hash, nar_size) = nar.finish();
-    ensure!(
-        nar_hash == info.nar_hash && nar_size == info.nar_size,
-        "the NAR of {path} does not match Nix's database: Nix says {} ({} bytes), \
-         the files give {nar_hash} ({nar_size} bytes); run `nix-store --verify-path {path}`",
-        info.nar_hash,
-        info.nar_size
-    );
-    let (buffered, file_hash, file_size) = encoder.finish()?.finish()?.finish();
+    let file = HashingCounter::new(BufWriter::with_capacity(256 * 1024, target.temp_file()?));
+    let sealed =
+        crate::compress::dump_compressed(info, compression, seal::seal(recipients, file)?)?;
+    let (buffered, file_hash, file_size) = sealed.finish()?.finish();
     let tmp = buffered.into_inner().map_err(|e| e.into_error())?;
     let url = layout::sealed(&file_hash);
     target.put_file(&url, tmp)?;
-    let mut ni = NarInfo {
-        store_path: info.path.clone(),
-        url: url.clone(),
-        compression: Some(compression.as_str().to_owned()),
-        file_hash: Some(file_hash),
-        file_size: Some(file_size),
-        nar_hash,
-        nar_size,
-        references: info.references.clone(),
-        deriver: info.deriver.clone(),
-        sigs: Vec::new(),
-        ca: None,
-        system: None,
-        quirks: Default::default(),
-    };
-    ni.sign(key);
+    let ni = crate::compress::signed_narinfo(info, url, compression, file_hash, file_size, key);
     Ok(Entry {
         store_path: ni.store_path,
-        nar_hash,
-        nar_size,
+        nar_hash: ni.nar_hash,
+        nar_size: ni.nar_size,
         references: ni.references,
         deriver: ni.deriver,
         sigs: ni.sigs,
-        url,
+        url: ni.url,
         compression,
         file_hash,
         file_size,
