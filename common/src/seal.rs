@@ -29,7 +29,7 @@ use std::fmt;
 use std::io::{self, BufRead, Read, Write};
 use std::str::FromStr;
 
-use bech32::{Bech32, Hrp};
+use bech32::{ToBase32, Variant};
 use sha2::{Digest, Sha256, Sha512};
 use thiserror::Error;
 use zeroize::Zeroizing;
@@ -70,7 +70,7 @@ pub struct Recipient {
 
 impl Recipient {
     fn from_montgomery(bytes: [u8; 32]) -> Self {
-        let text = bech32::encode::<Bech32>(Hrp::parse_unchecked("age"), &bytes)
+        let text = bech32::encode("age", bytes.to_base32(), Variant::Bech32)
             .expect("32 bytes always encode");
         let key = age::x25519::Recipient::from_str(&text).expect("just encoded");
         Self { key, text }
@@ -234,7 +234,7 @@ impl fmt::Debug for Identity {
 impl Identity {
     fn from_scalar(scalar: &[u8; 32], source: String) -> Self {
         let text = Zeroizing::new(
-            bech32::encode::<Bech32>(Hrp::parse_unchecked("age-secret-key-"), scalar)
+            bech32::encode("age-secret-key-", scalar.to_base32(), Variant::Bech32)
                 .expect("32 bytes always encode")
                 .to_uppercase(),
         );
@@ -266,7 +266,8 @@ impl Identity {
                 .key_data()
                 .ed25519()
                 .ok_or_else(|| err("not an ed25519 key (ssh-keygen -t ed25519 makes one)"))?;
-            let hashed = Zeroizing::new(Sha512::digest(pair.private.to_bytes()));
+            let mut hashed = Zeroizing::new([0u8; 64]);
+            hashed.copy_from_slice(&Sha512::digest(pair.private.to_bytes()));
             let mut scalar = Zeroizing::new([0u8; 32]);
             scalar.copy_from_slice(&hashed[..32]);
             return Ok(vec![Self::from_scalar(&scalar, source.to_owned())]);
