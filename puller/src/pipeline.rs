@@ -237,9 +237,29 @@ fn import(
     for chunk in batch.chunks(store::CHUNK) {
         store::import(staging, chunk, trusted)?;
         // Nothing refers to these paths until the profile does: a garbage
-        // collection while later NARs download would delete them.
-        if let Err(e) = store::add_roots(roots, chunk) {
-            tracing::warn!("imported paths are not protected from garbage collection: {e:#}");
+        // collection while later NARs download would delete them. Nix's own
+        // temporary roots end with `nix copy`, so a collection that starts
+        // before ours are in place may still take some: those are imported
+        // again from staging (where they still are) and rooted again.
+        for attempt in 1.. {
+            if let Err(e) = store::add_roots(roots, chunk) {
+                tracing::warn!("imported paths are not protected from garbage collection: {e:#}");
+            }
+            let gone = store::missing(chunk)?;
+            if gone.is_empty() {
+                break;
+            }
+            anyhow::ensure!(
+                attempt < 3,
+                "garbage collections deleted {} paths as soon as they were imported, three times",
+                gone.len()
+            );
+            tracing::warn!(
+                paths = gone.len(),
+                "a garbage collection deleted paths just imported; importing them again"
+            );
+            // `missing` keeps the order asked for: dependencies first.
+            store::import(staging, &gone, trusted)?;
         }
     }
     Ok(())

@@ -508,6 +508,19 @@ fn paths_imported_by_a_run_survive_a_garbage_collection_and_status_shows_the_run
     let shown = status(&w);
     assert!(shown.contains("running:            since "), "{shown}");
 
+    // The run roots each batch right after Nix imported it; wait (bounded)
+    // until no imported path is dead, then collect.
+    let dead = |w: &World| {
+        let out = ok(&mut w.vm.cmd(&["nix-store", "--gc", "--print-dead"]));
+        let dead = stdout(&out);
+        below.iter().any(|p| dead.lines().any(|l| l == p))
+    };
+    let mut waited = 0;
+    while dead(&w) {
+        assert!(waited < 300, "the run never rooted the paths it imported");
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
     ok(&mut w.vm.cmd(&["nix-collect-garbage"]));
     assert!(
         w.vm.valid(&below),
