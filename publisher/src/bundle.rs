@@ -86,22 +86,7 @@ pub fn bundle(
         .get_at_most(&key, pointer::MAX_ENVELOPE_SIZE as u64)?
         .with_context(|| format!("{}/{key} does not exist", target.describe()))?;
     let p = pointer::decode_unverified(&pointer_bytes).with_context(|| format!("reading {key}"))?;
-    let (plain_manifest, m) = read_manifest(target, &p, ids)?;
-    // A sealed host's bundle carries the sealed manifest, as the cache does.
-    let manifest_bytes = match p.manifest.sealed {
-        None => plain_manifest,
-        Some(_) => {
-            let b = target
-                .get_at_most(&p.manifest.path, p.manifest.size)?
-                .context("just read")?;
-            anyhow::ensure!(
-                nixcast_common::Sha256Hash::digest(&b) == p.manifest.sha256,
-                "{} changed while it was read",
-                p.manifest.path
-            );
-            b
-        }
-    };
+    let (manifest_bytes, m) = read_manifest(target, &p, ids)?;
     let have = base_paths(target, host, base, ids)?;
     let needed: Vec<_> = m
         .paths

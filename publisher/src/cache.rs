@@ -27,8 +27,9 @@ pub fn read_pointer(target: &Target, key: &str, keys: &[PublicKey]) -> Result<Po
 /// A manifest this large would describe some hundred thousand paths.
 const MAX_MANIFEST: u64 = 256 << 20;
 
-/// The manifest a pointer pins, checked against the pinned sha256, with its
-/// plain bytes. A sealed one is opened with `ids`.
+/// The manifest a pointer pins, checked against the pinned sha256, with the
+/// bytes stored (sealed ones stay sealed: a bundle carries them as they are).
+/// A sealed one is opened with `ids`.
 pub fn read_manifest(
     target: &Target,
     p: &Pointer,
@@ -42,8 +43,8 @@ pub fn read_manifest(
     if Sha256Hash::digest(&bytes) != p.manifest.sha256 {
         bail!("{path} does not match the sha256 its pointer pins");
     }
-    let bytes = match &p.manifest.sealed {
-        None => bytes,
+    let plain = match &p.manifest.sealed {
+        None => None,
         Some(plain) => {
             if ids.is_empty() {
                 bail!(
@@ -60,10 +61,10 @@ pub fn read_manifest(
             if opened.len() as u64 != plain.size || Sha256Hash::digest(&opened) != plain.sha256 {
                 bail!("{path} does not hold the manifest its pointer pins");
             }
-            opened
+            Some(opened)
         }
     };
-    let m = Manifest::parse(&bytes).with_context(|| path.clone())?;
+    let m = Manifest::parse(plain.as_deref().unwrap_or(&bytes)).with_context(|| path.clone())?;
     if p.store_path.as_ref().is_some_and(|t| *t != m.store_path) {
         bail!("{path} is not for the store path its pointer names");
     }

@@ -241,12 +241,15 @@ fn import(
         // temporary roots end with `nix copy`, so a collection that starts
         // before ours are in place may still take some: those are imported
         // again from staging (where they still are) and rooted again.
+        // `add_roots` realises the paths, so it fails when one is gone: only
+        // then is validity asked again (no extra process per batch).
         for attempt in 1.. {
-            if let Err(e) = store::add_roots(roots, chunk) {
-                tracing::warn!("imported paths are not protected from garbage collection: {e:#}");
-            }
+            let Err(e) = store::add_roots(roots, chunk) else {
+                break;
+            };
             let gone = store::missing(chunk)?;
             if gone.is_empty() {
+                tracing::warn!("imported paths are not protected from garbage collection: {e:#}");
                 break;
             }
             anyhow::ensure!(

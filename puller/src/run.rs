@@ -395,13 +395,14 @@ async fn fetch_manifest(cfg: &Config, p: &Pointer, ids: &[Identity]) -> Result<M
                 .get_small(&m.path, m.size)
                 .await
                 .map_err(fetch_error)?;
-            check_pin(&url, &got, m.sha256, m.size)?;
-            if m.sealed.is_some() {
+            if m.sealed.is_none() {
+                got
+            } else {
+                // Nothing is decrypted before the sealed bytes are the pinned ones.
+                check_pin(&url, &got, m.sha256, m.size)?;
                 open_sealed(ids, &got, plain.size)
                     .with_context(|| format!("manifest {url}"))
                     .map_err(RunError::Refused)?
-            } else {
-                got
             }
         }
     };

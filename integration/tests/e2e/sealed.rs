@@ -180,9 +180,20 @@ fn a_sealed_cache_shows_no_host_its_neighbours_closure() {
     assert!(vm1.valid(&closure(&f.web1)));
     assert_eq!(vm1.profile_link("system").as_deref(), Some("system-1-link"));
     assert_eq!(vm1.switch_log(), [format!("switch {}", f.web1)]);
-    // Nix checked the publisher's signatures at import.
-    let sigs = ok(&mut vm1.cmd(&["nix-store", "--query", "--hash", &f.web1]));
-    assert!(stdout(&sigs).starts_with("sha256:"));
+    // The publisher's signatures travelled in the sealed manifest, and Nix
+    // imported (and recorded) them: every path carries fleet-1's.
+    let sigs = ok(&mut vm1.cmd(&[
+        "nix",
+        "--extra-experimental-features",
+        "nix-command",
+        "path-info",
+        "--sigs",
+        "-r",
+        &f.web1,
+    ]));
+    let sigs = stdout(&sigs);
+    assert_eq!(sigs.lines().count(), closure(&f.web1).len(), "{sigs}");
+    assert!(sigs.lines().all(|l| l.contains("fleet-1:")), "{sigs}");
 
     let vm2 = Vm::new();
     let out = f.pull(&vm2, &server.url, "web2", &f.web2_key);
