@@ -9,6 +9,7 @@
 //!                                         named by the sha256 of its bytes
 //! hosts/<host>.json                       a host's current pointer
 //! hosts/<host>/<generation>.json          every pointer ever published
+//! reports/<host>.json                     a host's latest signed report
 //! ```
 
 use crate::hash::Sha256Hash;
@@ -18,6 +19,7 @@ pub const NIX_CACHE_INFO: &str = "nix-cache-info";
 pub const NIX_CACHE_INFO_TEXT: &str = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n";
 pub const SEALED_DIR: &str = "sealed";
 pub const HOSTS_DIR: &str = "hosts";
+pub const REPORTS_DIR: &str = "reports";
 
 pub fn narinfo(p: &StorePath) -> String {
     format!("{}.narinfo", p.hash_part())
@@ -25,6 +27,10 @@ pub fn narinfo(p: &StorePath) -> String {
 
 pub fn pointer(host: &str) -> String {
     format!("{HOSTS_DIR}/{host}.json")
+}
+
+pub fn report(host: &str) -> String {
+    format!("{REPORTS_DIR}/{host}.json")
 }
 
 pub fn history_dir(host: &str) -> String {

@@ -98,19 +98,25 @@ impl FromStr for Recipient {
                 short(kind)
             )));
         }
-        let key = ssh_key::PublicKey::from_openssh(s)
-            .map_err(|e| SealError::Recipient(format!("ssh-ed25519 key: {e}")))?;
-        let ed = key
-            .key_data()
-            .ed25519()
-            .ok_or_else(|| SealError::Recipient("not an ssh-ed25519 key".into()))?;
-        let point = ed25519_dalek::VerifyingKey::from_bytes(&ed.0)
-            .map_err(|_| SealError::Recipient("ssh-ed25519 key is not a curve point".into()))?;
-        if point.is_weak() {
-            return Err(SealError::Recipient("ssh-ed25519 key is weak".into()));
-        }
+        let point = ssh_ed25519(s)?;
         Ok(Self::from_montgomery(point.to_montgomery().to_bytes()))
     }
+}
+
+/// The key of an `ssh-ed25519 BASE64 [comment]` line, refused when weak.
+pub fn ssh_ed25519(s: &str) -> Result<ed25519_dalek::VerifyingKey, SealError> {
+    let key = ssh_key::PublicKey::from_openssh(s.trim())
+        .map_err(|e| SealError::Recipient(format!("ssh-ed25519 key: {e}")))?;
+    let ed = key
+        .key_data()
+        .ed25519()
+        .ok_or_else(|| SealError::Recipient("not an ssh-ed25519 key".into()))?;
+    let point = ed25519_dalek::VerifyingKey::from_bytes(&ed.0)
+        .map_err(|_| SealError::Recipient("ssh-ed25519 key is not a curve point".into()))?;
+    if point.is_weak() {
+        return Err(SealError::Recipient("ssh-ed25519 key is weak".into()));
+    }
+    Ok(point)
 }
 
 impl fmt::Display for Recipient {
@@ -139,6 +145,8 @@ fn short(s: &str) -> String {
 #[derive(Clone, Debug, Default)]
 pub struct Recipients {
     entries: Vec<(String, Recipient)>,
+    /// Each host's ssh-ed25519 keys, which verify its reports.
+    signers: Vec<(String, ed25519_dalek::VerifyingKey)>,
 }
 
 impl Recipients {
@@ -172,6 +180,10 @@ impl Recipients {
                 None => key,
             };
             let recipient = Recipient::from_str(key).map_err(|e| err(e.to_string()))?;
+            let signer = match key.starts_with("ssh-ed25519 ") {
+                true => Some(ssh_ed25519(key).map_err(|e| err(e.to_string()))?),
+                false => None,
+            };
             for h in hosts.split(',') {
                 // `[host]:port` names the same host for our purposes.
                 let h = h
@@ -182,6 +194,9 @@ impl Recipients {
                     return Err(err("empty host name".into()));
                 }
                 r.add(h, recipient.clone());
+                if let Some(k) = signer {
+                    r.signers.push((h.to_owned(), k));
+                }
             }
         }
         Ok(r)
@@ -204,6 +219,26 @@ impl Recipients {
             .filter(|(h, _)| h == host)
             .map(|(_, r)| r.clone())
             .collect()
+    }
+
+    /// The ssh-ed25519 keys listed for `host` (not `*`'s): what may sign its reports.
+    pub fn signers_of(&self, host: &str) -> Vec<ed25519_dalek::VerifyingKey> {
+        self.signers
+            .iter()
+            .filter(|(h, _)| h == host && h != ALL_HOSTS)
+            .map(|(_, k)| *k)
+            .collect()
+    }
+
+    /// Every host named, in the order first listed, without `*`.
+    pub fn hosts(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for (h, _) in &self.entries {
+            if h != ALL_HOSTS && !out.contains(&h.as_str()) {
+                out.push(h);
+            }
+        }
+        out
     }
 
     /// The recipients of every sealed object (host `*`).
