@@ -4,10 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Result;
+use std::path::Path;
+
+use anyhow::{Context, Result};
 use nixcast_common::layout;
 use nixcast_common::manifest::Manifest;
-use nixcast_common::seal::Identity;
+use nixcast_common::seal::{Identity, Recipients};
 use nixcast_common::{PublicKey, StorePath};
 use serde::Serialize;
 
@@ -27,10 +29,22 @@ struct HostRow {
     paths: Option<usize>,
     closure_nar_size: Option<u64>,
     closure_file_size: Option<u64>,
+    /// With `--recipients-file`: what the host reported, and its flags.
+    #[serde(flatten)]
+    fleet: Option<crate::fleet::Columns>,
 }
 
-pub fn hosts(target: &Target, keys: &[PublicKey], ids: &[Identity], json: bool) -> Result<()> {
+pub fn hosts(
+    target: &Target,
+    keys: &[PublicKey],
+    ids: &[Identity],
+    json: bool,
+    fleet: Option<&Recipients>,
+    html: Option<&Path>,
+) -> Result<()> {
+    let now = std::time::SystemTime::now();
     let mut rows = Vec::new();
+    let mut histories = Vec::new();
     for key in target.list(layout::HOSTS_DIR)? {
         if !key.ends_with(".json") {
             continue;
@@ -45,6 +59,15 @@ pub fn hosts(target: &Target, keys: &[PublicKey], ids: &[Identity], json: bool) 
             }
             Err(e) => return Err(e),
         };
+        let (columns, history) = match fleet {
+            Some(f) => {
+                let (c, h) =
+                    crate::fleet::columns(target, &p.host, p.generation, keys, f, ids, now)?;
+                (Some(c), h)
+            }
+            None => (None, Vec::new()),
+        };
+        histories.push(history);
         rows.push(HostRow {
             host: p.host.clone(),
             generation: p.generation,
@@ -57,7 +80,11 @@ pub fn hosts(target: &Target, keys: &[PublicKey], ids: &[Identity], json: bool) 
             closure_file_size: m
                 .as_ref()
                 .map(|m| m.paths.iter().map(|e| e.file_size).sum()),
+            fleet: columns,
         });
+    }
+    if let Some(file) = html {
+        write_html(file, &rows, &histories, now)?;
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -79,13 +106,96 @@ pub fn hosts(target: &Target, keys: &[PublicKey], ids: &[Identity], json: bool) 
             _ => "sealed (give --identity to read it)".to_owned(),
         };
         println!(
-            "{}\tgeneration {}\t{what}\tissued {}\texpires {}",
+            "{}\tgeneration {}\t{what}\tissued {}\texpires {}{}",
             r.host,
             r.generation,
             r.issued_at,
             r.expires_at.as_deref().unwrap_or("never"),
+            r.fleet.as_ref().map(fleet_text).unwrap_or_default(),
         );
     }
+    Ok(())
+}
+
+/// The report columns of a text row.
+fn fleet_text(c: &crate::fleet::Columns) -> String {
+    use nixcast_common::report::Outcome;
+    let mut out = String::new();
+    if let Some(g) = c.staged_generation {
+        out.push_str(&format!("\tstaged {g}"));
+    }
+    match (&c.report, &c.report_problem) {
+        (Some(r), _) => {
+            let applied = r
+                .applied_generation
+                .map_or_else(|| "none".to_owned(), |g| g.to_string());
+            let outcome = match r.outcome {
+                Outcome::Ok => "ok".to_owned(),
+                Outcome::Failed => match &r.error {
+                    Some(e) => format!("failed: {}: {}", e.kind, e.message),
+                    None => "failed".to_owned(),
+                },
+            };
+            let age =
+                crate::fleet::human(std::time::Duration::from_secs(c.report_age.unwrap_or(0)));
+            out.push_str(&format!(
+                "\tapplied {applied} ({outcome}), reported {age} ago"
+            ));
+        }
+        (None, Some(why)) => out.push_str(&format!("\treport NOT TRUSTED: {why}")),
+        (None, None) => out.push_str("\tno report"),
+    }
+    for (on, flag) in [
+        (c.behind, "BEHIND"),
+        (c.failed, "FAILED"),
+        (c.stale, "STALE"),
+    ] {
+        if on {
+            out.push_str(&format!("\t{flag}"));
+        }
+    }
+    out
+}
+
+/// Writes the fleet page, atomically, to `file`.
+fn write_html(
+    file: &Path,
+    rows: &[HostRow],
+    histories: &[Vec<nixcast_common::pointer::Pointer>],
+    now: std::time::SystemTime,
+) -> Result<()> {
+    let empty = crate::fleet::Columns {
+        staged_generation: None,
+        report: None,
+        report_problem: None,
+        report_age: None,
+        behind: false,
+        failed: false,
+        stale: false,
+    };
+    let page_rows: Vec<crate::fleet::html::Row<'_>> = rows
+        .iter()
+        .zip(histories)
+        .map(|(r, h)| crate::fleet::html::Row {
+            host: &r.host,
+            generation: r.generation,
+            store_path: r.store_path.as_ref().map(|p| p.to_string()),
+            sealed: r.sealed,
+            columns: r.fleet.as_ref().unwrap_or(&empty),
+            history: h,
+        })
+        .collect();
+    let page = crate::fleet::html::page(&page_rows, now);
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    std::io::Write::write_all(&mut tmp, page.as_bytes())?;
+    tmp.persist(file)
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    eprintln!("wrote {}", file.display());
     Ok(())
 }
 

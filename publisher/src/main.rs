@@ -6,10 +6,12 @@
 mod bundle;
 mod cache;
 mod compress;
+mod fleet;
 mod gc;
 mod inspect;
 mod keygen;
 mod nix;
+mod promote;
 mod publish;
 mod sealing;
 mod serve;
@@ -73,12 +75,20 @@ enum Cmd {
         /// Verify pointers with this public key (repeatable); without, they are only decoded.
         #[arg(long = "trusted-key-file", alias = "public-key-file")]
         public_key_files: Vec<PathBuf>,
-        /// Opens sealed manifests (repeatable): an operator's identity or the publisher's secret key file.
+        /// Opens sealed manifests and reports (repeatable): an operator's identity or the publisher's secret key file.
         #[arg(long = "identity")]
         identities: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// Add what each host reported, verified with the ssh-ed25519 keys this file lists for it.
+        #[arg(long)]
+        recipients_file: Option<PathBuf>,
+        /// Also write the fleet as one self-contained HTML page to FILE.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
     },
+    /// Make a staged generation current: sign a fresh pointer for it.
+    Promote(PromoteArgs),
     /// What changed between two generations of a host (default: the latest and the one before).
     Diff {
         /// The cache: a directory, file://DIR or s3://BUCKET/PREFIX?….
@@ -157,7 +167,43 @@ enum Cmd {
         /// How long a response may wait for the client to take more of it.
         #[arg(long, default_value = "60s", value_parser = parse_timeout)]
         send_timeout: Duration,
+        /// Take `PUT /reports/HOST.json` when signed by a key --recipients-file lists for HOST.
+        #[arg(long, requires = "recipients_file")]
+        accept_reports: bool,
+        /// Lists each host's ssh-ed25519 keys (`HOST ssh-ed25519 BASE64`), which sign its reports.
+        #[arg(long, requires = "accept_reports")]
+        recipients_file: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct PromoteArgs {
+    /// The cache: a directory, file://DIR or s3://BUCKET/PREFIX?….
+    #[arg(long = "cache", value_name = "CACHE")]
+    cache: String,
+    /// A host to promote (repeatable).
+    #[arg(long = "host", required = true)]
+    hosts: Vec<String>,
+    #[arg(long)]
+    secret_key_file: PathBuf,
+    /// The staged generation to promote (default: the highest).
+    #[arg(long)]
+    generation: Option<u64>,
+    /// Refuse unless this host runs its newest generation, healthy (repeatable).
+    #[arg(long = "after", value_name = "CANARY", requires = "recipients_file")]
+    after: Vec<String>,
+    /// How long each canary must have run its newest generation.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    healthy_for: Duration,
+    /// Lists each canary's ssh-ed25519 keys, which verify its reports.
+    #[arg(long)]
+    recipients_file: Option<PathBuf>,
+    /// Opens sealed reports (repeatable): an operator's identity or the publisher's secret key file.
+    #[arg(long = "identity")]
+    identities: Vec<PathBuf>,
+    /// How long the new pointer stays valid ("30d", "12h"), or "never".
+    #[arg(long, default_value = "30d", value_parser = parse_expiry)]
+    expires_in: Expiry,
 }
 
 #[derive(clap::Args)]
@@ -208,6 +254,9 @@ struct PublishArgs {
     /// Seal the hosts of this command to KEY too (`ssh-ed25519 BASE64` or `age1…`; repeatable).
     #[arg(long = "recipient", value_name = "KEY")]
     recipients: Vec<String>,
+    /// Write everything but the host's pointer: `nixcast promote` makes the generation current.
+    #[arg(long)]
+    stage: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -312,12 +361,35 @@ fn run(cmd: Cmd) -> Result<()> {
             public_key_files,
             identities,
             json,
+            recipients_file,
+            html,
         } => inspect::hosts(
             &target::Target::open_existing(&to)?,
             &load_public_keys(&public_key_files)?,
             &load_identities(&identities)?,
             json,
+            recipients_file
+                .as_deref()
+                .map(load_recipients)
+                .transpose()?
+                .as_ref(),
+            html.as_deref(),
         ),
+        Cmd::Promote(a) => {
+            let opts = promote::Options {
+                key: load_secret_key(&a.secret_key_file)?,
+                generation: a.generation,
+                expires_in: a.expires_in.0,
+                after: a.after,
+                healthy_for: a.healthy_for,
+                fleet: match &a.recipients_file {
+                    Some(f) => load_recipients(f)?,
+                    None => Recipients::default(),
+                },
+                ids: load_identities(&a.identities)?,
+            };
+            promote::promote(&target::Target::open_existing(&a.cache)?, &a.hosts, &opts)
+        }
         Cmd::Diff {
             to,
             host,
@@ -346,8 +418,14 @@ fn run(cmd: Cmd) -> Result<()> {
             max_connections,
             header_timeout,
             send_timeout,
+            accept_reports,
+            recipients_file,
         } => {
             let dir = dir.or(dir_positional).expect("clap requires one");
+            let reports = match (accept_reports, &recipients_file) {
+                (true, Some(f)) => Some(serve::Reports::new(load_recipients(f)?, header_timeout)),
+                _ => None,
+            };
             let limits = serve::Limits {
                 max_connections,
                 header_timeout,
@@ -366,7 +444,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 let shutdown = async {
                     let _ = tokio::signal::ctrl_c().await;
                 };
-                serve::run(listener, dir, limits, shutdown).await?;
+                serve::run(listener, dir, limits, reports, shutdown).await?;
                 Ok(())
             })
         }
@@ -437,6 +515,7 @@ fn publish_cmd(a: PublishArgs) -> Result<()> {
                 .collect::<Result<_>>()?,
         )?,
         sealing,
+        stage: a.stage,
     };
     // One host after another: paths shared by several are found in the
     // target by the later ones, so each is compressed and written once.
@@ -471,6 +550,19 @@ fn publish_cmd(a: PublishArgs) -> Result<()> {
         failed.join(", ")
     );
     Ok(())
+}
+
+fn load_secret_key(file: &std::path::Path) -> Result<SecretKey> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    SecretKey::parse(&text)
+        .with_context(|| format!("cannot load the secret key {}", file.display()))
+}
+
+fn load_recipients(file: &std::path::Path) -> Result<Recipients> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    Recipients::parse(&text).with_context(|| format!("recipients file {}", file.display()))
 }
 
 fn load_public_keys(files: &[PathBuf]) -> Result<Vec<nixcast_common::PublicKey>> {

@@ -32,6 +32,9 @@ pub struct Options {
     pub upstreams: crate::upstream::Upstreams,
     /// Which hosts are sealed, and to whom.
     pub sealing: crate::sealing::Sealing,
+    /// Write everything but the host's pointer: the history entry is the
+    /// staged pointer, which `nixcast promote` makes current.
+    pub stage: bool,
 }
 
 #[derive(Debug)]
@@ -53,13 +56,16 @@ pub struct Summary {
     pub reused_paths: usize,
     pub upstream_paths: usize,
     pub bytes_written: u64,
+    /// Only staged: the host's pointer was not written.
+    pub staged: bool,
 }
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "published {} generation {}: {} ({} new paths, {} reused, {} from upstream, {} written)",
+            "{} {} generation {}: {} ({} new paths, {} reused, {} from upstream, {} written)",
+            if self.staged { "staged" } else { "published" },
             self.host,
             self.generation,
             self.store_path,
@@ -267,7 +273,9 @@ pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> 
     let envelope = pointer.sign(&opts.key);
     target.sync()?;
     target.put_new(&layout::history(host, pointer.generation), &envelope)?;
-    target.put(&layout::pointer(host), &envelope)?;
+    if !opts.stage {
+        target.put(&layout::pointer(host), &envelope)?;
+    }
     target.sync()?;
     Ok(Outcome::Published(Summary {
         host: host.to_owned(),
@@ -277,6 +285,7 @@ pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> 
         reused_paths,
         upstream_paths,
         bytes_written,
+        staged: opts.stage,
     }))
 }
 

@@ -23,7 +23,8 @@
 //! - no multi-range (`multipart/byteranges`): such a request gets the whole
 //!   file, which HTTP allows;
 //! - no `If-Match` / `If-Unmodified-Since` (they guard writes, and there are
-//!   none), no compression, no TLS, no writes of any kind.
+//!   none), no compression, no TLS, no writes of any kind, except, with
+//!   `--accept-reports`, a host's signed report (`serve/accept.rs`).
 
 use std::fs::Metadata;
 use std::future::Future;
@@ -79,13 +80,20 @@ const ERROR_CACHE_CONTROL: &str = "no-store";
 /// The latest time `httpdate` can format (end of year 9999); it panics past it.
 const LATEST_HTTP_DATE: Duration = Duration::from_secs(253_402_300_799);
 
-/// Builds the service for the directory `root`.
+/// The files of a cache, and the reports it takes, if it takes them.
+struct Served {
+    root: Arc<PathBuf>,
+    reports: Option<Reports>,
+}
+
+/// Builds the service for the directory `root`, taking hosts' reports when
+/// `reports` is given.
 ///
 /// The root is canonicalized once, here. If that fails the router still
 /// answers, but fails closed: no file's real path starts with a path that is
 /// not canonical, so every request gets 404. [`run`] checks the root first and
 /// reports the error instead.
-pub fn router(root: PathBuf) -> Router {
+pub fn router(root: PathBuf, reports: Option<Reports>) -> Router {
     let root = match root.canonicalize() {
         Ok(canonical) => canonical,
         Err(err) => {
@@ -97,7 +105,11 @@ pub fn router(root: PathBuf) -> Router {
             root
         }
     };
-    Router::new().fallback(handle).with_state(Arc::new(root))
+    let served = Served {
+        root: Arc::new(root),
+        reports,
+    };
+    Router::new().fallback(handle).with_state(Arc::new(served))
 }
 
 /// What clients may hold of the server. A client that is slow, or many of
@@ -153,8 +165,8 @@ fn connections_within_fd_limit(wanted: usize) -> usize {
     wanted
 }
 
-/// Serves `root` on `listener` until `shutdown` completes, then lets the
-/// requests in flight finish.
+/// Serves `root` on `listener` (taking hosts' reports when `reports` is
+/// given) until `shutdown` completes, then lets the requests in flight finish.
 ///
 /// Fails at once if `root` is not a directory, so that a typo in the command
 /// line is an error rather than a server that answers 404 to everything.
@@ -165,6 +177,7 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     root: PathBuf,
     limits: Limits,
+    reports: Option<Reports>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let canonical = checked_root(&root).await?;
@@ -173,9 +186,10 @@ pub async fn run(
         addr = %listener.local_addr()?,
         root = %canonical.display(),
         max_connections,
-        "serving the cache read-only"
+        accept_reports = reports.is_some(),
+        "serving the cache"
     );
-    let app = router(canonical);
+    let app = router(canonical, reports);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
@@ -336,12 +350,18 @@ async fn checked_root(root: &Path) -> io::Result<PathBuf> {
 }
 
 async fn handle(
-    State(root): State<Arc<PathBuf>>,
+    State(served): State<Arc<Served>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    body: Body,
 ) -> Response {
-    let response = respond(&root, &method, uri.path(), &headers).await;
+    let response = match &served.reports {
+        Some(reports) if method == Method::PUT => {
+            accept::put(reports, served.root.clone(), uri.path(), &headers, body).await
+        }
+        _ => respond(&served.root, &method, uri.path(), &headers).await,
+    };
     let status = response.status().as_u16();
     tracing::debug!(%method, path = uri.path(), status, "request");
     response
@@ -796,6 +816,9 @@ fn digits(text: &str) -> Option<u64> {
     }
     text.parse().ok()
 }
+
+mod accept;
+pub use accept::Reports;
 
 #[cfg(test)]
 mod tests;

@@ -28,6 +28,10 @@ impl Server {
     }
 
     async fn start_with(limits: Limits) -> Server {
+        Self::start_full(limits, None).await
+    }
+
+    async fn start_full(limits: Limits, reports: Option<Reports>) -> Server {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("root")).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -36,7 +40,13 @@ impl Server {
         let shutdown = async move {
             let _ = stopped.await;
         };
-        let task = tokio::spawn(run(listener, dir.path().join("root"), limits, shutdown));
+        let task = tokio::spawn(run(
+            listener,
+            dir.path().join("root"),
+            limits,
+            reports,
+            shutdown,
+        ));
         // reqwest builds its TLS config even for plain http, so it needs a
         // provider; another test may have installed it already.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -740,6 +750,7 @@ async fn run_refuses_a_root_that_is_not_a_directory() {
             listener,
             root.clone(),
             Limits::default(),
+            None,
             std::future::pending(),
         )
         .await
@@ -786,4 +797,183 @@ fn file_times_are_clamped_to_what_http_dates_can_say() {
         httpdate::fmt_http_date(http_time(far)),
         "Fri, 31 Dec 9999 23:59:59 GMT"
     );
+}
+
+// Reports (`--accept-reports`), with two keys made by
+// `ssh-keygen -t ed25519 -N ''`: one listed for canary, one for web.
+const CANARY_KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----
+b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
+QyNTUxOQAAACAd5hcH5kRelNFJ7uozTK1WfEEbC9E2nXoex1IU9QoGRAAAAJBj4uIYY+Li
+GAAAAAtzc2gtZWQyNTUxOQAAACAd5hcH5kRelNFJ7uozTK1WfEEbC9E2nXoex1IU9QoGRA
+AAAEAl259VlvruKKmxSUw42829SR51eWl6+oBanAw2lCHM6R3mFwfmRF6U0Unu6jNMrVZ8
+QRsL0Tadeh7HUhT1CgZEAAAABmNhbmFyeQECAwQFBgc=
+-----END OPENSSH PRIVATE KEY-----
+";
+const WEB_KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----
+b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
+QyNTUxOQAAACDY+rpezahdMFprfb6JZHwnSLwbkvt9LUeatNOEhTe2GwAAAIhkHOyZZBzs
+mQAAAAtzc2gtZWQyNTUxOQAAACDY+rpezahdMFprfb6JZHwnSLwbkvt9LUeatNOEhTe2Gw
+AAAEC4jHK5cHtUMVaHrybra0gTNtA7x4rPJhnKWX3UFaLWQ9j6ul7NqF0wWmt9volkfCdI
+vBuS+30tR5q004SFN7YbAAAAA3dlYgEC
+-----END OPENSSH PRIVATE KEY-----
+";
+const FLEET: &str = "\
+canary ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB3mFwfmRF6U0Unu6jNMrVZ8QRsL0Tadeh7HUhT1CgZE canary
+web ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINj6ul7NqF0wWmt9volkfCdIvBuS+30tR5q004SFN7Yb web
+";
+
+fn a_report(host: &str, at: nixcast_common::pointer::Timestamp) -> nixcast_common::report::Report {
+    use nixcast_common::report::{Outcome, Report};
+    Report {
+        host: host.into(),
+        pointer_generation: Some(2),
+        applied_generation: Some(2),
+        applied_store_path: None,
+        applied_at: Some(at),
+        outcome: Outcome::Ok,
+        error: None,
+        last_failure: None,
+        at,
+        interval: 3600,
+        booted_system: None,
+        current_system: None,
+        agent_version: "0.1.0".into(),
+        reboot_pending: None,
+    }
+}
+
+fn signed(host: &str, key: &str, at: nixcast_common::pointer::Timestamp) -> Vec<u8> {
+    let key = nixcast_common::report::HostKey::from_openssh(key.as_bytes(), "test").unwrap();
+    a_report(host, at).sign(&key, &[]).unwrap()
+}
+
+async fn accepting() -> Server {
+    let fleet = nixcast_common::seal::Recipients::parse(FLEET).unwrap();
+    let server = Server::start_full(
+        Limits::default(),
+        Some(Reports::new(fleet, Duration::from_secs(10))),
+    )
+    .await;
+    // A cache directory, as `nixcast publish` leaves one.
+    std::fs::create_dir(server.root().join("nar")).unwrap();
+    server
+}
+
+impl Server {
+    async fn put_report(&self, path: &str, body: Vec<u8>) -> (u16, String) {
+        let r = self
+            .request(reqwest::Method::PUT, path)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+}
+
+#[tokio::test]
+async fn a_report_signed_by_its_hosts_key_is_stored_and_nothing_else_is() {
+    use nixcast_common::pointer::Timestamp;
+    let server = accepting().await;
+    let stored = server.root().join("reports/web.json");
+    let now = Timestamp::now();
+    let good = signed("web", WEB_KEY, now);
+    assert_eq!(
+        server.put_report("/reports/web.json", good.clone()).await.0,
+        204
+    );
+    assert_eq!(std::fs::read(&stored).unwrap(), good);
+    // It is served back like any file.
+    let got = server.get("/reports/web.json").send().await.unwrap();
+    assert_eq!(got.bytes().await.unwrap(), good);
+
+    // Signed by another host's key, unsigned, for another host, or garbage: 403, nothing written.
+    let by_canary = signed("web", CANARY_KEY, now);
+    let (status, text) = server.put_report("/reports/web.json", by_canary).await;
+    assert_eq!(status, 403, "{text}");
+    assert!(
+        text.contains("not signed by a key listed for host web"),
+        "{text}"
+    );
+    let mut env: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    env["signatures"] = serde_json::json!([]);
+    let unsigned = serde_json::to_vec(&env).unwrap();
+    assert_eq!(
+        server.put_report("/reports/web.json", unsigned).await.0,
+        403
+    );
+    let canarys = signed("canary", CANARY_KEY, now);
+    let (status, text) = server.put_report("/reports/web.json", canarys).await;
+    assert_eq!(status, 403, "{text}");
+    assert_eq!(
+        server
+            .put_report("/reports/web.json", b"{}".to_vec())
+            .await
+            .0,
+        403
+    );
+    assert_eq!(std::fs::read(&stored).unwrap(), good);
+    // A host the file does not list has no key to sign with.
+    let (status, text) = server
+        .put_report("/reports/db.json", signed("db", WEB_KEY, now))
+        .await;
+    assert_eq!(status, 403);
+    assert!(text.contains("no ssh-ed25519 key"), "{text}");
+
+    // Nothing but reports is writable, however the path is spelled.
+    for path in [
+        "/hosts/web.json",
+        "/reports/web",
+        "/reports/web.json.tmp",
+        "/reports/../hosts/web.json",
+        "/reports/%2e%2e%2fhosts%2fweb.json",
+        "/reports/sub/web.json",
+        "/nix-cache-info",
+    ] {
+        let (status, _) = server.put_report(path, good.clone()).await;
+        assert_eq!(status, 403, "{path}");
+    }
+    assert!(!server.root().join("hosts").exists());
+    assert!(!server.root().join("nix-cache-info").exists());
+    let (status, _) = server.raw("DELETE", "/reports/web.json").await;
+    assert_eq!(status, 405);
+    assert_eq!(std::fs::read(&stored).unwrap(), good);
+
+    // An older report (a replay) does not replace a newer one; a newer does.
+    let before = Timestamp::from_system_time(now.system_time() - Duration::from_secs(60));
+    let (status, _) = server
+        .put_report("/reports/web.json", signed("web", WEB_KEY, before))
+        .await;
+    assert_eq!(status, 409);
+    assert_eq!(std::fs::read(&stored).unwrap(), good);
+    let later = signed("web", WEB_KEY, now.plus(Duration::from_secs(60)));
+    assert_eq!(
+        server
+            .put_report("/reports/web.json", later.clone())
+            .await
+            .0,
+        204
+    );
+    assert_eq!(std::fs::read(&stored).unwrap(), later);
+
+    // A body beyond the limit is refused unread.
+    let big = vec![b' '; nixcast_common::report::MAX_REPORT_SIZE + 1];
+    assert_eq!(server.put_report("/reports/web.json", big).await.0, 413);
+    assert_eq!(std::fs::read(&stored).unwrap(), later);
+    // No temporary file is left behind.
+    assert_eq!(
+        std::fs::read_dir(server.root().join("nar"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn without_accept_reports_a_put_is_not_allowed() {
+    let server = Server::start().await;
+    let body = signed("web", WEB_KEY, nixcast_common::pointer::Timestamp::now());
+    let (status, _) = server.put_report("/reports/web.json", body).await;
+    assert_eq!(status, 405);
+    assert!(!server.root().join("reports").exists());
 }

@@ -1,0 +1,167 @@
+//! `nixcast promote`: makes a staged generation current.
+//!
+//! `publish --stage` writes a generation's history entry
+//! `hosts/HOST/N.json` but not the host's pointer. Promoting signs a fresh
+//! pointer for it (issued now, with a new expiry) and writes it as
+//! `hosts/HOST.json`; the history entry, written before, stays as it was
+//! staged. A host's generation is never lowered.
+//!
+//! With `--after`, nothing is promoted unless every canary named is healthy
+//! on its newest published generation, by its latest verified report (see
+//! [`crate::fleet::canary_refusal`]).
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, ensure, Context, Result};
+use nixcast_common::pointer::{Pointer, Timestamp};
+use nixcast_common::seal::{Identity, Recipients};
+use nixcast_common::{layout, SecretKey};
+
+use crate::fleet::{self, Seen};
+use crate::target::Target;
+
+pub struct Options {
+    pub key: SecretKey,
+    /// The generation to promote; default the highest staged one.
+    pub generation: Option<u64>,
+    pub expires_in: Option<Duration>,
+    /// Canaries that must be healthy first.
+    pub after: Vec<String>,
+    pub healthy_for: Duration,
+    /// Lists each canary's ssh-ed25519 keys, which verify its reports.
+    pub fleet: Recipients,
+    /// Open sealed reports.
+    pub ids: Vec<Identity>,
+}
+
+/// What promoting one host did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Done {
+    Promoted {
+        from: Option<u64>,
+        to: u64,
+    },
+    /// The pointer is already at the generation asked for (or no higher one is staged).
+    AlreadyAt(u64),
+}
+
+/// Checks the canaries, then promotes each host; prints what it did for each.
+pub fn promote(target: &Target, hosts: &[String], opts: &Options) -> Result<()> {
+    check_canaries(target, opts)?;
+    let mut failed = Vec::new();
+    for host in hosts {
+        match promote_host(target, host, opts) {
+            Ok(Done::Promoted { from, to }) => {
+                let from = from.map_or_else(|| "none".to_owned(), |g| g.to_string());
+                println!("promoted {host} to generation {to} (was {from})");
+            }
+            Ok(Done::AlreadyAt(g)) => {
+                println!("{host} is at generation {g}, no higher one is staged: nothing to promote")
+            }
+            Err(e) => {
+                eprintln!("error: {host}: {e:#}");
+                failed.push(host.as_str());
+            }
+        }
+    }
+    ensure!(
+        failed.is_empty(),
+        "{} of {} hosts failed: {}",
+        failed.len(),
+        hosts.len(),
+        failed.join(", ")
+    );
+    Ok(())
+}
+
+/// Refuses, naming each canary and why, unless all of them are healthy.
+fn check_canaries(target: &Target, opts: &Options) -> Result<()> {
+    let keys = [opts.key.public()];
+    let now = SystemTime::now();
+    let mut refusals = Vec::new();
+    for canary in &opts.after {
+        crate::cache::check_host(canary)?;
+        let current =
+            fleet::current(target, canary, &keys).with_context(|| format!("canary {canary}"))?;
+        let seen = fleet::read_report(target, canary, &opts.fleet, &opts.ids);
+        let generation = current.as_ref().map(|p| p.generation);
+        match fleet::canary_refusal(generation, &seen, opts.healthy_for, now) {
+            Some(why) => refusals.push(format!("canary {canary}: {why}")),
+            None => {
+                if let Seen::Verified(r) = &seen {
+                    tracing::info!(canary, generation, at = %r.at, "canary is healthy");
+                }
+            }
+        }
+    }
+    if !refusals.is_empty() {
+        bail!("refusing to promote: {}", refusals.join("; "));
+    }
+    Ok(())
+}
+
+fn promote_host(target: &Target, host: &str, opts: &Options) -> Result<Done> {
+    crate::cache::check_host(host)?;
+    let keys = [opts.key.public()];
+    let current = fleet::current(target, host, &keys).with_context(|| {
+        format!(
+            "the current pointer of {host} does not verify with key {}",
+            opts.key.name()
+        )
+    })?;
+    let at = current.as_ref().map(|p| p.generation);
+    let staged: Pointer = match opts.generation {
+        Some(n) => {
+            let key = layout::history(host, n);
+            let p = crate::cache::read_pointer(target, &key, &keys)?;
+            ensure!(
+                p.host == host && p.generation == n,
+                "{}/{key} names another host or generation",
+                target.describe()
+            );
+            p
+        }
+        None => match fleet::history(target, host, &keys, 1)?.pop() {
+            Some(p) => p,
+            None => bail!(
+                "{host} has no generation published with key {}",
+                opts.key.name()
+            ),
+        },
+    };
+    if let Some(at) = at {
+        if staged.generation == at {
+            return Ok(Done::AlreadyAt(at));
+        }
+        if staged.generation < at {
+            ensure!(
+                opts.generation.is_none(),
+                "{host} is at generation {at}: promoting generation {} would lower it",
+                staged.generation
+            );
+            return Ok(Done::AlreadyAt(at));
+        }
+    }
+    let issued_at = Timestamp::now();
+    if let Some(last) = current.as_ref().map(|p| p.issued_at) {
+        ensure!(
+            last <= issued_at,
+            "this machine's clock ({issued_at}) is behind the time the current pointer of \
+             {host} was issued ({last}); fix the clock"
+        );
+    }
+    let pointer = Pointer {
+        issued_at,
+        expires_at: opts.expires_in.map(|d| issued_at.plus(d)),
+        ..staged
+    };
+    let envelope = pointer.sign(&opts.key);
+    // The history entry (read above) is in place: only the pointer is new.
+    target.sync()?;
+    target.put(&layout::pointer(host), &envelope)?;
+    target.sync()?;
+    Ok(Done::Promoted {
+        from: at,
+        to: pointer.generation,
+    })
+}
