@@ -108,18 +108,18 @@ pub fn canary_refusal(
         Seen::Unverifiable(why) => return Some(format!("its report is not trusted: {why}")),
         Seen::Verified(r) => r,
     };
-    if r.applied_generation != Some(current) {
-        return Some(match r.applied_generation {
-            Some(g) => format!("it runs generation {g}, not its newest generation {current}"),
-            None => format!("it has applied no generation (its newest is {current})"),
-        });
-    }
     if r.outcome == Outcome::Failed {
         let why = r.error.as_ref().map_or_else(
             || "no reason given".to_owned(),
             |e| format!("{}: {}", clean(&e.kind), clean(&e.message)),
         );
         return Some(format!("its last run failed ({why})"));
+    }
+    if r.applied_generation != Some(current) {
+        return Some(match r.applied_generation {
+            Some(g) => format!("it runs generation {g}, not its newest generation {current}"),
+            None => format!("it has applied no generation (its newest is {current})"),
+        });
     }
     let Some(applied_at) = r.applied_at else {
         return Some("its report does not say when it applied its generation".into());

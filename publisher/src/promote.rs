@@ -8,7 +8,8 @@
 //!
 //! With `--after`, nothing is promoted unless every canary named is healthy
 //! on its newest published generation, by its latest verified report (see
-//! [`crate::fleet::canary_refusal`]).
+//! [`crate::fleet::canary_refusal`]), and has no newer generation staged
+//! (it would not have tried that one yet).
 
 use std::time::{Duration, SystemTime};
 
@@ -83,8 +84,18 @@ fn check_canaries(target: &Target, opts: &Options) -> Result<()> {
         crate::cache::check_host(canary)?;
         let current =
             fleet::current(target, canary, &keys).with_context(|| format!("canary {canary}"))?;
-        let seen = fleet::read_report(target, canary, &opts.fleet, &opts.ids);
         let generation = current.as_ref().map(|p| p.generation);
+        // A canary with a newer generation staged has not tried it yet.
+        let newest = fleet::history(target, canary, &keys, 1)?
+            .pop()
+            .map(|p| p.generation);
+        if let Some(staged) = newest.filter(|n| Some(*n) > generation) {
+            refusals.push(format!(
+                "canary {canary}: its generation {staged} is staged, not promoted"
+            ));
+            continue;
+        }
+        let seen = fleet::read_report(target, canary, &opts.fleet, &opts.ids);
         match fleet::canary_refusal(generation, &seen, opts.healthy_for, now) {
             Some(why) => refusals.push(format!("canary {canary}: {why}")),
             None => {

@@ -239,6 +239,11 @@ impl Vm {
 
     /// `nixcast-pull run` inside the VM, with its state in the VM's /nix/var/nixcast.
     pub fn pull(&self, cache: &str, keys: &Keys, extra: &[&str]) -> Output {
+        self.pull_host(cache, "foobar", keys, extra)
+    }
+
+    /// `pull` for another host than foobar.
+    pub fn pull_host(&self, cache: &str, host: &str, keys: &Keys, extra: &[&str]) -> Output {
         let bin = nixcast_pull_path();
         let mut args = vec![
             bin.to_str().unwrap(),
@@ -246,7 +251,7 @@ impl Vm {
             "--cache",
             cache,
             "--host",
-            "foobar",
+            host,
             "--trusted-key",
             keys.public_text.as_str(),
             "--state-dir",
@@ -292,10 +297,16 @@ pub struct Server {
 
 impl Server {
     pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// `start` with more arguments to `nixcast serve`.
+    pub fn start_with(dir: &Path, extra: &[&std::ffi::OsStr]) -> Self {
         let mut child = nixcast()
             .args(["serve", "--cache"])
             .arg(dir)
             .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
             .env("NIXCAST_LOG", "nixcast=debug")
             .stderr(Stdio::piped())
             .spawn()
