@@ -13,6 +13,10 @@ command -v xz >/dev/null || need_apt+=(xz-utils)
 [ -x /usr/bin/time ] || need_apt+=(time)
 # nginx with basic auth stands in for a private cache (tests/e2e/private.rs).
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+# Headless Chromium renders the fleet page of `nixcast hosts --html` (tests/e2e/fleet.rs).
+command -v chromium >/dev/null || need_apt+=(chromium)
+# ssh-keygen makes the test hosts' SSH keys, which sign their reports.
+command -v ssh-keygen >/dev/null || need_apt+=(openssh-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
