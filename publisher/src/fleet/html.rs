@@ -129,7 +129,13 @@ pub fn page(rows: &[Row<'_>], now: SystemTime) -> String {
             host = escape(r.host),
         );
     }
-    h.push_str("</table>\n<h2>Generations</h2>\n");
+    h.push_str(
+        "</table>\n<h2>Generations</h2>\n<p class=\"legend\">\
+         <span class=\"gen current\">current pointer</span> \
+         <span class=\"gen staged\">staged</span> \
+         <span class=\"gen applied\">applied</span> \
+         <span class=\"gen failed\">failed</span></p>\n",
+    );
     for r in rows {
         let report = r.columns.report.as_ref();
         let applied = report.and_then(|s| s.applied_generation);
