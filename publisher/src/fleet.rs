@@ -234,7 +234,9 @@ pub struct Summary {
 }
 
 /// A host's row additions and its history (highest generation first, at
-/// most [`TIMELINE`] of them), for a host whose pointer is at `generation`.
+/// most `timeline` of them, at least the highest), for a host whose pointer
+/// is at `generation`.
+#[allow(clippy::too_many_arguments)]
 pub fn columns(
     target: &Target,
     host: &str,
@@ -243,8 +245,9 @@ pub fn columns(
     fleet: &Recipients,
     ids: &[Identity],
     now: SystemTime,
+    timeline: usize,
 ) -> Result<(Columns, Vec<Pointer>)> {
-    let history = history(target, host, keys, TIMELINE)?;
+    let history = history(target, host, keys, timeline.max(1))?;
     let staged_generation = history
         .first()
         .map(|p| p.generation)

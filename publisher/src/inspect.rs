@@ -45,6 +45,12 @@ pub fn hosts(
     let now = std::time::SystemTime::now();
     let mut rows = Vec::new();
     let mut histories = Vec::new();
+    // The timeline is read only for the page; the table needs the highest generation.
+    let timeline = if html.is_some() {
+        crate::fleet::TIMELINE
+    } else {
+        1
+    };
     for key in target.list(layout::HOSTS_DIR)? {
         if !key.ends_with(".json") {
             continue;
@@ -61,10 +67,22 @@ pub fn hosts(
         };
         let (columns, history) = match fleet {
             Some(f) => {
-                let (c, h) =
-                    crate::fleet::columns(target, &p.host, p.generation, keys, f, ids, now)?;
+                let (c, h) = crate::fleet::columns(
+                    target,
+                    &p.host,
+                    p.generation,
+                    keys,
+                    f,
+                    ids,
+                    now,
+                    timeline,
+                )?;
                 (Some(c), h)
             }
+            None if html.is_some() => (
+                None,
+                crate::fleet::history(target, &p.host, keys, timeline)?,
+            ),
             None => (None, Vec::new()),
         };
         histories.push(history);
