@@ -6,6 +6,7 @@
 //! without them the tests fail and say so, they never skip.
 
 mod bundle;
+mod fleet;
 mod gc;
 mod hardening;
 mod harness;
