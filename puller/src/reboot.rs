@@ -35,7 +35,7 @@ fn kernel_of(system: &Path) -> [Option<PathBuf>; 3] {
 
 /// Whether `system` boots another kernel, initrd or modules than the booted system.
 fn differs(system: &Path, booted: &Path) -> bool {
-    if std::fs::symlink_metadata(booted).is_err() {
+    if std::fs::metadata(booted).is_err() {
         tracing::debug!(booted = %booted.display(), "no booted system to compare kernels with");
         return false;
     }
@@ -134,5 +134,42 @@ pub fn reboot(cfg: &Config, status: &mut Status) -> anyhow::Result<()> {
                 Err(e) => Err(e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn system(root: &Path, name: &str, kernel: &str, initrd: &str) -> PathBuf {
+        let s = root.join(name);
+        std::fs::create_dir(&s).unwrap();
+        symlink(format!("/nix/store/{kernel}/bzImage"), s.join("kernel")).unwrap();
+        symlink(format!("/nix/store/{initrd}/initrd"), s.join("initrd")).unwrap();
+        symlink(
+            format!("/nix/store/{kernel}/lib/modules"),
+            s.join("kernel-modules"),
+        )
+        .unwrap();
+        s
+    }
+
+    #[test]
+    fn kernel_initrd_and_modules_decide() {
+        let d = tempfile::tempdir().unwrap();
+        let booted = system(d.path(), "booted", "linux-6.1", "initrd-1");
+        let same = system(d.path(), "same", "linux-6.1", "initrd-1");
+        let kernel = system(d.path(), "kernel", "linux-6.2", "initrd-1");
+        let initrd = system(d.path(), "initrd", "linux-6.1", "initrd-2");
+        assert!(!differs(&same, &booted));
+        assert!(differs(&kernel, &booted));
+        assert!(differs(&initrd, &booted));
+        // A system without the links (not NixOS) against one with them.
+        let bare = d.path().join("bare");
+        std::fs::create_dir(&bare).unwrap();
+        assert!(differs(&bare, &booted));
+        // No booted system to compare with: never a reboot.
+        assert!(!differs(&kernel, &d.path().join("missing")));
     }
 }
