@@ -358,3 +358,61 @@ fn keep_generations_leaves_two_and_removes_the_dead_paths() {
     assert!(err.contains("bytes_freed="), "{err}");
     assert!(!err.contains("bytes_freed=0 "), "{err}");
 }
+
+#[test]
+fn a_report_goes_into_a_bucket_with_the_hosts_credentials() {
+    let moto = crate::s3::Moto::start_with(&[]);
+    let (work, cache, keys) = scene();
+    let (host_key, host_pub) = ssh_key(work.path(), "foobar");
+    let sys = build("report-s3");
+    publish(&cache, "foobar", &sys, &keys, &[]);
+    let boto = |code: &str| {
+        let script = format!(
+            "import boto3\ns3 = boto3.client('s3', endpoint_url='{}', region_name='us-east-1', \
+             aws_access_key_id='testing', aws_secret_access_key='testing')\n{code}",
+            moto.endpoint()
+        );
+        ok(Command::new("python3").args(["-c", &script]))
+    };
+    boto("s3.create_bucket(Bucket='fleet-reports')");
+    let to = format!(
+        "s3://fleet-reports/agents?endpoint={}&region=us-east-1",
+        moto.endpoint()
+    );
+    let vm = Vm::new();
+    let bin = nixcast_pull_path();
+    let out = vm
+        .cmd(&[
+            bin.to_str().unwrap(),
+            "run",
+            "--cache",
+            cache.to_str().unwrap(),
+            "--host",
+            "foobar",
+            "--trusted-key",
+            &keys.public_text,
+            "--state-dir",
+            "/nix/var/nixcast",
+            "--allow-insecure-http",
+            "--identity",
+            host_key.to_str().unwrap(),
+            "--report-to",
+            &to,
+        ])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("report sent"), "{err}");
+    assert!(!err.contains("testing"), "a credential in the log: {err}");
+    let got = work.path().join("got.json");
+    boto(&format!(
+        "s3.download_file('fleet-reports', 'agents/reports/foobar.json', '{}')",
+        got.display()
+    ));
+    let r = verified(&std::fs::read(&got).unwrap(), &host_pub);
+    assert_eq!(r.applied_store_path.as_deref(), Some(sys.as_str()));
+}
