@@ -638,7 +638,9 @@ fn rollback(cfg: &Config, previous: Option<u64>) -> String {
             "rolled the profile back to generation {generation}, which points to no store path"
         );
     };
-    match activate::activate(&top, cfg.action) {
+    // With --allow-reboot, a generation whose kernel is not the running one
+    // goes back to being the next boot's, never switched to.
+    match activate::activate(&top, crate::reboot::action_for(cfg, &top)) {
         Ok(st) if st.success() => format!("rolled back to profile generation {generation} ({top})"),
         Ok(st) => format!("rolled the profile back to generation {generation}, but its activation exited with {st}"),
         Err(e) => format!("rolled the profile back to generation {generation}, but cannot activate it: {e:#}"),

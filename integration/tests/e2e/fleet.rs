@@ -260,13 +260,34 @@ fn a_new_kernel_is_booted_and_rebooted_into_inside_the_window_only() {
     pull(&inside);
     assert_eq!(reboot_count(), 1, "rebooted twice for one system");
 
+    // A newer kernel whose boot fails: the rollback makes generation 3 the
+    // next boot's again, never switches the running kernel to it.
+    let gen4 = Fixture {
+        version: "kernel4",
+        kernel: "6.3",
+        switch_exit: 1,
+        ..Default::default()
+    }
+    .build();
+    publish(&cache, "foobar", &gen4, &keys, &[]);
+    let a = args(&outside)();
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let out = vm.pull(c, &keys, &a);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let log = vm.switch_log();
+    assert_eq!(
+        log[log.len() - 2..],
+        [format!("boot {gen4}"), format!("boot {gen3}")]
+    );
+    assert_eq!(vm.status()["rebootPending"]["system"], gen3.as_str());
+
     // The host came back on the new kernel: nothing pending any more.
     std::fs::remove_file(vm.nix().join("var/booted-system")).unwrap();
     std::os::unix::fs::symlink(&gen3, vm.nix().join("var/booted-system")).unwrap();
     pull(&inside);
     assert_eq!(reboot_count(), 1);
     assert!(vm.status().get("rebootPending").is_none());
-    assert_eq!(vm.switch_log().len(), 3, "{:?}", vm.switch_log());
+    assert_eq!(vm.switch_log().len(), 5, "{:?}", vm.switch_log());
 }
 
 #[test]
