@@ -65,7 +65,20 @@ let
   ++ lib.optionals cfg.allowInsecureHttp [ "--allow-insecure-http" ]
   ++ lib.optionals (cfg.netrcFile != null) [ "--netrc-file" "${credentialsDir}/netrc" ]
   ++ lib.optionals (cfg.environmentFile != null) [ "--environment-file" "${credentialsDir}/environment" ]
+  ++ lib.optionals (cfg.reportTo != null) ([ "--report-to" cfg.reportTo "--report-interval" cfg.reportInterval ]
+    ++ lib.concatMap (r: [ "--report-recipient" r ]) cfg.reportRecipients)
+  ++ lib.optionals cfg.allowReboot [ "--allow-reboot" ]
+  ++ lib.optionals (cfg.rebootWindow != null) [ "--reboot-window" cfg.rebootWindow ]
+  ++ lib.optionals (cfg.keepGenerations != null) [ "--keep-generations" (toString cfg.keepGenerations) ]
   ++ cfg.extraArgs;
+
+  # A report written to a directory on this host needs it writable in the
+  # sandbox; `-`: a directory that does not exist yet does not stop the unit.
+  reportDir =
+    if cfg.reportTo == null then null
+    else if lib.hasPrefix "file://" cfg.reportTo then lib.removePrefix "file://" cfg.reportTo
+    else if lib.hasPrefix "/" cfg.reportTo then cfg.reportTo
+    else null;
 in
 {
   options.services.nixcast-pull = {
@@ -202,6 +215,69 @@ in
       '';
     };
 
+    reportTo = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "https://fleet.example.org";
+      description = ''
+        Where this host sends a signed report (`reports/HOST.json`) after a
+        run that changed something, and at least every `reportInterval`:
+        `https://…` (by PUT, e.g. `nixcast serve --accept-reports`), an
+        `s3://…` bucket (credentials from `environmentFile`), `file://DIR`
+        or a directory. Signed with the first SSH ed25519 key of
+        `identityFiles`. A report that cannot be sent never fails the run.
+      '';
+    };
+
+    reportInterval = mkOption {
+      type = types.str;
+      default = "1h";
+      description = "A quiet host reports at least this often; three intervals without a report make it stale.";
+    };
+
+    reportRecipients = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p" ];
+      description = ''
+        Seal reports to these keys (`age1…` or `ssh-ed25519 …`, the
+        operators' `*` recipients). Without them a sealed host's report
+        carries no store path and no message.
+      '';
+    };
+
+    allowReboot = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        When a new system's kernel, initrd or kernel modules differ from the
+        booted system's (what `system.autoUpgrade` compares), install it with
+        `boot` instead of `switch` and reboot, inside `rebootWindow`.
+      '';
+    };
+
+    rebootWindow = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "02:00-05:00";
+      description = ''
+        Reboot only within this daily window of local time (`HH:MM-HH:MM`,
+        may wrap midnight); outside it the reboot waits for a run inside it.
+        `null`: reboot at once.
+      '';
+    };
+
+    keepGenerations = mkOption {
+      type = types.nullOr types.ints.positive;
+      default = null;
+      example = 5;
+      description = ''
+        After a successful switch, delete system profile generations beyond
+        the last N (never the current or booted one) and the store paths
+        only they held.
+      '';
+    };
+
     stateDir = mkOption {
       type = types.str;
       default = "/var/lib/nixcast";
@@ -242,6 +318,10 @@ in
       {
         assertion = !(builtins.any inStore cfg.identityFiles);
         message = "services.nixcast-pull.identityFiles are private keys: they must name files outside the Nix store, which every user can read";
+      }
+      {
+        assertion = cfg.rebootWindow == null || cfg.allowReboot;
+        message = "services.nixcast-pull.rebootWindow is set, but allowReboot is not: the agent never reboots without it";
       }
       {
         assertion = cfg.host != "";
@@ -313,7 +393,8 @@ in
         # they fail with "Read-only file system" (the e2e test
         # module_sandbox_lets_the_agent_import_set_the_profile_and_switch
         # shows both).
-        ReadWritePaths = [ "/nix/var/nix/profiles" ];
+        ReadWritePaths = [ "/nix/var/nix/profiles" ]
+          ++ lib.optional (reportDir != null) "-${reportDir}";
         # The agent reads no home. Nix 2.8's nix-env stats ~/.nix-defexpr on
         # start; as root it gets "not found" in the inaccessible /root and
         # goes on (the same e2e test runs it so).

@@ -23,7 +23,7 @@
 //! ```json
 //! { "host": "web1", "pointerGeneration": 8, "appliedGeneration": 7,
 //!   "appliedStorePath": "/nix/store/…", "appliedAt": "2026-11-25T10:00:00Z",
-//!   "outcome": "failed", "error": { "kind": "switch-failed", "message": "…" },
+//!   "outcome": "failed", "error": { "kind": "activation-failed", "message": "…" },
 //!   "lastFailure": { "at": "…", "generation": 8, "kind": "…", "message": "…" },
 //!   "at": "2026-11-25T10:05:00Z", "interval": 3600,
 //!   "bootedSystem": "/nix/store/…", "currentSystem": "/nix/store/…",
@@ -55,7 +55,7 @@ pub enum Outcome {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
-    /// The agent's failure kind, as in its metrics (`switch-failed`, …).
+    /// The agent's failure kind, as in its metrics (`activation-failed`, …).
     pub kind: String,
     pub message: String,
 }

@@ -2,6 +2,9 @@
 //! server. It serves a cache directory like any web host, except for the
 //! paths it is told to lie about: wrong bytes, a body cut short, one that
 //! never ends, one that stalls, a redirect elsewhere, an error status.
+//! It also takes `PUT` requests (as a report endpoint does): each is
+//! written under the root and kept for `take_puts`, unless a rule for its
+//! path answers `Status` instead.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,7 +14,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 #[derive(Clone, Debug)]
@@ -37,6 +40,15 @@ struct Shared {
     root: PathBuf,
     rules: Mutex<HashMap<String, Rule>>,
     log: Mutex<Vec<String>>,
+    puts: Mutex<Vec<Put>>,
+}
+
+/// A `PUT` request the server took.
+#[derive(Clone, Debug)]
+pub struct Put {
+    pub path: String,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
 }
 
 pub struct Hostile {
@@ -102,9 +114,14 @@ impl Hostile {
         self.shared.rules.lock().unwrap().clear();
     }
 
-    /// The paths requested since the last call.
+    /// The paths requested since the last call (`PUT`s are not among them).
     pub fn take_requests(&self) -> Vec<String> {
         std::mem::take(&mut *self.shared.log.lock().unwrap())
+    }
+
+    /// The `PUT` requests written since the last call.
+    pub fn take_puts(&self) -> Vec<Put> {
+        std::mem::take(&mut *self.shared.puts.lock().unwrap())
     }
 }
 
@@ -119,10 +136,19 @@ impl Drop for Hostile {
     }
 }
 
-async fn handle(State(s): State<Arc<Shared>>, uri: Uri) -> Response {
+async fn handle(
+    State(s): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let path = uri.path().to_owned();
-    s.log.lock().unwrap().push(path.clone());
     let rule = s.rules.lock().unwrap().get(&path).cloned();
+    if method == Method::PUT {
+        return put(&s, path, rule, &headers, body);
+    }
+    s.log.lock().unwrap().push(path.clone());
     let file = || {
         let rel = path.trim_start_matches('/');
         if rel.split('/').any(|c| c == ".." || c.is_empty()) {
@@ -191,4 +217,30 @@ async fn handle(State(s): State<Arc<Shared>>, uri: Uri) -> Response {
             None => StatusCode::NOT_FOUND.into_response(),
         },
     }
+}
+
+fn put(s: &Shared, path: String, rule: Option<Rule>, headers: &HeaderMap, body: Bytes) -> Response {
+    if let Some(Rule::Status(code)) = rule {
+        return StatusCode::from_u16(code).unwrap().into_response();
+    }
+    let rel = path.trim_start_matches('/');
+    if rel.split('/').any(|c| c == ".." || c.is_empty()) {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    let dest = s.root.join(rel);
+    let written = std::fs::create_dir_all(dest.parent().expect("a parent"))
+        .and_then(|()| std::fs::write(&dest, &body));
+    if written.is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    s.puts.lock().unwrap().push(Put {
+        path,
+        content_type,
+        body: body.to_vec(),
+    });
+    StatusCode::CREATED.into_response()
 }

@@ -34,6 +34,34 @@ pub struct Config {
     pub run_timeout: std::time::Duration,
     /// The largest step up from the highest accepted generation.
     pub max_generation_jump: u64,
+    /// Where reports go (`--report-to`); none: no reports.
+    pub report: Option<ReportTo>,
+    /// `--allow-reboot`: none, the agent never reboots.
+    pub reboot: Option<RebootPolicy>,
+    /// The system the running kernel booted (`/run/booted-system`).
+    pub booted_system: PathBuf,
+    /// `--keep-generations`: profile generations kept after a switch.
+    pub keep_generations: Option<u32>,
+}
+
+/// The identity a sealed host opens its objects with, and signs its reports
+/// with, when none is given.
+pub const DEFAULT_IDENTITY: &str = "/etc/ssh/ssh_host_ed25519_key";
+
+pub struct ReportTo {
+    /// A directory, `file://DIR`, `http(s)://…` (by PUT) or `s3://…`.
+    pub target: Source,
+    /// A quiet host reports at least this often.
+    pub interval: std::time::Duration,
+    /// Reports are sealed to these (`--report-recipient`).
+    pub recipients: Vec<nixcast_common::seal::Recipient>,
+}
+
+pub struct RebootPolicy {
+    /// None: reboot as soon as a new kernel is installed.
+    pub window: Option<crate::window::Window>,
+    /// Run with `sh -c`.
+    pub command: String,
 }
 
 /// Why a run failed; each kind has its own exit code (see the README).

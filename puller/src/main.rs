@@ -9,15 +9,20 @@
 mod activate;
 mod config;
 mod fetch;
+mod generations;
 mod netrc;
 mod pipeline;
+mod reboot;
+mod report;
 mod run;
 mod schedule;
 mod secrets;
 mod source;
+mod space;
 mod state;
 mod store;
 mod text;
+mod window;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -171,6 +176,41 @@ struct RunArgs {
     /// How long each health check may take.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, env = "NIXCAST_HEALTH_TIMEOUT")]
     health_timeout: Duration,
+    /// After a run, write a signed report to reports/HOST.json here: a directory, file://DIR,
+    /// http(s)://… (by PUT) or s3://…; only when something changed or --report-interval passed.
+    #[arg(long, env = "NIXCAST_REPORT_TO")]
+    report_to: Option<String>,
+    /// A quiet host reports at least this often.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, env = "NIXCAST_REPORT_INTERVAL")]
+    report_interval: Duration,
+    /// Seal reports to this key, `age1…` or `ssh-ed25519 …` (repeatable; one a line in the variable).
+    #[arg(
+        long = "report-recipient",
+        env = "NIXCAST_REPORT_RECIPIENTS",
+        value_delimiter = '\n'
+    )]
+    report_recipients: Vec<String>,
+    /// When a new system's kernel, initrd or modules differ from the booted system's, install it
+    /// with `boot` instead of `switch` and reboot (inside --reboot-window).
+    #[arg(long, env = "NIXCAST_ALLOW_REBOOT")]
+    allow_reboot: bool,
+    /// Reboot only within this daily window of local time, HH:MM-HH:MM (may wrap midnight).
+    #[arg(long, requires = "allow_reboot", value_parser = window::Window::parse, env = "NIXCAST_REBOOT_WINDOW")]
+    reboot_window: Option<window::Window>,
+    /// How to reboot, run with `sh -c`.
+    #[arg(
+        long,
+        default_value = "systemctl reboot",
+        env = "NIXCAST_REBOOT_COMMAND"
+    )]
+    reboot_command: String,
+    /// The system the running kernel booted (for tests).
+    #[arg(long, default_value = "/run/booted-system", hide = true)]
+    booted_system: PathBuf,
+    /// After a successful switch, delete system profile generations beyond the last N (never the
+    /// current or booted one) and the store paths only they held.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), env = "NIXCAST_KEEP_GENERATIONS")]
+    keep_generations: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -288,7 +328,37 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
         min_rate: a.min_rate,
         proxy: a.proxy,
     };
+    let report = match &a.report_to {
+        None => None,
+        Some(spec) => {
+            let mut recipients = Vec::new();
+            for (i, r) in a
+                .report_recipients
+                .iter()
+                .filter(|r| !r.is_empty())
+                .enumerate()
+            {
+                recipients.push(
+                    r.trim()
+                        .parse::<nixcast_common::seal::Recipient>()
+                        .with_context(|| format!("--report-recipient #{}", i + 1))?,
+                );
+            }
+            Some(config::ReportTo {
+                target: source::Source::new(spec, &http, &secrets).context("--report-to")?,
+                interval: a.report_interval,
+                recipients,
+            })
+        }
+    };
     Ok(run::Config {
+        report,
+        reboot: a.allow_reboot.then_some(config::RebootPolicy {
+            window: a.reboot_window,
+            command: a.reboot_command,
+        }),
+        booted_system: a.booted_system,
+        keep_generations: a.keep_generations,
         source: match (&a.bundle, &a.cache) {
             (Some(b), _) => source::Source::bundle(b)?,
             (None, Some(c)) => source::Source::new(c, &http, &secrets)?,
@@ -395,6 +465,23 @@ fn status(dir: &std::path::Path, json: bool) -> Result<()> {
     );
     if !st.bad_generations.is_empty() {
         println!("bad generations:    {:?}", st.bad_generations);
+    }
+    if let Some(r) = &st.reboot_pending {
+        let when = match (&r.requested_at, &r.window) {
+            (Some(t), _) => format!("requested at {t}"),
+            (None, Some(w)) => format!("in the window {}", text::clean(w)),
+            (None, None) => "at the next run".to_owned(),
+        };
+        println!(
+            "reboot pending:     into {} since {} ({when})",
+            r.system, r.since
+        );
+    }
+    if let Some(r) = &st.last_report {
+        println!("last report:        {} ({:?})", r.at, r.outcome);
+    }
+    if st.report_failures > 0 {
+        println!("reports not sent:   {}", st.report_failures);
     }
     Ok(())
 }

@@ -14,15 +14,13 @@ use nixcast_common::seal::{self, Identity};
 use nixcast_common::{layout, Sha256Hash};
 
 use crate::activate::{self, Action};
-pub use crate::config::{Config, RunError};
+pub use crate::config::{Config, RunError, DEFAULT_IDENTITY};
 use crate::source::{FetchError, Fetched};
 use crate::state::{write_atomic, Outcome, StateDir, Status};
 use crate::{pipeline, store};
 
 /// A manifest this large would describe some hundred thousand paths.
 const MAX_MANIFEST: u64 = 256 << 20;
-/// The identity a sealed host opens its objects with when none is given.
-pub const DEFAULT_IDENTITY: &str = "/etc/ssh/ssh_host_ed25519_key";
 /// How far a pointer's `issuedAt` may be ahead of this host's clock. Hosts
 /// kept by NTP differ by well under a second, and a pointer is read seconds
 /// after it is signed; five minutes (Kerberos's default skew) allows a host
@@ -81,8 +79,18 @@ pub async fn run(cfg: &Config) -> Result<Outcome, RunError> {
         }
     }
     cfg.state.save(&status).map_err(other)?;
+    // The run's outcome is saved; what follows never fails it.
+    let reboot_now = crate::reboot::due(cfg, &mut status);
+    crate::report::after_run(cfg, &mut status, &result).await;
+    cfg.state.save(&status).map_err(other)?;
     if let Some(path) = &cfg.metrics_file {
         crate::state::write_atomic(path, &crate::state::metrics(&status)).map_err(other)?;
+    }
+    if reboot_now {
+        if let Err(e) = crate::reboot::reboot(cfg, &mut status) {
+            tracing::warn!("{e:#}; the reboot stays pending");
+            cfg.state.save(&status).map_err(other)?;
+        }
     }
     result
 }
@@ -149,6 +157,7 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
         status.highest_generation = p.generation;
         status.highest_digest = Some(verified.digest());
         status.last_issued_at = Some(p.issued_at);
+        status.pointer_sealed = Some(p.manifest.sealed.is_some());
     }
     // Only objects sealed to this host's identities are opened, and only
     // after the pointer that pins them verified.
@@ -229,6 +238,10 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
     }
 
     let staging = cfg.state.staging();
+    crate::space::check(cfg.state.path(), &entries, |e| {
+        crate::fetch::staged_path(&staging, e).exists()
+    })
+    .map_err(other)?;
     store::make_staging(&staging).map_err(other)?;
     let fetched =
         pipeline::fetch_and_import(cfg, &staging, &manifest, &entries, download, &ids).await?;
@@ -255,13 +268,14 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
     if cfg.action.sets_profile() {
         store::set_profile(&cfg.profile, &top).map_err(other)?;
     }
-    let st = activate::activate(&top, cfg.action);
+    let action = crate::reboot::action_for(cfg, &top);
+    let st = activate::activate(&top, action);
     // The profile holds the system now (or, for test and dry-activate, the
     // running system does); a failed switch leaves nothing worth keeping.
     store::clear_roots(&store::gc_roots_dir(cfg.state.path()));
     let st = st.map_err(other)?;
     let failure = if !st.success() {
-        Some(format!("{script} {} exited with {st}", cfg.action.as_str()))
+        Some(format!("{script} {} exited with {st}", action.as_str()))
     } else {
         activate::health_checks(&cfg.health_checks, cfg.health_timeout).err()
     };
@@ -270,7 +284,13 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
         let rolled = rollback(cfg, previous);
         return Err(RunError::Activation(anyhow!("{why}; {rolled}")));
     }
-    tracing::info!(generation = p.generation, store_path = %top, action = cfg.action.as_str(), "applied");
+    tracing::info!(generation = p.generation, store_path = %top, action = action.as_str(), "applied");
+    crate::reboot::applied(cfg, status, &top, action);
+    if let (Some(keep), true) = (cfg.keep_generations, cfg.action.sets_profile()) {
+        if let Err(e) = crate::generations::prune(&cfg.profile, &cfg.booted_system, keep) {
+            tracing::warn!("cannot delete old generations (--keep-generations {keep}): {e:#}");
+        }
+    }
     status.applied_generation = Some(p.generation);
     status.applied_store_path = Some(top.clone());
     status.applied_at = Some(Timestamp::now());
@@ -618,7 +638,9 @@ fn rollback(cfg: &Config, previous: Option<u64>) -> String {
             "rolled the profile back to generation {generation}, which points to no store path"
         );
     };
-    match activate::activate(&top, cfg.action) {
+    // With --allow-reboot, a generation whose kernel is not the running one
+    // goes back to being the next boot's, never switched to.
+    match activate::activate(&top, crate::reboot::action_for(cfg, &top)) {
         Ok(st) if st.success() => format!("rolled back to profile generation {generation} ({top})"),
         Ok(st) => format!("rolled the profile back to generation {generation}, but its activation exited with {st}"),
         Err(e) => format!("rolled the profile back to generation {generation}, but cannot activate it: {e:#}"),

@@ -386,6 +386,65 @@ impl Source {
     }
 }
 
+/// Writing: only a host's report (`--report-to`) is ever written, once per
+/// run at most, with one attempt (the next run retries).
+impl Source {
+    /// Writes `body` as `key`: a directory gets it atomically (a temporary
+    /// file renamed), an HTTP server by `PUT` (as JSON), a bucket by a
+    /// signed `PutObject`.
+    pub async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), FetchError> {
+        let url = self.url_of(key);
+        match self {
+            Source::Bundle { .. } => Err(FetchError::Transport {
+                url,
+                msg: "a bundle cannot be written to".to_owned(),
+            }),
+            Source::Dir(d) => {
+                let p = d.join(key);
+                let write = || -> io::Result<()> {
+                    let dir = p.parent().expect("a key has a directory");
+                    std::fs::create_dir_all(dir)?;
+                    let mut tmp = tempfile::Builder::new()
+                        .prefix(".nixcast-")
+                        .tempfile_in(dir)?;
+                    io::Write::write_all(&mut tmp, &body)?;
+                    use std::os::unix::fs::PermissionsExt;
+                    tmp.as_file()
+                        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+                    tmp.as_file().sync_all()?;
+                    tmp.persist(&p).map_err(|e| e.error)?;
+                    Ok(())
+                };
+                write().map_err(|e| io_error(&url, e))
+            }
+            Source::S3(b) => {
+                use object_store::ObjectStoreExt;
+                let put = b.store.put(&b.path(key), body.into()).await;
+                put.map(drop).map_err(|e| b.error(key, e))
+            }
+            Source::Http {
+                client, base, auth, ..
+            } => {
+                let target = base.join(key).expect("relative key");
+                let req = with_auth(client.put(target), auth)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body);
+                match req.send().await {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(FetchError::Transport {
+                        url,
+                        msg: format!("server answered {}", r.status()),
+                    }),
+                    Err(e) => Err(FetchError::Transport {
+                        url,
+                        msg: error_chain(&e),
+                    }),
+                }
+            }
+        }
+    }
+}
+
 fn with_auth(
     req: reqwest::RequestBuilder,
     auth: &Option<Arc<Credentials>>,

@@ -130,9 +130,70 @@ pub struct Status {
         skip_serializing_if = "std::collections::BTreeMap::is_empty"
     )]
     pub failures: std::collections::BTreeMap<String, u64>,
+    /// Whether the last pointer verified was sealed: a report then names no
+    /// store path unless it is sealed too (unknown counts as sealed).
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pointer_sealed: Option<bool>,
+    /// The last run that failed, for reports.
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub last_failure: Option<nixcast_common::report::LastFailure>,
+    /// The last report delivered (`--report-to`).
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub last_report: Option<ReportSent>,
+    /// Reports that could not be delivered, since the state directory was made.
+    #[serde(default, deserialize_with = "lenient")]
+    pub report_failures: u64,
+    /// A system installed for the next boot whose kernel differs from the
+    /// running one, waiting for `--reboot-window` (`--allow-reboot`).
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reboot_pending: Option<RebootPending>,
     /// Fields of a newer agent, written back unchanged.
     #[serde(flatten)]
     pub unknown: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What the last delivered report said, so that a quiet run sends none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportSent {
+    pub at: Timestamp,
+    pub outcome: nixcast_common::report::Outcome,
+    #[serde(default)]
+    pub applied_generation: Option<u64>,
+    #[serde(default)]
+    pub reboot_pending: bool,
+}
+
+/// A reboot the agent owes: `system` was installed with `boot`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RebootPending {
+    pub system: StorePath,
+    pub since: Timestamp,
+    /// The `--reboot-window` it waits for (none: at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// When the reboot command was run for it: it is run once per system,
+    /// so a boot loader that keeps booting the old kernel cannot make a
+    /// reboot loop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_at: Option<Timestamp>,
 }
 
 /// A field an operator reads: one that does not parse (a newer agent's
@@ -206,6 +267,21 @@ pub fn metrics(s: &Status) -> String {
         "Bytes downloaded by the last run.",
         s.last_run_fetched_bytes.to_string(),
     );
+    gauge(
+        "nixcast_last_report_timestamp_seconds",
+        "When the last report was delivered (--report-to).",
+        secs(s.last_report.as_ref().map(|r| r.at)).to_string(),
+    );
+    gauge(
+        "nixcast_reboot_pending",
+        "1 while a system with another kernel waits for a reboot.",
+        u8::from(s.reboot_pending.is_some()).to_string(),
+    );
+    out.push_str(&format!(
+        "# HELP nixcast_report_failures_total Reports that could not be delivered.\n\
+         # TYPE nixcast_report_failures_total counter\nnixcast_report_failures_total {}\n",
+        s.report_failures
+    ));
     out.push_str("# HELP nixcast_failures_total Failed runs, by kind.\n# TYPE nixcast_failures_total counter\n");
     for kind in [
         "refused",

@@ -25,7 +25,7 @@ use crate::fetch::staged_path;
 /// Store paths per command line.
 pub const CHUNK: usize = 4000;
 
-fn run(cmd: &mut Command) -> Result<String> {
+pub fn run(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}");
     let out = cmd
         .stdin(crate::state::child_stdin())

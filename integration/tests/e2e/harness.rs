@@ -81,6 +81,8 @@ pub struct Fixture {
     pub big: u64,
     /// Seconds the switch sleeps after logging "begin ACTION" (0: no pause).
     pub switch_sleep: u32,
+    /// A stand-in kernel: kernel, initrd and kernel-modules links ("": none).
+    pub kernel: &'static str,
 }
 
 impl Default for Fixture {
@@ -92,6 +94,7 @@ impl Default for Fixture {
             switch_exit: 0,
             big: 0,
             switch_sleep: 0,
+            kernel: "",
         }
     }
 }
@@ -100,6 +103,9 @@ impl Fixture {
     /// Builds it in the machine's own store (the "trusted machine") and returns the path.
     pub fn build(&self) -> String {
         let mut cmd = Command::new("nix-build");
+        if !self.kernel.is_empty() {
+            cmd.args(["--argstr", "kernel", self.kernel]);
+        }
         if self.switch_sleep > 0 {
             cmd.args(["--arg", "switchSleep", &self.switch_sleep.to_string()]);
         }

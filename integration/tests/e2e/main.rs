@@ -7,6 +7,7 @@
 
 mod bundle;
 mod fleet;
+mod fleet_host;
 mod gc;
 mod hardening;
 mod harness;

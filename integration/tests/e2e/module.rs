@@ -183,6 +183,12 @@ fn module_defaults_give_a_five_minute_switching_timer() {
             "identityFiles": ["/etc/ssh/ssh_host_ed25519_key"],
             "stateDir": "/var/lib/nixcast",
             "extraArgs": [],
+            "reportTo": null,
+            "reportInterval": "1h",
+            "reportRecipients": [],
+            "allowReboot": false,
+            "rebootWindow": null,
+            "keepGenerations": null,
         })
     );
     let s = service(&v);
@@ -461,6 +467,61 @@ fn module_refuses_bad_settings() {
     );
     let err = eval_error(&settings(json!({ "intervall": "hourly" })));
     assert!(err.contains("intervall"), "{err}");
+    let msgs = failed(json!({ "rebootWindow": "02:00-05:00" }), &[]);
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert!(msgs[0].contains("allowReboot"), "{msgs:?}");
+    let err = eval_error(&settings(json!({ "keepGenerations": 0 })));
+    assert!(err.contains("keepGenerations"), "{err}");
+}
+
+#[test]
+fn module_passes_the_fleet_settings_and_opens_a_report_directory() {
+    let v = eval(
+        &settings(json!({
+            "reportTo": "file:///srv/fleet-reports",
+            "reportInterval": "30min",
+            "reportRecipients": ["age1operator", "ssh-ed25519 AAAA op"],
+            "allowReboot": true,
+            "rebootWindow": "23:00-01:30",
+            "keepGenerations": 3,
+        })),
+        &[],
+    );
+    assert_eq!(v["failedAssertions"], json!([]));
+    let sc = &service(&v)["serviceConfig"];
+    let argv = exec_argv(sc["ExecStart"].as_str().unwrap());
+    let tail = &argv[argv.iter().position(|a| a == "--report-to").unwrap()..];
+    assert_eq!(
+        tail,
+        strings(&[
+            "--report-to",
+            "file:///srv/fleet-reports",
+            "--report-interval",
+            "30min",
+            "--report-recipient",
+            "age1operator",
+            "--report-recipient",
+            "ssh-ed25519 AAAA op",
+            "--allow-reboot",
+            "--reboot-window",
+            "23:00-01:30",
+            "--keep-generations",
+            "3",
+        ])
+    );
+    assert_eq!(
+        sc["ReadWritePaths"],
+        json!(["/nix/var/nix/profiles", "-/srv/fleet-reports"])
+    );
+    // Reports sent over the network need no writable path.
+    let v = eval(
+        &settings(json!({ "reportTo": "https://fleet.example.org" })),
+        &[],
+    );
+    assert_eq!(
+        service(&v)["serviceConfig"]["ReadWritePaths"],
+        json!(["/nix/var/nix/profiles"])
+    );
 }
 
 #[test]

@@ -1,0 +1,135 @@
+//! Before anything is downloaded: is there room for it?
+//!
+//! The store's filesystem (`statvfs` of `/nix/store`) must have room for
+//! what the missing paths unpack to (their NarSize), and the state
+//! directory's for the NARs still to be staged, which are kept unpacked
+//! until the end of the run (their NarSize too). When both are one
+//! filesystem the sums add up. On top comes a margin for Nix's database,
+//! its temporary files and whatever else writes there meanwhile. A run that
+//! would not fit stops here, exit 1, with the figures, before its first
+//! NAR request: a small machine that fills its disk half-way through an
+//! import is worse off than one that never started.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use nixcast_common::manifest::Entry;
+
+/// Room kept free beyond what the paths need.
+pub const MARGIN: u64 = 64 << 20;
+
+/// Where the store's filesystem is measured.
+pub const STORE_DIR: &str = "/nix/store";
+
+/// Checks that `entries` (the missing paths) fit; `staged` says whether a
+/// verified NAR of an entry is staged already.
+pub fn check(state_dir: &Path, entries: &[&Entry], staged: impl Fn(&Entry) -> bool) -> Result<()> {
+    let store_need: u64 = entries.iter().map(|e| e.nar_size).sum();
+    let staging_need: u64 = entries
+        .iter()
+        .filter(|e| !staged(e))
+        .map(|e| e.nar_size)
+        .sum();
+    let store = Path::new(STORE_DIR);
+    let same = dev(store)? == dev(state_dir)?;
+    let describe = |what: &str| format!("{} paths: {what}", entries.len());
+    if same {
+        let need = store_need + staging_need + MARGIN;
+        fits(
+            store,
+            need,
+            &describe(&format!(
+                "{} unpacked in the store, {} staged in {}, a margin of {}",
+                human(store_need),
+                human(staging_need),
+                state_dir.display(),
+                human(MARGIN)
+            )),
+        )
+    } else {
+        fits(
+            store,
+            store_need + MARGIN,
+            &describe(&format!(
+                "{} unpacked, a margin of {}",
+                human(store_need),
+                human(MARGIN)
+            )),
+        )?;
+        fits(
+            state_dir,
+            staging_need + MARGIN,
+            &describe(&format!(
+                "{} to stage, a margin of {}",
+                human(staging_need),
+                human(MARGIN)
+            )),
+        )
+    }
+}
+
+fn dev(p: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(p)
+        .with_context(|| format!("cannot read {}", p.display()))?
+        .dev())
+}
+
+/// Bytes an unprivileged writer may still use on `p`'s filesystem (root
+/// may dip into the reserved blocks, but Nix's database should not).
+pub fn free(p: &Path) -> Result<u64> {
+    let st = rustix::fs::statvfs(p).with_context(|| format!("cannot statvfs {}", p.display()))?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+fn fits(p: &Path, need: u64, what: &str) -> Result<()> {
+    let free = free(p)?;
+    if free < need {
+        bail!(
+            "not enough space: this run needs {} ({need} bytes) on the filesystem of {} ({what}), \
+             which has {} ({free} bytes) free; nothing was fetched. Free some space \
+             (nix-collect-garbage, --keep-generations) and run again",
+            human(need),
+            p.display(),
+            human(free),
+        );
+    }
+    tracing::debug!(path = %p.display(), need, free, "enough space");
+    Ok(())
+}
+
+/// Bytes in binary units, one decimal: `4.0 MiB`.
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_bytes() {
+        assert_eq!(human(0), "0 B");
+        assert_eq!(human(1023), "1023 B");
+        assert_eq!(human(4 << 20), "4.0 MiB");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(MARGIN), "64.0 MiB");
+    }
+
+    #[test]
+    fn free_space_is_read() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(free(d.path()).unwrap() > 0);
+        assert!(free(&d.path().join("missing")).is_err());
+    }
+}
