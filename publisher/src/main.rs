@@ -23,9 +23,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use nixcast_cli::keys;
+use nixcast_cli::logging::{self, LogArgs, LogFormat};
 use nixcast_common::manifest::Compression;
-use nixcast_common::seal::{self, Identity, Recipients};
+use nixcast_common::seal::{self, Recipients};
 use nixcast_common::SecretKey;
 
 #[derive(Parser)]
@@ -35,17 +37,10 @@ use nixcast_common::SecretKey;
     about = "Publish NixOS hosts as a signed static Nix binary cache"
 )]
 struct Cli {
-    /// Log format on standard error.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Cmd,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -68,13 +63,23 @@ enum Cmd {
     /// List every host in a cache: generation, store path, times, closure size.
     Hosts {
         /// The cache: a directory, file://DIR or s3://BUCKET/PREFIX?….
-        #[arg(long = "cache", alias = "to", value_name = "CACHE")]
+        #[arg(
+            long = "cache",
+            alias = "to",
+            value_name = "CACHE",
+            env = "NIXCAST_CACHE"
+        )]
         to: String,
         /// Verify pointers with this public key (repeatable); without, they are only decoded.
-        #[arg(long = "trusted-key-file", alias = "public-key-file")]
+        #[arg(
+            long = "trusted-key-file",
+            alias = "public-key-file",
+            env = "NIXCAST_TRUSTED_KEY_FILES",
+            value_delimiter = ' '
+        )]
         public_key_files: Vec<PathBuf>,
         /// Opens sealed manifests (repeatable): an operator's identity or the publisher's secret key file.
-        #[arg(long = "identity")]
+        #[arg(long = "identity", env = "NIXCAST_IDENTITIES", value_delimiter = ' ')]
         identities: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
@@ -82,7 +87,12 @@ enum Cmd {
     /// What changed between two generations of a host (default: the latest and the one before).
     Diff {
         /// The cache: a directory, file://DIR or s3://BUCKET/PREFIX?….
-        #[arg(long = "cache", alias = "to", value_name = "CACHE")]
+        #[arg(
+            long = "cache",
+            alias = "to",
+            value_name = "CACHE",
+            env = "NIXCAST_CACHE"
+        )]
         to: String,
         #[arg(long)]
         host: String,
@@ -90,10 +100,15 @@ enum Cmd {
         #[arg(value_name = "TO")]
         to_generation: Option<u64>,
         /// Verify pointers with this public key (repeatable).
-        #[arg(long = "trusted-key-file", alias = "public-key-file")]
+        #[arg(
+            long = "trusted-key-file",
+            alias = "public-key-file",
+            env = "NIXCAST_TRUSTED_KEY_FILES",
+            value_delimiter = ' '
+        )]
         public_key_files: Vec<PathBuf>,
         /// Opens sealed manifests (repeatable): an operator's identity or the publisher's secret key file.
-        #[arg(long = "identity")]
+        #[arg(long = "identity", env = "NIXCAST_IDENTITIES", value_delimiter = ' ')]
         identities: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
@@ -103,7 +118,12 @@ enum Cmd {
         #[arg(long)]
         host: String,
         /// The cache to read: a directory, file://DIR or s3://….
-        #[arg(long = "cache", alias = "from", value_name = "CACHE")]
+        #[arg(
+            long = "cache",
+            alias = "from",
+            value_name = "CACHE",
+            env = "NIXCAST_CACHE"
+        )]
         from: String,
         /// Leave out what this generation of the host has.
         #[arg(long, conflicts_with = "base_path")]
@@ -114,13 +134,18 @@ enum Cmd {
         #[arg(long)]
         output: PathBuf,
         /// Opens sealed manifests (repeatable): an operator's identity or the publisher's secret key file.
-        #[arg(long = "identity")]
+        #[arg(long = "identity", env = "NIXCAST_IDENTITIES", value_delimiter = ' ')]
         identities: Vec<PathBuf>,
     },
     /// Delete what no kept generation of any host needs.
     Gc {
         /// The cache: a directory, file://DIR or s3://BUCKET/PREFIX?….
-        #[arg(long = "cache", alias = "to", value_name = "CACHE")]
+        #[arg(
+            long = "cache",
+            alias = "to",
+            value_name = "CACHE",
+            env = "NIXCAST_CACHE"
+        )]
         to: String,
         /// Generations kept per host (the current one is always kept).
         #[arg(long)]
@@ -131,7 +156,7 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
         /// Opens sealed manifests (repeatable); without one, nothing sealed is deleted.
-        #[arg(long = "identity")]
+        #[arg(long = "identity", env = "NIXCAST_IDENTITIES", value_delimiter = ' ')]
         identities: Vec<PathBuf>,
     },
     /// Serve a cache directory over HTTP, read-only.
@@ -171,7 +196,12 @@ struct PublishArgs {
     all: bool,
     /// The cache to write: a directory, file://DIR or s3://BUCKET/PREFIX?… (`--to`, as in
     /// `nix copy --to`, is the same).
-    #[arg(long = "cache", alias = "to", value_name = "CACHE")]
+    #[arg(
+        long = "cache",
+        alias = "to",
+        value_name = "CACHE",
+        env = "NIXCAST_CACHE"
+    )]
     to: String,
     /// An already-built system (a store path or a symlink to one, such as ./result).
     #[arg(long)]
@@ -179,7 +209,8 @@ struct PublishArgs {
     /// Build REF#nixosConfigurations.HOST.config.system.build.toplevel.
     #[arg(long)]
     flake: Option<String>,
-    #[arg(long)]
+    /// The signing key (`nixcast keygen`).
+    #[arg(long, env = "NIXCAST_SECRET_KEY_FILE")]
     secret_key_file: PathBuf,
     #[arg(long, default_value = "xz", value_parser = parse_compression)]
     compression: Compression,
@@ -246,8 +277,12 @@ fn parse_compression(s: &str) -> Result<Compression, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let format = cli.log_format;
-    init_logging(format);
+    let format = cli.log.log_format;
+    let text = logging::Text {
+        writer: std::io::stderr,
+        ansi: std::io::stderr().is_terminal(),
+    };
+    logging::init(format, "warn", text);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -280,7 +315,7 @@ fn run(cmd: Cmd) -> Result<()> {
             &target::Target::open_existing(&to)?,
             keep,
             grace,
-            &load_identities(&identities)?,
+            &keys::read_identities(&identities)?,
             dry_run,
         ),
         Cmd::Bundle {
@@ -303,7 +338,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 &target::Target::open_existing(&from)?,
                 &host,
                 &base,
-                &load_identities(&identities)?,
+                &keys::read_identities(&identities)?,
                 &output,
             )
         }
@@ -314,8 +349,8 @@ fn run(cmd: Cmd) -> Result<()> {
             json,
         } => inspect::hosts(
             &target::Target::open_existing(&to)?,
-            &load_public_keys(&public_key_files)?,
-            &load_identities(&identities)?,
+            &keys::read_public_keys(&public_key_files)?,
+            &keys::read_identities(&identities)?,
             json,
         ),
         Cmd::Diff {
@@ -328,14 +363,14 @@ fn run(cmd: Cmd) -> Result<()> {
             json,
         } => {
             cache::check_host(&host)?;
-            let keys = load_public_keys(&public_key_files)?;
+            let trusted = keys::read_public_keys(&public_key_files)?;
             inspect::diff(
                 &target::Target::open_existing(&to)?,
                 &host,
                 from,
                 to_generation,
-                &keys,
-                &load_identities(&identities)?,
+                &trusted,
+                &keys::read_identities(&identities)?,
                 json,
             )
         }
@@ -433,7 +468,7 @@ fn publish_cmd(a: PublishArgs) -> Result<()> {
             a.upstreams,
             a.upstream_keys
                 .iter()
-                .map(|k| public_key(k, "--upstream-key"))
+                .map(|k| keys::public_key(k, "--upstream-key"))
                 .collect::<Result<_>>()?,
         )?,
         sealing,
@@ -471,56 +506,4 @@ fn publish_cmd(a: PublishArgs) -> Result<()> {
         failed.join(", ")
     );
     Ok(())
-}
-
-fn load_public_keys(files: &[PathBuf]) -> Result<Vec<nixcast_common::PublicKey>> {
-    files
-        .iter()
-        .map(|f| {
-            let text = std::fs::read_to_string(f)
-                .with_context(|| format!("cannot read {}", f.display()))?;
-            public_key(&text, &format!("--public-key-file {}", f.display()))
-        })
-        .collect()
-}
-
-/// Identities that open sealed manifests: OpenSSH ed25519 keys, age
-/// identity files, or the publisher's Nix secret key file.
-fn load_identities(files: &[PathBuf]) -> Result<Vec<Identity>> {
-    let mut out = Vec::new();
-    for f in files {
-        let bytes = zeroize::Zeroizing::new(
-            std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?,
-        );
-        out.extend(Identity::from_file(&bytes, &f.display().to_string())?);
-    }
-    Ok(out)
-}
-
-/// A public key given as `source`. What is given may be a secret key by
-/// mistake: it is then refused as such, and no part of it is echoed (the
-/// errors of `PublicKey::parse` name only the key name and lengths).
-fn public_key(text: &str, source: &str) -> Result<nixcast_common::PublicKey> {
-    use nixcast_common::keys::KeyError;
-    match nixcast_common::PublicKey::parse(text) {
-        Ok(k) => Ok(k),
-        Err(KeyError::Length { got: 64, .. }) => anyhow::bail!(
-            "{source} is a secret key, not a public key: give the public key \
-             (the --public-key-file that `nixcast keygen` wrote), and keep the secret key private"
-        ),
-        Err(e) => Err(e).with_context(|| format!("bad public key in {source}")),
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NIXCAST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

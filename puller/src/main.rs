@@ -23,9 +23,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
-use nixcast_common::PublicKey;
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use nixcast_cli::keys;
+use nixcast_cli::logging::{self, LogArgs, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -34,16 +35,10 @@ use nixcast_common::PublicKey;
     about = "Pull and switch to this host's signed NixOS system"
 )]
 struct Cli {
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "NIXCAST_LOG_FORMAT")]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Cmd,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -175,8 +170,13 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let format = cli.log_format;
-    init_logging(format);
+    let format = cli.log.log_format;
+    // Text logs are escaped: they quote what servers and files say.
+    let text = logging::Text {
+        writer: || text::CleanStderr,
+        ansi: false,
+    };
+    logging::init(format, "info", text);
     // Each error is told once: as the last line in text mode, as a log
     // event in JSON mode (where a bare line would break the stream).
     let report = |e: &dyn std::fmt::Display| match format {
@@ -257,13 +257,9 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut trusted = Vec::new();
     for (i, k) in a.trusted_keys.iter().filter(|k| !k.is_empty()).enumerate() {
-        trusted.push(public_key(k).with_context(|| format!("--trusted-key #{}", i + 1))?);
+        trusted.push(keys::public_key(k, &format!("--trusted-key #{}", i + 1))?);
     }
-    for f in &a.trusted_key_files {
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
-        trusted.push(public_key(&text).with_context(|| format!("the key in {}", f.display()))?);
-    }
+    trusted.extend(keys::read_public_keys(&a.trusted_key_files)?);
     anyhow::ensure!(
         !trusted.is_empty(),
         "no trusted key: pass --trusted-key or --trusted-key-file"
@@ -311,24 +307,6 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
         http,
         run_timeout: a.run_timeout,
         max_generation_jump: a.max_generation_jump,
-    })
-}
-
-/// A trusted public key. The text is never echoed: what is passed here by
-/// mistake may be a secret key, which then must not reach a log.
-fn public_key(text: &str) -> Result<PublicKey> {
-    if let Ok(secret) = nixcast_common::SecretKey::parse(text) {
-        anyhow::bail!(
-            "this is the secret key {:?}, not a public key: pass its public half \
-             (`nix key convert-secret-to-public`), and treat the secret key as exposed",
-            secret.name()
-        );
-    }
-    PublicKey::parse(text).map_err(|e| match e {
-        nixcast_common::keys::KeyError::Length { got: 64, .. } => {
-            anyhow::anyhow!("this has the length of a secret key, not of a public key")
-        }
-        e => e.into(),
     })
 }
 
@@ -397,18 +375,4 @@ fn status(dir: &std::path::Path, json: bool) -> Result<()> {
         println!("bad generations:    {:?}", st.bad_generations);
     }
     Ok(())
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NIXCAST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder
-            .with_writer(|| text::CleanStderr)
-            .with_ansi(false)
-            .init(),
-        // JSON escapes every control character itself.
-        LogFormat::Json => builder.with_writer(std::io::stderr).json().init(),
-    }
 }

@@ -16,7 +16,7 @@ use nixcast_common::{layout, Sha256Hash};
 use crate::activate::{self, Action};
 pub use crate::config::{Config, RunError};
 use crate::source::{FetchError, Fetched};
-use crate::state::{write_atomic, Outcome, StateDir, Status};
+use crate::state::{Outcome, StateDir, Status};
 use crate::{pipeline, store};
 
 /// A manifest this large would describe some hundred thousand paths.
@@ -82,7 +82,9 @@ pub async fn run(cfg: &Config) -> Result<Outcome, RunError> {
     }
     cfg.state.save(&status).map_err(other)?;
     if let Some(path) = &cfg.metrics_file {
-        crate::state::write_atomic(path, &crate::state::metrics(&status)).map_err(other)?;
+        // Read by node_exporter, which runs as another user.
+        nixcast_cli::fs::write(path, crate::state::metrics(&status).as_bytes(), 0o644)
+            .map_err(other)?;
     }
     result
 }
@@ -417,8 +419,7 @@ async fn fetch_manifest(cfg: &Config, p: &Pointer, ids: &[Identity]) -> Result<M
         )));
     }
     if !cfg.dry_run {
-        let text = String::from_utf8(bytes).expect("a parsed manifest is UTF-8");
-        if let Err(e) = write_atomic(&cfg.state.manifest(), &text) {
+        if let Err(e) = nixcast_cli::fs::write(&cfg.state.manifest(), &bytes, 0o644) {
             tracing::warn!("cannot keep the manifest for the next run's delta: {e:#}");
         }
     }
@@ -461,17 +462,8 @@ fn load_identities(cfg: &Config) -> Result<Vec<Identity>, RunError> {
     } else {
         &cfg.identity_files[..]
     };
-    let mut out = Vec::new();
-    for f in files {
-        let bytes = zeroize::Zeroizing::new(std::fs::read(f).map_err(|e| {
-            other(anyhow!(
-                "the pointer is sealed, and the identity {} cannot be read: {e} (give --identity)",
-                f.display()
-            ))
-        })?);
-        out.extend(Identity::from_file(&bytes, &f.display().to_string()).map_err(other)?);
-    }
-    Ok(out)
+    nixcast_cli::keys::read_identities(files)
+        .map_err(|e| other(e.context("the pointer is sealed (give --identity to open it)")))
 }
 
 /// Each path to fetch must carry a trusted signature over its NarHash,
