@@ -491,15 +491,8 @@ fn split_existing<'a>(
         let text = String::from_utf8(bytes).with_context(|| format!("{k} is not UTF-8"))?;
         let mut ni =
             NarInfo::parse(&text).with_context(|| format!("cannot parse {k} in the target"))?;
-        let mut refs = info.references.clone();
-        refs.sort();
-        let mut their_refs = ni.references.clone();
-        their_refs.sort();
         ensure!(
-            ni.store_path == info.path
-                && ni.nar_hash == info.nar_hash
-                && ni.nar_size == info.nar_size
-                && their_refs == refs,
+            info.described_by(&ni),
             "{k} in the target describes other content for {} than the local store has \
              (a different build); remove it or publish to another target",
             info.path
