@@ -9,6 +9,7 @@
 //! - [`layout`]: where each object lives in a cache;
 //! - [`manifest`]: the closure of a host in one file;
 //! - [`pointer`]: the signed DSSE envelope naming what a host should run;
+//! - [`pinned`]: a manifest held to the pin of a verified pointer;
 //! - [`seal`]: age encryption of a sealed host's objects, recipients and identities.
 
 pub mod hash;
@@ -18,6 +19,7 @@ pub mod manifest;
 pub mod nar;
 pub mod narinfo;
 pub mod nixbase32;
+pub mod pinned;
 pub mod pointer;
 pub mod seal;
 pub mod store_path;

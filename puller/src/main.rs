@@ -9,6 +9,7 @@
 mod activate;
 mod config;
 mod fetch;
+mod host;
 mod netrc;
 mod pipeline;
 mod run;
@@ -195,7 +196,13 @@ fn main() -> ExitCode {
             profile,
             state_dir,
             action,
-        } => match run::rollback_by_hand(&profile, &state::StateDir::new(&state_dir), action) {
+        } => match run::rollback_by_hand(
+            &host::NixStore,
+            &host::Switch,
+            &profile,
+            &state::StateDir::new(&state_dir),
+            action,
+        ) {
             Ok(msg) => {
                 println!("{msg}");
                 ExitCode::SUCCESS
@@ -290,6 +297,8 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
             (None, Some(c)) => source::Source::new(c, &http, &secrets)?,
             (None, None) => unreachable!("clap requires --cache or --bundle"),
         },
+        store: std::sync::Arc::new(host::NixStore),
+        activator: std::sync::Arc::new(host::Switch),
         host: a.host,
         system,
         trusted,
