@@ -18,6 +18,8 @@ mod secrets;
 mod source;
 mod state;
 mod store;
+#[cfg(test)]
+mod testing;
 mod text;
 
 use std::path::PathBuf;

@@ -760,3 +760,6 @@ pub fn rollback_by_hand(
     state.save(&status).map_err(other)?;
     result
 }
+
+#[cfg(test)]
+mod tests;

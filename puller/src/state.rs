@@ -422,7 +422,7 @@ impl StateDir {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -501,7 +501,7 @@ mod tests {
     }
 
     /// The held lock is one per process: tests that take it take turns.
-    static TURN: Mutex<()> = Mutex::new(());
+    pub(crate) static TURN: Mutex<()> = Mutex::new(());
 
     #[test]
     fn second_lock_is_refused() {
