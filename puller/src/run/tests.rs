@@ -38,6 +38,9 @@ impl Host {
     }
 
     /// One run, as `nixcast-pull run` makes it (lock, status, metrics).
+    /// The run lock is one per process: runs of different tests take turns
+    /// (each test has its own runtime, so the guard blocks no other task).
+    #[allow(clippy::await_holding_lock)]
     async fn run(&self, cfg: &Config) -> Result<Outcome, RunError> {
         let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
         run(cfg).await
@@ -58,7 +61,7 @@ async fn a_new_generation_is_imported_set_and_switched_to_once() {
     // Dependencies first; what the store had is not fetched.
     assert_eq!(h.store.lock().imported, [lib, top.clone()]);
     assert_eq!(h.store.profile(), Some(top.clone()));
-    assert_eq!(h.switch.activated(), [top.clone()]);
+    assert_eq!(h.switch.activated(), std::slice::from_ref(&top));
     let st = h.status();
     assert_eq!(
         (st.applied_generation, st.highest_generation, st.last_result),
@@ -131,6 +134,8 @@ async fn a_failed_health_check_rolls_back() {
     assert_eq!(h.status().bad_generations, [2]);
 }
 
+type Edit = Box<dyn Fn(&mut Pointer)>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pointers_against_the_policy_are_refused_before_the_store_is_asked() {
     let h = Host::new();
@@ -139,7 +144,7 @@ async fn pointers_against_the_policy_are_refused_before_the_store_is_asked() {
     h.run(&cfg).await.unwrap();
     let queries = h.store.lock().queries;
     let epoch = std::time::UNIX_EPOCH;
-    let cases: Vec<(&str, Box<dyn Fn(&mut Pointer)>)> = vec![
+    let cases: Vec<(&str, Edit)> = vec![
         ("not \"web1\"", Box::new(|p| p.host = "web2".into())),
         (
             "not \"x86_64-linux\"",
