@@ -26,7 +26,7 @@ use crate::fetch::staged_path;
 pub const CHUNK: usize = 4000;
 
 /// A Nix command, holding the run lock until it exits (`state::child_stdin`).
-fn run(cmd: &mut Command) -> Result<String> {
+pub fn run(cmd: &mut Command) -> Result<String> {
     nixcast_cli::command::run(cmd, crate::state::child_stdin())
 }
 
