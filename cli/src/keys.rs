@@ -42,6 +42,16 @@ fn read_public_key(file: &Path) -> Result<PublicKey> {
     public_key(&text, &format!("--trusted-key-file {}", file.display()))
 }
 
+/// The signing key in `file` (`--secret-key-file`), in Nix's format. The
+/// text read is zeroed once parsed.
+pub fn read_secret_key(file: &Path) -> Result<SecretKey> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?,
+    );
+    SecretKey::parse(&text)
+        .with_context(|| format!("cannot load the secret key {}", file.display()))
+}
+
 /// The identities in `files` (`--identity`): OpenSSH ed25519 keys, age
 /// identity files, or the publisher's Nix secret key file. Their bytes are
 /// zeroed once parsed.
@@ -73,5 +83,23 @@ mod tests {
         let public = secret.public().to_string();
         assert_eq!(public_key(&public, "x").unwrap().to_string(), public);
         assert!(format!("{:#}", public_key("test-1:AAAA", "F").unwrap_err()).contains("in F"));
+    }
+
+    #[test]
+    fn key_files() {
+        let d = tempfile::tempdir().unwrap();
+        let secret = SecretKey::generate("test-1").unwrap();
+        let (sec, publ) = (d.path().join("k.sec"), d.path().join("k.pub"));
+        std::fs::write(&sec, secret.to_file_string().as_bytes()).unwrap();
+        std::fs::write(&publ, secret.public().to_string()).unwrap();
+        assert_eq!(read_secret_key(&sec).unwrap().public(), secret.public());
+        assert_eq!(read_public_keys(&[publ]).unwrap(), [secret.public()]);
+        let err = read_public_keys(std::slice::from_ref(&sec)).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("k.sec is a secret key"),
+            "{err:#}"
+        );
+        let err = read_secret_key(&d.path().join("none")).unwrap_err();
+        assert!(format!("{err:#}").contains("cannot read"), "{err:#}");
     }
 }

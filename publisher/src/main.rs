@@ -28,7 +28,6 @@ use nixcast_cli::keys;
 use nixcast_cli::logging::{self, LogArgs, LogFormat};
 use nixcast_common::manifest::Compression;
 use nixcast_common::seal::{self, Recipients};
-use nixcast_common::SecretKey;
 
 #[derive(Parser)]
 #[command(
@@ -409,10 +408,7 @@ fn run(cmd: Cmd) -> Result<()> {
 }
 
 fn publish_cmd(a: PublishArgs) -> Result<()> {
-    let key_text = std::fs::read_to_string(&a.secret_key_file)
-        .with_context(|| format!("cannot read {}", a.secret_key_file.display()))?;
-    let key = SecretKey::parse(&key_text)
-        .with_context(|| format!("cannot load the secret key {}", a.secret_key_file.display()))?;
+    let key = keys::read_secret_key(&a.secret_key_file)?;
     let hosts = match &a.flake {
         Some(f) if a.all => nix::flake_hosts(f)?,
         _ => a.hosts.clone(),
