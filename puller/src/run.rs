@@ -2,6 +2,14 @@
 //! it; fetch the manifest it pins (opening it if sealed); ask Nix what is
 //! missing; fetch, verify and import that; set the profile; switch; check
 //! health, and roll back on failure; record the status.
+//!
+//! `run` holds the lock and records the status; `apply` calls the steps in
+//! order, one function each (`read_pointer`, `fetch_manifest`,
+//! `what_is_missing`, `fetch_and_import`, `check_imported`, `switch`). A step
+//! after verification takes the `Verified<Pointer>` or the `Pinned` manifest,
+//! never the plain value; the store and the switch come from `Config`
+//! (`host::Store`, `host::Activator`), so the unit tests in `run/tests.rs`
+//! drive these same steps without root or Nix.
 
 use std::path::PathBuf;
 use std::sync::Arc;
