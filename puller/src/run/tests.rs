@@ -274,3 +274,41 @@ async fn rollback_by_hand_goes_to_the_previous_generation_and_marks_the_applied_
         (vec![2], Some(Outcome::RolledBack))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_manifest_is_rebuilt_from_the_last_one_and_a_delta() {
+    let h = Host::new();
+    let (_, old) = h.cache.publish(1, &testing::closure("v1", 10));
+    h.run(&h.config()).await.unwrap();
+    let (new_top, new) = h.cache.publish(2, &testing::closure("v2", 20));
+    let (old_sha, new_sha) = (
+        Sha256Hash::digest(&old.to_json()),
+        Sha256Hash::digest(&new.to_json()),
+    );
+    let delta = Delta::between(&old, &new).to_json();
+    std::fs::write(
+        h.cache
+            .path()
+            .join(manifest::delta_path(&new_sha, &old_sha)),
+        delta,
+    )
+    .unwrap();
+    // Only the delta can give the new manifest now.
+    std::fs::remove_file(h.cache.path().join(layout::manifest(&new_sha))).unwrap();
+    assert_eq!(h.run(&h.config()).await.unwrap(), Outcome::Applied);
+    assert_eq!(h.store.profile(), Some(new_top));
+
+    // A delta that does not make the pinned manifest is not used.
+    let (_, newer) = h.cache.publish(3, &testing::closure("v3", 30));
+    let newer_sha = Sha256Hash::digest(&newer.to_json());
+    std::fs::write(
+        h.cache
+            .path()
+            .join(manifest::delta_path(&newer_sha, &new_sha)),
+        Delta::between(&new, &old).to_json(),
+    )
+    .unwrap();
+    std::fs::remove_file(h.cache.path().join(layout::manifest(&newer_sha))).unwrap();
+    let err = h.run(&h.config()).await.unwrap_err();
+    assert_eq!(err.exit_code(), 4, "fetched whole, and missing: {err}");
+}
