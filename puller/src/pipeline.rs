@@ -55,23 +55,32 @@ pub async fn fetch_and_import(
     tracing::warn!(
         "importing from the staging cache failed; once more from an empty staging directory: {why:#}"
     );
-    std::fs::remove_dir_all(staging)
-        .map_err(anyhow::Error::from)
-        .and_then(|()| store::make_staging(staging))
-        .map_err(|e| RunError::Other(e.context("cannot empty the staging directory")))?;
-    let asked: Vec<&StorePath> = entries.iter().map(|e| &e.store_path).collect();
-    let still = cfg.store.missing(&asked).map_err(RunError::Other)?;
-    let entries: Vec<&Entry> = entries
-        .iter()
-        .filter(|e| still.contains(&e.store_path))
-        .copied()
-        .collect();
+    let entries = afresh(cfg, staging, entries)?;
     let total = entries.iter().map(|e| e.file_size).sum();
     match attempt(cfg, staging, manifest, &entries, total, ids).await {
         Ok(n) => Ok(fetched + n),
         Err(Failed::Run(e)) => Err(e),
         Err(Failed::Import { why, .. }) => Err(RunError::Import(why)),
     }
+}
+
+/// Empties the staging directory; returns the entries still missing.
+fn afresh<'a>(
+    cfg: &Config,
+    staging: &Path,
+    entries: &[&'a Entry],
+) -> Result<Vec<&'a Entry>, RunError> {
+    std::fs::remove_dir_all(staging)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| store::make_staging(staging))
+        .map_err(|e| RunError::Other(e.context("cannot empty the staging directory")))?;
+    let asked: Vec<&StorePath> = entries.iter().map(|e| &e.store_path).collect();
+    let still = cfg.store.missing(&asked).map_err(RunError::Other)?;
+    Ok(entries
+        .iter()
+        .filter(|e| still.contains(&e.store_path))
+        .copied()
+        .collect())
 }
 
 enum Failed {

@@ -192,6 +192,9 @@ pub struct StoreState {
     pub current: Option<u64>,
     /// How many times validity was asked.
     pub queries: usize,
+    /// Imports that fail before one succeeds (as Nix does on a damaged
+    /// staging cache).
+    pub failing_imports: usize,
 }
 
 impl FakeStore {
@@ -227,6 +230,13 @@ impl Store for FakeStore {
     }
 
     fn import(&self, staging: &Path, paths: &[StorePath], trusted: &[PublicKey]) -> Result<()> {
+        {
+            let mut s = self.lock();
+            if s.failing_imports > 0 {
+                s.failing_imports -= 1;
+                anyhow::bail!("nix copy failed (a test's failure)");
+            }
+        }
         for p in paths {
             let text = std::fs::read_to_string(staging.join(layout::narinfo(p)))
                 .with_context(|| format!("no narinfo staged for {p}"))?;

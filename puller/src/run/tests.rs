@@ -312,3 +312,21 @@ async fn the_next_manifest_is_rebuilt_from_the_last_one_and_a_delta() {
     let err = h.run(&h.config()).await.unwrap_err();
     assert_eq!(err.exit_code(), 4, "fetched whole, and missing: {err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_import_is_tried_once_more_from_an_empty_staging_directory() {
+    let h = Host::new();
+    let (top, _) = h.cache.publish(1, &testing::closure("v1", 10));
+    h.store.lock().failing_imports = 1;
+    assert_eq!(h.run(&h.config()).await.unwrap(), Outcome::Applied);
+    assert_eq!(h.store.profile(), Some(top));
+
+    let h = Host::new();
+    h.cache.publish(1, &testing::closure("v1", 10));
+    h.store.lock().failing_imports = 2;
+    let err = h.run(&h.config()).await.unwrap_err();
+    assert_eq!(err.outcome(), Outcome::ImportFailed, "{err}");
+    assert!(err.to_string().contains("a test's failure"), "{err}");
+    assert!(h.switch.activated().is_empty());
+    assert_eq!(h.status().failures.get("import-failed"), Some(&1));
+}
