@@ -27,6 +27,7 @@
               ./Cargo.toml
               ./Cargo.lock
               ./common
+              ./cli
               ./publisher
               ./puller
               ./integration

@@ -9,6 +9,7 @@
 //! - [`layout`]: where each object lives in a cache;
 //! - [`manifest`]: the closure of a host in one file;
 //! - [`pointer`]: the signed DSSE envelope naming what a host should run;
+//! - [`pinned`]: a manifest held to the pin of a verified pointer;
 //! - [`report`]: a host's signed report of what its agent last did;
 //! - [`seal`]: age encryption of a sealed host's objects, recipients and identities.
 
@@ -19,6 +20,7 @@ pub mod manifest;
 pub mod nar;
 pub mod narinfo;
 pub mod nixbase32;
+pub mod pinned;
 pub mod pointer;
 pub mod report;
 pub mod seal;

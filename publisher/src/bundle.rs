@@ -101,14 +101,8 @@ pub fn bundle(
         );
     }
 
-    let dir = output
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(".nixcast-bundle-")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    let dir = nixcast_cli::fs::dir_of(output);
+    let tmp = nixcast_cli::fs::temp_in(dir)?;
     let mut tar = tar::Builder::new(std::io::BufWriter::new(tmp));
     for (name, bytes) in [(&key, &pointer_bytes), (&p.manifest.path, &manifest_bytes)] {
         tar.append_data(&mut header(bytes.len() as u64), name, bytes.as_slice())
@@ -136,11 +130,9 @@ pub fn bundle(
     }
     let buffered = tar.into_inner().context("finishing the bundle")?;
     let tmp = buffered.into_inner().map_err(|e| e.into_error())?;
-    tmp.as_file().sync_all()?;
-    let mut file = tmp
-        .persist(output)
-        .with_context(|| format!("cannot write {}", output.display()))?;
-    file.flush()?;
+    // Readable by its owner alone, as a temporary file starts.
+    nixcast_cli::fs::persist(tmp, output, 0o600, nixcast_cli::fs::Replace::Yes)?;
+    nixcast_cli::fs::sync_dir(dir)?;
     println!(
         "bundled {host} generation {}: {} NARs of {} paths ({}) into {}",
         p.generation,

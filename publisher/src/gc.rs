@@ -17,6 +17,8 @@ use anyhow::{Context, Result};
 use nixcast_common::layout;
 use nixcast_common::seal::Identity;
 
+use nixcast_common::pointer::Pointer;
+
 use crate::cache::{decode_pointer, human_bytes, read_manifest};
 use crate::target::Target;
 
@@ -28,11 +30,32 @@ pub fn gc(
     dry_run: bool,
 ) -> Result<()> {
     anyhow::ensure!(keep >= 1, "--keep must be at least 1");
-    let mut live: BTreeSet<String> = BTreeSet::new();
-    // Without the identity to open a kept sealed manifest, nothing sealed is
-    // known to be dead, so nothing sealed is deleted.
-    let mut sealed_unknown = false;
-    let mut dropped_pointers = Vec::new();
+    let live = live_objects(target, keep, ids)?;
+    let now = SystemTime::now();
+    let old = |t: SystemTime| now.duration_since(t).unwrap_or_default() >= grace;
+    let doomed = doomed_objects(target, live, old)?;
+    delete(target, &doomed, dry_run)
+}
+
+/// An object's key, size and modification time.
+type Object = (String, u64, SystemTime);
+
+/// What the kept generations of every host reach, and the history
+/// pointers of the generations not kept.
+struct Live {
+    keys: BTreeSet<String>,
+    /// A kept sealed manifest could not be opened (no `--identity`): nothing
+    /// sealed is known to be dead, so nothing sealed is deleted.
+    sealed_unknown: bool,
+    dropped_pointers: Vec<Object>,
+}
+
+fn live_objects(target: &Target, keep: usize, ids: &[Identity]) -> Result<Live> {
+    let mut live = Live {
+        keys: BTreeSet::new(),
+        sealed_unknown: false,
+        dropped_pointers: Vec::new(),
+    };
     for (key, _, _) in target.entries(layout::HOSTS_DIR)? {
         let Some(host) = key
             .strip_prefix("hosts/")
@@ -40,64 +63,84 @@ pub fn gc(
         else {
             continue;
         };
-        let current = decode_pointer(target, &key)?;
-        let mut history: BTreeMap<u64, (String, u64, SystemTime)> = BTreeMap::new();
-        for (k, size, mtime) in target.entries(&layout::history_dir(host))? {
-            let generation: Option<u64> = k
-                .rsplit('/')
-                .next()
-                .and_then(|n| n.strip_suffix(".json"))
-                .and_then(|n| n.parse().ok());
-            let Some(g) = generation else { continue };
-            // A name is anyone's word: a file planted under a high number
-            // must not take the place of a kept generation. What is not this
-            // host's pointer of that generation is neither kept nor deleted.
-            match decode_pointer(target, &k) {
-                Ok(p) if p.host == host && p.generation == g => {
-                    history.insert(g, (k, size, mtime));
-                }
-                Ok(_) => tracing::warn!("leaving {k:?} alone: it is not generation {g} of {host}"),
-                Err(e) => tracing::warn!("leaving {k:?} alone: {e:#}"),
-            }
-        }
-        let kept: BTreeSet<u64> = history
-            .keys()
-            .rev()
-            .take(keep)
-            .copied()
-            .chain([current.generation])
-            .collect();
-        let mut pointers = vec![current];
-        for (g, entry) in history {
-            if kept.contains(&g) {
-                pointers.push(decode_pointer(target, &entry.0)?);
-            } else {
-                dropped_pointers.push(entry);
-            }
-        }
-        for p in pointers {
-            live.insert(p.manifest.path.clone());
+        for p in kept_pointers(target, host, &key, keep, &mut live.dropped_pointers)? {
+            live.keys.insert(p.manifest.path.clone());
             if p.manifest.sealed.is_some() && ids.is_empty() {
-                sealed_unknown = true;
+                live.sealed_unknown = true;
                 continue;
             }
             let (_, m) = read_manifest(target, &p, ids)
                 .with_context(|| format!("generation {} of {host} is kept", p.generation))?;
             for e in m.paths.iter().filter(|e| e.cache.is_none()) {
-                live.insert(layout::narinfo(&e.store_path));
-                live.insert(e.url.clone());
+                live.keys.insert(layout::narinfo(&e.store_path));
+                live.keys.insert(e.url.clone());
             }
         }
     }
+    Ok(live)
+}
 
-    let now = SystemTime::now();
-    let old = |t: SystemTime| now.duration_since(t).unwrap_or_default() >= grace;
-    let mut doomed: Vec<(String, u64)> = dropped_pointers
+/// The current pointer of `host` and its last `keep` history pointers;
+/// the history pointers of other generations go to `dropped`.
+fn kept_pointers(
+    target: &Target,
+    host: &str,
+    key: &str,
+    keep: usize,
+    dropped: &mut Vec<Object>,
+) -> Result<Vec<Pointer>> {
+    let current = decode_pointer(target, key)?;
+    let mut history: BTreeMap<u64, Object> = BTreeMap::new();
+    for (k, size, mtime) in target.entries(&layout::history_dir(host))? {
+        let generation: Option<u64> = k
+            .rsplit('/')
+            .next()
+            .and_then(|n| n.strip_suffix(".json"))
+            .and_then(|n| n.parse().ok());
+        let Some(g) = generation else { continue };
+        // A name is anyone's word: a file planted under a high number
+        // must not take the place of a kept generation. What is not this
+        // host's pointer of that generation is neither kept nor deleted.
+        match decode_pointer(target, &k) {
+            Ok(p) if p.host == host && p.generation == g => {
+                history.insert(g, (k, size, mtime));
+            }
+            Ok(_) => tracing::warn!("leaving {k:?} alone: it is not generation {g} of {host}"),
+            Err(e) => tracing::warn!("leaving {k:?} alone: {e:#}"),
+        }
+    }
+    let kept: BTreeSet<u64> = history
+        .keys()
+        .rev()
+        .take(keep)
+        .copied()
+        .chain([current.generation])
+        .collect();
+    let mut pointers = vec![current];
+    for (g, entry) in history {
+        if kept.contains(&g) {
+            pointers.push(decode_pointer(target, &entry.0)?);
+        } else {
+            dropped.push(entry);
+        }
+    }
+    Ok(pointers)
+}
+
+/// What no kept generation reaches and `old` says is past the grace
+/// period, in the order of deletion: the reverse of the publish order.
+fn doomed_objects(
+    target: &Target,
+    live: Live,
+    old: impl Fn(SystemTime) -> bool,
+) -> Result<Vec<(String, u64)>> {
+    let mut doomed: Vec<(String, u64)> = live
+        .dropped_pointers
         .into_iter()
         .filter(|(_, _, mtime)| old(*mtime))
         .map(|(k, size, _)| (k, size))
         .collect();
-    if sealed_unknown {
+    if live.sealed_unknown {
         tracing::warn!(
             "sealed manifests cannot be opened without --identity: nothing under {}/ is deleted",
             layout::SEALED_DIR
@@ -106,7 +149,7 @@ pub fn gc(
     // Reverse publish order: manifests, then narinfos, then NARs. Sealed
     // objects of every kind share one directory; a sealed manifest is never
     // deleted while a kept pointer names it, so it goes with its NARs.
-    let sealed_prefixes: &[&str] = if sealed_unknown {
+    let sealed_prefixes: &[&str] = if live.sealed_unknown {
         &[]
     } else {
         &[layout::SEALED_DIR]
@@ -130,14 +173,18 @@ pub fn gc(
                 _ => key.clone(),
             };
             // A dot-file is a temporary file left by an interrupted publish.
-            let unreferenced = name.starts_with('.') || (ours && !live.contains(&key_of_use));
+            let unreferenced = name.starts_with('.') || (ours && !live.keys.contains(&key_of_use));
             if unreferenced && old(mtime) {
                 doomed.push((key, size));
             }
         }
     }
+    Ok(doomed)
+}
+
+fn delete(target: &Target, doomed: &[(String, u64)], dry_run: bool) -> Result<()> {
     let freed: u64 = doomed.iter().map(|(_, s)| s).sum();
-    for (key, size) in &doomed {
+    for (key, size) in doomed {
         if dry_run {
             println!("would delete {key} ({})", human_bytes(*size));
         } else {

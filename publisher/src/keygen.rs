@@ -1,11 +1,8 @@
 //! `nixcast keygen`: a key pair in Nix's own file format.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use nixcast_common::SecretKey;
 
 pub fn keygen(name: &str, secret: &Path, public: &Path, force: bool) -> Result<()> {
@@ -20,32 +17,10 @@ pub fn keygen(name: &str, secret: &Path, public: &Path, force: bool) -> Result<(
             );
         }
     }
-    write_file(secret, key.to_file_string().as_bytes(), 0o600)?;
-    write_file(public, key.public().to_string().as_bytes(), 0o644)?;
+    // Written whole or not at all; the secret is never readable by others,
+    // not even under its temporary name.
+    nixcast_cli::fs::write(secret, key.to_file_string().as_bytes(), 0o600)?;
+    nixcast_cli::fs::write(public, key.public().to_string().as_bytes(), 0o644)?;
     println!("{}", key.public());
-    Ok(())
-}
-
-/// Writes beside the destination with the final mode from the start, then
-/// renames, so the secret is never readable by others, not even briefly.
-fn write_file(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let dir = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        dest.file_name().context("no file name")?.to_string_lossy(),
-        std::process::id()
-    ));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, dest).with_context(|| format!("cannot write {}", dest.display()))?;
     Ok(())
 }

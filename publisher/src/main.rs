@@ -25,10 +25,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use nixcast_cli::keys;
+use nixcast_cli::logging::{self, LogArgs, LogFormat};
 use nixcast_common::manifest::Compression;
-use nixcast_common::seal::{self, Identity, Recipients};
-use nixcast_common::SecretKey;
+use nixcast_common::seal::{self, Recipients};
 
 #[derive(Parser)]
 #[command(
@@ -37,17 +38,10 @@ use nixcast_common::SecretKey;
     about = "Publish NixOS hosts as a signed static Nix binary cache"
 )]
 struct Cli {
-    /// Log format on standard error.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Cmd,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -70,13 +64,23 @@ enum Cmd {
     /// List every host in a cache: generation, store path, times, closure size.
     Hosts {
         /// The cache: a directory, file://DIR or s3://BUCKET/PREFIX?….
-        #[arg(long = "cache", alias = "to", value_name = "CACHE")]
+        #[arg(
+            long = "cache",
+            alias = "to",
+            value_name = "CACHE",
+            env = "NIXCAST_CACHE"
+        )]
         to: String,
         /// Verify pointers with this public key (repeatable); without, they are only decoded.
-        #[arg(long = "trusted-key-file", alias = "public-key-file")]
+        #[arg(
+            long = "trusted-key-file",
+            alias = "public-key-file",
+            env = "NIXCAST_TRUSTED_KEY_FILES",
+            value_delimiter = ' '
+        )]
         public_key_files: Vec<PathBuf>,
         /// Opens sealed manifests and reports (repeatable): an operator's identity or the publisher's secret key file.
-        #[arg(long = "identity")]
+        #[arg(long = "identity", env = "NIXCAST_IDENTITIES", value_delimiter = ' ')]
         identities: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
@@ -92,7 +96,12 @@ enum Cmd {
     /// What changed between two generations of a host (default: the latest and the one before).
     Diff {
         /// The cache: a directory, file://DIR or s3://BUCKET/PREFIX?….
-        #[arg(long = "cache", alias = "to", value_name = "CACHE")]
+        #[arg(
+            long = "cache",
+            alias = "to",
+            value_name = "CACHE",
+            env = "NIXCAST_CACHE"
+        )]
         to: String,
         #[arg(long)]
         host: String,
@@ -100,10 +109,15 @@ enum Cmd {
         #[arg(value_name = "TO")]
         to_generation: Option<u64>,
         /// Verify pointers with this public key (repeatable).
-        #[arg(long = "trusted-key-file", alias = "public-key-file")]
+        #[arg(
+            long = "trusted-key-file",
+            alias = "public-key-file",
+            env = "NIXCAST_TRUSTED_KEY_FILES",
+            value_delimiter = ' '
+        )]
         public_key_files: Vec<PathBuf>,
         /// Opens sealed manifests (repeatable): an operator's identity or the publisher's secret key file.
-        #[arg(long = "identity")]
+        #[arg(long = "identity", env = "NIXCAST_IDENTITIES", value_delimiter = ' ')]
         identities: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
@@ -113,7 +127,12 @@ enum Cmd {
         #[arg(long)]
         host: String,
         /// The cache to read: a directory, file://DIR or s3://….
-        #[arg(long = "cache", alias = "from", value_name = "CACHE")]
+        #[arg(
+            long = "cache",
+            alias = "from",
+            value_name = "CACHE",
+            env = "NIXCAST_CACHE"
+        )]
         from: String,
         /// Leave out what this generation of the host has.
         #[arg(long, conflicts_with = "base_path")]
@@ -124,13 +143,18 @@ enum Cmd {
         #[arg(long)]
         output: PathBuf,
         /// Opens sealed manifests (repeatable): an operator's identity or the publisher's secret key file.
-        #[arg(long = "identity")]
+        #[arg(long = "identity", env = "NIXCAST_IDENTITIES", value_delimiter = ' ')]
         identities: Vec<PathBuf>,
     },
     /// Delete what no kept generation of any host needs.
     Gc {
         /// The cache: a directory, file://DIR or s3://BUCKET/PREFIX?….
-        #[arg(long = "cache", alias = "to", value_name = "CACHE")]
+        #[arg(
+            long = "cache",
+            alias = "to",
+            value_name = "CACHE",
+            env = "NIXCAST_CACHE"
+        )]
         to: String,
         /// Generations kept per host (the current one is always kept).
         #[arg(long)]
@@ -141,7 +165,7 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
         /// Opens sealed manifests (repeatable); without one, nothing sealed is deleted.
-        #[arg(long = "identity")]
+        #[arg(long = "identity", env = "NIXCAST_IDENTITIES", value_delimiter = ' ')]
         identities: Vec<PathBuf>,
     },
     /// Serve a cache directory over HTTP, read-only.
@@ -179,12 +203,12 @@ enum Cmd {
 #[derive(clap::Args)]
 struct PromoteArgs {
     /// The cache: a directory, file://DIR or s3://BUCKET/PREFIX?….
-    #[arg(long = "cache", value_name = "CACHE")]
+    #[arg(long = "cache", value_name = "CACHE", env = "NIXCAST_CACHE")]
     cache: String,
     /// A host to promote (repeatable).
     #[arg(long = "host", required = true)]
     hosts: Vec<String>,
-    #[arg(long)]
+    #[arg(long, env = "NIXCAST_SECRET_KEY_FILE")]
     secret_key_file: PathBuf,
     /// The staged generation to promote (default: the highest).
     #[arg(long)]
@@ -199,7 +223,7 @@ struct PromoteArgs {
     #[arg(long)]
     recipients_file: Option<PathBuf>,
     /// Opens sealed reports (repeatable): an operator's identity or the publisher's secret key file.
-    #[arg(long = "identity")]
+    #[arg(long = "identity", env = "NIXCAST_IDENTITIES", value_delimiter = ' ')]
     identities: Vec<PathBuf>,
     /// How long the new pointer stays valid ("30d", "12h"), or "never".
     #[arg(long, default_value = "30d", value_parser = parse_expiry)]
@@ -217,7 +241,12 @@ struct PublishArgs {
     all: bool,
     /// The cache to write: a directory, file://DIR or s3://BUCKET/PREFIX?… (`--to`, as in
     /// `nix copy --to`, is the same).
-    #[arg(long = "cache", alias = "to", value_name = "CACHE")]
+    #[arg(
+        long = "cache",
+        alias = "to",
+        value_name = "CACHE",
+        env = "NIXCAST_CACHE"
+    )]
     to: String,
     /// An already-built system (a store path or a symlink to one, such as ./result).
     #[arg(long)]
@@ -225,7 +254,8 @@ struct PublishArgs {
     /// Build REF#nixosConfigurations.HOST.config.system.build.toplevel.
     #[arg(long)]
     flake: Option<String>,
-    #[arg(long)]
+    /// The signing key (`nixcast keygen`).
+    #[arg(long, env = "NIXCAST_SECRET_KEY_FILE")]
     secret_key_file: PathBuf,
     #[arg(long, default_value = "xz", value_parser = parse_compression)]
     compression: Compression,
@@ -295,8 +325,12 @@ fn parse_compression(s: &str) -> Result<Compression, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let format = cli.log_format;
-    init_logging(format);
+    let format = cli.log.log_format;
+    let text = logging::Text {
+        writer: std::io::stderr,
+        ansi: std::io::stderr().is_terminal(),
+    };
+    logging::init(format, "warn", text);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -329,7 +363,7 @@ fn run(cmd: Cmd) -> Result<()> {
             &target::Target::open_existing(&to)?,
             keep,
             grace,
-            &load_identities(&identities)?,
+            &keys::read_identities(&identities)?,
             dry_run,
         ),
         Cmd::Bundle {
@@ -352,7 +386,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 &target::Target::open_existing(&from)?,
                 &host,
                 &base,
-                &load_identities(&identities)?,
+                &keys::read_identities(&identities)?,
                 &output,
             )
         }
@@ -365,8 +399,8 @@ fn run(cmd: Cmd) -> Result<()> {
             html,
         } => inspect::hosts(
             &target::Target::open_existing(&to)?,
-            &load_public_keys(&public_key_files)?,
-            &load_identities(&identities)?,
+            &keys::read_public_keys(&public_key_files)?,
+            &keys::read_identities(&identities)?,
             json,
             recipients_file
                 .as_deref()
@@ -377,7 +411,7 @@ fn run(cmd: Cmd) -> Result<()> {
         ),
         Cmd::Promote(a) => {
             let opts = promote::Options {
-                key: load_secret_key(&a.secret_key_file)?,
+                key: keys::read_secret_key(&a.secret_key_file)?,
                 generation: a.generation,
                 expires_in: a.expires_in.0,
                 after: a.after,
@@ -386,7 +420,7 @@ fn run(cmd: Cmd) -> Result<()> {
                     Some(f) => load_recipients(f)?,
                     None => Recipients::default(),
                 },
-                ids: load_identities(&a.identities)?,
+                ids: keys::read_identities(&a.identities)?,
             };
             promote::promote(&target::Target::open_existing(&a.cache)?, &a.hosts, &opts)
         }
@@ -400,14 +434,14 @@ fn run(cmd: Cmd) -> Result<()> {
             json,
         } => {
             cache::check_host(&host)?;
-            let keys = load_public_keys(&public_key_files)?;
+            let trusted = keys::read_public_keys(&public_key_files)?;
             inspect::diff(
                 &target::Target::open_existing(&to)?,
                 &host,
                 from,
                 to_generation,
-                &keys,
-                &load_identities(&identities)?,
+                &trusted,
+                &keys::read_identities(&identities)?,
                 json,
             )
         }
@@ -452,10 +486,7 @@ fn run(cmd: Cmd) -> Result<()> {
 }
 
 fn publish_cmd(a: PublishArgs) -> Result<()> {
-    let key_text = std::fs::read_to_string(&a.secret_key_file)
-        .with_context(|| format!("cannot read {}", a.secret_key_file.display()))?;
-    let key = SecretKey::parse(&key_text)
-        .with_context(|| format!("cannot load the secret key {}", a.secret_key_file.display()))?;
+    let key = keys::read_secret_key(&a.secret_key_file)?;
     let hosts = match &a.flake {
         Some(f) if a.all => nix::flake_hosts(f)?,
         _ => a.hosts.clone(),
@@ -511,7 +542,7 @@ fn publish_cmd(a: PublishArgs) -> Result<()> {
             a.upstreams,
             a.upstream_keys
                 .iter()
-                .map(|k| public_key(k, "--upstream-key"))
+                .map(|k| keys::public_key(k, "--upstream-key"))
                 .collect::<Result<_>>()?,
         )?,
         sealing,
@@ -552,67 +583,8 @@ fn publish_cmd(a: PublishArgs) -> Result<()> {
     Ok(())
 }
 
-fn load_secret_key(file: &std::path::Path) -> Result<SecretKey> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    SecretKey::parse(&text)
-        .with_context(|| format!("cannot load the secret key {}", file.display()))
-}
-
 fn load_recipients(file: &std::path::Path) -> Result<Recipients> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     Recipients::parse(&text).with_context(|| format!("recipients file {}", file.display()))
-}
-
-fn load_public_keys(files: &[PathBuf]) -> Result<Vec<nixcast_common::PublicKey>> {
-    files
-        .iter()
-        .map(|f| {
-            let text = std::fs::read_to_string(f)
-                .with_context(|| format!("cannot read {}", f.display()))?;
-            public_key(&text, &format!("--public-key-file {}", f.display()))
-        })
-        .collect()
-}
-
-/// Identities that open sealed manifests: OpenSSH ed25519 keys, age
-/// identity files, or the publisher's Nix secret key file.
-fn load_identities(files: &[PathBuf]) -> Result<Vec<Identity>> {
-    let mut out = Vec::new();
-    for f in files {
-        let bytes = zeroize::Zeroizing::new(
-            std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?,
-        );
-        out.extend(Identity::from_file(&bytes, &f.display().to_string())?);
-    }
-    Ok(out)
-}
-
-/// A public key given as `source`. What is given may be a secret key by
-/// mistake: it is then refused as such, and no part of it is echoed (the
-/// errors of `PublicKey::parse` name only the key name and lengths).
-fn public_key(text: &str, source: &str) -> Result<nixcast_common::PublicKey> {
-    use nixcast_common::keys::KeyError;
-    match nixcast_common::PublicKey::parse(text) {
-        Ok(k) => Ok(k),
-        Err(KeyError::Length { got: 64, .. }) => anyhow::bail!(
-            "{source} is a secret key, not a public key: give the public key \
-             (the --public-key-file that `nixcast keygen` wrote), and keep the secret key private"
-        ),
-        Err(e) => Err(e).with_context(|| format!("bad public key in {source}")),
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NIXCAST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

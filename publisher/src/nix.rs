@@ -20,6 +20,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+use nixcast_common::narinfo::NarInfo;
 use nixcast_common::{Sha256Hash, StorePath};
 
 /// What Nix's database says about one valid path.
@@ -32,24 +33,27 @@ pub struct PathInfo {
     pub deriver: Option<StorePath>,
 }
 
+impl PathInfo {
+    /// Whether a narinfo describes this path's content: the same NarHash,
+    /// NarSize and references (in any order). Its signatures and where its
+    /// NAR is are the caller's to judge.
+    pub fn described_by(&self, ni: &NarInfo) -> bool {
+        let mut ours = self.references.clone();
+        ours.sort();
+        let mut theirs = ni.references.clone();
+        theirs.sort();
+        ni.store_path == self.path
+            && ni.nar_hash == self.nar_hash
+            && ni.nar_size == self.nar_size
+            && ours == theirs
+    }
+}
+
 /// Paths per `--dump-db` call: keeps each command line far below ARG_MAX.
 const DUMP_DB_CHUNK: usize = 4000;
 
 fn run(cmd: &mut Command) -> Result<String> {
-    let shown = format!("{cmd:?}");
-    let out = cmd
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .with_context(|| format!("cannot run {shown}: is Nix installed?"))?;
-    if !out.status.success() {
-        bail!(
-            "{shown} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    String::from_utf8(out.stdout).with_context(|| format!("{shown} printed non-UTF-8"))
+    nixcast_cli::command::run(cmd, Stdio::null())
 }
 
 /// Resolves a path given by the user (a store path or a symlink to one, such as `./result`).
@@ -230,6 +234,28 @@ d010738d49512ba8dd42fdae0efc6a8792504a21441f5ab6cb48dd9c685ed088\n3144\n\
             "d010738d49512ba8dd42fdae0efc6a8792504a21441f5ab6cb48dd9c685ed088"
         );
         assert!(parse_dump_db("/nix/store/7lvcvyx8vkgwf8im6wmm2vlngh1wvdka-pkg-1\nabc\n").is_err());
+    }
+
+    #[test]
+    fn a_narinfo_describes_the_same_content_whatever_its_reference_order() {
+        let text = "/nix/store/7lvcvyx8vkgwf8im6wmm2vlngh1wvdka-pkg-1\n\
+d010738d49512ba8dd42fdae0efc6a8792504a21441f5ab6cb48dd9c685ed088\n3144\n\n2\n\
+/nix/store/28m3cfvkwlg7bj6rdwmmm5jzqmbbjiq9-base-lib\n\
+/nix/store/7lvcvyx8vkgwf8im6wmm2vlngh1wvdka-pkg-1\n";
+        let info = parse_dump_db(text).unwrap().remove(0);
+        let ni = |refs: &str, size: u64| {
+            NarInfo::parse(&format!(
+                "StorePath: {}\nURL: nar/x.nar\nCompression: none\nNarHash: {}\n\
+                 NarSize: {size}\nReferences: {refs}\n",
+                info.path, info.nar_hash
+            ))
+            .unwrap()
+        };
+        let refs =
+            "7lvcvyx8vkgwf8im6wmm2vlngh1wvdka-pkg-1 28m3cfvkwlg7bj6rdwmmm5jzqmbbjiq9-base-lib";
+        assert!(info.described_by(&ni(refs, 3144)));
+        assert!(!info.described_by(&ni(refs, 3145)));
+        assert!(!info.described_by(&ni("7lvcvyx8vkgwf8im6wmm2vlngh1wvdka-pkg-1", 3144)));
     }
 
     #[test]

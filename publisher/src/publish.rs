@@ -77,49 +77,140 @@ impl std::fmt::Display for Summary {
     }
 }
 
+/// The steps of a publish, each a function below, in the order of writes:
+/// NARs, narinfos, manifest (and delta), history, pointer.
 pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> Result<Outcome> {
     crate::cache::check_host(host)?;
     let sealed = opts.sealing.is_sealed(host);
-    let me = [Identity::of_publisher(&opts.key)];
-    let (previous, last_generation, last_issued) = previous_pointer(target, host, opts)?;
-    let unchanged = |prev: &Pointer| Outcome::Unchanged {
-        generation: prev.generation,
-        store_path: top.clone(),
-    };
-    let fresh = |prev: &Pointer| !opts.force && !needs_renewal(prev, opts.expires_in);
-    if let Some(prev) = &previous {
-        if !sealed && prev.store_path.as_ref() == Some(top) && fresh(prev) {
-            return Ok(unchanged(prev));
-        }
+    let mut prev = Previous::read(target, host, opts)?;
+    if let Some(unchanged) = prev.names_already(top, sealed, opts) {
+        return Ok(unchanged);
     }
-    // The previous manifest: for a sealed pointer's store path, for a delta,
-    // and to tell whether the sealing changed.
-    let prev_manifest =
-        previous
-            .as_ref()
-            .and_then(|p| match crate::cache::read_manifest(target, p, &me) {
-                Ok((_, m)) => Some(m),
-                Err(e) => {
-                    tracing::warn!("cannot read generation {}'s manifest: {e:#}", p.generation);
-                    None
-                }
-            });
-    if let (Some(prev), Some(m)) = (&previous, &prev_manifest) {
-        let was_sealed = prev.manifest.sealed.is_some();
-        if m.store_path == *top
-            && opts.sealing.unchanged(host, &opts.key, m, was_sealed)
-            && fresh(prev)
-        {
-            return Ok(unchanged(prev));
-        }
+    prev.read_manifest(target, opts);
+    if let Some(unchanged) = prev.holds_already(host, top, opts) {
+        return Ok(unchanged);
     }
     // Before any NAR is written: a pointer that cannot be numbered or dated
     // must not leave half a publish behind.
+    let (generation, issued_at, expires_at) = next_pointer_time(host, &prev, opts)?;
+
+    let infos = crate::nix::closure(top)?;
+    tracing::info!(paths = infos.len(), %top, sealed, "read closure from Nix");
+    let mut plan = plan_paths(target, host, sealed, &infos, opts)?;
+    let new_paths = plan.jobs.len();
+    let (plain, bytes_written) = write_nars(target, &mut plan, opts)?;
+    write_narinfos(target, plain, &mut plan.entries, opts)?;
+    let manifest_ref = write_manifest(target, host, top, plan.entries, sealed, &prev, opts)?;
+
+    let pointer = Pointer {
+        host: host.to_owned(),
+        system: match &opts.system {
+            Some(s) => s.clone(),
+            None => system_of(top),
+        },
+        generation,
+        store_path: (!sealed).then(|| top.clone()),
+        manifest: manifest_ref,
+        issued_at,
+        expires_at,
+    };
+    write_pointer(target, &pointer, opts)?;
+    Ok(Outcome::Published(Summary {
+        host: host.to_owned(),
+        generation: pointer.generation,
+        store_path: top.clone(),
+        new_paths,
+        reused_paths: plan.reused_paths,
+        upstream_paths: plan.upstream_paths,
+        bytes_written,
+        staged: opts.stage,
+    }))
+}
+
+/// What the target holds of a host already.
+struct Previous {
+    /// The current pointer, verified with our key.
+    pointer: Option<Pointer>,
+    /// The highest generation published, in the pointer or the history.
+    last_generation: u64,
+    last_issued: Option<Timestamp>,
+    /// The current pointer's manifest: for a sealed pointer's store path,
+    /// for a delta, and to tell whether the sealing changed.
+    manifest: Option<Manifest>,
+}
+
+impl Previous {
+    /// The current pointer and the last generation; the manifest is read
+    /// by `read_manifest` when it is needed.
+    fn read(target: &Target, host: &str, opts: &Options) -> Result<Self> {
+        let (pointer, last_generation, last_issued) = previous_pointer(target, host, opts)?;
+        Ok(Previous {
+            pointer,
+            last_generation,
+            last_issued,
+            manifest: None,
+        })
+    }
+
+    fn read_manifest(&mut self, target: &Target, opts: &Options) {
+        let me = [Identity::of_publisher(&opts.key)];
+        self.manifest =
+            self.pointer
+                .as_ref()
+                .and_then(|p| match crate::cache::read_manifest(target, p, &me) {
+                    Ok((_, m)) => Some(m),
+                    Err(e) => {
+                        tracing::warn!("cannot read generation {}'s manifest: {e:#}", p.generation);
+                        None
+                    }
+                });
+    }
+
+    /// The current pointer, if it needs no renewal (nor `--force`).
+    fn fresh(&self, opts: &Options) -> Option<&Pointer> {
+        self.pointer
+            .as_ref()
+            .filter(|p| !opts.force && !needs_renewal(p, opts.expires_in))
+    }
+
+    /// `Unchanged` when the current plain pointer names `top` already.
+    fn names_already(&self, top: &StorePath, sealed: bool, opts: &Options) -> Option<Outcome> {
+        let prev = self.fresh(opts)?;
+        (!sealed && prev.store_path.as_ref() == Some(top)).then(|| Outcome::Unchanged {
+            generation: prev.generation,
+            store_path: top.clone(),
+        })
+    }
+
+    /// `Unchanged` when the current manifest is for `top`, sealed as this
+    /// host would be sealed now.
+    fn holds_already(&self, host: &str, top: &StorePath, opts: &Options) -> Option<Outcome> {
+        let prev = self.fresh(opts)?;
+        let m = self.manifest.as_ref()?;
+        let was_sealed = prev.manifest.sealed.is_some();
+        (m.store_path == *top && opts.sealing.unchanged(host, &opts.key, m, was_sealed)).then(
+            || Outcome::Unchanged {
+                generation: prev.generation,
+                store_path: top.clone(),
+            },
+        )
+    }
+}
+
+/// The next generation, its issue time and expiry. Refused when the
+/// generations are used up, or (without `--force`) when this machine's
+/// clock is behind the last pointer's issue time.
+fn next_pointer_time(
+    host: &str,
+    prev: &Previous,
+    opts: &Options,
+) -> Result<(u64, Timestamp, Option<Timestamp>)> {
+    let last_generation = prev.last_generation;
     let generation = last_generation.checked_add(1).with_context(|| {
         format!("{host} is at generation {last_generation}, the last there can be")
     })?;
     let issued_at = Timestamp::now();
-    if let Some(last) = last_issued.filter(|t| *t > issued_at) {
+    if let Some(last) = prev.last_issued.filter(|t| *t > issued_at) {
         ensure!(
             opts.force,
             "this machine's clock ({issued_at}) is behind the time the last pointer of {host} \
@@ -133,14 +224,30 @@ pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> 
         Some(d) => Some(expiry(issued_at, d)?),
         None => None,
     };
+    Ok((generation, issued_at, expires_at))
+}
 
-    let infos = crate::nix::closure(top)?;
-    tracing::info!(paths = infos.len(), %top, sealed, "read closure from Nix");
+/// Where each path of the closure comes from: the target already (reused),
+/// an upstream cache, or a NAR still to write (`jobs`, sealed or not).
+struct PathPlan<'a> {
+    entries: Vec<Entry>,
+    jobs: Vec<(&'a PathInfo, Option<SealTo>)>,
+    reused_paths: usize,
+    upstream_paths: usize,
+}
+
+fn plan_paths<'a>(
+    target: &Target,
+    host: &str,
+    sealed: bool,
+    infos: &'a [PathInfo],
+    opts: &Options,
+) -> Result<PathPlan<'a>> {
     // A sealed host reuses no plain narinfo: its paths are sealed (or upstream).
     let (reused, mut todo) = if sealed {
         (Vec::new(), infos.iter().collect())
     } else {
-        split_existing(target, &infos, &opts.key)?
+        split_existing(target, infos, &opts.key)?
     };
     let mut entries: Vec<Entry> = reused.iter().map(entry_of).collect::<Result<_>>()?;
     if !opts.upstreams.is_empty() {
@@ -187,8 +294,23 @@ pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> 
     // Largest first: with paths compressed in parallel, a big path started
     // last would leave the other cores idle at the end.
     jobs.sort_by_key(|(i, _)| std::cmp::Reverse(i.nar_size));
-    let bar = progress_bar(jobs.iter().map(|(i, _)| i.nar_size).sum(), "compressing");
-    let done = parallel(opts.jobs, &jobs, |(info, seal_to)| {
+    Ok(PathPlan {
+        entries,
+        jobs,
+        reused_paths,
+        upstream_paths,
+    })
+}
+
+/// Compresses (and seals) the NARs still to write, `opts.jobs` at a time.
+/// Sealed paths join the plan's entries; plain ones return their signed
+/// narinfos (not yet written), with the bytes written.
+fn write_nars(target: &Target, plan: &mut PathPlan, opts: &Options) -> Result<(Vec<NarInfo>, u64)> {
+    let bar = progress_bar(
+        plan.jobs.iter().map(|(i, _)| i.nar_size).sum(),
+        "compressing",
+    );
+    let done = parallel(opts.jobs, &plan.jobs, |(info, seal_to)| {
         let r = match seal_to {
             None => write_nar(target, info, opts).map(Written::Plain),
             Some((to, set)) => crate::sealing::write_sealed_nar(
@@ -207,7 +329,6 @@ pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> 
     bar.finish_and_clear();
     let mut written = Vec::new();
     let mut bytes_written = 0;
-    let new_paths = done.len();
     for w in done {
         match w {
             Written::Plain(ni) => {
@@ -216,15 +337,23 @@ pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> 
             }
             Written::Sealed(e) => {
                 bytes_written += e.file_size;
-                entries.push(e);
+                plan.entries.push(e);
             }
         }
     }
+    Ok((written, bytes_written))
+}
 
-    // Narinfos only once every NAR is in place, durably. Each is flushed
-    // before its rename, so they are written in parallel too: on a disk where
-    // a flush waits for the device, one after another would be the slowest
-    // part of a publish.
+/// Narinfos only once every NAR is in place, durably. Each is flushed
+/// before its rename, so they are written in parallel too: on a disk where
+/// a flush waits for the device, one after another would be the slowest
+/// part of a publish.
+fn write_narinfos(
+    target: &Target,
+    written: Vec<NarInfo>,
+    entries: &mut Vec<Entry>,
+    opts: &Options,
+) -> Result<()> {
     target.sync()?;
     parallel(opts.jobs, &written, |ni| {
         target.put(&narinfo_key(&ni.store_path), ni.render().as_bytes())
@@ -235,7 +364,20 @@ pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> 
     if !target.exists(layout::NIX_CACHE_INFO)? {
         target.put(layout::NIX_CACHE_INFO, NIX_CACHE_INFO.as_bytes())?;
     }
+    Ok(())
+}
 
+/// The manifest (sealed for a sealed host) and the delta from the previous
+/// one; returns what the pointer pins.
+fn write_manifest(
+    target: &Target,
+    host: &str,
+    top: &StorePath,
+    entries: Vec<Entry>,
+    sealed: bool,
+    prev: &Previous,
+    opts: &Options,
+) -> Result<ManifestRef> {
     let manifest = Manifest::new(top.clone(), entries)?;
     let manifest_bytes = manifest.to_json();
     let manifest_ref = if sealed {
@@ -252,41 +394,26 @@ pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> 
         }
         r
     };
-    if let (Some(prev), Some(old)) = (&previous, &prev_manifest) {
-        if prev.manifest != manifest_ref {
-            write_delta(target, host, prev, old, &manifest, &manifest_ref, opts)?;
+    if let (Some(p), Some(old)) = (&prev.pointer, &prev.manifest) {
+        if p.manifest != manifest_ref {
+            write_delta(target, host, p, old, &manifest, &manifest_ref, opts)?;
         }
     }
+    Ok(manifest_ref)
+}
 
-    let pointer = Pointer {
-        host: host.to_owned(),
-        system: match &opts.system {
-            Some(s) => s.clone(),
-            None => system_of(top),
-        },
-        generation,
-        store_path: (!sealed).then(|| top.clone()),
-        manifest: manifest_ref,
-        issued_at,
-        expires_at,
-    };
+/// The signed pointer: into the host's history, then as its current one.
+fn write_pointer(target: &Target, pointer: &Pointer, opts: &Options) -> Result<()> {
     let envelope = pointer.sign(&opts.key);
     target.sync()?;
-    target.put_new(&layout::history(host, pointer.generation), &envelope)?;
+    target.put_new(
+        &layout::history(&pointer.host, pointer.generation),
+        &envelope,
+    )?;
     if !opts.stage {
-        target.put(&layout::pointer(host), &envelope)?;
+        target.put(&layout::pointer(&pointer.host), &envelope)?;
     }
-    target.sync()?;
-    Ok(Outcome::Published(Summary {
-        host: host.to_owned(),
-        generation: pointer.generation,
-        store_path: top.clone(),
-        new_paths,
-        reused_paths,
-        upstream_paths,
-        bytes_written,
-        staged: opts.stage,
-    }))
+    target.sync()
 }
 
 /// Who a path is sealed to, and the name of that set.
@@ -500,15 +627,8 @@ fn split_existing<'a>(
         let text = String::from_utf8(bytes).with_context(|| format!("{k} is not UTF-8"))?;
         let mut ni =
             NarInfo::parse(&text).with_context(|| format!("cannot parse {k} in the target"))?;
-        let mut refs = info.references.clone();
-        refs.sort();
-        let mut their_refs = ni.references.clone();
-        their_refs.sort();
         ensure!(
-            ni.store_path == info.path
-                && ni.nar_hash == info.nar_hash
-                && ni.nar_size == info.nar_size
-                && their_refs == refs,
+            info.described_by(&ni),
             "{k} in the target describes other content for {} than the local store has \
              (a different build); remove it or publish to another target",
             info.path

@@ -2,19 +2,19 @@
 //!
 //! Keys are relative paths such as `nar/<hash>.nar.xz` or `hosts/foobar.json`.
 //! Every write is atomic: in a directory, bytes go to a temporary file that
-//! is flushed to disk and then renamed; in a bucket, an object appears whole
+//! is flushed to disk and then renamed (`nixcast_cli::fs`); in a bucket, an object appears whole
 //! when its PUT (or the completion of its multipart upload) succeeds. Only
 //! this module knows about S3.
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
+use nixcast_cli::fs::Replace;
 use nixcast_common::layout;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
@@ -319,10 +319,7 @@ impl Target {
             Kind::Dir(root) => root.join("nar"),
             Kind::S3(s) => s.staging.path().to_owned(),
         };
-        tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(&dir)
-            .with_context(|| format!("cannot create a temporary file in {}", dir.display()))
+        nixcast_cli::fs::temp_in(&dir)
     }
 
     /// Stores a finished temporary file under `key`.
@@ -333,9 +330,9 @@ impl Target {
                 if let Some(parent) = dest.parent() {
                     fs::create_dir_all(parent)?;
                 }
-                seal(file.as_file())?;
-                file.persist(&dest)
-                    .with_context(|| format!("cannot write {}", dest.display()))?;
+                // World-readable: a cache is public, and the web server
+                // serving it usually runs as another user.
+                nixcast_cli::fs::persist(file, &dest, 0o644, Replace::Yes)?;
                 Ok(())
             }
             Kind::S3(s) => {
@@ -390,18 +387,12 @@ impl Target {
             Kind::Dir(root) => {
                 let mut tmp = self.temp_file()?;
                 tmp.write_all(bytes)?;
-                seal(tmp.as_file())?;
                 let dest = Self::file(root, key);
                 let parent = dest.parent().expect("a key names a file under the root");
                 fs::create_dir_all(parent)?;
-                tmp.persist_noclobber(&dest).with_context(|| {
-                    format!("cannot write {}: does it exist already?", dest.display())
-                })?;
+                nixcast_cli::fs::persist(tmp, &dest, 0o644, Replace::No)?;
                 // History goes to hosts/HOST/, which `sync` does not cover.
-                fs::File::open(parent)
-                    .and_then(|f| f.sync_all())
-                    .with_context(|| format!("cannot sync {}", parent.display()))?;
-                Ok(())
+                nixcast_cli::fs::sync_dir(parent)
             }
             Kind::S3(_) => {
                 // Not every S3-compatible server has conditional PUTs; a HEAD
@@ -443,27 +434,16 @@ impl Target {
             return Ok(());
         };
         for sub in ["nar", "", "manifests", "hosts"] {
-            let d = root.join(sub);
-            fs::File::open(&d)
-                .and_then(|f| f.sync_all())
-                .with_context(|| format!("cannot sync {}", d.display()))?;
+            nixcast_cli::fs::sync_dir(&root.join(sub))?;
         }
         Ok(())
     }
 }
 
-/// Readies a finished temporary file for its rename: world-readable (a cache
-/// is public, and the web server serving it usually runs as another user;
-/// temporary files start as 0600, and fchmod is not narrowed by the umask),
-/// and flushed, so that no crash leaves a named file with missing bytes.
-fn seal(file: &fs::File) -> io::Result<()> {
-    file.set_permissions(fs::Permissions::from_mode(0o644))?;
-    file.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn published_files_are_world_readable() {

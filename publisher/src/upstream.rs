@@ -81,15 +81,7 @@ impl Upstreams {
 
     fn acceptable(&self, text: &str, info: &PathInfo) -> Result<NarInfo, String> {
         let ni = NarInfo::parse(text).map_err(|e| e.to_string())?;
-        let mut ours = info.references.clone();
-        ours.sort();
-        let mut theirs = ni.references.clone();
-        theirs.sort();
-        if ni.store_path != info.path
-            || ni.nar_hash != info.nar_hash
-            || ni.nar_size != info.nar_size
-            || ours != theirs
-        {
+        if !info.described_by(&ni) {
             return Err("it describes other content than the local store".into());
         }
         let compression = Compression::from_narinfo(ni.compression_or_default())

@@ -3,15 +3,21 @@
 //! module reaches back into the other.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use nixcast_common::PublicKey;
 
 use crate::activate::Action;
+use crate::host::{Activator, Store};
 use crate::source::Source;
 use crate::state::{Outcome, StateDir};
 
 pub struct Config {
     pub source: Source,
+    /// The Nix store and the profile (`host::NixStore`).
+    pub store: Arc<dyn Store>,
+    /// The switch (`host::Switch`).
+    pub activator: Arc<dyn Activator>,
     pub host: String,
     pub system: String,
     pub trusted: Vec<PublicKey>,

@@ -415,3 +415,6 @@ fn reverify(p: &Path, e: &Entry) -> Result<(), String> {
         Err(err) => Err(err.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests;

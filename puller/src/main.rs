@@ -10,6 +10,7 @@ mod activate;
 mod config;
 mod fetch;
 mod generations;
+mod host;
 mod netrc;
 mod pipeline;
 mod reboot;
@@ -21,6 +22,8 @@ mod source;
 mod space;
 mod state;
 mod store;
+#[cfg(test)]
+mod testing;
 mod text;
 mod window;
 
@@ -29,8 +32,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
-use nixcast_common::PublicKey;
+use clap::{Parser, Subcommand};
+use nixcast_cli::keys;
+use nixcast_cli::logging::{self, LogArgs, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -39,16 +43,10 @@ use nixcast_common::PublicKey;
     about = "Pull and switch to this host's signed NixOS system"
 )]
 struct Cli {
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "NIXCAST_LOG_FORMAT")]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Cmd,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -215,8 +213,13 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let format = cli.log_format;
-    init_logging(format);
+    let format = cli.log.log_format;
+    // Text logs are escaped: they quote what servers and files say.
+    let text = logging::Text {
+        writer: || text::CleanStderr,
+        ansi: false,
+    };
+    logging::init(format, "info", text);
     // Each error is told once: as the last line in text mode, as a log
     // event in JSON mode (where a bare line would break the stream).
     let report = |e: &dyn std::fmt::Display| match format {
@@ -235,7 +238,13 @@ fn main() -> ExitCode {
             profile,
             state_dir,
             action,
-        } => match run::rollback_by_hand(&profile, &state::StateDir::new(&state_dir), action) {
+        } => match run::rollback_by_hand(
+            &host::NixStore,
+            &host::Switch,
+            &profile,
+            &state::StateDir::new(&state_dir),
+            action,
+        ) {
             Ok(msg) => {
                 println!("{msg}");
                 ExitCode::SUCCESS
@@ -297,13 +306,9 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut trusted = Vec::new();
     for (i, k) in a.trusted_keys.iter().filter(|k| !k.is_empty()).enumerate() {
-        trusted.push(public_key(k).with_context(|| format!("--trusted-key #{}", i + 1))?);
+        trusted.push(keys::public_key(k, &format!("--trusted-key #{}", i + 1))?);
     }
-    for f in &a.trusted_key_files {
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
-        trusted.push(public_key(&text).with_context(|| format!("the key in {}", f.display()))?);
-    }
+    trusted.extend(keys::read_public_keys(&a.trusted_key_files)?);
     anyhow::ensure!(
         !trusted.is_empty(),
         "no trusted key: pass --trusted-key or --trusted-key-file"
@@ -364,6 +369,8 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
             (None, Some(c)) => source::Source::new(c, &http, &secrets)?,
             (None, None) => unreachable!("clap requires --cache or --bundle"),
         },
+        store: std::sync::Arc::new(host::NixStore),
+        activator: std::sync::Arc::new(host::Switch),
         host: a.host,
         system,
         trusted,
@@ -381,24 +388,6 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
         http,
         run_timeout: a.run_timeout,
         max_generation_jump: a.max_generation_jump,
-    })
-}
-
-/// A trusted public key. The text is never echoed: what is passed here by
-/// mistake may be a secret key, which then must not reach a log.
-fn public_key(text: &str) -> Result<PublicKey> {
-    if let Ok(secret) = nixcast_common::SecretKey::parse(text) {
-        anyhow::bail!(
-            "this is the secret key {:?}, not a public key: pass its public half \
-             (`nix key convert-secret-to-public`), and treat the secret key as exposed",
-            secret.name()
-        );
-    }
-    PublicKey::parse(text).map_err(|e| match e {
-        nixcast_common::keys::KeyError::Length { got: 64, .. } => {
-            anyhow::anyhow!("this has the length of a secret key, not of a public key")
-        }
-        e => e.into(),
     })
 }
 
@@ -484,18 +473,4 @@ fn status(dir: &std::path::Path, json: bool) -> Result<()> {
         println!("reports not sent:   {}", st.report_failures);
     }
     Ok(())
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NIXCAST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder
-            .with_writer(|| text::CleanStderr)
-            .with_ansi(false)
-            .init(),
-        // JSON escapes every control character itself.
-        LogFormat::Json => builder.with_writer(std::io::stderr).json().init(),
-    }
 }

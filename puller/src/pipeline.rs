@@ -19,12 +19,14 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use futures_util::StreamExt;
 use nixcast_common::manifest::{Entry, Manifest};
+use nixcast_common::pinned::Pinned;
 use nixcast_common::seal::Identity;
 use nixcast_common::{PublicKey, StorePath};
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, RunError};
 use crate::fetch::{self, NarError};
+use crate::host::Store;
 use crate::source::Source;
 use crate::store;
 
@@ -40,7 +42,7 @@ const LARGE: u64 = 4 << 20;
 pub async fn fetch_and_import(
     cfg: &Config,
     staging: &Path,
-    manifest: &Manifest,
+    manifest: &Pinned,
     entries: &[&Entry],
     total: u64,
     ids: &Arc<[Identity]>,
@@ -53,22 +55,32 @@ pub async fn fetch_and_import(
     tracing::warn!(
         "importing from the staging cache failed; once more from an empty staging directory: {why:#}"
     );
-    std::fs::remove_dir_all(staging)
-        .map_err(anyhow::Error::from)
-        .and_then(|()| store::make_staging(staging))
-        .map_err(|e| RunError::Other(e.context("cannot empty the staging directory")))?;
-    let still = store::missing(entries.iter().map(|e| &e.store_path)).map_err(RunError::Other)?;
-    let entries: Vec<&Entry> = entries
-        .iter()
-        .filter(|e| still.contains(&e.store_path))
-        .copied()
-        .collect();
+    let entries = afresh(cfg, staging, entries)?;
     let total = entries.iter().map(|e| e.file_size).sum();
     match attempt(cfg, staging, manifest, &entries, total, ids).await {
         Ok(n) => Ok(fetched + n),
         Err(Failed::Run(e)) => Err(e),
         Err(Failed::Import { why, .. }) => Err(RunError::Import(why)),
     }
+}
+
+/// Empties the staging directory; returns the entries still missing.
+fn afresh<'a>(
+    cfg: &Config,
+    staging: &Path,
+    entries: &[&'a Entry],
+) -> Result<Vec<&'a Entry>, RunError> {
+    std::fs::remove_dir_all(staging)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| store::make_staging(staging))
+        .map_err(|e| RunError::Other(e.context("cannot empty the staging directory")))?;
+    let asked: Vec<&StorePath> = entries.iter().map(|e| &e.store_path).collect();
+    let still = cfg.store.missing(&asked).map_err(RunError::Other)?;
+    Ok(entries
+        .iter()
+        .filter(|e| still.contains(&e.store_path))
+        .copied()
+        .collect())
 }
 
 enum Failed {
@@ -89,7 +101,7 @@ impl From<RunError> for Failed {
 async fn attempt(
     cfg: &Config,
     staging: &Path,
-    manifest: &Manifest,
+    manifest: &Pinned,
     entries: &[&Entry],
     total: u64,
     ids: &Arc<[Identity]>,
@@ -144,8 +156,9 @@ async fn attempt(
             if !batch.is_empty() {
                 let (staging, trusted) = (staging.to_owned(), cfg.trusted.clone());
                 let roots = store::gc_roots_dir(cfg.state.path());
+                let nix = cfg.store.clone();
                 importing = Some(tokio::task::spawn_blocking(move || {
-                    import(&staging, &roots, &batch, &trusted).map(|()| batch)
+                    import(&*nix, &staging, &roots, &batch, &trusted).map(|()| batch)
                 }));
             }
         }
@@ -228,6 +241,7 @@ fn failing_origin(unavailable: &[NarError]) -> Option<RunError> {
 }
 
 fn import(
+    store: &dyn Store,
     staging: &Path,
     roots: &Path,
     batch: &[StorePath],
@@ -235,7 +249,7 @@ fn import(
 ) -> anyhow::Result<()> {
     // Batches are in dependency order; chunks keep each command line short.
     for chunk in batch.chunks(store::CHUNK) {
-        store::import(staging, chunk, trusted)?;
+        store.import(staging, chunk, trusted)?;
         // Nothing refers to these paths until the profile does: a garbage
         // collection while later NARs download would delete them. Nix's own
         // temporary roots end with `nix copy`, so a collection that starts
@@ -244,10 +258,10 @@ fn import(
         // `add_roots` realises the paths, so it fails when one is gone: only
         // then is validity asked again (no extra process per batch).
         for attempt in 1.. {
-            let Err(e) = store::add_roots(roots, chunk) else {
+            let Err(e) = store.add_roots(roots, chunk) else {
                 break;
             };
-            let gone = store::missing(chunk)?;
+            let gone = store.missing(&chunk.iter().collect::<Vec<_>>())?;
             if gone.is_empty() {
                 tracing::warn!("imported paths are not protected from garbage collection: {e:#}");
                 break;
@@ -262,7 +276,7 @@ fn import(
                 "a garbage collection deleted paths just imported; importing them again"
             );
             // `missing` keeps the order asked for: dependencies first.
-            store::import(staging, &gone, trusted)?;
+            store.import(staging, &gone, trusted)?;
         }
     }
     Ok(())

@@ -2,6 +2,14 @@
 //! it; fetch the manifest it pins (opening it if sealed); ask Nix what is
 //! missing; fetch, verify and import that; set the profile; switch; check
 //! health, and roll back on failure; record the status.
+//!
+//! `run` holds the lock and records the status; `apply` calls the steps in
+//! order, one function each (`read_pointer`, `fetch_manifest`,
+//! `what_is_missing`, `fetch_and_import`, `check_imported`, `switch`). A step
+//! after verification takes the `Verified<Pointer>` or the `Pinned` manifest,
+//! never the plain value; the store and the switch come from `Config`
+//! (`host::Store`, `host::Activator`), so the unit tests in `run/tests.rs`
+//! drive these same steps without root or Nix.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,14 +17,16 @@ use std::time::SystemTime;
 
 use anyhow::{anyhow, Context};
 use nixcast_common::manifest::{self, Delta, Manifest};
+use nixcast_common::pinned::{self, PinError, Pinned};
 use nixcast_common::pointer::{self, ManifestRef, PlainRef, Pointer, Timestamp, Verified};
 use nixcast_common::seal::{self, Identity};
-use nixcast_common::{layout, Sha256Hash};
+use nixcast_common::{layout, Sha256Hash, StorePath};
 
 use crate::activate::{self, Action};
 pub use crate::config::{Config, RunError, DEFAULT_IDENTITY};
-use crate::source::{FetchError, Fetched};
-use crate::state::{write_atomic, Outcome, StateDir, Status};
+use crate::host::{Activator, Store};
+use crate::source::{FetchError, Fetched, Validators};
+use crate::state::{Outcome, StateDir, Status};
 use crate::{pipeline, store};
 
 /// A manifest this large would describe some hundred thousand paths.
@@ -84,7 +94,9 @@ pub async fn run(cfg: &Config) -> Result<Outcome, RunError> {
     crate::report::after_run(cfg, &mut status, &result).await;
     cfg.state.save(&status).map_err(other)?;
     if let Some(path) = &cfg.metrics_file {
-        crate::state::write_atomic(path, &crate::state::metrics(&status)).map_err(other)?;
+        // Read by node_exporter, which runs as another user.
+        nixcast_cli::fs::write(path, crate::state::metrics(&status).as_bytes(), 0o644)
+            .map_err(other)?;
     }
     if reboot_now {
         if let Err(e) = crate::reboot::reboot(cfg, &mut status) {
@@ -112,8 +124,71 @@ async fn bounded(
     }
 }
 
+/// The steps of a run after the lock, each a function below. Every `return`
+/// here is an outcome; a step that fails ends the run with its error.
 async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
     let t0 = SystemTime::now();
+    let Some((verified, validators)) = read_pointer(cfg, status, t0).await? else {
+        return Ok(Outcome::Unchanged);
+    };
+    let p = verified.get();
+    if status.bad_generations.contains(&p.generation) {
+        tracing::warn!(
+            generation = p.generation,
+            "this generation failed before; waiting for a newer one"
+        );
+        return Ok(Outcome::Unchanged);
+    }
+    if !cfg.dry_run {
+        raise_floor(status, &verified);
+    }
+    let ids = identities_for(cfg, &verified)?;
+    // A sealed pointer names no store path: its manifest does.
+    let mut manifest = None;
+    let top = match &p.store_path {
+        Some(t) => t.clone(),
+        None => manifest
+            .insert(fetch_manifest(cfg, &verified, &ids).await?)
+            .top()
+            .clone(),
+    };
+    if already_running(cfg, status, &top) {
+        tracing::info!(store_path = %top, "already running this system");
+        if !cfg.dry_run {
+            accept(status, &verified, validators);
+        }
+        return Ok(Outcome::Unchanged);
+    }
+    let manifest = match manifest {
+        Some(m) => m,
+        None => fetch_manifest(cfg, &verified, &ids).await?,
+    };
+    tracing::info!(generation = p.generation, store_path = %top, "manifest verified");
+    let todo = what_is_missing(cfg, &manifest)?;
+    if cfg.dry_run {
+        print_plan(cfg, &manifest, &todo);
+        return Ok(Outcome::Unchanged);
+    }
+    check_source_holds(cfg, &todo)?;
+    status.last_run_fetched_bytes = fetch_and_import(cfg, &manifest, &todo, &ids).await?;
+    check_imported(cfg, &manifest)?;
+    let action = switch(cfg, status, &verified, &top)?;
+    tracing::info!(generation = p.generation, store_path = %top, action = action.as_str(), "applied");
+    crate::reboot::applied(cfg, status, &top, action);
+    keep_generations(cfg);
+    accept(status, &verified, validators);
+    status.applied_store_path = Some(top);
+    status.applied_at = Some(Timestamp::now());
+    Ok(Outcome::Applied)
+}
+
+/// Step 1: the pointer, fetched (conditionally) and verified, and held to
+/// this host's policy. `None`: the server says it has not changed.
+async fn read_pointer(
+    cfg: &Config,
+    status: &Status,
+    t0: SystemTime,
+) -> Result<Option<(Verified<Pointer>, Validators)>, RunError> {
     let key = layout::pointer(&cfg.host);
     let validators = if cfg.dry_run {
         Default::default()
@@ -129,7 +204,7 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
         Fetched::NotModified => {
             not_modified(status, t0).map_err(RunError::Refused)?;
             tracing::info!(url = %cfg.source.url_of(&key), "pointer not modified");
-            return Ok(Outcome::Unchanged);
+            return Ok(None);
         }
         Fetched::Body(b, v) => (b, v),
     };
@@ -144,55 +219,58 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
         key = verified.key_name(),
         "pointer verified"
     );
+    Ok(Some((verified, new_validators)))
+}
 
-    if status.bad_generations.contains(&p.generation) {
-        tracing::warn!(
-            generation = p.generation,
-            "this generation failed before; waiting for a newer one"
-        );
-        return Ok(Outcome::Unchanged);
-    }
-    if !cfg.dry_run {
-        // Raise the floor before downloading anything, as TUF does.
-        status.highest_generation = p.generation;
-        status.highest_digest = Some(verified.digest());
-        status.last_issued_at = Some(p.issued_at);
-        status.pointer_sealed = Some(p.manifest.sealed.is_some());
-    }
-    // Only objects sealed to this host's identities are opened, and only
-    // after the pointer that pins them verified.
-    let ids: Arc<[Identity]> = match &p.manifest.sealed {
+/// Raises the rollback floor to this pointer before anything is downloaded,
+/// as TUF does.
+fn raise_floor(status: &mut Status, v: &Verified<Pointer>) {
+    let p = v.get();
+    status.highest_generation = p.generation;
+    status.highest_digest = Some(v.digest());
+    status.last_issued_at = Some(p.issued_at);
+    status.pointer_sealed = Some(p.manifest.sealed.is_some());
+}
+
+/// Records the pointer as handled to the end: its validators (for the next
+/// conditional request) and its expiry.
+fn accept(status: &mut Status, v: &Verified<Pointer>, validators: Validators) {
+    let p = v.get();
+    status.applied_generation = Some(p.generation);
+    status.validators = validators;
+    status.pointer_expires_at = p.expires_at;
+}
+
+/// Only objects sealed to this host's identities are opened, and only after
+/// the pointer that pins them verified.
+fn identities_for(cfg: &Config, v: &Verified<Pointer>) -> Result<Arc<[Identity]>, RunError> {
+    Ok(match &v.get().manifest.sealed {
         Some(_) => load_identities(cfg)?.into(),
         None => Arc::new([]),
-    };
-    // A sealed pointer names no store path: its manifest does.
-    let mut manifest = None;
-    let top = match &p.store_path {
-        Some(t) => t.clone(),
-        None => manifest
-            .insert(fetch_manifest(cfg, p, &ids).await?)
-            .store_path
-            .clone(),
-    };
-    let profile_now = store::profile_target(&cfg.profile);
-    let already = status.applied_store_path.as_ref() == Some(&top)
-        && (!cfg.action.sets_profile() || profile_now.as_ref() == Some(&top));
-    if already {
-        tracing::info!(store_path = %top, "already running this system");
-        if !cfg.dry_run {
-            status.applied_generation = Some(p.generation);
-            status.validators = new_validators;
-            status.pointer_expires_at = p.expires_at;
-        }
-        return Ok(Outcome::Unchanged);
-    }
+    })
+}
 
-    let manifest = match manifest {
-        Some(m) => m,
-        None => fetch_manifest(cfg, p, &ids).await?,
-    };
-    tracing::info!(generation = p.generation, store_path = %top, "manifest verified");
-    let missing = store::missing(manifest.paths.iter().map(|e| &e.store_path)).map_err(other)?;
+/// Whether this host runs `top` already (and its profile holds it, for an
+/// action that sets the profile).
+fn already_running(cfg: &Config, status: &Status, top: &StorePath) -> bool {
+    status.applied_store_path.as_ref() == Some(top)
+        && (!cfg.action.sets_profile()
+            || cfg.store.profile_target(&cfg.profile).as_ref() == Some(top))
+}
+
+/// The manifest's paths the store lacks, and what they weigh.
+struct Missing<'a> {
+    entries: Vec<&'a manifest::Entry>,
+    /// Compressed bytes to download.
+    download: u64,
+    unpacked: u64,
+}
+
+/// Step 3: what the store lacks of the closure, each path signed by a
+/// trusted key.
+fn what_is_missing<'a>(cfg: &Config, manifest: &'a Pinned) -> Result<Missing<'a>, RunError> {
+    let paths: Vec<&StorePath> = manifest.paths.iter().map(|e| &e.store_path).collect();
+    let missing = cfg.store.missing(&paths).map_err(other)?;
     let entries: Vec<_> = missing
         .iter()
         .map(|m| manifest.get(m).expect("asked about manifest paths"))
@@ -208,95 +286,133 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
         unpacked,
         "closure checked"
     );
-    if cfg.dry_run {
-        for e in &entries {
-            println!("would fetch {} ({} bytes)", e.store_path, e.file_size);
-        }
-        println!(
-            "would fetch {} of {} paths, {download} bytes ({unpacked} unpacked), then {} {}",
-            entries.len(),
-            manifest.paths.len(),
-            cfg.action.as_str(),
-            top
-        );
-        return Ok(Outcome::Unchanged);
-    }
+    Ok(Missing {
+        entries,
+        download,
+        unpacked,
+    })
+}
 
-    // A bundle must hold every NAR this host lacks; say which before touching anything.
-    let absent: Vec<String> = entries
+/// `--dry-run`: what a run would fetch and do.
+fn print_plan(cfg: &Config, manifest: &Pinned, todo: &Missing) {
+    for e in &todo.entries {
+        println!("would fetch {} ({} bytes)", e.store_path, e.file_size);
+    }
+    println!(
+        "would fetch {} of {} paths, {} bytes ({} unpacked), then {} {}",
+        todo.entries.len(),
+        manifest.paths.len(),
+        todo.download,
+        todo.unpacked,
+        cfg.action.as_str(),
+        manifest.top()
+    );
+}
+
+/// A bundle must hold every NAR this host lacks; say which before touching anything.
+fn check_source_holds(cfg: &Config, todo: &Missing) -> Result<(), RunError> {
+    let absent: Vec<String> = todo
+        .entries
         .iter()
         .filter(|e| cfg.source.holds(&e.url) == Some(false))
         .map(|e| e.store_path.to_string())
         .collect();
-    if !absent.is_empty() {
-        return Err(RunError::Fetch(anyhow!(
-            "{} lacks the NARs of {} paths this host does not have (was it made for another base?):\n  {}",
-            cfg.source.url_of(""),
-            absent.len(),
-            absent.join("\n  ")
-        )));
+    if absent.is_empty() {
+        return Ok(());
     }
+    Err(RunError::Fetch(anyhow!(
+        "{} lacks the NARs of {} paths this host does not have (was it made for another base?):\n  {}",
+        cfg.source.url_of(""),
+        absent.len(),
+        absent.join("\n  ")
+    )))
+}
 
+/// Step 4: the missing paths fetched, verified and imported, overlapped
+/// (`pipeline.rs`). Returns the bytes downloaded.
+async fn fetch_and_import(
+    cfg: &Config,
+    manifest: &Pinned,
+    todo: &Missing<'_>,
+    ids: &Arc<[Identity]>,
+) -> Result<u64, RunError> {
     let staging = cfg.state.staging();
-    crate::space::check(cfg.state.path(), &entries, |e| {
+    crate::space::check(cfg.state.path(), &todo.entries, |e| {
         crate::fetch::staged_path(&staging, e).exists()
     })
     .map_err(other)?;
     store::make_staging(&staging).map_err(other)?;
     let fetched =
-        pipeline::fetch_and_import(cfg, &staging, &manifest, &entries, download, &ids).await?;
-    status.last_run_fetched_bytes = fetched;
+        pipeline::fetch_and_import(cfg, &staging, manifest, &todo.entries, todo.download, ids)
+            .await?;
     tracing::info!(
-        paths = entries.len(),
+        paths = todo.entries.len(),
         bytes = fetched,
         "fetched, verified and imported"
     );
-    let still = store::missing(std::iter::once(&top)).map_err(other)?;
-    if !still.is_empty() {
+    Ok(fetched)
+}
+
+/// The system is valid in the store; what was staged for it is not needed
+/// any more.
+fn check_imported(cfg: &Config, manifest: &Pinned) -> Result<(), RunError> {
+    let top = manifest.top();
+    if !cfg.store.missing(&[top]).map_err(other)?.is_empty() {
         return Err(other(anyhow!("{} is not valid after the import", top)));
     }
-    clear_staged(&staging);
+    clear_staged(&cfg.state.staging());
+    Ok(())
+}
 
-    let script = activate::switch_script(&top);
-    if !std::path::Path::new(&script).is_file() {
+/// Step 5: the profile set and the system switched, then the health checks;
+/// on a failure the generation is marked bad and the host rolled back.
+fn switch(
+    cfg: &Config,
+    status: &mut Status,
+    v: &Verified<Pointer>,
+    top: &StorePath,
+) -> Result<Action, RunError> {
+    if !cfg.activator.is_system(top) {
         return Err(RunError::Refused(anyhow!(
             "{} is not a NixOS system: it has no bin/switch-to-configuration",
             top
         )));
     }
-    let previous = store::profile_generation(&cfg.profile);
+    let previous = cfg.store.profile_generation(&cfg.profile);
     if cfg.action.sets_profile() {
-        store::set_profile(&cfg.profile, &top).map_err(other)?;
+        cfg.store.set_profile(&cfg.profile, top).map_err(other)?;
     }
-    let action = crate::reboot::action_for(cfg, &top);
-    let st = activate::activate(&top, action);
+    let action = crate::reboot::action_for(cfg, top);
+    let st = cfg.activator.activate(top, action);
     // The profile holds the system now (or, for test and dry-activate, the
     // running system does); a failed switch leaves nothing worth keeping.
     store::clear_roots(&store::gc_roots_dir(cfg.state.path()));
     let st = st.map_err(other)?;
     let failure = if !st.success() {
-        Some(format!("{script} {} exited with {st}", action.as_str()))
+        Some(format!(
+            "{} {} exited with {st}",
+            activate::switch_script(top),
+            action.as_str()
+        ))
     } else {
         activate::health_checks(&cfg.health_checks, cfg.health_timeout).err()
     };
     if let Some(why) = failure {
-        status.bad_generations.push(p.generation);
+        status.bad_generations.push(v.get().generation);
         let rolled = rollback(cfg, previous);
         return Err(RunError::Activation(anyhow!("{why}; {rolled}")));
     }
-    tracing::info!(generation = p.generation, store_path = %top, action = action.as_str(), "applied");
-    crate::reboot::applied(cfg, status, &top, action);
+    Ok(action)
+}
+
+/// `--keep-generations`: old profile generations and what only they held,
+/// deleted after a switch. A failure here is logged, never the run's.
+fn keep_generations(cfg: &Config) {
     if let (Some(keep), true) = (cfg.keep_generations, cfg.action.sets_profile()) {
         if let Err(e) = crate::generations::prune(&cfg.profile, &cfg.booted_system, keep) {
             tracing::warn!("cannot delete old generations (--keep-generations {keep}): {e:#}");
         }
     }
-    status.applied_generation = Some(p.generation);
-    status.applied_store_path = Some(top.clone());
-    status.applied_at = Some(Timestamp::now());
-    status.validators = new_validators;
-    status.pointer_expires_at = p.expires_at;
-    Ok(Outcome::Applied)
 }
 
 /// A `304 Not Modified` stands for the pointer whose validators were sent, so
@@ -392,8 +508,14 @@ fn check_policy(
     Ok(())
 }
 
-async fn fetch_manifest(cfg: &Config, p: &Pointer, ids: &[Identity]) -> Result<Manifest, RunError> {
-    let m = &p.manifest;
+/// Step 2: the manifest the verified pointer pins, rebuilt from a delta or
+/// fetched whole, opened if sealed, and held to the pin (`Pinned::check`).
+async fn fetch_manifest(
+    cfg: &Config,
+    v: &Verified<Pointer>,
+    ids: &[Identity],
+) -> Result<Pinned, RunError> {
+    let m = &v.get().manifest;
     if m.size > MAX_MANIFEST || m.sealed.is_some_and(|s| s.size > MAX_MANIFEST) {
         return Err(RunError::Refused(anyhow!(
             "the manifest is {} bytes, over the limit",
@@ -401,12 +523,9 @@ async fn fetch_manifest(cfg: &Config, p: &Pointer, ids: &[Identity]) -> Result<M
         )));
     }
     let url = cfg.source.url_of(&m.path);
-    // What the plain bytes must be: the pointer pins them directly, or
-    // through the sealed bytes that hold them.
-    let plain = m.sealed.unwrap_or(PlainRef {
-        sha256: m.sha256,
-        size: m.size,
-    });
+    let refused =
+        |e: PinError| RunError::Refused(anyhow::Error::new(e).context(format!("manifest {url}")));
+    let plain = pinned::plain_pin(m);
     let bytes = match from_delta(cfg, m, &plain, ids).await {
         Some(bytes) => bytes,
         None => {
@@ -419,43 +538,20 @@ async fn fetch_manifest(cfg: &Config, p: &Pointer, ids: &[Identity]) -> Result<M
                 got
             } else {
                 // Nothing is decrypted before the sealed bytes are the pinned ones.
-                check_pin(&url, &got, m.sha256, m.size)?;
+                pinned::check_bytes(&got, m.sha256, m.size).map_err(refused)?;
                 open_sealed(ids, &got, plain.size)
                     .with_context(|| format!("manifest {url}"))
                     .map_err(RunError::Refused)?
             }
         }
     };
-    check_pin(&url, &bytes, plain.sha256, plain.size)?;
-    let manifest = Manifest::parse(&bytes)
-        .with_context(|| format!("manifest {url}"))
-        .map_err(RunError::Refused)?;
-    if let Some(top) = p.store_path.as_ref().filter(|t| **t != manifest.store_path) {
-        return Err(RunError::Refused(anyhow!(
-            "manifest {url} is for {}, the pointer names {top}",
-            manifest.store_path,
-        )));
-    }
+    let manifest = Pinned::check(v, &bytes).map_err(refused)?;
     if !cfg.dry_run {
-        let text = String::from_utf8(bytes).expect("a parsed manifest is UTF-8");
-        if let Err(e) = write_atomic(&cfg.state.manifest(), &text) {
+        if let Err(e) = nixcast_cli::fs::write(&cfg.state.manifest(), &bytes, 0o644) {
             tracing::warn!("cannot keep the manifest for the next run's delta: {e:#}");
         }
     }
     Ok(manifest)
-}
-
-fn check_pin(url: &str, bytes: &[u8], sha256: Sha256Hash, size: u64) -> Result<(), RunError> {
-    let got = Sha256Hash::digest(bytes);
-    if bytes.len() as u64 != size || got != sha256 {
-        return Err(RunError::Refused(anyhow!(
-            "manifest {url}: expected {size} bytes with sha256 {}, got {} bytes with {}",
-            sha256.to_hex(),
-            bytes.len(),
-            got.to_hex()
-        )));
-    }
-    Ok(())
 }
 
 /// Opens a small sealed object; being sealed to none of our identities is
@@ -481,17 +577,8 @@ fn load_identities(cfg: &Config) -> Result<Vec<Identity>, RunError> {
     } else {
         &cfg.identity_files[..]
     };
-    let mut out = Vec::new();
-    for f in files {
-        let bytes = zeroize::Zeroizing::new(std::fs::read(f).map_err(|e| {
-            other(anyhow!(
-                "the pointer is sealed, and the identity {} cannot be read: {e} (give --identity)",
-                f.display()
-            ))
-        })?);
-        out.extend(Identity::from_file(&bytes, &f.display().to_string()).map_err(other)?);
-    }
-    Ok(out)
+    nixcast_cli::keys::read_identities(files)
+        .map_err(|e| other(e.context("the pointer is sealed (give --identity to open it)")))
 }
 
 /// Each path to fetch must carry a trusted signature over its NarHash,
@@ -622,25 +709,25 @@ fn rollback(cfg: &Config, previous: Option<u64>) -> String {
     let Some(generation) = previous else {
         return "no earlier generation to roll back to".to_owned();
     };
-    let failed = store::profile_generation(&cfg.profile);
-    if let Err(e) = store::switch_generation(&cfg.profile, generation) {
+    let failed = cfg.store.profile_generation(&cfg.profile);
+    if let Err(e) = cfg.store.switch_generation(&cfg.profile, generation) {
         return format!("rolling back failed: {e:#}");
     }
     // The failed generation is dropped from the profile, so that neither a
     // later rollback nor the boot menu offers it.
     if let Some(f) = failed.filter(|f| *f != generation) {
-        if let Err(e) = store::delete_generation(&cfg.profile, f) {
+        if let Err(e) = cfg.store.delete_generation(&cfg.profile, f) {
             tracing::warn!("cannot delete the failed profile generation {f}: {e:#}");
         }
     }
-    let Some(top) = store::profile_target(&cfg.profile) else {
+    let Some(top) = cfg.store.profile_target(&cfg.profile) else {
         return format!(
             "rolled the profile back to generation {generation}, which points to no store path"
         );
     };
     // With --allow-reboot, a generation whose kernel is not the running one
     // goes back to being the next boot's, never switched to.
-    match activate::activate(&top, crate::reboot::action_for(cfg, &top)) {
+    match cfg.activator.activate(&top, crate::reboot::action_for(cfg, &top)) {
         Ok(st) if st.success() => format!("rolled back to profile generation {generation} ({top})"),
         Ok(st) => format!("rolled the profile back to generation {generation}, but its activation exited with {st}"),
         Err(e) => format!("rolled the profile back to generation {generation}, but cannot activate it: {e:#}"),
@@ -650,6 +737,8 @@ fn rollback(cfg: &Config, previous: Option<u64>) -> String {
 /// `nixcast-pull rollback`: the profile's previous generation, activated, and
 /// the pointer generation that was applied marked bad.
 pub fn rollback_by_hand(
+    store: &dyn Store,
+    activator: &dyn Activator,
     profile: &std::path::Path,
     state: &StateDir,
     action: Action,
@@ -660,13 +749,14 @@ pub fn rollback_by_hand(
         .map_err(other)?
         .ok_or_else(|| RunError::Locked(state.path().display().to_string()))?;
     let mut status = state.load().map_err(other)?;
-    let current = store::profile_generation(profile).ok_or_else(|| {
+    let current = store.profile_generation(profile).ok_or_else(|| {
         other(anyhow!(
             "{} is not a profile generation link",
             profile.display()
         ))
     })?;
-    let previous = store::list_generations(profile)
+    let previous = store
+        .list_generations(profile)
         .map_err(other)?
         .into_iter()
         .filter(|g| *g < current)
@@ -677,10 +767,11 @@ pub fn rollback_by_hand(
                 profile.display()
             ))
         })?;
-    store::switch_generation(profile, previous).map_err(other)?;
-    let top = store::profile_target(profile)
+    store.switch_generation(profile, previous).map_err(other)?;
+    let top = store
+        .profile_target(profile)
         .ok_or_else(|| other(anyhow!("{} points to no store path", profile.display())))?;
-    let st = activate::activate(&top, action).map_err(other)?;
+    let st = activator.activate(&top, action).map_err(other)?;
     if let Some(g) = status.applied_generation.take() {
         if !status.bad_generations.contains(&g) {
             status.bad_generations.push(g);
@@ -705,3 +796,6 @@ pub fn rollback_by_hand(
     state.save(&status).map_err(other)?;
     result
 }
+
+#[cfg(test)]
+mod tests;

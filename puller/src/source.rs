@@ -865,4 +865,161 @@ mod tests {
             "{msg}"
         );
     }
+
+    /// A loopback HTTP/1.1 server answering each request (one per
+    /// connection) with what `answer` gives for its request head and number
+    /// (from 1). Returns its base URL and the heads it saw.
+    async fn server(
+        answer: impl Fn(&str, usize) -> String + Send + Sync + 'static,
+    ) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let n = {
+                    let mut seen = log.lock().unwrap();
+                    seen.push(head.clone());
+                    seen.len()
+                };
+                let _ = sock.write_all(answer(&head, n).as_bytes()).await;
+                let _ = sock.shutdown().await;
+            }
+        });
+        (format!("http://{addr}/"), seen)
+    }
+
+    fn reply(status: &str, headers: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn http(url: &str) -> Source {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let opts = HttpOptions {
+            allow_insecure_http: true,
+            ..test_options()
+        };
+        Source::new(url, &opts, &Secrets::default()).unwrap()
+    }
+
+    fn transport(r: Result<Vec<u8>, FetchError>) -> String {
+        match r {
+            Err(FetchError::Transport { msg, .. }) => msg,
+            other => panic!("expected a transport error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retried_and_a_missing_file_is_not() {
+        let (url, seen) = server(|head, n| match (head.contains("/missing"), n) {
+            (true, _) => reply("404 Not Found", "", ""),
+            (false, 1 | 2) => reply("503 Service Unavailable", "", ""),
+            (false, _) => reply("200 OK", "", "hello"),
+        })
+        .await;
+        let src = http(&url);
+        assert_eq!(src.get_small("f", 100).await.unwrap(), b"hello");
+        assert_eq!(seen.lock().unwrap().len(), 3);
+        let r = src.get_small("missing", 100).await;
+        assert!(matches!(r, Err(FetchError::NotFound(_))), "{r:?}");
+        assert_eq!(seen.lock().unwrap().len(), 4, "a 404 is not retried");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_keeps_failing_is_given_up_after_four_attempts() {
+        let (url, seen) = server(|_, _| reply("500 Internal Server Error", "", "")).await;
+        let msg = transport(http(&url).get_small("f", 100).await);
+        assert!(
+            msg.contains("500") && msg.contains("after 4 attempts"),
+            "{msg}"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn redirects_are_followed_within_the_origin_only() {
+        let (elsewhere, asked_elsewhere) = server(|_, _| reply("200 OK", "", "elsewhere")).await;
+        let (url, _) = server(move |head, _| {
+            if head.starts_with("GET /a ") {
+                reply("302 Found", "Location: /b\r\n", "")
+            } else if head.starts_with("GET /b ") {
+                reply("200 OK", "", "moved")
+            } else {
+                reply("302 Found", &format!("Location: {elsewhere}x\r\n"), "")
+            }
+        })
+        .await;
+        let src = http(&url);
+        assert_eq!(src.get_small("a", 100).await.unwrap(), b"moved");
+        let msg = transport(src.get_small("c", 100).await);
+        assert!(msg.contains("refusing a redirect"), "{msg}");
+        assert!(asked_elsewhere.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn not_modified_answers_only_a_conditional_request() {
+        let (url, seen) = server(|head, _| {
+            let etag = "ETag: \"v1\"\r\n";
+            if head.to_ascii_lowercase().contains("if-none-match: \"v1\"") {
+                reply("304 Not Modified", etag, "")
+            } else if head.contains("/stuck") {
+                reply("304 Not Modified", "", "")
+            } else {
+                reply("200 OK", etag, "pointer")
+            }
+        })
+        .await;
+        let src = http(&url);
+        let first = src
+            .get_pointer("p", 100, &Validators::default())
+            .await
+            .unwrap();
+        let Fetched::Body(bytes, v) = first else {
+            panic!("a first request is not conditional")
+        };
+        assert_eq!(
+            (bytes.as_slice(), v.etag.as_deref()),
+            (&b"pointer"[..], Some("\"v1\""))
+        );
+        let again = src.get_pointer("p", 100, &v).await.unwrap();
+        assert!(matches!(again, Fetched::NotModified));
+        let msg = transport(src.get_small("stuck", 100).await);
+        assert!(msg.contains("protocol error"), "{msg}");
+        assert_eq!(seen.lock().unwrap().len(), 3, "none of these is retried");
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_cap_and_a_request_for_credentials_are_refused() {
+        let (url, _) = server(|head, _| {
+            if head.contains("/private") {
+                reply("401 Unauthorized", "", "")
+            } else {
+                reply("200 OK", "", &"x".repeat(200))
+            }
+        })
+        .await;
+        let src = http(&url);
+        let r = src.get_small("big", 100).await;
+        assert!(
+            matches!(r, Err(FetchError::TooLarge { cap: 100, .. })),
+            "{r:?}"
+        );
+        let msg = transport(src.get_small("private", 100).await);
+        assert!(msg.contains("--netrc-file"), "{msg}");
+    }
 }

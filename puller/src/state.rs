@@ -4,7 +4,8 @@
 //! highest generation it accepted, that pointer's digest and issue time: the
 //! rollback and freeze floor) and what an operator wants to read (the last
 //! check, its result and error, what is applied). It is written atomically
-//! (temporary file, fsync, rename, fsync of the directory). A file that
+//! (`nixcast_cli::fs::write`: temporary file, fsync, rename, fsync of the
+//! directory). A file that
 //! cannot be read is an error, never a reset: resetting would lower the
 //! rollback floor to zero.
 //!
@@ -296,29 +297,6 @@ pub fn metrics(s: &Status) -> String {
     out
 }
 
-/// Writes `text` to `path` atomically and durably: after a crash or a power
-/// loss the file is the old one or the new one, whole (the textfile
-/// collector may read at any time; the next run reads the manifest).
-pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".nixcast-")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot write in {}", dir.display()))?;
-    tmp.write_all(text.as_bytes())?;
-    use std::os::unix::fs::PermissionsExt;
-    tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(0o644))?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    File::open(dir)?.sync_all()?;
-    Ok(())
-}
-
 /// A clone of the held run lock's file (the same open file description, so
 /// it holds the same flock), for the children a run starts.
 static HELD: Mutex<Option<File>> = Mutex::new(None);
@@ -509,28 +487,18 @@ impl StateDir {
     }
 
     pub fn save(&self, status: &Status) -> Result<()> {
-        let p = self.dir.join(STATUS_FILE);
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".status-")
-            .tempfile_in(&self.dir)
-            .with_context(|| format!("cannot write in {}", self.dir.display()))?;
         let status = Status {
             version: status.version.max(STATUS_VERSION),
             ..status.clone()
         };
         let mut bytes = serde_json::to_vec_pretty(&status)?;
         bytes.push(b'\n');
-        tmp.write_all(&bytes)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(&p)
-            .with_context(|| format!("cannot write {}", p.display()))?;
-        File::open(&self.dir)?.sync_all()?;
-        Ok(())
+        nixcast_cli::fs::write(&self.dir.join(STATUS_FILE), &bytes, 0o600)
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -609,7 +577,7 @@ mod tests {
     }
 
     /// The held lock is one per process: tests that take it take turns.
-    static TURN: Mutex<()> = Mutex::new(());
+    pub(crate) static TURN: Mutex<()> = Mutex::new(());
 
     #[test]
     fn second_lock_is_refused() {

@@ -12,9 +12,9 @@
 //!   an invalid one nix-env would try to substitute it), substituters off.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use nixcast_common::layout;
 use nixcast_common::manifest::Entry;
 use nixcast_common::narinfo::NarInfo;
@@ -25,21 +25,9 @@ use crate::fetch::staged_path;
 /// Store paths per command line.
 pub const CHUNK: usize = 4000;
 
+/// A Nix command, holding the run lock until it exits (`state::child_stdin`).
 pub fn run(cmd: &mut Command) -> Result<String> {
-    let shown = format!("{cmd:?}");
-    let out = cmd
-        .stdin(crate::state::child_stdin())
-        .stderr(Stdio::piped())
-        .output()
-        .with_context(|| format!("cannot run {shown}: is Nix installed?"))?;
-    if !out.status.success() {
-        bail!(
-            "{shown} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    nixcast_cli::command::run(cmd, crate::state::child_stdin())
 }
 
 /// The paths among `paths` that are not valid in the local store.

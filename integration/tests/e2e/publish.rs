@@ -557,3 +557,53 @@ fn a_secret_key_given_as_a_public_key_is_refused_and_not_echoed() {
             .unwrap(),
     );
 }
+
+/// The publisher reads its main flags from the same variables as the agent;
+/// a flag given on the command line wins over its variable.
+#[test]
+fn the_publisher_reads_nixcast_variables() {
+    let (work, cache, keys) = scene();
+    let top = Fixture {
+        version: "envvars",
+        ..Default::default()
+    }
+    .build();
+    ok(nixcast()
+        .args(["publish", "--host", "foobar", "--path", &top])
+        .env("NIXCAST_CACHE", &cache)
+        .env("NIXCAST_SECRET_KEY_FILE", &keys.secret));
+    assert_eq!(generation_of(&cache), 1);
+
+    keygen(work.path(), "other-1");
+    let hosts = |key: &std::path::Path| {
+        nixcast()
+            .args(["hosts", "--json"])
+            .env("NIXCAST_CACHE", &cache)
+            .env("NIXCAST_TRUSTED_KEY_FILES", key)
+            .output()
+            .unwrap()
+    };
+    let out = hosts(&work.path().join("fleet-1.pub"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["storePath"], top.as_str());
+    let out = hosts(&work.path().join("other-1.pub"));
+    assert!(
+        !out.status.success() && stderr(&out).contains("hosts/foobar.json"),
+        "the variable's key is used: {}",
+        stderr(&out)
+    );
+
+    let elsewhere = work.path().join("elsewhere");
+    let out = nixcast()
+        .args(["hosts", "--cache"])
+        .arg(&elsewhere)
+        .env("NIXCAST_CACHE", &cache)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() && stderr(&out).contains("elsewhere"),
+        "the flag wins: {}",
+        stderr(&out)
+    );
+}

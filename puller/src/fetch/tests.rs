@@ -1,0 +1,211 @@
+//! `fetch_one` against a cache directory: what is staged, what is refused
+//! (a tampered byte, a wrong size, trailing data, a decompression bomb's
+//! NarSize), what counts as a transport failure (a truncated body), and
+//! that a staged copy is checked again before it is reused.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use nixcast_common::manifest::{nar_url, Compression, Entry};
+use nixcast_common::Sha256Hash;
+
+use super::*;
+use crate::source::Source;
+use crate::testing::{self, Cache};
+
+struct Scene {
+    cache: Cache,
+    staging: tempfile::TempDir,
+    source: Source,
+}
+
+impl Scene {
+    fn new() -> Self {
+        let cache = Cache::new();
+        let source = Source::Dir(cache.path().to_owned());
+        let staging = tempfile::tempdir().unwrap();
+        std::fs::create_dir(staging.path().join("nar")).unwrap();
+        Scene {
+            cache,
+            staging,
+            source,
+        }
+    }
+
+    fn entry(&self, content: &str) -> Entry {
+        self.cache
+            .entry(&testing::store_path("x", 1), content, vec![])
+    }
+
+    async fn fetch(&self, e: &Entry) -> Result<u64, NarError> {
+        let decoders = tokio::sync::Semaphore::new(1);
+        let ids: Arc<[Identity]> = Arc::new([]);
+        fetch_one(
+            &self.source,
+            self.staging.path(),
+            e,
+            Arc::new(AtomicU64::new(0)),
+            &decoders,
+            &ids,
+        )
+        .await
+    }
+
+    fn staged(&self, e: &Entry) -> bool {
+        staged_path(self.staging.path(), e).exists()
+    }
+
+    /// Replaces the bytes the cache serves for `e`.
+    fn serve(&self, e: &Entry, bytes: &[u8]) {
+        std::fs::write(self.cache.path().join(&e.url), bytes).unwrap();
+    }
+
+    fn served(&self, e: &Entry) -> Vec<u8> {
+        std::fs::read(self.cache.path().join(&e.url)).unwrap()
+    }
+
+    /// No temporary file is left in `staging/nar` beside what was staged.
+    fn leftovers(&self) -> usize {
+        std::fs::read_dir(self.staging.path().join("nar"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with('.')
+            })
+            .count()
+    }
+}
+
+fn verify_msg(r: Result<u64, NarError>) -> String {
+    match r {
+        Err(NarError::Verify { msg, .. }) => msg,
+        other => panic!("expected a verification failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_good_nar_is_staged_and_reused_once_checked_again() {
+    let s = Scene::new();
+    let e = s.entry("hello");
+    assert_eq!(s.fetch(&e).await.unwrap(), e.file_size);
+    assert!(s.staged(&e));
+    // Staged already: nothing downloaded (the source may be gone).
+    std::fs::remove_file(s.cache.path().join(&e.url)).unwrap();
+    assert_eq!(s.fetch(&e).await.unwrap(), 0);
+
+    // A staged copy that is damaged is dropped and fetched again.
+    let staged = staged_path(s.staging.path(), &e);
+    let mut bytes = std::fs::read(&staged).unwrap();
+    s.serve(&e, &bytes);
+    let n = bytes.len() - 20;
+    bytes[n] ^= 1;
+    std::fs::write(&staged, &bytes).unwrap();
+    assert_eq!(s.fetch(&e).await.unwrap(), e.file_size);
+    assert_eq!(
+        Sha256Hash::digest(&std::fs::read(&staged).unwrap()),
+        e.nar_hash
+    );
+}
+
+#[tokio::test]
+async fn a_tampered_byte_is_refused_and_nothing_is_staged() {
+    let s = Scene::new();
+    let e = s.entry("hello");
+    let mut bytes = s.served(&e);
+    let n = bytes.len() - 20;
+    bytes[n] ^= 1;
+    s.serve(&e, &bytes);
+    let msg = verify_msg(s.fetch(&e).await);
+    // The NAR is uncompressed: its own check or FileHash catches it first.
+    assert!(msg.contains("mismatch"), "{msg}");
+    assert!(!s.staged(&e));
+    assert_eq!(s.leftovers(), 0);
+}
+
+#[tokio::test]
+async fn more_bytes_than_the_file_size_are_refused() {
+    let s = Scene::new();
+    let e = s.entry("hello");
+    let mut bytes = s.served(&e);
+    bytes.extend_from_slice(&[0; 8]);
+    s.serve(&e, &bytes);
+    let msg = verify_msg(s.fetch(&e).await);
+    assert!(msg.contains("more bytes than the FileSize"), "{msg}");
+    assert!(!s.staged(&e));
+}
+
+#[tokio::test]
+async fn a_truncated_body_is_a_transport_failure_not_tampering() {
+    let s = Scene::new();
+    let e = s.entry("hello");
+    let bytes = s.served(&e);
+    s.serve(&e, &bytes[..bytes.len() - 8]);
+    match s.fetch(&e).await {
+        Err(NarError::Fetch { msg, .. }) => assert!(msg.contains("truncated"), "{msg}"),
+        other => panic!("expected a fetch failure, got {other:?}"),
+    }
+    assert!(!s.staged(&e));
+    assert_eq!(s.leftovers(), 0);
+}
+
+#[tokio::test]
+async fn a_missing_nar_is_a_fetch_failure() {
+    let s = Scene::new();
+    let e = s.entry("hello");
+    std::fs::remove_file(s.cache.path().join(&e.url)).unwrap();
+    match s.fetch(&e).await {
+        Err(NarError::Fetch { msg, .. }) => assert_eq!(msg, "not found"),
+        other => panic!("expected a fetch failure, got {other:?}"),
+    }
+}
+
+/// An xz NAR: what the signed sizes and hashes say is checked on both
+/// sides of the decompressor.
+#[tokio::test]
+async fn compressed_nars_are_checked_after_decompression_too() {
+    let s = Scene::new();
+    let plain = s.entry("compressed content");
+    let nar = s.served(&plain);
+    let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 6);
+    xz.write_all(&nar).unwrap();
+    let xz = xz.finish().unwrap();
+    let file_hash = Sha256Hash::digest(&xz);
+    let e = Entry {
+        url: nar_url(&file_hash, Compression::Xz),
+        compression: Compression::Xz,
+        file_hash,
+        file_size: xz.len() as u64,
+        ..plain.clone()
+    };
+    s.serve(&e, &xz);
+    assert_eq!(s.fetch(&e).await.unwrap(), e.file_size);
+    std::fs::remove_file(staged_path(s.staging.path(), &e)).unwrap();
+
+    // FileSize and FileHash hold for the bytes served, the NAR inside does
+    // not match its NarSize: a decompression bomb stops there.
+    let small = Entry {
+        nar_size: plain.nar_size - 8,
+        ..e.clone()
+    };
+    let msg = verify_msg(s.fetch(&small).await);
+    assert!(msg.contains("NarSize"), "{msg}");
+
+    // Trailing bytes after the compressed stream, counted in FileSize and
+    // FileHash, are refused all the same.
+    let mut padded = xz.clone();
+    padded.extend_from_slice(b"trailer");
+    let file_hash = Sha256Hash::digest(&padded);
+    let trailing = Entry {
+        url: nar_url(&file_hash, Compression::Xz),
+        file_hash,
+        file_size: padded.len() as u64,
+        ..e.clone()
+    };
+    s.serve(&trailing, &padded);
+    let msg = verify_msg(s.fetch(&trailing).await);
+    assert!(msg.contains("trailing data"), "{msg}");
+    assert!(!s.staged(&trailing));
+}

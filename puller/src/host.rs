@@ -1,0 +1,87 @@
+//! What a run asks of this host, behind two small traits, so that the run's
+//! steps take them as values (`Config::store`, `Config::activator`): the real
+//! ones here drive Nix and switch-to-configuration; the unit tests use fakes
+//! that need neither root nor Nix.
+
+use std::path::Path;
+use std::process::ExitStatus;
+
+use anyhow::Result;
+use nixcast_common::{PublicKey, StorePath};
+
+use crate::activate::{self, Action};
+use crate::store;
+
+/// The Nix store and the system profile.
+pub trait Store: Send + Sync {
+    /// The paths among `paths` that are not valid, in the order asked.
+    fn missing(&self, paths: &[&StorePath]) -> Result<Vec<StorePath>>;
+    /// Imports `paths` from the staging cache (their references valid or among them).
+    fn import(&self, staging: &Path, paths: &[StorePath], trusted: &[PublicKey]) -> Result<()>;
+    /// Protects valid `paths` from garbage collection with roots in `dir`.
+    fn add_roots(&self, dir: &Path, paths: &[StorePath]) -> Result<()>;
+    /// Makes a new generation of `profile` pointing to the valid `path`.
+    fn set_profile(&self, profile: &Path, path: &StorePath) -> Result<()>;
+    /// The store path `profile` points to now.
+    fn profile_target(&self, profile: &Path) -> Option<StorePath>;
+    /// The generation `profile` points to now.
+    fn profile_generation(&self, profile: &Path) -> Option<u64>;
+    /// Every generation of `profile`.
+    fn list_generations(&self, profile: &Path) -> Result<Vec<u64>>;
+    /// Points `profile` back at an earlier generation.
+    fn switch_generation(&self, profile: &Path, generation: u64) -> Result<()>;
+    fn delete_generation(&self, profile: &Path, generation: u64) -> Result<()>;
+}
+
+/// Switching the running system.
+pub trait Activator: Send + Sync {
+    /// Whether `top` is a NixOS system (it has `bin/switch-to-configuration`).
+    fn is_system(&self, top: &StorePath) -> bool;
+    /// Runs the switch; its exit status (0 is success).
+    fn activate(&self, top: &StorePath, action: Action) -> Result<ExitStatus>;
+}
+
+/// The local store, through Nix's own commands (`store.rs`).
+pub struct NixStore;
+
+impl Store for NixStore {
+    fn missing(&self, paths: &[&StorePath]) -> Result<Vec<StorePath>> {
+        store::missing(paths.iter().copied())
+    }
+    fn import(&self, staging: &Path, paths: &[StorePath], trusted: &[PublicKey]) -> Result<()> {
+        store::import(staging, paths, trusted)
+    }
+    fn add_roots(&self, dir: &Path, paths: &[StorePath]) -> Result<()> {
+        store::add_roots(dir, paths)
+    }
+    fn set_profile(&self, profile: &Path, path: &StorePath) -> Result<()> {
+        store::set_profile(profile, path)
+    }
+    fn profile_target(&self, profile: &Path) -> Option<StorePath> {
+        store::profile_target(profile)
+    }
+    fn profile_generation(&self, profile: &Path) -> Option<u64> {
+        store::profile_generation(profile)
+    }
+    fn list_generations(&self, profile: &Path) -> Result<Vec<u64>> {
+        store::list_generations(profile)
+    }
+    fn switch_generation(&self, profile: &Path, generation: u64) -> Result<()> {
+        store::switch_generation(profile, generation)
+    }
+    fn delete_generation(&self, profile: &Path, generation: u64) -> Result<()> {
+        store::delete_generation(profile, generation)
+    }
+}
+
+/// The system's own switch-to-configuration (`activate.rs`).
+pub struct Switch;
+
+impl Activator for Switch {
+    fn is_system(&self, top: &StorePath) -> bool {
+        Path::new(&activate::switch_script(top)).is_file()
+    }
+    fn activate(&self, top: &StorePath, action: Action) -> Result<ExitStatus> {
+        activate::activate(top, action)
+    }
+}
