@@ -282,9 +282,11 @@ fn run_once(cfg: &run::Config) -> Result<(), Failed> {
     let rt = tokio::runtime::Runtime::new()
         .map_err(|e| (1, anyhow::Error::new(e).context("cannot start the runtime")))?;
     let result = rt.block_on(run::run(cfg));
-    // A transfer cut by --run-timeout may still hold a blocking thread; it
-    // has nothing left to do that matters.
-    rt.shutdown_background();
+    // A run that failed may leave verifiers on blocking threads whose input
+    // is gone: give them a moment to stop and remove their temporary files.
+    // A transfer cut by --run-timeout may hold one longer; what it would
+    // still do does not matter, and the exit stays bounded.
+    rt.shutdown_timeout(Duration::from_secs(5));
     match result {
         Ok(outcome) => {
             tracing::info!(?outcome, "done");
