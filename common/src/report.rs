@@ -271,18 +271,7 @@ pub fn verify(bytes: &[u8], host: &str, keys: &[VerifyingKey]) -> Result<Signed,
 mod tests {
     use super::*;
     use crate::keys::SecretKey;
-
-    // Made with `ssh-keygen -t ed25519 -N '' -C test` (the same as seal.rs's).
-    const SSH_PRIVATE: &str = "-----BEGIN OPENSSH PRIVATE KEY-----
-b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
-QyNTUxOQAAACB0J0YZmvwA0n0ViYu5McUzj63Y5ejoTyesh/cwjkKOjQAAAJC/SAd2v0gH
-dgAAAAtzc2gtZWQyNTUxOQAAACB0J0YZmvwA0n0ViYu5McUzj63Y5ejoTyesh/cwjkKOjQ
-AAAECJdmNDPJ7C8/5I9oAcnNFBpjO7sg2yPgFiKNPQ/canF3QnRhma/ADSfRWJi7kxxTOP
-rdjl6OhPJ6yH9zCOQo6NAAAACHRlc3Qta2V5AQIDBAU=
------END OPENSSH PRIVATE KEY-----
-";
-    const SSH_PUBLIC: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHQnRhma/ADSfRWJi7kxxTOPrdjl6OhPJ6yH9zCOQo6N test-key";
+    use crate::seal::tests::{SSH_PRIVATE, SSH_PUBLIC};
 
     fn sample(host: &str) -> Report {
         Report {

@@ -428,11 +428,11 @@ fn map_decrypt_error(e: age::DecryptError) -> SealError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     // Made with `ssh-keygen -t ed25519 -N '' -C test`.
-    const SSH_PRIVATE: &str = "-----BEGIN OPENSSH PRIVATE KEY-----
+    pub(crate) const SSH_PRIVATE: &str = "-----BEGIN OPENSSH PRIVATE KEY-----
 b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
 QyNTUxOQAAACB0J0YZmvwA0n0ViYu5McUzj63Y5ejoTyesh/cwjkKOjQAAAJC/SAd2v0gH
 dgAAAAtzc2gtZWQyNTUxOQAAACB0J0YZmvwA0n0ViYu5McUzj63Y5ejoTyesh/cwjkKOjQ
@@ -440,7 +440,7 @@ AAAECJdmNDPJ7C8/5I9oAcnNFBpjO7sg2yPgFiKNPQ/canF3QnRhma/ADSfRWJi7kxxTOP
 rdjl6OhPJ6yH9zCOQo6NAAAACHRlc3Qta2V5AQIDBAU=
 -----END OPENSSH PRIVATE KEY-----
 ";
-    const SSH_PUBLIC: &str =
+    pub(crate) const SSH_PUBLIC: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHQnRhma/ADSfRWJi7kxxTOPrdjl6OhPJ6yH9zCOQo6N test-key";
 
     #[test]

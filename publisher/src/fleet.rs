@@ -200,7 +200,7 @@ pub fn current(target: &Target, host: &str, keys: &[PublicKey]) -> Result<Option
 }
 
 /// What `hosts --recipients-file` adds to a host's row.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Columns {
     /// The highest generation in the history above the current pointer's.
@@ -254,12 +254,7 @@ pub fn columns(
         .filter(|g| *g > generation);
     let mut c = Columns {
         staged_generation,
-        report: None,
-        report_problem: None,
-        report_age: None,
-        behind: false,
-        failed: false,
-        stale: false,
+        ..Columns::default()
     };
     match read_report(target, host, fleet, ids) {
         Seen::Missing => {}

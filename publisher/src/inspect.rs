@@ -182,15 +182,7 @@ fn write_html(
     histories: &[Vec<nixcast_common::pointer::Pointer>],
     now: std::time::SystemTime,
 ) -> Result<()> {
-    let empty = crate::fleet::Columns {
-        staged_generation: None,
-        report: None,
-        report_problem: None,
-        report_age: None,
-        behind: false,
-        failed: false,
-        stale: false,
-    };
+    let empty = crate::fleet::Columns::default();
     let page_rows: Vec<crate::fleet::html::Row<'_>> = rows
         .iter()
         .zip(histories)

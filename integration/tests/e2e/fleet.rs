@@ -220,20 +220,25 @@ fn a_staged_generation_reaches_web_only_after_the_canary_applied_it_healthy() {
     let rows = hosts_json(&cache, &keys, &fleet);
     assert_eq!(row(&rows, "web")["stagedGeneration"], 2);
 
-    // Gated on a canary that has not applied generation 2: refused, named.
-    let out = promote(
-        &cache,
-        &keys,
-        &fleet,
-        &["--host", "web", "--after", "canary", "--healthy-for", "0s"],
-    )
-    .output()
-    .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("canary canary: its generation 2 is staged, not promoted"),
-        "{}",
+    // `promote --host web --after canary` must be refused: what it says.
+    let gated_promote_refused = |healthy_for: &str| {
+        let args = [
+            "--host",
+            "web",
+            "--after",
+            "canary",
+            "--healthy-for",
+            healthy_for,
+        ];
+        let out = promote(&cache, &keys, &fleet, &args).output().unwrap();
+        assert!(!out.status.success(), "{}", stdout(&out));
         stderr(&out)
+    };
+    // Gated on a canary that has not applied generation 2: refused, named.
+    let err = gated_promote_refused("0s");
+    assert!(
+        err.contains("canary canary: its generation 2 is staged, not promoted"),
+        "{err}"
     );
     assert_eq!(pointer_generation(&cache, "web"), 1);
 
@@ -245,36 +250,18 @@ fn a_staged_generation_reaches_web_only_after_the_canary_applied_it_healthy() {
         stdout(&out)
     );
     // Promoted but not yet applied: still refused.
-    let out = promote(
-        &cache,
-        &keys,
-        &fleet,
-        &["--host", "web", "--after", "canary", "--healthy-for", "0s"],
-    )
-    .output()
-    .unwrap();
-    assert!(!out.status.success());
+    let err = gated_promote_refused("0s");
     assert!(
-        stderr(&out).contains("canary canary: it runs generation 1, not its newest generation 2"),
-        "{}",
-        stderr(&out)
+        err.contains("canary canary: it runs generation 1, not its newest generation 2"),
+        "{err}"
     );
     let out = pull(&canary, "canary", &canary_key);
     assert!(out.status.success(), "{}", stderr(&out));
     // Not healthy for long enough yet.
-    let out = promote(
-        &cache,
-        &keys,
-        &fleet,
-        &["--host", "web", "--after", "canary", "--healthy-for", "1h"],
-    )
-    .output()
-    .unwrap();
-    assert!(!out.status.success());
+    let err = gated_promote_refused("1h");
     assert!(
-        stderr(&out).contains("canary canary: generation 2 was applied at"),
-        "{}",
-        stderr(&out)
+        err.contains("canary canary: generation 2 was applied at"),
+        "{err}"
     );
     assert_eq!(pointer_generation(&cache, "web"), 1);
     let out = ok(&mut promote(
@@ -326,16 +313,7 @@ fn a_staged_generation_reaches_web_only_after_the_canary_applied_it_healthy() {
     );
     let status = canary.status();
     assert_eq!(status["appliedGeneration"], 2, "{status}");
-    let out = promote(
-        &cache,
-        &keys,
-        &fleet,
-        &["--host", "web", "--after", "canary", "--healthy-for", "0s"],
-    )
-    .output()
-    .unwrap();
-    assert!(!out.status.success());
-    let err = stderr(&out);
+    let err = gated_promote_refused("0s");
     assert!(
         err.contains(
             "refusing to promote: canary canary: its last run failed (activation-failed: "
@@ -549,10 +527,10 @@ fn promote_on_a_bucket_gates_on_a_sealed_canarys_report_opened_with_the_publishe
     .output()
     .unwrap();
     assert!(!out.status.success());
+    let err = stderr(&out);
     assert!(
-        stderr(&out).contains("canary canary: its report is not trusted"),
-        "{}",
-        stderr(&out)
+        err.contains("canary canary: its report is not trusted"),
+        "{err}"
     );
     let out = promote(&["--host", "web", "--after", "canary", "--healthy-for", "0s"]);
     assert!(out.status.success(), "{}", stderr(&out));
