@@ -19,15 +19,16 @@ export NIX_REMOTE=local
 if ! (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
   sed -e "s|@WORK@|$WORK|g" -e "s|@PORT@|$PORT|g" "$(dirname "$0")/nginx.conf.in" > "$WORK/nginx.conf"
   nginx -e "$WORK/nginx-error.log" -c "$WORK/nginx.conf" & NGINX_PID=$!
-  trap 'kill $NGINX_PID' EXIT
   sleep 0.5
 fi
 PUB=$(cat "$WORK/keys/bench.pub")
+d=$WORK/vm/ab-$$
+cleanup() { mountpoint -q "$d/nix" 2>/dev/null && umount "$d/nix"; rm -rf "$d" "$d.img"; [ -z "${NGINX_PID:-}" ] || kill "$NGINX_PID"; }
+trap cleanup EXIT
 out=$WORK/ab.tsv; : > "$out"
 for r in $(seq "$REPS"); do
   for i in $(seq 0 $((${#BINS[@]} - 1))); do
     b=${BINS[$(((i + r - 1) % ${#BINS[@]}))]}
-    d=$WORK/vm/ab-$$
     mkdir -p "$d"/{nix,home,xdg}
     truncate -s 8G "$d.img"; mkfs.ext4 -q -F "$d.img"; mount -o loop "$d.img" "$d/nix"; sync
     cp "$WORK/ptr/$C-v1.json" "$WORK/srv/$C/hosts/.vm.json.tmp"
@@ -38,7 +39,7 @@ for r in $(seq "$REPS"); do
       "$b" run --cache "http://127.0.0.1:$PORT/$C" --allow-insecure-http --host vm --trusted-key "$PUB" \
       --state-dir /nix/var/nixcast > "$WORK/ab.log" 2>&1 || { tail "$WORK/ab.log"; exit 1; }
     read -r secs rss user sys < "$WORK/ab.time"
-    own=$(grep -o 'peak_rss_kib=Some([0-9]*)' "$WORK/ab.log" | tr -dc 0-9); own=${own:-0}
+    own=$(grep -o 'peak_rss_kib=[0-9]*' "$WORK/ab.log" | tr -dc 0-9 || true); own=${own:-0}
     printf '%s\t%s\t%s\t%s\t%s\n' "$b" "$secs" "$(awk -v u="$user" -v s="$sys" 'BEGIN{print u+s}')" "$rss" "$own" >> "$out"
     printf '%-40s #%s %6.2f s  cpu %5.2f s  %%M %6d KiB  agent %6d KiB  load %s\n' "$b" "$r" "$secs" \
       "$(awk -v u="$user" -v s="$sys" 'BEGIN{print u+s}')" "$rss" "$own" "$(cut -d' ' -f1 /proc/loadavg)"

@@ -5,6 +5,7 @@
 #   integration/bench/run.sh            # everything; writes integration/bench/RESULTS.md
 #   REPS=1 ONLY=pull-zstd run.sh        # one stage, for development (writes $WORK/RESULTS.partial.md)
 #     stages: publish-zstd publish-xz publish-xz-full pull-zstd pull-xz pull-small pull-delay pull-sealed floor (comma-separated)
+#   RESULTS=$PWD/integration/bench/RESULTS.md ONLY=… run.sh  # some stages, written to RESULTS.md all the same
 #   CPUS="2 1" run.sh                   # the cold pulls also on one core (taskset -c 0 for every process of
 #                                       # every tool; the server is not pinned); default: all cores only
 #
@@ -188,7 +189,9 @@ cpus_tag() { [ "$1" -ge "$(nproc)" ] || echo "-cpu$1"; }
 order() { local r=$1; shift; local a=("$@") n=$#; for i in $(seq 0 $((n - 1))); do echo "${a[$(((i + r - 1) % n))]}"; done; }
 # A command in a fresh "VM": a private mount namespace whose /nix is DIR/nix.
 VM=(unshare -m --propagation private sh -c 'mount --bind "$0" /nix && exec "$@"')
-vmcmd() { VMCMD=("${VM[@]}" "$1/nix" env HOME="$1/home" XDG_CACHE_HOME="$1/xdg" NIX_REMOTE=local); }
+# NIXCAST_LOG: the agent logs its own peak resident set (the memory table's "agent alone").
+vmcmd() { VMCMD=("${VM[@]}" "$1/nix" env HOME="$1/home" XDG_CACHE_HOME="$1/xdg" NIX_REMOTE=local
+                 NIXCAST_LOG=info,nixcast_pull::pipeline=debug); }
 # Each VM's /nix is a fresh ext4 file system on a loop device, as a new VM's disk
 # would be: in a directory of the host's file system, creating files right after
 # the previous VM's were deleted costs ext4 extra time (recently_deleted() in its
@@ -299,7 +302,7 @@ pull_stage() { # COMPRESSION [cold-only]
   floor_cache "$c"
   for n in $CPUS; do
     pin "$n"; tag=$(cpus_tag "$n")
-    say "pull $c into fresh stores on $n core(s): cold${coldonly:+ only}${coldonly:-, after one path changed, no-op}, with the floors ($REPS× each tool)"
+    say "pull $c into fresh stores on $n core(s): cold${coldonly:+ only}${coldonly:+}$([ -n "$coldonly" ] || echo ', after one path changed, no-op'), with the floors ($REPS× each tool)"
     for r in $(seq "$REPS"); do
       for tool in $(order "$r" nixcast nix-copy nix-store floor-copy floor-subst); do
         pull_one "$c" "$tool" "$r" "$URL" "pull-$c$tag" $coldonly
@@ -450,6 +453,7 @@ HZ=$(getconf CLK_TCK)
 } > "$WORK/machine.txt"
 out=$HERE/RESULTS.md
 [ -n "$ONLY" ] && out=$WORK/RESULTS.partial.md
+out=${RESULTS:-$out} # RESULTS=integration/bench/RESULTS.md: a run of some stages rewrites it all the same
 python3 -B "$HERE/report.py" "$RES" "$WORK/machine.txt" "$out"
 echo
 echo "written: $out ($(( $(date +%s) - T_START )) s in all)"
