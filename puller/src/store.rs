@@ -8,7 +8,10 @@
 //!   `nix-store --import`, which holds a whole NAR in memory: 548 MB for a
 //!   300 MiB path), checks the publisher's signature against the trusted keys
 //!   and the NarHash a second time, and keeps the signatures in its database.
-//!   Nothing we did not verify is in that cache;
+//!   Nothing we did not verify is in that cache. Through a nix-daemon
+//!   (`NIX_REMOTE=daemon`, as the NixOS module runs the agent) it is the
+//!   daemon that reads the staging cache, so it must see the same path: the
+//!   state directory is the host's (systemd's `StateDirectory=`);
 //! - the profile: `nix-env -p PROFILE --set PATH`, only for a valid PATH (for
 //!   an invalid one nix-env would try to substitute it), substituters off.
 
