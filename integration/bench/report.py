@@ -38,6 +38,7 @@ def mib(b):
     return f"{b / 2**20:.1f} MiB" if b >= 2**20 else f"{b / 1024:.1f} KiB" if b >= 1024 else f"{b:.0f} B"
 
 N, XN, XS = M["n"], M["xz_n"], M["xz_scale"]
+SN, SB = M.get("small_n", "300"), M.get("small_big", "8000000")
 small = f"n{XN}s{XS}"
 out = []
 p = out.append
@@ -51,6 +52,11 @@ p(f"- {M['nproc']} CPUs, {M['cpu']}, {M['mem']} RAM, Linux {M['kernel']}")
 p(f"- {M['nix']}; nginx {M['nginx']}; {M['xz']}; {M['zstd'].strip('* ')}")
 p(f"- closure (`synth-closure.nix --arg n {N}`): {M['stats_full']}")
 p(f"- smaller closure for xz publish (`--arg n {XN} --arg scale {XS}`): {M['stats_small']}")
+if M.get("stats_paths"):
+    p(f"- many small paths (`integration/fixtures/fixture.nix --arg n {SN} --arg big {SB}`): {M['stats_paths']}")
+if M.get("cpus"):
+    p(f"- cold pulls measured on: {', '.join(c + ' core' + ('s' if c != '1' else '') for c in M['cpus'].split())} "
+      "(fewer cores than the machine has: `taskset` on every process of every tool, the server not pinned)")
 p(f"- load before: `{M['uptime_before'].strip()}`; after: `{M['uptime_after'].strip()}`")
 busy, ours, secs = int(M["busy_cpu_seconds"]), int(M["our_cpu_seconds"]), int(M["measure_seconds"])
 other = max(0, busy - ours)
@@ -67,8 +73,9 @@ p("")
 
 targets = {
     f"publish-cold-zstd-n{N}": "≤ 0.7", f"publish-cold-xz-{small}": "≤ 0.5",
-    "pull-zstd-cold": "≤ 0.5", "pull-xz-cold": "≤ 0.5", "pull-zstd-rtt50-cold": "≤ 0.3",
-    "pull-zstd-rtt50-j64-cold": "≤ 0.3",
+    f"pull-paths{SN}-xz-cold": "≤ 0.8", f"pull-paths{SN}-xz-cpu1-cold": "≤ 0.8",
+    "pull-zstd-cold": "≤ 0.8", "pull-xz-cold": "≤ 0.5", "pull-xz-cpu1-cold": "≤ 0.8",
+    "pull-zstd-rtt50-cold": "≤ 0.3", "pull-zstd-rtt50-j64-cold": "≤ 0.3",
 }
 labels = [
     (f"publish-cold-zstd-n{N}", f"publish cold, zstd, {N} paths"),
@@ -77,8 +84,9 @@ labels = [
     (f"publish-incr-zstd-n{N}", f"publish after one path changed, zstd, {N} paths"),
     (f"publish-incr-xz-{small}", f"publish after one path changed, xz, {XN} paths at {XS} %"),
     (f"publish-incr-xz-n{N}", f"publish after one path changed, xz, {N} paths (nixcast once)"),
-    ("pull-zstd-cold", "pull cold, zstd"),
-    ("pull-xz-cold", "pull cold, xz"),
+    (f"pull-paths{SN}-xz-cold", f"pull cold, xz, {SN} small paths + one {int(SB) / 1e6:g} MB file"),
+    ("pull-zstd-cold", f"pull cold, zstd, {N} paths"),
+    ("pull-xz-cold", f"pull cold, xz, {N} paths"),
     ("pull-zstd-rtt50-cold", "pull cold, zstd, +50 ms round trip"),
     ("pull-zstd-rtt50-j64-cold", "the same, `nixcast-pull --jobs 64` (default 32)"),
     ("pull-zstd-incr", "pull after one path changed, zstd"),
@@ -86,14 +94,27 @@ labels = [
     ("pull-zstd-noop", "no-op poll, zstd"),
     ("pull-xz-noop", "no-op poll, xz"),
 ]
+# The same pulls pinned to fewer cores (CPUS=1): "pull-xz-cpu1-cold" after "pull-xz-cold".
+for work, label in list(labels):
+    if work.startswith("pull") and work.endswith("-cold"):
+        for n in sorted({w.split("-cpu")[1].split("-")[0] for (w, _) in rows if w.startswith(work[:-5] + "-cpu")}):
+            labels.insert(labels.index((work, label)) + 1, (f"{work[:-5]}-cpu{n}-cold", f"the same on {n} core" + ("s" if n != "1" else "")))
 tools = ["nixcast", "nix-copy", "nix-store"]
 nixref = {"pull-zstd-rtt50-j64-cold": "pull-zstd-rtt50-cold"}  # compared with the Nix runs of that row
 p("## Time (median seconds, min–max)\n")
 p("Ratio: nixcast / the better of `nix copy` and `nix-store -r` (same run). Pulls include, for nixcast only, "
   "setting the profile and running `switch-to-configuration` (the stand-in's only echoes).\n")
-p("| work | nixcast | `nix copy` | `nix-store -r -j16` | ratio | target |")
-p("| --- | --- | --- | --- | --- | --- |")
+p("Floor: Nix importing the verified bytes itself, into a fresh store in the same round, from an uncompressed "
+  "signed `file://` cache of the closure on the local disk (what the agent's staging cache holds once every NAR "
+  "is verified): the better of `nix copy --no-recursive --from file://DIR` (sequential) and `nix-store -r "
+  "--option substituters file://DIR -j16` (parallel); `floor / Nix` is the ratio no agent that imports through "
+  "Nix can go below. CPU seconds: user + system of the command and every process it waited for.\n")
+p("| work | nixcast | `nix copy` | `nix-store -r -j16` | ratio | target | CPU s (nixcast / copy / store) | floor: copy, subst | floor / Nix |")
+p("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 ratios = {}
+def cpu(work, tool):
+    r = rows.get((work, tool))
+    return f"{med(work, tool, 'cpu'):.2f}" if r and r[0]["cpu"] is not None else "—"
 for work, label in labels:
     if not any((work, t) in rows for t in tools):
         continue
@@ -102,7 +123,11 @@ for work, label in labels:
     nix = [v for v in (med(ref, "nix-copy"), med(ref, "nix-store")) if v is not None]
     ratio = f"{nc / min(nix):.2f}" if nc is not None and nix and min(nix) > 0 else "—"
     ratios[work] = ratio
-    p(f"| {label} | {cell(work, 'nixcast')} | {cell(work, 'nix-copy')} | {cell(work, 'nix-store')} | {ratio} | {targets.get(work, '')} |")
+    fl = [v for v in (med(work, "floor-copy"), med(work, "floor-subst")) if v is not None]
+    floor = " / ".join(f"{v:.2f}" if v is not None else "—" for v in (med(work, "floor-copy"), med(work, "floor-subst"))) if fl else ""
+    fratio = f"{min(fl) / min(nix):.2f}" if fl and nix else ""
+    cpus = " / ".join(cpu(work, t) for t in tools) if "cold" in work else ""
+    p(f"| {label} | {cell(work, 'nixcast')} | {cell(work, 'nix-copy')} | {cell(work, 'nix-store')} | {ratio} | {targets.get(work, '')} | {cpus} | {floor} | {fratio} |")
 p("")
 
 p("## Requests and bytes (from nginx's access log, medians)\n")
@@ -124,14 +149,23 @@ p("")
 
 p("## Peak memory (median of `/usr/bin/time -f %M`)\n")
 p("%M is the largest resident set of the command or of any one descendant it waited for (the agent's "
-  "`nix copy` import, `nix-env`, the switch), not their sum. Targets: agent ≤ 256 MiB on the 1000-path pull "
-  "(it includes a 40 MiB path); publisher ≤ 512 MiB.\n")
-p("| work | nixcast | `nix copy` | `nix-store -r -j16` |")
-p("| --- | --- | --- | --- |")
+  "import, `nix-env`, the switch), not their sum. Targets on the 1000-path pull (it includes a 40 MiB path): "
+  "agent alone ≤ 48 MiB, largest process ≤ 128 MiB; publisher ≤ 512 MiB.\n")
+def own_rss(r):  # the agent's own peak, from its log ("peak_rss_kib=N"), in KiB
+    for line in open(r["log"], errors="replace"):
+        m = re.search(r"peak_rss_kib=(\d+)", line)
+        if m:
+            return int(m.group(1))
+    return None
+p("Agent alone: its own peak resident set (VmHWM), which it logs at the end of the fetch and import.\n")
+p("| work | nixcast (largest process) | nixcast agent alone | `nix copy` | `nix-store -r -j16` |")
+p("| --- | --- | --- | --- | --- |")
 for work, label in labels:
     if "cold" not in work or not any((work, t) in rows for t in tools):
         continue
     cells = [f"{med(work, t, 'rss') / 1024:.0f} MiB" if (work, t) in rows else "—" for t in tools]
+    own = [x for x in (own_rss(r) for r in rows.get((work, "nixcast"), [])) if x]
+    cells.insert(1, f"{statistics.median(own) / 1024:.0f} MiB" if own else "—")
     p(f"| {label} | " + " | ".join(cells) + " |")
 p("")
 

@@ -4,7 +4,10 @@
 #
 #   integration/bench/run.sh            # everything; writes integration/bench/RESULTS.md
 #   REPS=1 ONLY=pull-zstd run.sh        # one stage, for development (writes $WORK/RESULTS.partial.md)
-#     stages: publish-zstd publish-xz publish-xz-full pull-zstd pull-xz pull-delay pull-sealed floor (comma-separated)
+#     stages: publish-zstd publish-xz publish-xz-full pull-zstd pull-xz pull-small pull-delay pull-sealed floor (comma-separated)
+#   RESULTS=$PWD/integration/bench/RESULTS.md ONLY=… run.sh  # some stages, written to RESULTS.md all the same
+#   CPUS="2 1" run.sh                   # the cold pulls also on one core (taskset -c 0 for every process of
+#                                       # every tool; the server is not pinned); default: all cores only
 #
 # Needs root (fresh stores are private mount namespaces with their own /nix, as in
 # integration/demo.sh) and loop devices for their file systems (else plain directories),
@@ -23,6 +26,11 @@
 #   publish after one path changed (--arg bumpNode m --argstr bump v2: `etc` and the top change);
 #   pull cold, xz and zstd, into a fresh store from nginx:
 #     nixcast-pull run  vs  nix copy --from http://…  and  nix-store -r --option substituters http://… --max-jobs 16;
+#   pull cold, xz, the many-small-paths closure (integration/fixtures/fixture.nix, n=$SMALL_N,
+#     big=$SMALL_BIG: 300 small paths and one 8 MB file), the common shape of a real system;
+#   floors next to each cold pull, same store, same rounds: Nix importing the verified bytes itself, from an
+#     uncompressed local file:// cache of the closure (what the agent's staging cache is), once sequentially
+#     (`nix copy --no-recursive`) and once in parallel (`nix-store -r -j16` with that cache as the only substituter);
 #   pull cold, zstd, +50 ms round trip (delayproxy.py, 25 ms each way), also nixcast-pull --jobs 64;
 #     `nix copy` there only with DELAY_NIXCOPY_REPS=1 (it is sequential: ~2000 round trips, ~110 s a run);
 #   pull after one path changed, and a no-op poll: seconds, requests and bytes (from nginx's access log);
@@ -40,6 +48,9 @@ N=${N:-1000}
 XZ_N=${XZ_N:-200}
 XZ_SCALE=${XZ_SCALE:-30}
 DELAY_NIXCOPY_REPS=${DELAY_NIXCOPY_REPS:-0}
+SMALL_N=${SMALL_N:-300}
+SMALL_BIG=${SMALL_BIG:-8000000}
+CPUS=${CPUS:-$(nproc)}
 PORT=${BENCH_PORT:-18480}
 PPORT=$((PORT + 1))
 ONLY=${ONLY:-}
@@ -90,10 +101,22 @@ TOP=$(build full --arg n "$N")
 TOP2=$(build full-v2 --arg n "$N" --arg bumpNode $((N - 3)) --argstr bump v2)
 XTOP=$(build small --arg n "$XZ_N" --arg scale "$XZ_SCALE")
 XTOP2=$(build small-v2 --arg n "$XZ_N" --arg scale "$XZ_SCALE" --arg bumpNode $((XZ_N - 3)) --argstr bump v2)
+# The many-small-paths closure: the test fixture, built the same way.
+build_fixture() { # NAME VERSION
+  local name=$1 v=$2
+  nix-build "$REPO/integration/fixtures/fixture.nix" --arg n "$SMALL_N" --arg big "$SMALL_BIG" --argstr host vm \
+    --argstr version "$v" -o "$WORK/gcroots/$name" --max-jobs 4 --option sandbox false --option substituters '' \
+    >/dev/null 2>"$WORK/logs/build-$name.log" || { cat "$WORK/logs/build-$name.log"; exit 1; }
+  readlink -f "$WORK/gcroots/$name"
+}
+STOP=$(build_fixture paths$SMALL_N 1)
+STOP2=$(build_fixture paths$SMALL_N-v2 2)
+STATS_PATHS=$(python3 "$HERE/closure-stats.py" "$STOP" | sed -n 1p)
 STATS_FULL=$(python3 "$HERE/closure-stats.py" "$TOP" | sed -n 1p)
 STATS_SMALL=$(python3 "$HERE/closure-stats.py" "$XTOP" | sed -n 1p)
 echo "full:  $TOP"; echo "       $STATS_FULL"
 echo "small: $XTOP"; echo "       $STATS_SMALL"
+echo "paths$SMALL_N: $STOP"; echo "       $STATS_PATHS"
 echo "changed paths: $(comm -13 <(nix-store -qR "$TOP" | sort) <(nix-store -qR "$TOP2" | sort) | wc -l) (full), $(comm -13 <(nix-store -qR "$XTOP" | sort) <(nix-store -qR "$XTOP2" | sort) | wc -l) (small)"
 
 # ---------------------------------------------------------------- key, server, proxy
@@ -147,7 +170,7 @@ measure() {
   local l0 t0 secs rss user sys reqs bytes
   l0=$(wc -l < "$ACCESS")
   t0=$(date +%s.%N)
-  if ! /usr/bin/time -o "$WORK/time.out" -f '%e %M %U %S' "$@" > "$log" 2>&1; then
+  if ! "${PIN[@]}" /usr/bin/time -o "$WORK/time.out" -f '%e %M %U %S' "$@" > "$log" 2>&1; then
     echo "FAILED: $work $tool #$rep: $*" >&2; tail -20 "$log" >&2; exit 1
   fi
   read -r secs rss user sys < <(tail -1 "$WORK/time.out")
@@ -157,11 +180,18 @@ measure() {
     "$(cut -d' ' -f1 /proc/loadavg)" "$t0" "$log" "$(awk -v u="$user" -v s="$sys" 'BEGIN {print u + s}')" >> "$RES"
   printf '  %-22s %-10s #%s %8.2f s %7d KiB %5d req %11d B\n' "$work" "$tool" "$rep" "$secs" "$rss" "$reqs" "$bytes"
 }
+# CPUS=1: every process of the measured command (and of its children) on core 0.
+PIN=(env)
+pin() { if [ "$1" -ge "$(nproc)" ]; then PIN=(env); else PIN=(taskset -c "0-$(($1 - 1))"); fi; }
+# The work name's suffix for a pinned run.
+cpus_tag() { [ "$1" -ge "$(nproc)" ] || echo "-cpu$1"; }
 # The order of the tools turns by one each repetition.
 order() { local r=$1; shift; local a=("$@") n=$#; for i in $(seq 0 $((n - 1))); do echo "${a[$(((i + r - 1) % n))]}"; done; }
 # A command in a fresh "VM": a private mount namespace whose /nix is DIR/nix.
 VM=(unshare -m --propagation private sh -c 'mount --bind "$0" /nix && exec "$@"')
-vmcmd() { VMCMD=("${VM[@]}" "$1/nix" env HOME="$1/home" XDG_CACHE_HOME="$1/xdg" NIX_REMOTE=local); }
+# NIXCAST_LOG: the agent logs its own peak resident set (the memory table's "agent alone").
+vmcmd() { VMCMD=("${VM[@]}" "$1/nix" env HOME="$1/home" XDG_CACHE_HOME="$1/xdg" NIX_REMOTE=local
+                 NIXCAST_LOG=info,nixcast_pull::pipeline=debug); }
 # Each VM's /nix is a fresh ext4 file system on a loop device, as a new VM's disk
 # would be: in a directory of the host's file system, creating files right after
 # the previous VM's were deleted costs ext4 extra time (recently_deleted() in its
@@ -216,6 +246,21 @@ publish_stage() { # COMPRESSION TOP TOP2 LABEL [keep-for-serving]
   done
 }
 
+# The closure a cache holds (for Nix, which is told the top path): the 1000-path one unless set here.
+declare -A CTOP CTOP2
+ctop() { echo "${CTOP[$1]:-$TOP}"; }
+ctop2() { echo "${CTOP2[$1]:-$TOP2}"; }
+# The floor caches: the closure of cache C as an uncompressed, signed file:// cache on the local disk,
+# what the agent's staging cache holds once every NAR is verified.
+floor_cache() { # C
+  local d=$WORK/pub/none-$1
+  if [ ! -f "$d/nix-cache-info" ]; then
+    rm -rf "$d"
+    "$BIN/nixcast" publish --host vm --path "$(ctop "$1")" --to "$d" --secret-key-file "$SEC" --compression none >/dev/null 2>&1
+    nix-store -qR "$(ctop "$1")" > "$d.closure"
+  fi
+}
+
 pull_one() { # COMPRESSION TOOL REP URL WORKPREFIX [cold-only [AGENT-ARGS…]]
   local c=$1 tool=$2 r=$3 url=$4 w=$5 coldonly=${6:-}
   shift 6 2>/dev/null || shift $#
@@ -226,8 +271,9 @@ pull_one() { # COMPRESSION TOOL REP URL WORKPREFIX [cold-only [AGENT-ARGS…]]
                --trusted-key "$PUB" --state-dir /nix/var/nixcast "$@")
   local steps=(cold incr noop)
   [ -n "$coldonly" ] && steps=(cold)
+  [[ $tool == floor-* ]] && steps=(cold)
   for step in "${steps[@]}"; do
-    local top=$TOP; [ "$step" != cold ] && top=$TOP2
+    local top; top=$(ctop "$c"); [ "$step" != cold ] && top=$(ctop2 "$c")
     case $tool in
       nixcast)
         # cold: generation 1; incr: the publisher's generation 2; noop: untouched
@@ -239,19 +285,31 @@ pull_one() { # COMPRESSION TOOL REP URL WORKPREFIX [cold-only [AGENT-ARGS…]]
       nix-store)
         measure "$w-$step" nix-store "$r" "${VMCMD[@]}" nix-store -r "$top" \
           --option substituters "$url/$c" --option trusted-public-keys "$PUB" --max-jobs 16 ;;
+      floor-copy)
+        measure "$w-$step" floor-copy "$r" "${VMCMD[@]}" xargs -s 1000000 -a "$WORK/pub/none-$c.closure" \
+          nix --extra-experimental-features nix-command copy --no-recursive --from "file://$WORK/pub/none-$c" \
+          --option trusted-public-keys "$PUB" ;;
+      floor-subst)
+        measure "$w-$step" floor-subst "$r" "${VMCMD[@]}" nix-store -r "$top" \
+          --option substituters "file://$WORK/pub/none-$c" --option trusted-public-keys "$PUB" --max-jobs 16 ;;
     esac
   done
   rmvm "$d"
 }
 
-pull_stage() { # COMPRESSION
-  local c=$1
-  say "pull $c into fresh stores: cold, after one path changed, no-op ($REPS× each tool)"
-  for r in $(seq "$REPS"); do
-    for tool in $(order "$r" nixcast nix-copy nix-store); do
-      pull_one "$c" "$tool" "$r" "$URL" "pull-$c"
+pull_stage() { # COMPRESSION [cold-only]
+  local c=$1 coldonly=${2:-} n tag
+  floor_cache "$c"
+  for n in $CPUS; do
+    pin "$n"; tag=$(cpus_tag "$n")
+    say "pull $c into fresh stores on $n core(s): cold${coldonly:+ only}${coldonly:+}$([ -n "$coldonly" ] || echo ', after one path changed, no-op'), with the floors ($REPS× each tool)"
+    for r in $(seq "$REPS"); do
+      for tool in $(order "$r" nixcast nix-copy nix-store floor-copy floor-subst); do
+        pull_one "$c" "$tool" "$r" "$URL" "pull-$c$tag" $coldonly
+      done
     done
   done
+  pin "$(nproc)"
 }
 
 if want publish-zstd || want pull-zstd || want pull-delay || want pull-sealed; then
@@ -276,7 +334,22 @@ if want publish-xz-full || want pull-xz; then
     rm -rf "$WORK/srv/xz"; mv "$d" "$WORK/srv/xz"
   fi
 fi
+if want pull-small; then
+  c=paths$SMALL_N-xz
+  CTOP[$c]=$STOP; CTOP2[$c]=$STOP2
+  if [ ! -f "$WORK/srv/$c/hosts/vm.json" ] || [ "$(cat "$WORK/srv/$c.top" 2>/dev/null)" != "$STOP" ]; then
+    say "publish the $SMALL_N-path fixture, xz, nixcast only (the cache the small-path pulls read)"
+    d=$WORK/pub/$c
+    rm -rf "$d" "$WORK/pub/none-$c"
+    "$BIN/nixcast" publish --host vm --path "$STOP" --to "$d" --secret-key-file "$SEC" --compression xz >/dev/null
+    cp "$d/hosts/vm.json" "$WORK/ptr/$c-v1.json"
+    "$BIN/nixcast" publish --host vm --path "$STOP2" --to "$d" --secret-key-file "$SEC" --compression xz >/dev/null
+    cp "$d/hosts/vm.json" "$WORK/ptr/$c-v2.json"
+    rm -rf "$WORK/srv/$c"; mv "$d" "$WORK/srv/$c"; echo "$STOP" > "$WORK/srv/$c.top"
+  fi
+fi
 sync
+want pull-small && pull_stage "paths$SMALL_N-xz" cold-only
 want pull-zstd && pull_stage zstd
 want pull-xz && pull_stage xz
 if want pull-delay; then
@@ -365,6 +438,10 @@ HZ=$(getconf CLK_TCK)
   echo "delay_nixcopy_reps=$DELAY_NIXCOPY_REPS"
   echo "stats_full=$STATS_FULL"
   echo "stats_small=$STATS_SMALL"
+  echo "stats_paths=$STATS_PATHS"
+  echo "small_n=$SMALL_N"
+  echo "small_big=$SMALL_BIG"
+  echo "cpus=$CPUS"
   echo "uptime_before=$UPTIME_BEFORE"
   echo "uptime_after=$UPTIME_AFTER"
   echo "measure_seconds=$((T_END - T_MEASURE))"
@@ -376,6 +453,7 @@ HZ=$(getconf CLK_TCK)
 } > "$WORK/machine.txt"
 out=$HERE/RESULTS.md
 [ -n "$ONLY" ] && out=$WORK/RESULTS.partial.md
+out=${RESULTS:-$out} # RESULTS=integration/bench/RESULTS.md: a run of some stages rewrites it all the same
 python3 -B "$HERE/report.py" "$RES" "$WORK/machine.txt" "$out"
 echo
 echo "written: $out ($(( $(date +%s) - T_START )) s in all)"

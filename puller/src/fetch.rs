@@ -8,13 +8,13 @@
 //!      → count ≤ NarSize, sha256 → strict NAR reader → temporary file
 //! ```
 //!
-//! The file is written to disk (fsync) and then renamed to
-//! `staging/nar/<narhash>.nar`, only when FileSize, FileHash, NarSize,
-//! NarHash and the NAR's structure all check out, so a file under that name
-//! is verified content, whole even after a power loss. A later run did not
-//! write it, so it trusts the name no more than a download: it reads the file
-//! again through the strict NAR reader against the pinned NarSize and
-//! NarHash (cheap, local), reuses it if it passes and deletes it if not.
+//! The file is renamed to `staging/nar/<narhash>.nar` only when FileSize,
+//! FileHash, NarSize, NarHash and the NAR's structure all check out, so in
+//! this run a file under that name is verified content. It is not synced: a
+//! later run did not write it, so it trusts the name no more than a download
+//! (a power loss may have torn it): it reads the file again through the
+//! strict NAR reader against the pinned NarSize and NarHash (cheap, local),
+//! reuses it if it passes and deletes it if not.
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufWriter, Read, Write};
@@ -27,6 +27,7 @@ use nixcast_common::manifest::{Compression, Entry};
 use nixcast_common::seal::{self, Identity};
 use nixcast_common::{nar, Sha256Hash};
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
 use crate::source::{FetchError, Source};
 
@@ -73,21 +74,47 @@ impl NarError {
     }
 }
 
+/// Whether a NAR is decoded as it arrives (else it is read whole first).
+pub fn streams(e: &Entry) -> bool {
+    e.file_size >= SMALL
+}
+
 pub fn staged_path(staging: &Path, e: &Entry) -> PathBuf {
     staging
         .join("nar")
         .join(format!("{}.nar", e.nar_hash.to_nixbase32()))
 }
 
+/// What small NARs share: their bytes in memory, and the decoder threads.
+pub struct Slots {
+    /// One permit per byte of small NARs held in memory.
+    buffered: Semaphore,
+    decoders: Semaphore,
+}
+
+/// Bytes of small NARs read whole and not yet decoded, at most: what many
+/// requests in flight may hold while the decoders are busy.
+const BUFFERED: usize = 16 << 20;
+
+impl Slots {
+    pub fn new(decoders: usize) -> Self {
+        Slots {
+            buffered: Semaphore::new(BUFFERED),
+            decoders: Semaphore::new(decoders),
+        }
+    }
+}
+
 /// Fetches and verifies one NAR, unless a verified copy is already staged.
 /// Returns the number of bytes downloaded. A NAR smaller than `SMALL`
-/// (compressed) is read into memory, then waits for a slot of `decoders`.
+/// (compressed) is read into memory, within `slots`' byte budget, then waits
+/// for one of its decoders.
 pub async fn fetch_one(
     source: &Source,
     staging: &Path,
     e: &Entry,
     progress: Arc<AtomicU64>,
-    decoders: &tokio::sync::Semaphore,
+    slots: &Slots,
     ids: &Arc<[Identity]>,
 ) -> Result<u64, NarError> {
     let dest = staged_path(staging, e);
@@ -116,7 +143,20 @@ pub async fn fetch_one(
     loop {
         // A small NAR is read whole before it takes a decoder slot, so that
         // a server that stalls or trickles holds a request, never a slot.
-        let body: Box<dyn Read + Send> = if e.file_size < SMALL {
+        let _buffer = if streams(e) {
+            None
+        } else {
+            // Below SMALL, so within u32 and the budget.
+            let bytes = e.file_size.max(1) as u32;
+            Some(
+                slots
+                    .buffered
+                    .acquire_many(bytes)
+                    .await
+                    .expect("never closed"),
+            )
+        };
+        let body: Box<dyn Read + Send> = if !streams(e) {
             match source.get_small(&e.url, e.file_size).await {
                 Ok(bytes) => Box::new(io::Cursor::new(bytes)),
                 Err(FetchError::TooLarge { .. }) => {
@@ -139,8 +179,8 @@ pub async fn fetch_one(
                 .await
                 .map_err(|err| NarError::from_fetch(&path, err))?
         };
-        let _slot = if e.file_size < SMALL {
-            Some(decoders.acquire().await.expect("never closed"))
+        let _slot = if !streams(e) {
+            Some(slots.decoders.acquire().await.expect("never closed"))
         } else {
             None
         };
@@ -295,11 +335,9 @@ fn verify_into(
             e.file_size, e.file_hash, body.count
         )));
     }
-    // On disk before it has the name that says "verified". The directory is
-    // not synced: a rename a power loss undoes costs a download, no more.
-    tmp.as_file()
-        .sync_all()
-        .map_err(|err| Failure::Local(format!("writing {}: {err}", dest.display())))?;
+    // Not synced: a file a power loss tore is caught by the check a later
+    // run makes before it uses a staged NAR (`reverify`), and Nix checks
+    // NarHash again on import. An fsync per NAR cost ~2 ms each.
     tmp.persist(dest)
         .map_err(|err| Failure::Local(format!("cannot rename to {}: {err}", dest.display())))?;
     Ok(())

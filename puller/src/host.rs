@@ -16,10 +16,15 @@ use crate::store;
 pub trait Store: Send + Sync {
     /// The paths among `paths` that are not valid, in the order asked.
     fn missing(&self, paths: &[&StorePath]) -> Result<Vec<StorePath>>;
-    /// Imports `paths` from the staging cache (their references valid or among them).
-    fn import(&self, staging: &Path, paths: &[StorePath], trusted: &[PublicKey]) -> Result<()>;
-    /// Protects valid `paths` from garbage collection with roots in `dir`.
-    fn add_roots(&self, dir: &Path, paths: &[StorePath]) -> Result<()>;
+    /// Imports `paths` from the staging cache (their references valid or
+    /// among them), protected from garbage collection by roots in `roots`.
+    fn import(
+        &self,
+        staging: &Path,
+        roots: &Path,
+        paths: &[StorePath],
+        trusted: &[PublicKey],
+    ) -> Result<()>;
     /// Makes a new generation of `profile` pointing to the valid `path`.
     fn set_profile(&self, profile: &Path, path: &StorePath) -> Result<()>;
     /// The store path `profile` points to now.
@@ -48,11 +53,14 @@ impl Store for NixStore {
     fn missing(&self, paths: &[&StorePath]) -> Result<Vec<StorePath>> {
         store::missing(paths.iter().copied())
     }
-    fn import(&self, staging: &Path, paths: &[StorePath], trusted: &[PublicKey]) -> Result<()> {
-        store::import(staging, paths, trusted)
-    }
-    fn add_roots(&self, dir: &Path, paths: &[StorePath]) -> Result<()> {
-        store::add_roots(dir, paths)
+    fn import(
+        &self,
+        staging: &Path,
+        roots: &Path,
+        paths: &[StorePath],
+        trusted: &[PublicKey],
+    ) -> Result<()> {
+        store::import(staging, roots, paths, trusted, store::IMPORT_JOBS)
     }
     fn set_profile(&self, profile: &Path, path: &StorePath) -> Result<()> {
         store::set_profile(profile, path)

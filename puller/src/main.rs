@@ -275,12 +275,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// The agent's runtime, with few blocking threads (decoders, streams, Nix's
+/// commands): glibc gives each thread a malloc arena of its own and keeps
+/// what a decoder freed there (an xz window is 8 MiB), so every thread more
+/// than the work needs is resident memory.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(2 * cpus + 4)
+        .build()
+}
+
 /// Exit code and error of a failed run.
 type Failed = (u8, anyhow::Error);
 
 fn run_once(cfg: &run::Config) -> Result<(), Failed> {
-    let rt = tokio::runtime::Runtime::new()
-        .map_err(|e| (1, anyhow::Error::new(e).context("cannot start the runtime")))?;
+    let rt =
+        runtime().map_err(|e| (1, anyhow::Error::new(e).context("cannot start the runtime")))?;
     let result = rt.block_on(run::run(cfg));
     // A run that failed may leave verifiers on blocking threads whose input
     // is gone: give them a moment to stop and remove their temporary files.
@@ -298,9 +310,7 @@ fn run_once(cfg: &run::Config) -> Result<(), Failed> {
 
 fn run_scheduled(cfg: &run::Config, expr: &str, jitter: Duration) -> Result<(), Failed> {
     schedule::parse(expr)
-        .and_then(|sched| {
-            tokio::runtime::Runtime::new()?.block_on(schedule::run_forever(cfg, &sched, jitter))
-        })
+        .and_then(|sched| runtime()?.block_on(schedule::run_forever(cfg, &sched, jitter)))
         .map_err(|e| (1, e))
 }
 

@@ -3,12 +3,12 @@
 //!
 //! Downloads run `jobs` at a time, the large ones first and then the rest in
 //! dependency order. Each NAR that passed every check (see `fetch`) joins the
-//! staging cache. One `nix copy --no-recursive` at a time imports every staged
-//! path whose missing references are already imported or in the same batch
-//! (Nix orders a batch itself). Nix 2.8 imports one path after another, so
-//! running it alongside the downloads instead of after them takes its time
-//! off the run. Every path imported is verified and its closure is complete;
-//! a run that fails half-way leaves such paths behind, as `nix copy` would,
+//! staging cache. One `nix-store --realise` at a time, with the staging cache
+//! as its only substituter, imports every staged path whose missing
+//! references are already imported or in the same batch (Nix orders a batch
+//! itself and imports several of its paths at once). Running it alongside
+//! the downloads instead of after them takes its time off the run. Every path imported is verified and its closure is complete;
+//! a run that fails half-way leaves such paths behind, as Nix would,
 //! and a later run does not fetch them again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -22,7 +22,6 @@ use nixcast_common::manifest::{Entry, Manifest};
 use nixcast_common::pinned::Pinned;
 use nixcast_common::seal::Identity;
 use nixcast_common::{PublicKey, StorePath};
-use tokio::sync::Semaphore;
 
 use crate::config::{Config, RunError};
 use crate::fetch::{self, NarError};
@@ -48,7 +47,13 @@ pub async fn fetch_and_import(
     ids: &Arc<[Identity]>,
 ) -> Result<u64, RunError> {
     let (fetched, why) = match attempt(cfg, staging, manifest, entries, total, ids).await {
-        Ok(n) => return Ok(n),
+        Ok(n) => {
+            tracing::debug!(
+                peak_rss_kib = peak_rss_kib(),
+                "the agent's own peak resident set"
+            );
+            return Ok(n);
+        }
         Err(Failed::Run(e)) => return Err(e),
         Err(Failed::Import { fetched, why }) => (fetched, why),
     };
@@ -84,7 +89,7 @@ fn afresh<'a>(
 }
 
 enum Failed {
-    /// `nix copy` from the staging cache failed (after `fetched` bytes).
+    /// Nix's import from the staging cache failed (after `fetched` bytes).
     Import {
         fetched: u64,
         why: anyhow::Error,
@@ -126,21 +131,32 @@ async fn attempt(
         Some(url) if !upstreams.is_empty() => &upstreams[url],
         _ => &cfg.source,
     };
-    // Requests and decoders are counted apart: `jobs` requests wait on the
-    // network, while small NARs (most of a closure) take a decoder slot, one
-    // per CPU, so that many round trips are in flight without many threads
-    // fighting over the cores. Large NARs stream as they arrive.
-    let decoders = Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let mut downloads = futures_util::stream::iter(order)
-        .map(|e| {
-            let (progress, decoders) = (progress.clone(), &decoders);
-            async move {
-                fetch::fetch_one(source_of(e), staging, e, progress, decoders, ids)
-                    .await
-                    .map(|n| (e, n))
-            }
-        })
-        .buffer_unordered(cfg.jobs.max(1));
+    // Requests and decoders are counted apart: `jobs` requests for small
+    // NARs (most of a closure) wait on the network, read whole (16 MiB of
+    // them at most), then take a decoder slot, one per CPU, so that many round trips are in flight
+    // without many threads fighting over the cores. Larger NARs stream as
+    // they arrive, one more of them at a time than there are CPUs: each holds
+    // a decoder's window (8 MiB for xz -6) and a thread while it lasts.
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let slots = fetch::Slots::new(cpus);
+    let (streamed, small): (Vec<&Entry>, Vec<&Entry>) =
+        order.into_iter().partition(|e| fetch::streams(e));
+    let fetch = |e| {
+        let (progress, slots) = (progress.clone(), &slots);
+        async move {
+            fetch::fetch_one(source_of(e), staging, e, progress, slots, ids)
+                .await
+                .map(|n| (e, n))
+        }
+    };
+    let mut downloads = futures_util::stream::select(
+        futures_util::stream::iter(streamed)
+            .map(fetch)
+            .buffer_unordered(cpus + 1),
+        futures_util::stream::iter(small)
+            .map(fetch)
+            .buffer_unordered(cfg.jobs.max(1)),
+    );
 
     let mut fetched = 0;
     let mut downloading = true;
@@ -248,36 +264,11 @@ fn import(
     trusted: &[PublicKey],
 ) -> anyhow::Result<()> {
     // Batches are in dependency order; chunks keep each command line short.
+    // Nothing refers to these paths until the profile does, so each chunk is
+    // rooted as it is imported: a garbage collection while later NARs
+    // download would delete them otherwise.
     for chunk in batch.chunks(store::CHUNK) {
-        store.import(staging, chunk, trusted)?;
-        // Nothing refers to these paths until the profile does: a garbage
-        // collection while later NARs download would delete them. Nix's own
-        // temporary roots end with `nix copy`, so a collection that starts
-        // before ours are in place may still take some: those are imported
-        // again from staging (where they still are) and rooted again.
-        // `add_roots` realises the paths, so it fails when one is gone: only
-        // then is validity asked again (no extra process per batch).
-        for attempt in 1.. {
-            let Err(e) = store.add_roots(roots, chunk) else {
-                break;
-            };
-            let gone = store.missing(&chunk.iter().collect::<Vec<_>>())?;
-            if gone.is_empty() {
-                tracing::warn!("imported paths are not protected from garbage collection: {e:#}");
-                break;
-            }
-            anyhow::ensure!(
-                attempt < 3,
-                "garbage collections deleted {} paths as soon as they were imported, three times",
-                gone.len()
-            );
-            tracing::warn!(
-                paths = gone.len(),
-                "a garbage collection deleted paths just imported; importing them again"
-            );
-            // `missing` keeps the order asked for: dependencies first.
-            store.import(staging, &gone, trusted)?;
-        }
+        store.import(staging, roots, chunk, trusted)?;
     }
     Ok(())
 }
@@ -380,6 +371,13 @@ impl<'a> Plan<'a> {
             self.missing.remove(&p);
         }
     }
+}
+
+/// This process's peak resident set (Linux's VmHWM), for the benchmark.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// A byte progress bar on a terminal, nothing otherwise.

@@ -784,9 +784,12 @@ async fn read_capped(
             cap,
         });
     }
+    // Sized once from the length the server announces (within the cap), so
+    // that a small NAR is not copied and left behind as it grows.
+    let size = resp.content_length().unwrap_or(0).min(cap);
     let stream = at_least(resp.bytes_stream(), limits);
     futures_util::pin_mut!(stream);
-    let mut buf = Vec::new();
+    let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     while let Some(chunk) = stream.try_next().await.map_err(|e| FetchError::Transport {
         url: url.to_string(),
         msg: error_chain(&e),

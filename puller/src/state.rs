@@ -304,7 +304,7 @@ static HELD: Mutex<Option<File>> = Mutex::new(None);
 /// The standard input for a Nix command or the switch: the run's lock file
 /// while a lock is held, else nothing. A child holding it keeps the lock held
 /// after the agent dies (SIGKILL, the OOM killer), so that the next run waits
-/// (`--wait`) or exits 6 instead of racing an orphaned `nix copy` or switch.
+/// (`--wait`) or exits 6 instead of racing an orphaned import or switch.
 /// systemd-run `--pipe` hands it on to the switch's transient unit. The file
 /// is empty and open for reading, so a child that reads its input sees an
 /// end of file, as from /dev/null. Without `unsafe_code` there is no

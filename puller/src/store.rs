@@ -3,11 +3,15 @@
 //! - which paths are missing: `nix-store --check-validity --print-invalid`,
 //!   one call per few thousand paths (its output has not changed across versions);
 //! - import: verified NARs are laid out as an uncompressed `file://` binary
-//!   cache in the staging directory, and `nix copy --from` imports them. Nix
-//!   streams each NAR (unlike `nix-store --import`, which holds a whole NAR in
-//!   memory: 548 MB for a 300 MiB path), checks the publisher's signature
-//!   against the trusted keys and the NarHash a second time, and keeps the
-//!   signatures in its database. Nothing we did not verify is in that cache;
+//!   cache in the staging directory, and `nix-store --realise` substitutes
+//!   from it, several paths at once. Nix streams each NAR (unlike
+//!   `nix-store --import`, which holds a whole NAR in memory: 548 MB for a
+//!   300 MiB path), checks the publisher's signature against the trusted keys
+//!   and the NarHash a second time, and keeps the signatures in its database.
+//!   Nothing we did not verify is in that cache. Through a nix-daemon
+//!   (`NIX_REMOTE=daemon`, as the NixOS module runs the agent) it is the
+//!   daemon that reads the staging cache, so it must see the same path: the
+//!   state directory is the host's (systemd's `StateDirectory=`);
 //! - the profile: `nix-env -p PROFILE --set PATH`, only for a valid PATH (for
 //!   an invalid one nix-env would try to substitute it), substituters off.
 
@@ -24,6 +28,8 @@ use crate::fetch::staged_path;
 
 /// Store paths per command line.
 pub const CHUNK: usize = 4000;
+/// Paths Nix imports at once from the staging cache.
+pub const IMPORT_JOBS: usize = 16;
 
 /// A Nix command, holding the run lock until it exits (`state::child_stdin`).
 pub fn run(cmd: &mut Command) -> Result<String> {
@@ -137,24 +143,44 @@ fn write_new(p: &Path, text: &str) -> Result<()> {
         .with_context(|| format!("cannot write {}", p.display()))
 }
 
-/// Imports `paths` from the staging cache. Their references must be valid
-/// already or among `paths` (Nix orders them); Nix refuses the import otherwise.
-pub fn import(staging: &Path, paths: &[StorePath], trusted: &[PublicKey]) -> Result<()> {
-    if paths.is_empty() {
+/// Imports `paths` from the staging cache and roots them (`ROOTS/HASH`,
+/// `ROOTS/HASH-2`, … named after the first path, which no other batch
+/// imports) until `clear_roots`. Their references must be valid already or
+/// among `paths`.
+///
+/// `nix-store --realise` with the staging cache as the only substituter:
+/// Nix substitutes up to `jobs` paths at once (`nix copy` imports one after
+/// another), checks each narinfo's signature against `trusted` and each
+/// NarHash, and holds its temporary roots on the paths until the permanent
+/// ones are in place, so no garbage collection can take a path between the
+/// import and its root.
+pub fn import(
+    staging: &Path,
+    roots: &Path,
+    paths: &[StorePath],
+    trusted: &[PublicKey],
+    jobs: usize,
+) -> Result<()> {
+    let Some(first) = paths.first() else {
         return Ok(());
-    }
+    };
+    std::fs::create_dir_all(roots).with_context(|| format!("cannot create {}", roots.display()))?;
     let keys: Vec<String> = trusted.iter().map(|k| k.to_string()).collect();
     let from = format!("file://{}", staging.display());
-    let mut cmd = Command::new("nix");
-    cmd.args(["--extra-experimental-features", "nix-command"])
-        .args(["copy", "--no-recursive", "--from", &from])
-        .args(["--option", "substituters", ""])
+    let mut cmd = Command::new("nix-store");
+    cmd.arg("--realise")
+        .arg("--add-root")
+        .arg(roots.join(first.hash_part()))
+        .arg("--indirect")
+        .args(["--option", "substituters", &from])
         .args(["--option", "require-sigs", "true"])
+        .args(["--option", "trusted-public-keys", &keys.join(" ")])
         // Nix's narinfo cache (~/.cache/nix) is keyed by the cache URL, and
         // the staging URL is the same every run: never answer from it.
         .args(["--option", "narinfo-cache-negative-ttl", "0"])
         .args(["--option", "narinfo-cache-positive-ttl", "0"])
-        .args(["--option", "trusted-public-keys", &keys.join(" ")])
+        // Substitutions count as jobs in Nix 2.8; nothing is built.
+        .args(["--max-jobs", &jobs.max(1).to_string()])
         .args(paths.iter().map(|p| p.to_string()));
     run(&mut cmd).context("importing into the Nix store")?;
     Ok(())
@@ -164,23 +190,6 @@ pub fn import(staging: &Path, paths: &[StorePath], trusted: &[PublicKey]) -> Res
 /// write even in its sandbox (Nix registers them as indirect roots).
 pub fn gc_roots_dir(state: &Path) -> std::path::PathBuf {
     state.join("gcroots")
-}
-
-/// Roots `paths` (valid already) until `clear_roots`: `DIR/HASH`, `DIR/HASH-2`, …
-/// named after the first path, which no other batch imports.
-pub fn add_roots(dir: &Path, paths: &[StorePath]) -> Result<()> {
-    let Some(first) = paths.first() else {
-        return Ok(());
-    };
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    run(Command::new("nix-store")
-        .arg("--add-root")
-        .arg(dir.join(first.hash_part()))
-        .args(["--indirect", "--realise"])
-        .args(["--option", "substituters", ""])
-        .args(paths.iter().map(|p| p.to_string())))
-    .context("adding GC roots")?;
-    Ok(())
 }
 
 /// Drops a run's GC roots, once the profile holds what they protected (Nix

@@ -229,7 +229,13 @@ impl Store for FakeStore {
             .collect())
     }
 
-    fn import(&self, staging: &Path, paths: &[StorePath], trusted: &[PublicKey]) -> Result<()> {
+    fn import(
+        &self,
+        staging: &Path,
+        _roots: &Path,
+        paths: &[StorePath],
+        trusted: &[PublicKey],
+    ) -> Result<()> {
         {
             let mut s = self.lock();
             if s.failing_imports > 0 {
@@ -254,10 +260,6 @@ impl Store for FakeStore {
             s.valid.insert(p.clone());
             s.imported.push(p.clone());
         }
-        Ok(())
-    }
-
-    fn add_roots(&self, _dir: &Path, _paths: &[StorePath]) -> Result<()> {
         Ok(())
     }
 

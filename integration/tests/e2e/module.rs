@@ -839,7 +839,7 @@ fn module_units_pass_systemd_analyze_verify() {
 /// Runs `argv` as the unit would: a fresh machine's /nix (see `Vm`) served by
 /// a nix-daemon outside the sandbox; inside, /nix read-only except
 /// `rw_paths`, /root inaccessible when `protect_home`, a fresh /var/lib
-/// holding the state directory, and `NIX_REMOTE` as the unit sets it. The
+/// holding the state directory (the daemon's too: it reads the staging cache), and `NIX_REMOTE` as the unit sets it. The
 /// stand-in switch's log stays writable: a real switch runs in a transient
 /// unit, outside this sandbox.
 fn run_sandboxed(
@@ -856,6 +856,10 @@ mount --bind "$VM_NIX" /nix
 mkdir -p /nix/var/nix/profiles /nix/var/nix/daemon-socket
 touch /nix/var/nixcast-test-switch.log
 nix-store --init
+# The state directory is the host's, as systemd's StateDirectory= is: the
+# daemon reads the agent's staging cache there when it imports.
+mount -t tmpfs -o mode=0755 tmpfs /var/lib
+mkdir -m 0700 -p "/var/lib/$STATE_DIRECTORY"
 NIX_REMOTE=local nix-daemon 2>"$WORK/daemon.log" &
 daemon=$!
 trap 'kill $daemon' EXIT
@@ -875,8 +879,6 @@ for p in $RW_PATHS /nix/var/nixcast-test-switch.log; do
   mount --bind "$p" "$p"
   mount -o remount,bind,rw "$p"
 done
-mount -t tmpfs -o mode=0755 tmpfs /var/lib
-mkdir -m 0700 -p "/var/lib/$STATE_DIRECTORY"
 if [ "$PROTECT_HOME" = true ]; then
   mkdir -m 0000 "$WORK/inaccessible"
   mount --bind "$WORK/inaccessible" /root

@@ -38,14 +38,14 @@ impl Scene {
     }
 
     async fn fetch(&self, e: &Entry) -> Result<u64, NarError> {
-        let decoders = tokio::sync::Semaphore::new(1);
+        let slots = Slots::new(1);
         let ids: Arc<[Identity]> = Arc::new([]);
         fetch_one(
             &self.source,
             self.staging.path(),
             e,
             Arc::new(AtomicU64::new(0)),
-            &decoders,
+            &slots,
             &ids,
         )
         .await

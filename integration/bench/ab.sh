@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# A/B of agent builds: cold pulls of one cache of run.sh's work directory into fresh
+# loop-mounted stores, the binaries alternating (the order turns each round), medians.
+#
+#   integration/bench/ab.sh CACHE REPS BIN… # CACHE: a directory of $WORK/srv (zstd, xz, paths300-xz)
+#   CPUS=1 integration/bench/ab.sh …          # every process on core 0 (taskset -c 0)
+#
+# Needs a run of run.sh first (it publishes the caches and keeps them in $WORK); starts
+# nginx on $BENCH_PORT if nothing listens there. Prints one line per pull and, per
+# binary, the median wall seconds, CPU seconds (user + system, with Nix's children),
+# %M (the largest resident set of any one process) and the agent's own peak.
+set -euo pipefail
+WORK=${BENCH_WORK:-/var/tmp/nixcast-bench}
+PORT=${BENCH_PORT:-18480}
+C=$1 REPS=$2; shift 2
+BINS=("$@")
+PIN=(env); [ "${CPUS:-}" = 1 ] && PIN=(taskset -c 0)
+export NIX_REMOTE=local
+if ! (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+  sed -e "s|@WORK@|$WORK|g" -e "s|@PORT@|$PORT|g" "$(dirname "$0")/nginx.conf.in" > "$WORK/nginx.conf"
+  nginx -e "$WORK/nginx-error.log" -c "$WORK/nginx.conf" & NGINX_PID=$!
+  sleep 0.5
+fi
+PUB=$(cat "$WORK/keys/bench.pub")
+d=$WORK/vm/ab-$$
+cleanup() { mountpoint -q "$d/nix" 2>/dev/null && umount "$d/nix"; rm -rf "$d" "$d.img"; [ -z "${NGINX_PID:-}" ] || kill "$NGINX_PID"; }
+trap cleanup EXIT
+out=$WORK/ab.tsv; : > "$out"
+for r in $(seq "$REPS"); do
+  for i in $(seq 0 $((${#BINS[@]} - 1))); do
+    b=${BINS[$(((i + r - 1) % ${#BINS[@]}))]}
+    mkdir -p "$d"/{nix,home,xdg}
+    truncate -s 8G "$d.img"; mkfs.ext4 -q -F "$d.img"; mount -o loop "$d.img" "$d/nix"; sync
+    cp "$WORK/ptr/$C-v1.json" "$WORK/srv/$C/hosts/.vm.json.tmp"
+    mv -f "$WORK/srv/$C/hosts/.vm.json.tmp" "$WORK/srv/$C/hosts/vm.json"
+    "${PIN[@]}" /usr/bin/time -o "$WORK/ab.time" -f '%e %M %U %S' unshare -m --propagation private \
+      sh -c 'mount --bind "$0" /nix && exec "$@"' "$d/nix" env HOME="$d/home" XDG_CACHE_HOME="$d/xdg" \
+      NIX_REMOTE=local NIXCAST_LOG=info,nixcast_pull::pipeline=debug \
+      "$b" run --cache "http://127.0.0.1:$PORT/$C" --allow-insecure-http --host vm --trusted-key "$PUB" \
+      --state-dir /nix/var/nixcast > "$WORK/ab.log" 2>&1 || { tail "$WORK/ab.log"; exit 1; }
+    read -r secs rss user sys < "$WORK/ab.time"
+    own=$(grep -o 'peak_rss_kib=[0-9]*' "$WORK/ab.log" | tr -dc 0-9 || true); own=${own:-0}
+    printf '%s\t%s\t%s\t%s\t%s\n' "$b" "$secs" "$(awk -v u="$user" -v s="$sys" 'BEGIN{print u+s}')" "$rss" "$own" >> "$out"
+    printf '%-40s #%s %6.2f s  cpu %5.2f s  %%M %6d KiB  agent %6d KiB  load %s\n' "$b" "$r" "$secs" \
+      "$(awk -v u="$user" -v s="$sys" 'BEGIN{print u+s}')" "$rss" "$own" "$(cut -d' ' -f1 /proc/loadavg)"
+    umount "$d/nix"; rm -rf "$d" "$d.img"
+  done
+done
+python3 - "$out" <<'PY'
+import collections, statistics, sys
+rows = collections.defaultdict(list)
+for l in open(sys.argv[1]):
+    b, *v = l.split("\t"); rows[b].append([float(x) for x in v])
+first = None
+for b, v in rows.items():
+    m = [statistics.median(c) for c in zip(*v)]
+    first = first or m
+    print(f"{b:40s} wall {m[0]:6.2f} s ({m[0] / first[0]:.2f})  cpu {m[1]:5.2f} s ({m[1] / first[1]:.2f})  %M {m[2] / 1024:4.0f} MiB  agent {m[3] / 1024:4.0f} MiB  n={len(v)}")
+PY
