@@ -267,7 +267,8 @@ pull_one() { # COMPRESSION TOOL REP URL WORKPREFIX [cold-only [AGENT-ARGS…]]
   local d=$WORK/vm/$w-$tool-$r
   mkvm "$d"
   vmcmd "$d"
-  local agent=("$BIN/nixcast-pull" run --cache "$url/$c" --allow-insecure-http --host vm
+  # The agent's environment as module.nix sets it for the unit (glibc arenas: two).
+  local agent=(env MALLOC_ARENA_MAX=2 "$BIN/nixcast-pull" run --cache "$url/$c" --allow-insecure-http --host vm
                --trusted-key "$PUB" --state-dir /nix/var/nixcast "$@")
   local steps=(cold incr noop)
   [ -n "$coldonly" ] && steps=(cold)
@@ -297,9 +298,18 @@ pull_one() { # COMPRESSION TOOL REP URL WORKPREFIX [cold-only [AGENT-ARGS…]]
   rmvm "$d"
 }
 
+# The verification floor's first half: one core decompressing every NAR of cache C and
+# hashing the result (what any tool that checks NarHash before Nix imports must do;
+# OpenSSL uses the CPU's SHA instructions, as the agent's sha2 does, coreutils' sha256sum does not).
+verify_floor() { # C
+  local dec="zstd -dc"; [[ $1 == *xz* ]] && dec="xz -dc -T1"
+  measure "verify-$1" verify 1 taskset -c 0 sh -c "cat '$WORK/srv/$1'/nar/* | $dec | openssl dgst -sha256 > /dev/null"
+}
+
 pull_stage() { # COMPRESSION [cold-only]
   local c=$1 coldonly=${2:-} n tag
   floor_cache "$c"
+  verify_floor "$c"
   for n in $CPUS; do
     pin "$n"; tag=$(cpus_tag "$n")
     say "pull $c into fresh stores on $n core(s): cold${coldonly:+ only}${coldonly:+}$([ -n "$coldonly" ] || echo ', after one path changed, no-op'), with the floors ($REPS× each tool)"
