@@ -31,6 +31,9 @@
 #   floors next to each cold pull, same store, same rounds: Nix importing the verified bytes itself, from an
 #     uncompressed local file:// cache of the closure (what the agent's staging cache is), once sequentially
 #     (`nix copy --no-recursive`) and once in parallel (`nix-store -r -j16` with that cache as the only substituter);
+#     and per cache, once, the verify floor's first half: one core decoding and hashing all its NARs
+#     (`cat nar/* | xz -dc -T1 | openssl dgst -sha256`; the report adds the import floor's CPU);
+#   the agent runs with the environment module.nix gives its unit (MALLOC_ARENA_MAX=2);
 #   pull cold, zstd, +50 ms round trip (delayproxy.py, 25 ms each way), also nixcast-pull --jobs 64;
 #     `nix copy` there only with DELAY_NIXCOPY_REPS=1 (it is sequential: ~2000 round trips, ~110 s a run);
 #   pull after one path changed, and a no-op poll: seconds, requests and bytes (from nginx's access log);
