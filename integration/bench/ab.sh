@@ -4,6 +4,8 @@
 #
 #   integration/bench/ab.sh CACHE REPS BIN… # CACHE: a directory of $WORK/srv (zstd, xz, paths300-xz)
 #   CPUS=1 integration/bench/ab.sh …          # every process on core 0 (taskset -c 0)
+#   AGENT_ENV= integration/bench/ab.sh …      # the agents' extra environment; by default the
+#                                             # module's (MALLOC_ARENA_MAX=2), as run.sh does
 #
 # Needs a run of run.sh first (it publishes the caches and keeps them in $WORK); starts
 # nginx on $BENCH_PORT if nothing listens there. Prints one line per pull and, per
@@ -15,6 +17,7 @@ PORT=${BENCH_PORT:-18480}
 C=$1 REPS=$2; shift 2
 BINS=("$@")
 PIN=(env); [ "${CPUS:-}" = 1 ] && PIN=(taskset -c 0)
+read -ra AGENT_ENV <<< "${AGENT_ENV-MALLOC_ARENA_MAX=2}"
 export NIX_REMOTE=local
 if ! (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
   sed -e "s|@WORK@|$WORK|g" -e "s|@PORT@|$PORT|g" "$(dirname "$0")/nginx.conf.in" > "$WORK/nginx.conf"
@@ -35,7 +38,7 @@ for r in $(seq "$REPS"); do
     mv -f "$WORK/srv/$C/hosts/.vm.json.tmp" "$WORK/srv/$C/hosts/vm.json"
     "${PIN[@]}" /usr/bin/time -o "$WORK/ab.time" -f '%e %M %U %S' unshare -m --propagation private \
       sh -c 'mount --bind "$0" /nix && exec "$@"' "$d/nix" env HOME="$d/home" XDG_CACHE_HOME="$d/xdg" \
-      NIX_REMOTE=local NIXCAST_LOG=info,nixcast_pull::pipeline=debug \
+      NIX_REMOTE=local NIXCAST_LOG=info,nixcast_pull::pipeline=debug "${AGENT_ENV[@]}" \
       "$b" run --cache "http://127.0.0.1:$PORT/$C" --allow-insecure-http --host vm --trusted-key "$PUB" \
       --state-dir /nix/var/nixcast > "$WORK/ab.log" 2>&1 || { tail "$WORK/ab.log"; exit 1; }
     read -r secs rss user sys < "$WORK/ab.time"

@@ -109,12 +109,30 @@ p("Floor: Nix importing the verified bytes itself, into a fresh store in the sam
   "is verified): the better of `nix copy --no-recursive --from file://DIR` (sequential) and `nix-store -r "
   "--option substituters file://DIR -j16` (parallel); `floor / Nix` is the ratio no agent that imports through "
   "Nix can go below. CPU seconds: user + system of the command and every process it waited for.\n")
-p("| work | nixcast | `nix copy` | `nix-store -r -j16` | ratio | target | CPU s (nixcast / copy / store) | floor: copy, subst | floor / Nix |")
-p("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+p("Verify floor: the least CPU a tool that verifies every NAR before Nix imports it must spend: one core "
+  "decompressing all the cache's NARs and hashing the result (`cat nar/* | xz -dc -T1 | openssl dgst -sha256`, or "
+  "`zstd -dc`; n=1 per cache) plus the CPU of the cheaper Nix import floor of the same row; spread over the "
+  "row's cores, as a ratio to the better Nix pull. No agent that verifies and imports through Nix can go "
+  "below it (the agent also hashes the compressed bytes, writes the NAR to staging and reads it again).\n")
+p("| work | nixcast | `nix copy` | `nix-store -r -j16` | ratio | target | CPU s (nixcast / copy / store) | floor: copy, subst | floor / Nix | verify floor: decode+sha256 + import CPU s → / Nix |")
+p("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 ratios = {}
 def cpu(work, tool):
     r = rows.get((work, tool))
     return f"{med(work, tool, 'cpu'):.2f}" if r and r[0]["cpu"] is not None else "—"
+def verify_floor(work, nix):
+    """decode+sha256 CPU of the row's cache + the cheaper Nix import floor's CPU, over the row's cores."""
+    m = re.fullmatch(r"pull-(.+?)(-rtt50(-j64)?)?(-cpu(\d+))?-cold", work)
+    if not m or not nix:
+        return ""
+    c, cores = m.group(1), int(m.group(5) or M["nproc"])
+    dec = med(f"verify-{c}", "verify", "cpu")
+    imp_work = f"pull-{c}" + (f"-cpu{m.group(5)}" if m.group(5) else "") + "-cold"
+    imp = [v for v in (med(imp_work, "floor-copy", "cpu"), med(imp_work, "floor-subst", "cpu")) if v is not None]
+    if dec is None or not imp:
+        return ""
+    total = dec + min(imp)
+    return f"{dec:.2f} + {min(imp):.2f} = {total:.2f} → {total / cores / min(nix):.2f}"
 for work, label in labels:
     if not any((work, t) in rows for t in tools):
         continue
@@ -127,7 +145,7 @@ for work, label in labels:
     floor = " / ".join(f"{v:.2f}" if v is not None else "—" for v in (med(work, "floor-copy"), med(work, "floor-subst"))) if fl else ""
     fratio = f"{min(fl) / min(nix):.2f}" if fl and nix else ""
     cpus = " / ".join(cpu(work, t) for t in tools) if "cold" in work else ""
-    p(f"| {label} | {cell(work, 'nixcast')} | {cell(work, 'nix-copy')} | {cell(work, 'nix-store')} | {ratio} | {targets.get(work, '')} | {cpus} | {floor} | {fratio} |")
+    p(f"| {label} | {cell(work, 'nixcast')} | {cell(work, 'nix-copy')} | {cell(work, 'nix-store')} | {ratio} | {targets.get(work, '')} | {cpus} | {floor} | {fratio} | {verify_floor(work, nix)} |")
 p("")
 
 p("## Requests and bytes (from nginx's access log, medians)\n")

@@ -31,6 +31,9 @@
 #   floors next to each cold pull, same store, same rounds: Nix importing the verified bytes itself, from an
 #     uncompressed local file:// cache of the closure (what the agent's staging cache is), once sequentially
 #     (`nix copy --no-recursive`) and once in parallel (`nix-store -r -j16` with that cache as the only substituter);
+#     and per cache, once, the verify floor's first half: one core decoding and hashing all its NARs
+#     (`cat nar/* | xz -dc -T1 | openssl dgst -sha256`; the report adds the import floor's CPU);
+#   the agent runs with the environment module.nix gives its unit (MALLOC_ARENA_MAX=2);
 #   pull cold, zstd, +50 ms round trip (delayproxy.py, 25 ms each way), also nixcast-pull --jobs 64;
 #     `nix copy` there only with DELAY_NIXCOPY_REPS=1 (it is sequential: ~2000 round trips, ~110 s a run);
 #   pull after one path changed, and a no-op poll: seconds, requests and bytes (from nginx's access log);
@@ -267,7 +270,8 @@ pull_one() { # COMPRESSION TOOL REP URL WORKPREFIX [cold-only [AGENT-ARGS…]]
   local d=$WORK/vm/$w-$tool-$r
   mkvm "$d"
   vmcmd "$d"
-  local agent=("$BIN/nixcast-pull" run --cache "$url/$c" --allow-insecure-http --host vm
+  # The agent's environment as module.nix sets it for the unit (glibc arenas: two).
+  local agent=(env MALLOC_ARENA_MAX=2 "$BIN/nixcast-pull" run --cache "$url/$c" --allow-insecure-http --host vm
                --trusted-key "$PUB" --state-dir /nix/var/nixcast "$@")
   local steps=(cold incr noop)
   [ -n "$coldonly" ] && steps=(cold)
@@ -297,9 +301,18 @@ pull_one() { # COMPRESSION TOOL REP URL WORKPREFIX [cold-only [AGENT-ARGS…]]
   rmvm "$d"
 }
 
+# The verification floor's first half: one core decompressing every NAR of cache C and
+# hashing the result (what any tool that checks NarHash before Nix imports must do;
+# OpenSSL uses the CPU's SHA instructions, as the agent's sha2 does, coreutils' sha256sum does not).
+verify_floor() { # C
+  local dec="zstd -dc"; [[ $1 == *xz* ]] && dec="xz -dc -T1"
+  measure "verify-$1" verify 1 taskset -c 0 sh -c "cat '$WORK/srv/$1'/nar/* | $dec | openssl dgst -sha256 > /dev/null"
+}
+
 pull_stage() { # COMPRESSION [cold-only]
   local c=$1 coldonly=${2:-} n tag
   floor_cache "$c"
+  verify_floor "$c"
   for n in $CPUS; do
     pin "$n"; tag=$(cpus_tag "$n")
     say "pull $c into fresh stores on $n core(s): cold${coldonly:+ only}${coldonly:+}$([ -n "$coldonly" ] || echo ', after one path changed, no-op'), with the floors ($REPS× each tool)"

@@ -220,7 +220,10 @@ fn module_defaults_give_a_five_minute_switching_timer() {
     assert_eq!(s["unitConfig"], json!({ "X-StopOnRemoval": false }));
     assert_eq!(s["after"], json!(["network-online.target"]));
     assert_eq!(s["wants"], json!(["network-online.target"]));
-    assert_eq!(s["environment"], json!({ "NIX_REMOTE": "daemon" }));
+    assert_eq!(
+        s["environment"],
+        json!({ "NIX_REMOTE": "daemon", "MALLOC_ARENA_MAX": "2" })
+    );
     assert_eq!(
         s["path"],
         json!([
