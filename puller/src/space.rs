@@ -31,7 +31,7 @@ pub fn check(state_dir: &Path, entries: &[&Entry], staged: impl Fn(&Entry) -> bo
         .filter(|e| !staged(e))
         .map(|e| e.nar_size)
         .sum();
-    let store = Path::new(STORE_DIR);
+    let store = nearest_existing(Path::new(STORE_DIR));
     let same = dev(store)? == dev(state_dir)?;
     let describe = |what: &str| format!("{} paths: {what}", entries.len());
     if same {
@@ -67,6 +67,14 @@ pub fn check(state_dir: &Path, entries: &[&Entry], staged: impl Fn(&Entry) -> bo
             )),
         )
     }
+}
+
+/// `p`, or its nearest ancestor that exists: a fresh store has no
+/// `/nix/store` until Nix first writes it, and it will be on that filesystem.
+fn nearest_existing(p: &Path) -> &Path {
+    p.ancestors()
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("/"))
 }
 
 fn dev(p: &Path) -> Result<u64> {
@@ -131,5 +139,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         assert!(free(d.path()).unwrap() > 0);
         assert!(free(&d.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn a_store_not_made_yet_is_measured_on_its_parent() {
+        let d = tempfile::tempdir().unwrap();
+        let store = d.path().join("nix/store");
+        assert_eq!(nearest_existing(&store), d.path());
+        std::fs::create_dir_all(&store).unwrap();
+        assert_eq!(nearest_existing(&store), store);
     }
 }

@@ -36,19 +36,38 @@ pub fn run(cmd: &mut Command) -> Result<String> {
     nixcast_cli::command::run(cmd, crate::state::child_stdin())
 }
 
-/// The paths among `paths` that are not valid in the local store.
+/// The paths among `paths` that are not valid in the local store, in the
+/// order asked. A path with nothing at its place on disk cannot be valid:
+/// only the others are asked of Nix (none at all on a fresh store, which
+/// saves a Nix process there).
 pub fn missing<'a>(paths: impl IntoIterator<Item = &'a StorePath>) -> Result<Vec<StorePath>> {
-    let all: Vec<String> = paths.into_iter().map(|p| p.to_string()).collect();
-    let mut out = Vec::new();
-    for chunk in all.chunks(CHUNK) {
+    let paths: Vec<&StorePath> = paths.into_iter().collect();
+    // Stat each path once: what Nix is asked and what counts as absent agree.
+    let on_disk: Vec<bool> = paths
+        .iter()
+        .map(|p| std::fs::symlink_metadata(p.to_string()).is_ok())
+        .collect();
+    let asked: Vec<String> = paths
+        .iter()
+        .zip(&on_disk)
+        .filter(|(_, there)| **there)
+        .map(|(p, _)| p.to_string())
+        .collect();
+    let mut invalid = std::collections::HashSet::new();
+    for chunk in asked.chunks(CHUNK) {
         let text = run(Command::new("nix-store")
             .args(["--check-validity", "--print-invalid"])
             .args(chunk))?;
         for line in text.lines().filter(|l| !l.is_empty()) {
-            out.push(StorePath::from_absolute(line)?);
+            invalid.insert(StorePath::from_absolute(line)?);
         }
     }
-    Ok(out)
+    Ok(paths
+        .into_iter()
+        .zip(on_disk)
+        .filter(|(p, there)| !there || invalid.contains(*p))
+        .map(|(p, _)| p.clone())
+        .collect())
 }
 
 /// Makes the staging directory and its `nar/`; anything else in their
