@@ -72,9 +72,7 @@ pub fn check(state_dir: &Path, entries: &[&Entry], staged: impl Fn(&Entry) -> bo
 /// `p`, or its nearest ancestor that exists: a fresh store has no
 /// `/nix/store` until Nix first writes it, and it will be on that filesystem.
 fn nearest_existing(p: &Path) -> &Path {
-    p.ancestors()
-        .find(|a| a.exists())
-        .unwrap_or(Path::new("/"))
+    p.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"))
 }
 
 fn dev(p: &Path) -> Result<u64> {
