@@ -464,24 +464,25 @@ impl NarInfo {
     }
 }
 
+/// The fields this parser knows.
+const FIELDS: [&str; 12] = [
+    "StorePath",
+    "URL",
+    "Compression",
+    "FileHash",
+    "FileSize",
+    "NarHash",
+    "NarSize",
+    "References",
+    "Deriver",
+    "System",
+    "Sig",
+    "CA",
+];
+
 /// The field name as a `'static` string, for the fields this parser knows.
 fn known_field(key: &str) -> Option<&'static str> {
-    [
-        "StorePath",
-        "URL",
-        "Compression",
-        "FileHash",
-        "FileSize",
-        "NarHash",
-        "NarSize",
-        "References",
-        "Deriver",
-        "System",
-        "Sig",
-        "CA",
-    ]
-    .into_iter()
-    .find(|&k| k == key)
+    FIELDS.into_iter().find(|&k| k == key)
 }
 
 /// Writes the narinfo text; [`NarInfo::render`] returns it as a `String`.

@@ -728,22 +728,7 @@ fn narinfo() -> impl Strategy<Value = NarInfo> {
 
 /// Lines that look like a narinfo's: known keys, plausible and broken values.
 fn narinfo_like() -> impl Strategy<Value = String> {
-    let key = prop::sample::select(vec![
-        "StorePath",
-        "URL",
-        "Compression",
-        "FileHash",
-        "FileSize",
-        "NarHash",
-        "NarSize",
-        "References",
-        "Deriver",
-        "System",
-        "Sig",
-        "CA",
-        "X",
-        "",
-    ]);
+    let key = prop::sample::select([&FIELDS[..], &["X", ""]].concat());
     let value = prop_oneof![
         Just(String::new()),
         Just("/nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-x".to_owned()),

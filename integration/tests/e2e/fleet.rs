@@ -23,14 +23,7 @@ struct SshKey {
 }
 
 fn ssh_keygen(dir: &Path, host: &str) -> SshKey {
-    let private = dir.join(format!("{host}_ssh_host_ed25519_key"));
-    ok(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", host, "-f"])
-        .arg(&private));
-    let public = std::fs::read_to_string(private.with_extension("pub"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let (private, public) = ssh_key(dir, host);
     SshKey { private, public }
 }
 

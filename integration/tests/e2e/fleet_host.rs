@@ -1,23 +1,12 @@
 //! Operating a fleet, the host's side (`fleet.rs` has the trusted side): signed reports, reboots for a new
 //! kernel, a store too small for the run, old generations deleted.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use nixcast_common::report::{self, Outcome, Report, Signed};
 use nixcast_integration::{Hostile, Rule};
 
 use crate::harness::*;
-
-/// An SSH host key made by `ssh-keygen`: (private key file, public key line).
-fn ssh_key(dir: &Path, name: &str) -> (PathBuf, String) {
-    let f = dir.join(name);
-    ok(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&f));
-    let public = std::fs::read_to_string(f.with_extension("pub")).unwrap();
-    (f, public.trim().to_owned())
-}
 
 /// The report in `bytes`, which must verify with `public` (an `ssh-ed25519 …` line).
 fn verified(bytes: &[u8], public: &str) -> Report {

@@ -364,3 +364,31 @@ pub fn ok_output(out: Output) -> Output {
     );
     out
 }
+
+/// An SSH host key made by `ssh-keygen`: (private key file, public key line).
+pub fn ssh_key(dir: &Path, name: &str) -> (PathBuf, String) {
+    let f = dir.join(name);
+    ok(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&f));
+    let public = std::fs::read_to_string(f.with_extension("pub")).unwrap();
+    (f, public.trim().to_owned())
+}
+
+/// Writes `paths` (and their closures) to a cache the way Nix itself does:
+/// `nix copy --to file://DIR?compression=xz`, signed with `keys`.
+pub fn nix_copy_to<S: AsRef<std::ffi::OsStr>>(dir: &Path, keys: &Keys, paths: &[S]) {
+    ok(Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "copy",
+            "--to",
+        ])
+        .arg(format!(
+            "file://{}?compression=xz&secret-key={}",
+            dir.display(),
+            keys.secret.display()
+        ))
+        .args(paths));
+}

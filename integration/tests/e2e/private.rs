@@ -240,19 +240,7 @@ fn netrc_opens_a_private_cache_and_its_upstream_each_with_its_own_login() {
     .build();
     let all = closure(&top);
     let shared: Vec<&String> = all.iter().filter(|p| p.contains("-pkg-")).collect();
-    ok(Command::new("nix")
-        .args([
-            "--extra-experimental-features",
-            "nix-command",
-            "copy",
-            "--to",
-        ])
-        .arg(format!(
-            "file://{}?compression=xz&secret-key={}",
-            up.display(),
-            upkeys.secret.display()
-        ))
-        .args(&shared));
+    nix_copy_to(up.as_path(), &upkeys, &shared);
     std::fs::create_dir_all(&ours).unwrap();
     let nginx = Nginx::start(&ours, &up);
     // The upstream's host is `localhost`, the cache's `127.0.0.1`: netrc

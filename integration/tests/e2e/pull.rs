@@ -1,7 +1,5 @@
 //! The agent against real Nix in fresh stores.
 
-use std::process::Command;
-
 use crate::harness::*;
 
 fn nars(requests: &[String]) -> Vec<&String> {
@@ -160,19 +158,7 @@ fn pull_from_a_cache_written_by_nix() {
         ..Default::default()
     }
     .build();
-    ok(Command::new("nix")
-        .args([
-            "--extra-experimental-features",
-            "nix-command",
-            "copy",
-            "--to",
-        ])
-        .arg(format!(
-            "file://{}?compression=xz&secret-key={}",
-            cache.display(),
-            keys.secret.display()
-        ))
-        .arg(&top));
+    nix_copy_to(cache.as_path(), &keys, &[&top]);
     let nars_before = files(&cache, "nar");
     let out = publish(&cache, "foobar", &top, &keys, &[]);
     assert_eq!(

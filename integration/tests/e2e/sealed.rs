@@ -6,16 +6,6 @@ use std::process::Command;
 
 use crate::harness::*;
 
-/// An SSH host key made by `ssh-keygen`: (private key file, public key line).
-fn ssh_key(dir: &Path, name: &str) -> (PathBuf, String) {
-    let f = dir.join(name);
-    ok(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&f));
-    let public = std::fs::read_to_string(f.with_extension("pub")).unwrap();
-    (f, public.trim().to_owned())
-}
-
 struct Fleet {
     work: tempfile::TempDir,
     cache: PathBuf,

@@ -1,8 +1,6 @@
 //! `publish --upstream`: paths an upstream cache serves are not uploaded,
 //! and the agent fetches them from there.
 
-use std::process::Command;
-
 use crate::harness::*;
 
 #[test]
@@ -19,19 +17,7 @@ fn upstream_paths_are_not_uploaded_and_the_agent_fetches_them_there() {
     let all = closure(&top);
     // The upstream, written by Nix itself, has the packages and the base library.
     let shared: Vec<&String> = all.iter().filter(|p| p.contains("-pkg-")).collect();
-    ok(Command::new("nix")
-        .args([
-            "--extra-experimental-features",
-            "nix-command",
-            "copy",
-            "--to",
-        ])
-        .arg(format!(
-            "file://{}?compression=xz&secret-key={}",
-            up.display(),
-            upkeys.secret.display()
-        ))
-        .args(&shared));
+    nix_copy_to(up.as_path(), &upkeys, &shared);
     let upstream = Server::start(&up);
 
     // With a key the upstream does not sign with, nothing counts as served there.
