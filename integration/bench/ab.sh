@@ -6,6 +6,9 @@
 #   CPUS=1 integration/bench/ab.sh …          # every process on core 0 (taskset -c 0)
 #   AGENT_ENV= integration/bench/ab.sh …      # the agents' extra environment; by default the
 #                                             # module's (MALLOC_ARENA_MAX=2), as run.sh does
+#   BIN may also be `nix-store` (Nix's `nix-store -r -j16` from the same cache) or
+#   `floor-subst` (the same from the uncompressed local cache run.sh's floors use), for
+#   ratios against Nix in the same run.
 #
 # Needs a run of run.sh first (it publishes the caches and keeps them in $WORK); starts
 # nginx on $BENCH_PORT if nothing listens there. Prints one line per pull and, per
@@ -25,6 +28,9 @@ if ! (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
   sleep 0.5
 fi
 PUB=$(cat "$WORK/keys/bench.pub")
+# What Nix is asked to realise: cache C's whole closure, as run.sh's floors list it.
+mapfile -t TOP < "$WORK/pub/none-$C.closure"
+[ -e "$WORK/srv/none-$C" ] || ln -s "$WORK/pub/none-$C" "$WORK/srv/none-$C"
 d=$WORK/vm/ab-$$
 cleanup() { mountpoint -q "$d/nix" 2>/dev/null && umount "$d/nix"; rm -rf "$d" "$d.img"; [ -z "${NGINX_PID:-}" ] || kill "$NGINX_PID"; }
 trap cleanup EXIT
@@ -36,17 +42,26 @@ for r in $(seq "$REPS"); do
     truncate -s 8G "$d.img"; mkfs.ext4 -q -F "$d.img"; mount -o loop "$d.img" "$d/nix"; sync
     cp "$WORK/ptr/$C-v1.json" "$WORK/srv/$C/hosts/.vm.json.tmp"
     mv -f "$WORK/srv/$C/hosts/.vm.json.tmp" "$WORK/srv/$C/hosts/vm.json"
+    case $b in
+      nix-store) cmd=(nix-store -r "${TOP[@]}" --option substituters "http://127.0.0.1:$PORT/$C"
+                      --option trusted-public-keys "$PUB" --max-jobs 16) ;;
+      floor-subst) cmd=(nix-store -r "${TOP[@]}" --option substituters "file://$WORK/pub/none-$C"
+                        --option trusted-public-keys "$PUB" --max-jobs 16) ;;
+      floor-http) cmd=(nix-store -r "${TOP[@]}" --option substituters "http://127.0.0.1:$PORT/none-$C"
+                       --option trusted-public-keys "$PUB" --max-jobs 16) ;;
+      *) cmd=(env "${AGENT_ENV[@]}" "$b" run --cache "http://127.0.0.1:$PORT/$C" --allow-insecure-http
+              --host vm --trusted-key "$PUB" --state-dir /nix/var/nixcast) ;;
+    esac
     "${PIN[@]}" /usr/bin/time -o "$WORK/ab.time" -f '%e %M %U %S' unshare -m --propagation private \
       sh -c 'mount --bind "$0" /nix && exec "$@"' "$d/nix" env HOME="$d/home" XDG_CACHE_HOME="$d/xdg" \
-      NIX_REMOTE=local NIXCAST_LOG=info,nixcast_pull::pipeline=debug "${AGENT_ENV[@]}" \
-      "$b" run --cache "http://127.0.0.1:$PORT/$C" --allow-insecure-http --host vm --trusted-key "$PUB" \
-      --state-dir /nix/var/nixcast > "$WORK/ab.log" 2>&1 || { tail "$WORK/ab.log"; exit 1; }
+      NIX_REMOTE=local NIXCAST_LOG=${NIXCAST_LOG:-info,nixcast_pull::pipeline=debug} \
+      "${cmd[@]}" > "$WORK/ab.log" 2>&1 || { tail "$WORK/ab.log"; exit 1; }
     read -r secs rss user sys < "$WORK/ab.time"
     own=$(grep -o 'peak_rss_kib=[0-9]*' "$WORK/ab.log" | tr -dc 0-9 || true); own=${own:-0}
     printf '%s\t%s\t%s\t%s\t%s\n' "$b" "$secs" "$(awk -v u="$user" -v s="$sys" 'BEGIN{print u+s}')" "$rss" "$own" >> "$out"
     printf '%-40s #%s %6.2f s  cpu %5.2f s  %%M %6d KiB  agent %6d KiB  load %s\n' "$b" "$r" "$secs" \
       "$(awk -v u="$user" -v s="$sys" 'BEGIN{print u+s}')" "$rss" "$own" "$(cut -d' ' -f1 /proc/loadavg)"
-    umount "$d/nix"; rm -rf "$d" "$d.img"
+    umount "$d/nix"; rm -rf "$d" "$d.img"; sync # the next pull meets no writeback of this one
   done
 done
 python3 - "$out" <<'PY'

@@ -12,7 +12,7 @@
 //! and a later run does not fetch them again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use nixcast_common::manifest::{Entry, Manifest};
 use nixcast_common::pinned::Pinned;
 use nixcast_common::seal::Identity;
-use nixcast_common::{PublicKey, StorePath};
+use nixcast_common::{layout, PublicKey, Sha256Hash, StorePath};
 
 use crate::config::{Config, RunError};
 use crate::fetch::{self, NarError};
@@ -50,7 +50,8 @@ pub async fn fetch_and_import(
         Ok(n) => {
             tracing::debug!(
                 peak_rss_kib = peak_rss_kib(),
-                "the agent's own peak resident set"
+                cpu_ms = own_cpu_ms(),
+                "the agent's own peak resident set and CPU time (without Nix's)"
             );
             return Ok(n);
         }
@@ -114,6 +115,15 @@ async fn attempt(
     store::write_staging_cache(staging, entries).map_err(RunError::Other)?;
     let mut plan = Plan::new(manifest, entries);
     let order = plan.download_order(entries);
+    // NARs two paths share (the same bytes): staged once, kept to the end.
+    let shared: HashSet<Sha256Hash> = {
+        let mut seen = HashSet::new();
+        entries
+            .iter()
+            .filter(|e| !seen.insert(e.nar_hash))
+            .map(|e| e.nar_hash)
+            .collect()
+    };
 
     let progress = Arc::new(AtomicU64::new(0));
     let bar = progress_bar(total);
@@ -168,13 +178,31 @@ async fn attempt(
     let mut failure: Option<Failed> = None;
     loop {
         if importing.is_none() && failure.is_none() {
-            let batch = plan.ready();
-            if !batch.is_empty() {
+            let ready = plan.ready();
+            if !ready.is_empty() {
                 let (staging, trusted) = (staging.to_owned(), cfg.trusted.clone());
                 let roots = store::gc_roots_dir(cfg.state.path());
                 let nix = cfg.store.clone();
+                let batch: Vec<StorePath> = ready.iter().map(|e| e.store_path.clone()).collect();
+                // What the batch was staged as, and no other path needs.
+                let done: Vec<PathBuf> = ready
+                    .iter()
+                    .flat_map(|e| {
+                        let nar = (!shared.contains(&e.nar_hash))
+                            .then(|| fetch::staged_path(&staging, e));
+                        [Some(staging.join(layout::narinfo(&e.store_path))), nar]
+                    })
+                    .flatten()
+                    .collect();
                 importing = Some(tokio::task::spawn_blocking(move || {
-                    import(&*nix, &staging, &roots, &batch, &trusted).map(|()| batch)
+                    import(&*nix, &staging, &roots, &batch, &trusted)?;
+                    // Imported: the staged copies go at once, which keeps
+                    // the disk a run needs small and leaves little to clear
+                    // at its end.
+                    for f in done {
+                        let _ = std::fs::remove_file(f);
+                    }
+                    Ok(batch)
                 }));
             }
         }
@@ -194,7 +222,10 @@ async fn attempt(
                     }
                 }
                 Some(Err(e)) => failure = Some(nar_error(e).into()),
-                None => downloading = false,
+                None => {
+                    tracing::debug!("every NAR fetched and verified");
+                    downloading = false;
+                }
             },
             done = async { importing.as_mut().expect("guarded").await }, if importing.is_some() => {
                 importing = None;
@@ -342,7 +373,7 @@ impl<'a> Plan<'a> {
 
     /// Staged paths whose missing references are imported or come earlier in
     /// the same batch, in dependency order.
-    fn ready(&mut self) -> Vec<StorePath> {
+    fn ready(&mut self) -> Vec<&'a Entry> {
         let mut batch: HashSet<&StorePath> = HashSet::new();
         let mut out = Vec::new();
         for (&rank, e) in &self.waiting {
@@ -356,13 +387,7 @@ impl<'a> Plan<'a> {
             }
         }
         out.into_iter()
-            .map(|r| {
-                self.waiting
-                    .remove(&r)
-                    .expect("just seen")
-                    .store_path
-                    .clone()
-            })
+            .map(|r| self.waiting.remove(&r).expect("just seen"))
             .collect()
     }
 
@@ -378,6 +403,16 @@ fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// This process's CPU time so far, user and system, all threads, without
+/// its children (`/proc/self/stat`'s utime and stime, in USER_HZ = 100 ticks).
+fn own_cpu_ms() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces: count fields after its closing ')'.
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let (user, sys): (u64, u64) = (rest.next()?.parse().ok()?, rest.next()?.parse().ok()?);
+    Some((user + sys) * 10)
 }
 
 /// A byte progress bar on a terminal, nothing otherwise.
@@ -424,6 +459,10 @@ mod tests {
         }
     }
 
+    fn ready(plan: &mut Plan<'_>) -> Vec<StorePath> {
+        plan.ready().iter().map(|e| e.store_path.clone()).collect()
+    }
+
     /// top → {lib, big}, lib → libc, big → libc; libc is already valid.
     #[test]
     fn imports_follow_references() {
@@ -450,18 +489,18 @@ mod tests {
         let get = |p: &StorePath| m.get(p).unwrap();
         // top arrives first: it waits for lib and big.
         plan.staged(get(&top));
-        assert!(plan.ready().is_empty());
+        assert!(ready(&mut plan).is_empty());
         // lib needs only libc, which the store has.
         plan.staged(get(&lib));
-        assert_eq!(plan.ready(), std::slice::from_ref(&lib));
+        assert_eq!(ready(&mut plan), std::slice::from_ref(&lib));
         // While lib is imported, big arrives: top must still wait for lib.
         plan.staged(get(&big));
-        assert_eq!(plan.ready(), std::slice::from_ref(&big));
-        assert!(plan.ready().is_empty());
+        assert_eq!(ready(&mut plan), std::slice::from_ref(&big));
+        assert!(ready(&mut plan).is_empty());
         plan.imported(vec![lib]);
-        assert!(plan.ready().is_empty(), "big is not imported yet");
+        assert!(ready(&mut plan).is_empty(), "big is not imported yet");
         plan.imported(vec![big]);
-        assert_eq!(plan.ready(), [top]);
+        assert_eq!(ready(&mut plan), [top]);
         assert!(plan.waiting.is_empty());
     }
 
@@ -482,6 +521,6 @@ mod tests {
         for e in m.paths.iter() {
             plan.staged(e);
         }
-        assert_eq!(plan.ready(), [a, b, top]);
+        assert_eq!(ready(&mut plan), [a, b, top]);
     }
 }

@@ -171,7 +171,7 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
     }
     check_source_holds(cfg, &todo)?;
     status.last_run_fetched_bytes = fetch_and_import(cfg, &manifest, &todo, &ids).await?;
-    check_imported(cfg, &manifest)?;
+    check_imported(cfg, &manifest, &todo)?;
     let action = switch(cfg, status, &verified, &top)?;
     tracing::info!(generation = p.generation, store_path = %top, action = action.as_str(), "applied");
     crate::reboot::applied(cfg, status, &top, action);
@@ -354,10 +354,14 @@ async fn fetch_and_import(
 }
 
 /// The system is valid in the store; what was staged for it is not needed
-/// any more.
-fn check_imported(cfg: &Config, manifest: &Pinned) -> Result<(), RunError> {
+/// any more. Nix is asked only when nothing was imported: a successful
+/// import of every missing path (the system among them, as nothing of a
+/// closure is valid without it) says the system is valid already, and a
+/// Nix process saved is ~20 ms of every update.
+fn check_imported(cfg: &Config, manifest: &Pinned, todo: &Missing<'_>) -> Result<(), RunError> {
     let top = manifest.top();
-    if !cfg.store.missing(&[top]).map_err(other)?.is_empty() {
+    let imported = todo.entries.iter().any(|e| &e.store_path == top);
+    if !imported && !cfg.store.missing(&[top]).map_err(other)?.is_empty() {
         return Err(other(anyhow!("{} is not valid after the import", top)));
     }
     clear_staged(&cfg.state.staging());
@@ -585,8 +589,12 @@ fn load_identities(cfg: &Config) -> Result<Vec<Identity>, RunError> {
 /// NarSize and references: Nix would refuse to import it otherwise, after
 /// the download. A manifest that contradicts its own signatures is refused
 /// before anything is fetched, and a NAR staged for such an entry is dropped.
-fn check_signatures(cfg: &Config, entries: &[&manifest::Entry]) -> Result<(), RunError> {
-    let unsigned: Vec<&&manifest::Entry> = entries
+/// The entries none of `trusted` signed (over NarHash, NarSize and references).
+fn unsigned_among<'a>(
+    trusted: &[nixcast_common::PublicKey],
+    entries: &[&'a manifest::Entry],
+) -> Vec<&'a manifest::Entry> {
+    entries
         .iter()
         .filter(|e| {
             let fp = nixcast_common::narinfo::fingerprint(
@@ -596,12 +604,29 @@ fn check_signatures(cfg: &Config, entries: &[&manifest::Entry]) -> Result<(), Ru
                 &e.references,
             );
             e.nar_size == 0
-                || !cfg
-                    .trusted
+                || !trusted
                     .iter()
                     .any(|k| e.sigs.iter().any(|s| k.verifies(fp.as_bytes(), s)))
         })
-        .collect();
+        .copied()
+        .collect()
+}
+
+fn check_signatures(cfg: &Config, entries: &[&manifest::Entry]) -> Result<(), RunError> {
+    // ~50 µs a signature: a cold pull of 1000 paths checks them on every
+    // core, as the first download waits for the last check.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = entries.len().div_ceil(cpus).max(128);
+    let unsigned: Vec<&manifest::Entry> = std::thread::scope(|s| {
+        let checks: Vec<_> = entries
+            .chunks(chunk)
+            .map(|c| s.spawn(move || unsigned_among(&cfg.trusted, c)))
+            .collect();
+        checks
+            .into_iter()
+            .flat_map(|c| c.join().expect("a signature check does not panic"))
+            .collect()
+    });
     let Some(first) = unsigned.first() else {
         return Ok(());
     };
