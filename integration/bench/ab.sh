@@ -6,9 +6,11 @@
 #   CPUS=1 integration/bench/ab.sh …          # every process on core 0 (taskset -c 0)
 #   AGENT_ENV= integration/bench/ab.sh …      # the agents' extra environment; by default the
 #                                             # module's (MALLOC_ARENA_MAX=2), as run.sh does
-#   BIN may also be `nix-store` (Nix's `nix-store -r -j16` from the same cache) or
-#   `floor-subst` (the same from the uncompressed local cache run.sh's floors use), for
-#   ratios against Nix in the same run.
+#   BIN may also be `nix-store` (Nix's `nix-store -r -j16` from the same cache),
+#   `floor-subst` (the same from the uncompressed local cache run.sh's floors use),
+#   `floor-http` (that cache served by nginx: what a loopback HTTP substituter would cost Nix)
+#   or `floor-overlap` (floor-subst with the decoding and hashing of every NAR running
+#   alongside), for ratios against Nix in the same run.
 #
 # Needs a run of run.sh first (it publishes the caches and keeps them in $WORK); starts
 # nginx on $BENCH_PORT if nothing listens there. Prints one line per pull and, per
@@ -49,6 +51,13 @@ for r in $(seq "$REPS"); do
                         --option trusted-public-keys "$PUB" --max-jobs 16) ;;
       floor-http) cmd=(nix-store -r "${TOP[@]}" --option substituters "http://127.0.0.1:$PORT/none-$C"
                        --option trusted-public-keys "$PUB" --max-jobs 16) ;;
+      floor-overlap) # floor-subst while one process decodes and hashes every NAR of C alongside:
+                     # a verify-then-import tool with perfect overlap and nothing else to do
+        dec="zstd -dc"; [[ $C == *xz* ]] && dec="xz -dc -T1"
+        cmd=(sh -c "find '$WORK/srv/$C/nar' -type f |
+                    xargs -P 2 -n 64 sh -c 'cat \"\$@\" | $dec | openssl dgst -sha256 > /dev/null' sh & \"\$@\"; wait" sh
+             nix-store -r "${TOP[@]}" --option substituters "file://$WORK/pub/none-$C"
+             --option trusted-public-keys "$PUB" --max-jobs 16) ;;
       *) cmd=(env "${AGENT_ENV[@]}" "$b" run --cache "http://127.0.0.1:$PORT/$C" --allow-insecure-http
               --host vm --trusted-key "$PUB" --state-dir /nix/var/nixcast) ;;
     esac

@@ -33,6 +33,9 @@
 #     (`nix copy --no-recursive`) and once in parallel (`nix-store -r -j16` with that cache as the only substituter);
 #     and per cache, once, the verify floor's first half: one core decoding and hashing all its NARs
 #     (`cat nar/* | xz -dc -T1 | openssl dgst -sha256`; the report adds the import floor's CPU);
+#     and the overlap floor: that parallel import while every NAR is decoded and hashed alongside (two
+#     `xz -dc | openssl dgst` at a time), measured on the row's cores: a tool that verifies each NAR before
+#     Nix imports it, with perfect overlap and no other work, takes at least that long;
 #   the agent runs with the environment module.nix gives its unit (MALLOC_ARENA_MAX=2);
 #   pull cold, zstd, +50 ms round trip (delayproxy.py, 25 ms each way), also nixcast-pull --jobs 64;
 #     `nix copy` there only with DELAY_NIXCOPY_REPS=1 (it is sequential: ~2000 round trips, ~110 s a run);
@@ -296,6 +299,12 @@ pull_one() { # COMPRESSION TOOL REP URL WORKPREFIX [cold-only [AGENT-ARGS…]]
       floor-subst)
         measure "$w-$step" floor-subst "$r" "${VMCMD[@]}" nix-store -r "$top" \
           --option substituters "file://$WORK/pub/none-$c" --option trusted-public-keys "$PUB" --max-jobs 16 ;;
+      floor-overlap)
+        local dec="zstd -dc"; [[ $c == *xz* ]] && dec="xz -dc -T1"
+        measure "$w-$step" floor-overlap "$r" "${VMCMD[@]}" sh -c "find '$WORK/srv/$c/nar' -type f |
+            xargs -P 2 -n 64 sh -c 'cat \"\$@\" | $dec | openssl dgst -sha256 > /dev/null' sh & \"\$@\"; wait" sh \
+          nix-store -r "$top" --option substituters "file://$WORK/pub/none-$c" --option trusted-public-keys "$PUB" \
+          --max-jobs 16 ;;
     esac
   done
   rmvm "$d"
@@ -317,7 +326,7 @@ pull_stage() { # COMPRESSION [cold-only]
     pin "$n"; tag=$(cpus_tag "$n")
     say "pull $c into fresh stores on $n core(s): cold${coldonly:+ only}${coldonly:+}$([ -n "$coldonly" ] || echo ', after one path changed, no-op'), with the floors ($REPS× each tool)"
     for r in $(seq "$REPS"); do
-      for tool in $(order "$r" nixcast nix-copy nix-store floor-copy floor-subst); do
+      for tool in $(order "$r" nixcast nix-copy nix-store floor-copy floor-subst floor-overlap); do
         pull_one "$c" "$tool" "$r" "$URL" "pull-$c$tag" $coldonly
       done
     done

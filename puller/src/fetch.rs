@@ -1,12 +1,18 @@
 //! Download and verify NARs into the staging directory.
 //!
-//! One pass per NAR, never holding it in memory:
+//! One pass per NAR, never holding a large one in memory:
 //!
 //! ```text
 //! body → count ≤ FileSize, sha256 → [open, if sealed: age, every chunk authenticated]
 //!      → decompress (xz memory limit, zstd window limit)
 //!      → count ≤ NarSize, sha256 → strict NAR reader → temporary file
 //! ```
+//!
+//! A small NAR (under 1 MiB compressed, most of a closure) is read whole
+//! first, and its FileSize and FileHash are checked before a decoder sees a
+//! byte of it: liblzma and zstd only ever decode what the publisher signed.
+//! A large one streams; its decoder is bounded (memory limit, NarSize) until
+//! FileHash is checked at its end.
 //!
 //! The file is renamed to `staging/nar/<narhash>.nar` only when FileSize,
 //! FileHash, NarSize, NarHash and the NAR's structure all check out, so in
@@ -156,9 +162,9 @@ pub async fn fetch_one(
                     .expect("never closed"),
             )
         };
-        let body: Box<dyn Read + Send> = if !streams(e) {
+        let body = if !streams(e) {
             match source.get_small(&e.url, e.file_size).await {
-                Ok(bytes) => Box::new(io::Cursor::new(bytes)),
+                Ok(bytes) => Input::Whole(bytes),
                 Err(FetchError::TooLarge { .. }) => {
                     return Err(NarError::Verify {
                         path,
@@ -174,10 +180,12 @@ pub async fn fetch_one(
                 Err(err) => return Err(NarError::from_fetch(&path, err)),
             }
         } else {
-            source
-                .open(&e.url)
-                .await
-                .map_err(|err| NarError::from_fetch(&path, err))?
+            Input::Stream(
+                source
+                    .open(&e.url)
+                    .await
+                    .map_err(|err| NarError::from_fetch(&path, err))?,
+            )
         };
         let _slot = if !streams(e) {
             Some(slots.decoders.acquire().await.expect("never closed"))
@@ -216,7 +224,8 @@ struct Body<'a> {
     inner: Box<dyn Read + Send>,
     count: u64,
     cap: u64,
-    hasher: Sha256,
+    /// None: FileHash was checked before (`Input::Whole`).
+    hasher: Option<Sha256>,
     transport_error: Option<String>,
     eof: bool,
     progress: &'a AtomicU64,
@@ -242,7 +251,9 @@ impl Read for Body<'_> {
                 self.cap
             )));
         }
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         self.progress.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
@@ -277,8 +288,18 @@ impl<R: Read, W: Write> Read for Nar<R, W> {
     }
 }
 
+/// A NAR's compressed bytes, as they arrive.
+enum Input {
+    /// Read whole (a small NAR): FileSize and FileHash are checked before a
+    /// byte reaches a decoder, so that the decoders only ever see what the
+    /// publisher signed.
+    Whole(Vec<u8>),
+    /// Streamed (a large NAR): checked as it is decoded.
+    Stream(Box<dyn Read + Send>),
+}
+
 fn verify_into(
-    body: Box<dyn Read + Send>,
+    input: Input,
     e: &Entry,
     dest: &Path,
     progress: &AtomicU64,
@@ -291,11 +312,33 @@ fn verify_into(
         .map_err(|err| {
             Failure::Local(format!("cannot create a file in {}: {err}", dir.display()))
         })?;
+    let (inner, hasher): (Box<dyn Read + Send>, _) = match input {
+        Input::Whole(bytes) => {
+            if (bytes.len() as u64) < e.file_size {
+                return Err(Failure::Transport(format!(
+                    "truncated: {} of {} bytes",
+                    bytes.len(),
+                    e.file_size
+                )));
+            }
+            let file_hash = Sha256Hash::digest(&bytes);
+            if file_hash != e.file_hash {
+                return Err(Failure::Verify(format!(
+                    "FileSize/FileHash mismatch: expected {} bytes {}, got {} bytes {file_hash}",
+                    e.file_size,
+                    e.file_hash,
+                    bytes.len()
+                )));
+            }
+            (Box::new(io::Cursor::new(bytes)), None)
+        }
+        Input::Stream(body) => (body, Some(Sha256::new())),
+    };
     let mut body = Body {
-        inner: body,
+        inner,
         count: 0,
         cap: e.file_size,
-        hasher: Sha256::new(),
+        hasher,
         transport_error: None,
         eof: false,
         progress,
@@ -328,11 +371,14 @@ fn verify_into(
         }
         return Err(Failure::Verify(msg));
     }
-    let file_hash = Sha256Hash(body.hasher.finalize().into());
-    if body.count != e.file_size || file_hash != e.file_hash {
+    let file_hash = body.hasher.take().map(|h| Sha256Hash(h.finalize().into()));
+    if body.count != e.file_size || file_hash.is_some_and(|h| h != e.file_hash) {
         return Err(Failure::Verify(format!(
-            "FileSize/FileHash mismatch: expected {} bytes {}, got {} bytes {file_hash}",
-            e.file_size, e.file_hash, body.count
+            "FileSize/FileHash mismatch: expected {} bytes {}, got {} bytes {}",
+            e.file_size,
+            e.file_hash,
+            body.count,
+            file_hash.map_or_else(|| "(checked before)".to_owned(), |h| h.to_string())
         )));
     }
     // Not synced: a file a power loss tore is caught by the check a later

@@ -209,3 +209,29 @@ async fn compressed_nars_are_checked_after_decompression_too() {
     assert!(msg.contains("trailing data"), "{msg}");
     assert!(!s.staged(&trailing));
 }
+
+/// A small NAR is read whole and its FileHash checked before a decoder sees
+/// a byte: bytes the publisher did not sign never reach liblzma.
+#[tokio::test]
+async fn a_small_nar_reaches_the_decoder_only_once_its_file_hash_holds() {
+    let s = Scene::new();
+    let plain = s.entry("compressed content");
+    let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 6);
+    xz.write_all(&s.served(&plain)).unwrap();
+    let xz = xz.finish().unwrap();
+    let file_hash = Sha256Hash::digest(&xz);
+    let e = Entry {
+        url: nar_url(&file_hash, Compression::Xz),
+        compression: Compression::Xz,
+        file_hash,
+        file_size: xz.len() as u64,
+        ..plain.clone()
+    };
+    // Not xz at all, of the signed size: a decoder would call it a format
+    // error; the FileHash check refuses it first.
+    s.serve(&e, &vec![b'!'; xz.len()]);
+    let msg = verify_msg(s.fetch(&e).await);
+    assert!(msg.starts_with("FileSize/FileHash mismatch"), "{msg}");
+    assert!(!s.staged(&e));
+    assert_eq!(s.leftovers(), 0);
+}
