@@ -37,6 +37,24 @@ impl Scene {
             .entry(&testing::store_path("x", 1), content, vec![])
     }
 
+    /// An entry for `content`'s NAR compressed with xz, and those bytes (not
+    /// served yet).
+    fn xz_entry(&self, content: &str) -> (Entry, Vec<u8>) {
+        let plain = self.entry(content);
+        let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 6);
+        xz.write_all(&self.served(&plain)).unwrap();
+        let xz = xz.finish().unwrap();
+        let file_hash = Sha256Hash::digest(&xz);
+        let e = Entry {
+            url: nar_url(&file_hash, Compression::Xz),
+            compression: Compression::Xz,
+            file_hash,
+            file_size: xz.len() as u64,
+            ..plain
+        };
+        (e, xz)
+    }
+
     async fn fetch(&self, e: &Entry) -> Result<u64, NarError> {
         let slots = Slots::new(1);
         let ids: Arc<[Identity]> = Arc::new([]);
@@ -167,19 +185,7 @@ async fn a_missing_nar_is_a_fetch_failure() {
 #[tokio::test]
 async fn compressed_nars_are_checked_after_decompression_too() {
     let s = Scene::new();
-    let plain = s.entry("compressed content");
-    let nar = s.served(&plain);
-    let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 6);
-    xz.write_all(&nar).unwrap();
-    let xz = xz.finish().unwrap();
-    let file_hash = Sha256Hash::digest(&xz);
-    let e = Entry {
-        url: nar_url(&file_hash, Compression::Xz),
-        compression: Compression::Xz,
-        file_hash,
-        file_size: xz.len() as u64,
-        ..plain.clone()
-    };
+    let (e, xz) = s.xz_entry("compressed content");
     s.serve(&e, &xz);
     assert_eq!(s.fetch(&e).await.unwrap(), e.file_size);
     std::fs::remove_file(staged_path(s.staging.path(), &e)).unwrap();
@@ -187,7 +193,7 @@ async fn compressed_nars_are_checked_after_decompression_too() {
     // FileSize and FileHash hold for the bytes served, the NAR inside does
     // not match its NarSize: a decompression bomb stops there.
     let small = Entry {
-        nar_size: plain.nar_size - 8,
+        nar_size: e.nar_size - 8,
         ..e.clone()
     };
     let msg = verify_msg(s.fetch(&small).await);
@@ -215,18 +221,7 @@ async fn compressed_nars_are_checked_after_decompression_too() {
 #[tokio::test]
 async fn a_small_nar_reaches_the_decoder_only_once_its_file_hash_holds() {
     let s = Scene::new();
-    let plain = s.entry("compressed content");
-    let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 6);
-    xz.write_all(&s.served(&plain)).unwrap();
-    let xz = xz.finish().unwrap();
-    let file_hash = Sha256Hash::digest(&xz);
-    let e = Entry {
-        url: nar_url(&file_hash, Compression::Xz),
-        compression: Compression::Xz,
-        file_hash,
-        file_size: xz.len() as u64,
-        ..plain.clone()
-    };
+    let (e, xz) = s.xz_entry("compressed content");
     // Not xz at all, of the signed size: a decoder would call it a format
     // error; the FileHash check refuses it first.
     s.serve(&e, &vec![b'!'; xz.len()]);
