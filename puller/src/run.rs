@@ -354,10 +354,10 @@ async fn fetch_and_import(
 }
 
 /// The system is valid in the store; what was staged for it is not needed
-/// any more. Nix is asked only when nothing was imported: a successful
-/// import of every missing path (the system among them, as nothing of a
-/// closure is valid without it) says the system is valid already, and a
-/// Nix process saved is ~20 ms of every update.
+/// any more. A path is valid only with its whole closure, so when anything
+/// was missing the system was too, and the successful import of every
+/// missing path made it valid: Nix is asked only when the system was not
+/// among them (a Nix process saved, ~20 ms of every update).
 fn check_imported(cfg: &Config, manifest: &Pinned, todo: &Missing<'_>) -> Result<(), RunError> {
     let top = manifest.top();
     let imported = todo.entries.iter().any(|e| &e.store_path == top);
@@ -585,10 +585,6 @@ fn load_identities(cfg: &Config) -> Result<Vec<Identity>, RunError> {
         .map_err(|e| other(e.context("the pointer is sealed (give --identity to open it)")))
 }
 
-/// Each path to fetch must carry a trusted signature over its NarHash,
-/// NarSize and references: Nix would refuse to import it otherwise, after
-/// the download. A manifest that contradicts its own signatures is refused
-/// before anything is fetched, and a NAR staged for such an entry is dropped.
 /// The entries none of `trusted` signed (over NarHash, NarSize and references).
 fn unsigned_among<'a>(
     trusted: &[nixcast_common::PublicKey],
@@ -612,20 +608,35 @@ fn unsigned_among<'a>(
         .collect()
 }
 
+/// Each path to fetch must carry a trusted signature over its NarHash,
+/// NarSize and references: Nix would refuse to import it otherwise, after
+/// the download. A manifest that contradicts its own signatures is refused
+/// before anything is fetched, and a NAR staged for such an entry is dropped.
 fn check_signatures(cfg: &Config, entries: &[&manifest::Entry]) -> Result<(), RunError> {
     // ~50 µs a signature: a cold pull of 1000 paths checks them on every
-    // core, as the first download waits for the last check.
+    // core, as the first download waits for the last check. A chunk that
+    // gets no thread (a tasks limit) is checked here.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = entries.len().div_ceil(cpus).max(128);
     let unsigned: Vec<&manifest::Entry> = std::thread::scope(|s| {
-        let checks: Vec<_> = entries
-            .chunks(chunk)
-            .map(|c| s.spawn(move || unsigned_among(&cfg.trusted, c)))
+        let mut chunks = entries.chunks(chunk);
+        let here = chunks.next().unwrap_or_default();
+        let others: Vec<_> = chunks
+            .map(|c| {
+                let check = move || unsigned_among(&cfg.trusted, c);
+                std::thread::Builder::new()
+                    .spawn_scoped(s, check)
+                    .map_err(|_| c)
+            })
             .collect();
-        checks
-            .into_iter()
-            .flat_map(|c| c.join().expect("a signature check does not panic"))
-            .collect()
+        let mut out = unsigned_among(&cfg.trusted, here);
+        for c in others {
+            out.extend(match c {
+                Ok(thread) => thread.join().expect("a signature check does not panic"),
+                Err(c) => unsigned_among(&cfg.trusted, c),
+            });
+        }
+        out
     });
     let Some(first) = unsigned.first() else {
         return Ok(());

@@ -2,8 +2,9 @@
 //!
 //! The store's filesystem (`statvfs` of `/nix/store`) must have room for
 //! what the missing paths unpack to (their NarSize), and the state
-//! directory's for the NARs still to be staged, which are kept unpacked
-//! until the end of the run (their NarSize too). When both are one
+//! directory's for the NARs still to be staged, unpacked, which may all be
+//! staged at once when the downloads outrun Nix's import (their NarSize
+//! too; each batch's NARs leave staging once imported). When both are one
 //! filesystem the sums add up. On top comes a margin for Nix's database,
 //! its temporary files and whatever else writes there meanwhile. A run that
 //! would not fit stops here, exit 1, with the figures, before its first

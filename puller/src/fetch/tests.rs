@@ -230,3 +230,40 @@ async fn a_small_nar_reaches_the_decoder_only_once_its_file_hash_holds() {
     assert!(!s.staged(&e));
     assert_eq!(s.leftovers(), 0);
 }
+
+/// A NAR of 1 MiB or more streams: FileSize, a truncated body and FileHash
+/// are checked as it is decoded, and nothing is staged when they fail.
+#[tokio::test]
+async fn a_large_nar_is_checked_as_it_streams() {
+    let s = Scene::new();
+    // 1.5 MiB, uncompressed: above SMALL, so it streams.
+    let content: String = (0..24_000u32).map(|i| format!("{i:063}\n")).collect();
+    let e = s.entry(&content);
+    assert!(streams(&e), "{} bytes", e.file_size);
+    let good = s.served(&e);
+
+    let mut tampered = good.clone();
+    let n = tampered.len() / 2;
+    tampered[n] ^= 1;
+    s.serve(&e, &tampered);
+    let msg = verify_msg(s.fetch(&e).await);
+    assert!(msg.contains("mismatch"), "{msg}");
+
+    let mut longer = good.clone();
+    longer.extend_from_slice(&[0; 8]);
+    s.serve(&e, &longer);
+    let msg = verify_msg(s.fetch(&e).await);
+    assert!(msg.contains("more bytes than the FileSize"), "{msg}");
+
+    s.serve(&e, &good[..good.len() - 8]);
+    match s.fetch(&e).await {
+        Err(NarError::Fetch { msg, .. }) => assert!(msg.contains("truncated"), "{msg}"),
+        other => panic!("expected a fetch failure, got {other:?}"),
+    }
+    assert!(!s.staged(&e));
+    assert_eq!(s.leftovers(), 0);
+
+    s.serve(&e, &good);
+    assert_eq!(s.fetch(&e).await.unwrap(), e.file_size);
+    assert!(s.staged(&e));
+}

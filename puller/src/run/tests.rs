@@ -71,6 +71,9 @@ async fn a_new_generation_is_imported_set_and_switched_to_once() {
     assert!(st.last_run_fetched_bytes > 0);
     let staged = std::fs::read_dir(h.state.path().join("staging/nar")).unwrap();
     assert_eq!(staged.count(), 0, "the staging cache is emptied");
+    // Nix was asked once, what is missing: the import itself vouches that
+    // the system it imported is valid.
+    assert_eq!(h.store.lock().queries, 1);
 
     // The same pointer again: nothing to do.
     assert_eq!(h.run(&cfg).await.unwrap(), Outcome::Unchanged);
