@@ -4,6 +4,8 @@
 #
 #   integration/bench/ab.sh CACHE REPS BIN… # CACHE: a directory of $WORK/srv (zstd, xz, paths300-xz)
 #   CPUS=1 integration/bench/ab.sh …          # every process on core 0 (taskset -c 0)
+#   INCR=1 integration/bench/ab.sh …          # the pull after one path changed: each agent pulls
+#                                             # generation 1 first (not timed), then 2 (timed)
 #   AGENT_ENV= integration/bench/ab.sh …      # the agents' extra environment; by default the
 #                                             # module's (MALLOC_ARENA_MAX=2), as run.sh does
 #   BIN may also be `nix-store` (Nix's `nix-store -r -j16` from the same cache),
@@ -44,6 +46,14 @@ for r in $(seq "$REPS"); do
     truncate -s 8G "$d.img"; mkfs.ext4 -q -F "$d.img"; mount -o loop "$d.img" "$d/nix"; sync
     cp "$WORK/ptr/$C-v1.json" "$WORK/srv/$C/hosts/.vm.json.tmp"
     mv -f "$WORK/srv/$C/hosts/.vm.json.tmp" "$WORK/srv/$C/hosts/vm.json"
+    if [ "${INCR:-}" = 1 ]; then
+      unshare -m --propagation private sh -c 'mount --bind "$0" /nix && exec "$@"' "$d/nix" \
+        env HOME="$d/home" XDG_CACHE_HOME="$d/xdg" NIX_REMOTE=local "$b" run \
+        --cache "http://127.0.0.1:$PORT/$C" --allow-insecure-http --host vm --trusted-key "$PUB" \
+        --state-dir /nix/var/nixcast > "$WORK/ab.log" 2>&1 || { tail "$WORK/ab.log"; exit 1; }
+      cp "$WORK/ptr/$C-v2.json" "$WORK/srv/$C/hosts/.vm.json.tmp"
+      mv -f "$WORK/srv/$C/hosts/.vm.json.tmp" "$WORK/srv/$C/hosts/vm.json"
+    fi
     case $b in
       nix-store) cmd=(nix-store -r "${TOP[@]}" --option substituters "http://127.0.0.1:$PORT/$C"
                       --option trusted-public-keys "$PUB" --max-jobs 16) ;;

@@ -169,6 +169,9 @@ async fn attempt(
     );
 
     let mut fetched = 0;
+    let started = tokio::time::Instant::now();
+    // Until when what is ready waits for the last downloads (see below).
+    let mut hold: Option<tokio::time::Instant> = None;
     let mut downloading = true;
     let mut importing: Option<tokio::task::JoinHandle<anyhow::Result<Vec<StorePath>>>> = None;
     // A NAR that cannot be had now does not stop the others (they are
@@ -177,7 +180,20 @@ async fn attempt(
     let mut unavailable: Vec<NarError> = Vec::new();
     let mut failure: Option<Failed> = None;
     loop {
-        if importing.is_none() && failure.is_none() {
+        // A batch costs a Nix process (~25 ms before its first path): when
+        // the downloads are about to end, what is ready waits for them, 20 ms
+        // at most, rather than leave a batch of its own behind (an update of
+        // two paths is one batch, not two).
+        let now = tokio::time::Instant::now();
+        let ending = downloading
+            && failure.is_none()
+            && nearly_done(total, progress.load(Ordering::Relaxed), now - started);
+        if !ending {
+            hold = None;
+        }
+        let wait = ending && now < *hold.get_or_insert(now + HOLD);
+        if importing.is_none() && failure.is_none() && !wait {
+            hold = None;
             let ready = plan.ready();
             if !ready.is_empty() {
                 let (staging, trusted) = (staging.to_owned(), cfg.trusted.clone());
@@ -210,6 +226,7 @@ async fn attempt(
             break;
         }
         tokio::select! {
+            _ = tokio::time::sleep_until(hold.unwrap_or(now)), if wait && importing.is_none() => {}
             next = downloads.next(), if downloading && failure.is_none() => match next {
                 Some(Ok((e, n))) => {
                     fetched += n;
@@ -262,6 +279,16 @@ async fn attempt(
         .into());
     }
     Ok(fetched)
+}
+
+/// How long verified paths may wait for the last downloads (`nearly_done`).
+const HOLD: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Whether the downloads, at the pace they kept so far, end within `HOLD`.
+fn nearly_done(total: u64, done: u64, elapsed: std::time::Duration) -> bool {
+    done > 0
+        && (total.saturating_sub(done) as f64) * elapsed.as_secs_f64()
+            < HOLD.as_secs_f64() * done as f64
 }
 
 /// NARs from one origin that may fail (after their retries) before the run
@@ -522,5 +549,17 @@ mod tests {
             plan.staged(e);
         }
         assert_eq!(ready(&mut plan), [a, b, top]);
+    }
+
+    #[test]
+    fn the_last_batch_waits_only_for_downloads_about_to_end() {
+        let ms = std::time::Duration::from_millis;
+        // 900 of 1000 bytes in 10 ms: the rest in ~1 ms.
+        assert!(nearly_done(1000, 900, ms(10)));
+        // 100 of 1000 bytes in a second: the rest in ~9 s.
+        assert!(!nearly_done(1000, 100, ms(1000)));
+        // A download that stalls: the same bytes, later, are no longer "soon".
+        assert!(!nearly_done(1000, 900, ms(500)));
+        assert!(!nearly_done(1000, 0, ms(1)));
     }
 }
