@@ -194,7 +194,15 @@ async fn attempt(
         let wait = ending && now < *hold.get_or_insert(now + HOLD);
         if importing.is_none() && failure.is_none() && !wait {
             hold = None;
-            let ready = plan.ready();
+            // Each batch is a Nix process (~25 ms of CPU before its first
+            // path): while NARs still arrive, a batch waits until it is worth
+            // that. When decoding is slow (xz, one core), batches of a few
+            // paths each cost more than the import itself.
+            let ready = plan.ready(|b| {
+                !downloading
+                    || b.len() >= BATCH_PATHS
+                    || b.iter().map(|e| e.nar_size).sum::<u64>() >= BATCH_BYTES
+            });
             if !ready.is_empty() {
                 let (staging, trusted) = (staging.to_owned(), cfg.trusted.clone());
                 let roots = store::gc_roots_dir(cfg.state.path());
@@ -280,6 +288,11 @@ async fn attempt(
     }
     Ok(fetched)
 }
+
+/// A batch started while NARs still arrive holds this many paths at least,
+/// or this many bytes.
+const BATCH_PATHS: usize = 64;
+const BATCH_BYTES: u64 = 64 << 20;
 
 /// How long verified paths may wait for the last downloads (`nearly_done`).
 const HOLD: std::time::Duration = std::time::Duration::from_millis(20);
@@ -400,7 +413,8 @@ impl<'a> Plan<'a> {
 
     /// Staged paths whose missing references are imported or come earlier in
     /// the same batch, in dependency order.
-    fn ready(&mut self) -> Vec<&'a Entry> {
+    /// None unless `worth` says they are worth a batch.
+    fn ready(&mut self, worth: impl Fn(&[&'a Entry]) -> bool) -> Vec<&'a Entry> {
         let mut batch: HashSet<&StorePath> = HashSet::new();
         let mut out = Vec::new();
         for (&rank, e) in &self.waiting {
@@ -410,12 +424,17 @@ impl<'a> Plan<'a> {
                 .all(|r| r == &e.store_path || !self.missing.contains(r) || batch.contains(r));
             if ok {
                 batch.insert(&e.store_path);
-                out.push(rank);
+                out.push((rank, *e));
             }
         }
-        out.into_iter()
-            .map(|r| self.waiting.remove(&r).expect("just seen"))
-            .collect()
+        let entries: Vec<&'a Entry> = out.iter().map(|(_, e)| *e).collect();
+        if !worth(&entries) {
+            return Vec::new();
+        }
+        for (rank, _) in out {
+            self.waiting.remove(&rank);
+        }
+        entries
     }
 
     fn imported(&mut self, batch: Vec<StorePath>) {
@@ -487,7 +506,10 @@ mod tests {
     }
 
     fn ready(plan: &mut Plan<'_>) -> Vec<StorePath> {
-        plan.ready().iter().map(|e| e.store_path.clone()).collect()
+        plan.ready(|_| true)
+            .iter()
+            .map(|e| e.store_path.clone())
+            .collect()
     }
 
     /// top → {lib, big}, lib → libc, big → libc; libc is already valid.
