@@ -172,6 +172,9 @@ async fn attempt(
     let started = tokio::time::Instant::now();
     // Until when what is ready waits for the last downloads (see below).
     let mut hold: Option<tokio::time::Instant> = None;
+    // When the last NAR was verified: a small batch goes once none has been
+    // for a while (a stalled download holds back no import).
+    let mut last_verified = started;
     let mut downloading = true;
     let mut importing: Option<tokio::task::JoinHandle<anyhow::Result<Vec<StorePath>>>> = None;
     // A NAR that cannot be had now does not stop the others (they are
@@ -192,6 +195,9 @@ async fn attempt(
             hold = None;
         }
         let wait = ending && now < *hold.get_or_insert(now + HOLD);
+        let quiet = now >= last_verified + QUIET;
+        // When to look again if nothing below starts a batch.
+        let mut wake = wait.then_some(hold).flatten();
         if importing.is_none() && failure.is_none() && !wait {
             hold = None;
             // Each batch is a Nix process (~25 ms of CPU before its first
@@ -200,9 +206,13 @@ async fn attempt(
             // paths each cost more than the import itself.
             let ready = plan.ready(|b| {
                 !downloading
+                    || quiet
                     || b.len() >= BATCH_PATHS
                     || b.iter().map(|e| e.nar_size).sum::<u64>() >= BATCH_BYTES
             });
+            if ready.is_empty() && !quiet && plan.has_waiting() {
+                wake = Some(last_verified + QUIET);
+            }
             if !ready.is_empty() {
                 let (staging, trusted) = (staging.to_owned(), cfg.trusted.clone());
                 let roots = store::gc_roots_dir(cfg.state.path());
@@ -234,11 +244,12 @@ async fn attempt(
             break;
         }
         tokio::select! {
-            _ = tokio::time::sleep_until(hold.unwrap_or(now)), if wait && importing.is_none() => {}
+            _ = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() && importing.is_none() => {}
             next = downloads.next(), if downloading && failure.is_none() => match next {
                 Some(Ok((e, n))) => {
                     fetched += n;
                     plan.staged(e);
+                    last_verified = tokio::time::Instant::now();
                 }
                 Some(Err(e @ NarError::Fetch { .. })) => {
                     unavailable.push(e);
@@ -290,9 +301,10 @@ async fn attempt(
 }
 
 /// A batch started while NARs still arrive holds this many paths at least,
-/// or this many bytes.
+/// or this many bytes, unless no NAR was verified for `QUIET`.
 const BATCH_PATHS: usize = 64;
 const BATCH_BYTES: u64 = 64 << 20;
+const QUIET: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// How long verified paths may wait for the last downloads (`nearly_done`).
 const HOLD: std::time::Duration = std::time::Duration::from_millis(20);
@@ -435,6 +447,10 @@ impl<'a> Plan<'a> {
             self.waiting.remove(&rank);
         }
         entries
+    }
+
+    fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
     }
 
     fn imported(&mut self, batch: Vec<StorePath>) {
