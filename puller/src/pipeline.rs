@@ -10,9 +10,8 @@
 //! the downloads instead of after them takes its time off the run. As each
 //! batch is a Nix process (~25 ms of CPU before its first path), a batch
 //! waits, while NARs still arrive, until it holds 64 paths or 64 MiB, or no
-//! NAR was verified for 250 ms; and when the downloads are about to end, it
-//! waits for them (20 ms at most). Each batch's staged files go once it is
-//! imported. Every path imported is verified and its closure is complete;
+//! NAR was verified for 250 ms (`worth_a_batch`). Each batch's staged files
+//! go once it is imported. Every path imported is verified and its closure is complete;
 //! a run that fails half-way leaves such paths behind, as Nix would,
 //! and a later run does not fetch them again.
 
@@ -174,12 +173,9 @@ async fn attempt(
     );
 
     let mut fetched = 0;
-    let started = tokio::time::Instant::now();
-    // Until when what is ready waits for the last downloads (see below).
-    let mut hold: Option<tokio::time::Instant> = None;
     // When the last NAR was verified: a small batch goes once none has been
     // for a while (a stalled download holds back no import).
-    let mut last_verified = started;
+    let mut last_verified = tokio::time::Instant::now();
     let mut downloading = true;
     let mut importing: Option<tokio::task::JoinHandle<anyhow::Result<Vec<StorePath>>>> = None;
     // A NAR that cannot be had now does not stop the others (they are
@@ -188,68 +184,23 @@ async fn attempt(
     let mut unavailable: Vec<NarError> = Vec::new();
     let mut failure: Option<Failed> = None;
     loop {
-        // A batch costs a Nix process (~25 ms before its first path): when
-        // the downloads are about to end, what is ready waits for them, 20 ms
-        // at most, rather than leave a batch of its own behind (an update of
-        // two paths is one batch, not two).
         let now = tokio::time::Instant::now();
-        let ending = downloading
-            && failure.is_none()
-            && nearly_done(total, progress.load(Ordering::Relaxed), now - started);
-        if !ending {
-            hold = None;
-        }
-        let wait = ending && now < *hold.get_or_insert(now + HOLD);
         let quiet = now >= last_verified + QUIET;
-        // When to look again if nothing below starts a batch.
-        let mut wake = wait.then_some(hold).flatten();
-        if importing.is_none() && failure.is_none() && !wait {
-            hold = None;
-            // Each batch is a Nix process (~25 ms of CPU before its first
-            // path): while NARs still arrive, a batch waits until it is worth
-            // that. When decoding is slow (xz, one core), batches of a few
-            // paths each cost more than the import itself.
-            let ready = plan.ready(|b| {
-                !downloading
-                    || quiet
-                    || b.len() >= BATCH_PATHS
-                    || b.iter().map(|e| e.nar_size).sum::<u64>() >= BATCH_BYTES
-            });
-            if ready.is_empty() && !quiet && plan.has_waiting() {
-                wake = Some(last_verified + QUIET);
-            }
+        // When to look again, if what is ready is not worth a batch yet.
+        let mut wake = None;
+        if importing.is_none() && failure.is_none() {
+            let ready = plan.ready(|b| worth_a_batch(b, downloading, quiet));
             if !ready.is_empty() {
-                let (staging, trusted) = (staging.to_owned(), cfg.trusted.clone());
-                let roots = store::gc_roots_dir(cfg.state.path());
-                let nix = cfg.store.clone();
-                let batch: Vec<StorePath> = ready.iter().map(|e| e.store_path.clone()).collect();
-                // What the batch was staged as, and no other path needs.
-                let done: Vec<PathBuf> = ready
-                    .iter()
-                    .flat_map(|e| {
-                        let nar = (!shared.contains(&e.nar_hash))
-                            .then(|| fetch::staged_path(&staging, e));
-                        [Some(staging.join(layout::narinfo(&e.store_path))), nar]
-                    })
-                    .flatten()
-                    .collect();
-                importing = Some(tokio::task::spawn_blocking(move || {
-                    import(&*nix, &staging, &roots, &batch, &trusted)?;
-                    // Imported: the staged copies go at once, which keeps
-                    // the disk a run needs small and leaves little to clear
-                    // at its end.
-                    for f in done {
-                        let _ = std::fs::remove_file(f);
-                    }
-                    Ok(batch)
-                }));
+                importing = Some(start_import(cfg, staging, &shared, &ready));
+            } else if !quiet && plan.has_waiting() {
+                wake = Some(last_verified + QUIET);
             }
         }
         if importing.is_none() && (!downloading || failure.is_some()) {
             break;
         }
         tokio::select! {
-            _ = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() && importing.is_none() => {}
+            _ = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
             next = downloads.next(), if downloading && failure.is_none() => match next {
                 Some(Ok((e, n))) => {
                     fetched += n;
@@ -311,14 +262,47 @@ const BATCH_PATHS: usize = 64;
 const BATCH_BYTES: u64 = 64 << 20;
 const QUIET: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// How long verified paths may wait for the last downloads (`nearly_done`).
-const HOLD: std::time::Duration = std::time::Duration::from_millis(20);
+/// Whether the paths `ready` to import are worth a batch now. Each batch is
+/// a Nix process (~25 ms of CPU before its first path): while NARs still
+/// arrive, a batch waits until it is worth that (when decoding is slow, as
+/// for xz on one core, batches of a few paths each cost more than the import
+/// itself), unless the downloads went `quiet` (one stalls). An update of two
+/// paths is one batch: the first waits for the second.
+fn worth_a_batch(ready: &[&Entry], downloading: bool, quiet: bool) -> bool {
+    !downloading
+        || quiet
+        || ready.len() >= BATCH_PATHS
+        || ready.iter().map(|e| e.nar_size).sum::<u64>() >= BATCH_BYTES
+}
 
-/// Whether the downloads, at the pace they kept so far, end within `HOLD`.
-fn nearly_done(total: u64, done: u64, elapsed: std::time::Duration) -> bool {
-    done > 0
-        && (total.saturating_sub(done) as f64) * elapsed.as_secs_f64()
-            < HOLD.as_secs_f64() * done as f64
+/// Imports `ready` in the background; once imported, their staged files go
+/// (but a NAR another path shares), which keeps the disk a run needs small
+/// and leaves little to clear at its end.
+fn start_import(
+    cfg: &Config,
+    staging: &Path,
+    shared: &HashSet<Sha256Hash>,
+    ready: &[&Entry],
+) -> tokio::task::JoinHandle<anyhow::Result<Vec<StorePath>>> {
+    let (staging, trusted) = (staging.to_owned(), cfg.trusted.clone());
+    let roots = store::gc_roots_dir(cfg.state.path());
+    let nix = cfg.store.clone();
+    let batch: Vec<StorePath> = ready.iter().map(|e| e.store_path.clone()).collect();
+    let staged: Vec<PathBuf> = ready
+        .iter()
+        .flat_map(|e| {
+            let nar = (!shared.contains(&e.nar_hash)).then(|| fetch::staged_path(&staging, e));
+            [Some(staging.join(layout::narinfo(&e.store_path))), nar]
+        })
+        .flatten()
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        import(&*nix, &staging, &roots, &batch, &trusted)?;
+        for f in staged {
+            let _ = std::fs::remove_file(f);
+        }
+        Ok(batch)
+    })
 }
 
 /// NARs from one origin that may fail (after their retries) before the run
@@ -595,14 +579,24 @@ mod tests {
     }
 
     #[test]
-    fn the_last_batch_waits_only_for_downloads_about_to_end() {
-        let ms = std::time::Duration::from_millis;
-        // 900 of 1000 bytes in 10 ms: the rest in ~1 ms.
-        assert!(nearly_done(1000, 900, ms(10)));
-        // 100 of 1000 bytes in a second: the rest in ~9 s.
-        assert!(!nearly_done(1000, 100, ms(1000)));
-        // A download that stalls: the same bytes, later, are no longer "soon".
-        assert!(!nearly_done(1000, 900, ms(500)));
-        assert!(!nearly_done(1000, 0, ms(1)));
+    fn a_batch_waits_until_it_is_worth_a_nix_process() {
+        let (a, b) = (sp("a", 1), sp("b", 2));
+        let (ea, eb) = (entry(&a, &[], 1), entry(&b, &[&a], 1));
+        let two = [&ea, &eb];
+        // Two small paths while NARs still arrive: not yet.
+        assert!(!worth_a_batch(&two, true, false));
+        // The downloads ended, or went quiet: now.
+        assert!(worth_a_batch(&two, false, false));
+        assert!(worth_a_batch(&two, true, true));
+        // Enough paths, or enough bytes.
+        let many: Vec<Entry> = (0..BATCH_PATHS as u8)
+            .map(|n| entry(&sp("p", n), &[], 1))
+            .collect();
+        assert!(worth_a_batch(&many.iter().collect::<Vec<_>>(), true, false));
+        let big = Entry {
+            nar_size: BATCH_BYTES,
+            ..entry(&a, &[], 1)
+        };
+        assert!(worth_a_batch(&[&big], true, false));
     }
 }
