@@ -82,6 +82,12 @@ impl Scene {
         std::fs::read(self.cache.path().join(&e.url)).unwrap()
     }
 
+    /// A refused NAR left nothing in staging: not itself, no temporary file.
+    fn assert_nothing_staged(&self, e: &Entry) {
+        assert!(!self.staged(e));
+        assert_eq!(self.leftovers(), 0);
+    }
+
     /// No temporary file is left in `staging/nar` beside what was staged.
     fn leftovers(&self) -> usize {
         std::fs::read_dir(self.staging.path().join("nar"))
@@ -139,8 +145,7 @@ async fn a_tampered_byte_is_refused_and_nothing_is_staged() {
     let msg = verify_msg(s.fetch(&e).await);
     // The NAR is uncompressed: its own check or FileHash catches it first.
     assert!(msg.contains("mismatch"), "{msg}");
-    assert!(!s.staged(&e));
-    assert_eq!(s.leftovers(), 0);
+    s.assert_nothing_staged(&e);
 }
 
 #[tokio::test]
@@ -152,7 +157,7 @@ async fn more_bytes_than_the_file_size_are_refused() {
     s.serve(&e, &bytes);
     let msg = verify_msg(s.fetch(&e).await);
     assert!(msg.contains("more bytes than the FileSize"), "{msg}");
-    assert!(!s.staged(&e));
+    s.assert_nothing_staged(&e);
 }
 
 #[tokio::test]
@@ -165,8 +170,7 @@ async fn a_truncated_body_is_a_transport_failure_not_tampering() {
         Err(NarError::Fetch { msg, .. }) => assert!(msg.contains("truncated"), "{msg}"),
         other => panic!("expected a fetch failure, got {other:?}"),
     }
-    assert!(!s.staged(&e));
-    assert_eq!(s.leftovers(), 0);
+    s.assert_nothing_staged(&e);
 }
 
 #[tokio::test]
@@ -213,7 +217,7 @@ async fn compressed_nars_are_checked_after_decompression_too() {
     s.serve(&trailing, &padded);
     let msg = verify_msg(s.fetch(&trailing).await);
     assert!(msg.contains("trailing data"), "{msg}");
-    assert!(!s.staged(&trailing));
+    s.assert_nothing_staged(&trailing);
 }
 
 /// A small NAR is read whole and its FileHash checked before a decoder sees
@@ -227,8 +231,7 @@ async fn a_small_nar_reaches_the_decoder_only_once_its_file_hash_holds() {
     s.serve(&e, &vec![b'!'; xz.len()]);
     let msg = verify_msg(s.fetch(&e).await);
     assert!(msg.starts_with("FileSize/FileHash mismatch"), "{msg}");
-    assert!(!s.staged(&e));
-    assert_eq!(s.leftovers(), 0);
+    s.assert_nothing_staged(&e);
 }
 
 /// A NAR of 1 MiB or more streams: FileSize, a truncated body and FileHash
@@ -260,8 +263,7 @@ async fn a_large_nar_is_checked_as_it_streams() {
         Err(NarError::Fetch { msg, .. }) => assert!(msg.contains("truncated"), "{msg}"),
         other => panic!("expected a fetch failure, got {other:?}"),
     }
-    assert!(!s.staged(&e));
-    assert_eq!(s.leftovers(), 0);
+    s.assert_nothing_staged(&e);
 
     s.serve(&e, &good);
     assert_eq!(s.fetch(&e).await.unwrap(), e.file_size);
