@@ -1,18 +1,20 @@
 //! Download and verify NARs into the staging directory.
 //!
-//! One pass per NAR, never holding a large one in memory:
+//! A NAR's compressed bytes are all here, and FileSize and FileHash hold for
+//! them, before a decoder sees one of them: liblzma and zstd only ever decode
+//! what the publisher signed, and a decoder never waits on the network.
 //!
 //! ```text
-//! body → count ≤ FileSize, sha256 → [open, if sealed: age, every chunk authenticated]
+//! body → count ≤ FileSize, sha256 → memory (under 1 MiB: most of a closure)
+//!                                 | a temporary file (larger: never whole in memory)
+//!      → FileSize, FileHash → [if sealed: age, every chunk authenticated]
 //!      → decompress (xz memory limit, zstd window limit)
 //!      → count ≤ NarSize, sha256 → strict NAR reader → temporary file
 //! ```
 //!
-//! A small NAR (under 1 MiB compressed, most of a closure) is read whole
-//! first, and its FileSize and FileHash are checked before a decoder sees a
-//! byte of it: liblzma and zstd only ever decode what the publisher signed.
-//! A large one streams; its decoder is bounded (memory limit, NarSize) until
-//! FileHash is checked at its end.
+//! Decoding takes one of the decoder slots, one per CPU: each decoder may
+//! hold an 8 MiB xz window, so the slots bound the agent's memory as well as
+//! its threads.
 //!
 //! The file is renamed to `staging/nar/<narhash>.nar` only when FileSize,
 //! FileHash, NarSize, NarHash and the NAR's structure all check out, so in
@@ -23,7 +25,7 @@
 //! reuses it if it passes and deletes it if not.
 
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,7 +35,7 @@ use nixcast_common::manifest::{Compression, Entry};
 use nixcast_common::seal::{self, Identity};
 use nixcast_common::{nar, Sha256Hash};
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::source::{FetchError, Source};
 
@@ -42,7 +44,7 @@ const XZ_MEMLIMIT: u64 = 128 << 20;
 /// zstd window: 2^27 = 128 MiB, zstd's own default maximum for decoding.
 const ZSTD_WINDOW_LOG_MAX: u32 = 27;
 const TRANSPORT_ATTEMPTS: u32 = 3;
-/// Compressed size below which a NAR's decoding waits for a decoder slot.
+/// Compressed size below which a NAR is read into memory, not spooled.
 const SMALL: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -80,8 +82,9 @@ impl NarError {
     }
 }
 
-/// Whether a NAR is decoded as it arrives (else it is read whole first).
-pub fn streams(e: &Entry) -> bool {
+/// Whether a NAR is spooled to disk before it is decoded (else it is read
+/// into memory).
+pub fn spools(e: &Entry) -> bool {
     e.file_size >= SMALL
 }
 
@@ -91,7 +94,7 @@ pub fn staged_path(staging: &Path, e: &Entry) -> PathBuf {
         .join(format!("{}.nar", e.nar_hash.to_nixbase32()))
 }
 
-/// What small NARs share: their bytes in memory, and the decoder threads.
+/// What the downloads share: small NARs' bytes in memory, and the decoders.
 pub struct Slots {
     /// One permit per byte of small NARs held in memory.
     buffered: Semaphore,
@@ -100,7 +103,7 @@ pub struct Slots {
 
 /// Bytes of small NARs read whole and not yet decoded, at most: what many
 /// requests in flight may hold while the decoders are busy.
-const BUFFERED: usize = 16 << 20;
+const BUFFERED: usize = 8 << 20;
 
 impl Slots {
     pub fn new(decoders: usize) -> Self {
@@ -112,9 +115,7 @@ impl Slots {
 }
 
 /// Fetches and verifies one NAR, unless a verified copy is already staged.
-/// Returns the number of bytes downloaded. A NAR smaller than `SMALL`
-/// (compressed) is read into memory, within `slots`' byte budget, then waits
-/// for one of its decoders.
+/// Returns the number of bytes downloaded.
 pub async fn fetch_one(
     source: &Source,
     staging: &Path,
@@ -147,67 +148,32 @@ pub async fn fetch_one(
     let url = source.url_of(&e.url);
     let mut attempt = 1;
     loop {
-        // A small NAR is read whole before it takes a decoder slot, so that
-        // a server that stalls or trickles holds a request, never a slot.
-        let _buffer = if streams(e) {
-            None
-        } else {
-            // Below SMALL, so within u32 and the budget.
-            let bytes = e.file_size.max(1) as u32;
-            Some(
-                slots
-                    .buffered
-                    .acquire_many(bytes)
-                    .await
-                    .expect("never closed"),
-            )
-        };
-        let body = if !streams(e) {
-            match source.get_small(&e.url, e.file_size).await {
-                Ok(bytes) => Input::Whole(bytes),
-                Err(FetchError::TooLarge { .. }) => {
-                    return Err(NarError::Verify {
-                        path,
-                        url,
-                        msg: format!("more bytes than the FileSize of {}", e.file_size),
-                    })
+        let failure = match download(source, staging, e, &progress, slots).await {
+            // A small NAR's bytes stay counted in the budget until decoded.
+            Ok((input, _buffered)) => {
+                // Decoding never waits on the network: every byte is here.
+                let _slot = slots.decoders.acquire().await.expect("never closed");
+                let (e2, d2, ids) = (e.clone(), dest.clone(), ids.clone());
+                let decoded =
+                    tokio::task::spawn_blocking(move || decode_into(input, &e2, &d2, &ids))
+                        .await
+                        .unwrap_or_else(|j| Err(Failure::Local(j.to_string())));
+                match decoded {
+                    Ok(()) => return Ok(e.file_size),
+                    Err(failure) => failure,
                 }
-                Err(FetchError::Transport { msg, .. }) if attempt < TRANSPORT_ATTEMPTS => {
-                    tracing::warn!(%url, error = %msg, "download failed, retrying");
-                    attempt += 1;
-                    continue;
-                }
-                Err(err) => return Err(NarError::from_fetch(&path, err)),
             }
-        } else {
-            Input::Stream(
-                source
-                    .open(&e.url)
-                    .await
-                    .map_err(|err| NarError::from_fetch(&path, err))?,
-            )
+            Err(failure) => failure,
         };
-        let _slot = if !streams(e) {
-            Some(slots.decoders.acquire().await.expect("never closed"))
-        } else {
-            None
-        };
-        let (e2, d2, p2, ids) = (e.clone(), dest.clone(), progress.clone(), ids.clone());
-        let result = tokio::task::spawn_blocking(move || verify_into(body, &e2, &d2, &p2, &ids))
-            .await
-            .map_err(|j| NarError::Local {
-                path: path.clone(),
-                msg: j.to_string(),
-            })?;
-        match result {
-            Ok(()) => return Ok(e.file_size),
-            Err(Failure::Transport(msg)) if attempt < TRANSPORT_ATTEMPTS => {
+        match failure {
+            Failure::Transport(msg) if attempt < TRANSPORT_ATTEMPTS => {
                 tracing::warn!(%url, error = %msg, "download failed, retrying");
                 attempt += 1;
             }
-            Err(Failure::Transport(msg)) => return Err(NarError::Fetch { path, url, msg }),
-            Err(Failure::Verify(msg)) => return Err(NarError::Verify { path, url, msg }),
-            Err(Failure::Local(msg)) => return Err(NarError::Local { path, msg }),
+            Failure::Transport(msg) => return Err(NarError::Fetch { path, url, msg }),
+            Failure::Verify(msg) => return Err(NarError::Verify { path, url, msg }),
+            Failure::Local(msg) => return Err(NarError::Local { path, msg }),
+            Failure::Unavailable(err) => return Err(NarError::from_fetch(&path, err)),
         }
     }
 }
@@ -216,170 +182,141 @@ enum Failure {
     Transport(String),
     Verify(String),
     Local(String),
+    /// The request itself failed (not found, or after its own retries).
+    Unavailable(FetchError),
 }
 
-/// The compressed side: counts, hashes, stops past FileSize, remembers
-/// whether the transport failed (so that failure is told from tampering).
-struct Body<'a> {
-    inner: Box<dyn Read + Send>,
-    count: u64,
-    cap: u64,
-    /// None: FileHash was checked before (`Input::Whole`).
-    hasher: Option<Sha256>,
-    transport_error: Option<String>,
-    eof: bool,
-    progress: &'a AtomicU64,
-}
-
-impl Read for Body<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = match self.inner.read(buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
-            Err(e) => {
-                self.transport_error = Some(crate::source::error_chain(&e));
-                return Err(e);
-            }
-        };
-        if n == 0 {
-            self.eof = true;
-        }
-        self.count += n as u64;
-        if self.count > self.cap {
-            return Err(io::Error::other(format!(
-                "more bytes than the FileSize of {}",
-                self.cap
-            )));
-        }
-        if let Some(h) = &mut self.hasher {
-            h.update(&buf[..n]);
-        }
-        self.progress.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
-}
-
-/// The decompressed side: refuses a byte past NarSize (a decompression bomb
-/// stops there) and copies what it reads to the staging file.
-struct Nar<R, W> {
-    inner: R,
-    out: HashingCounter<W>,
-    cap: u64,
-    /// Set when the copy could not be written: the reader's error then says
-    /// nothing about the NAR.
-    write_error: Option<io::Error>,
-}
-
-impl<R: Read, W: Write> Read for Nar<R, W> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if self.out.count() + n as u64 > self.cap {
-            return Err(io::Error::other(format!(
-                "decompresses to more than the NarSize of {} bytes",
-                self.cap
-            )));
-        }
-        if let Err(err) = self.out.write_all(&buf[..n]) {
-            let copy = io::Error::new(err.kind(), err.to_string());
-            self.write_error = Some(err);
-            return Err(copy);
-        }
-        Ok(n)
-    }
-}
-
-/// A NAR's compressed bytes, as they arrive.
+/// A NAR's compressed bytes, every one of them here.
 enum Input {
-    /// Read whole (a small NAR): FileSize and FileHash are checked before a
-    /// byte reaches a decoder, so that the decoders only ever see what the
-    /// publisher signed.
+    /// A small NAR, read into memory; FileSize and FileHash are checked on a
+    /// decoder's thread, before it decodes.
     Whole(Vec<u8>),
-    /// Streamed (a large NAR): checked as it is decoded.
-    Stream(Box<dyn Read + Send>),
+    /// A large one, spooled to a temporary file in staging as it arrived;
+    /// FileSize and FileHash were checked as it was.
+    Spooled(tempfile::NamedTempFile),
 }
 
-fn verify_into(
-    input: Input,
+/// Downloads a NAR's compressed bytes: a small one into memory, within
+/// `slots`' byte budget, whose permit comes back with it; a large one to a
+/// file. A server that stalls or trickles holds a request, never a decoder.
+async fn download<'s>(
+    source: &Source,
+    staging: &Path,
     e: &Entry,
-    dest: &Path,
+    progress: &Arc<AtomicU64>,
+    slots: &'s Slots,
+) -> Result<(Input, Option<SemaphorePermit<'s>>), Failure> {
+    if spools(e) {
+        let body = source.open(&e.url).await.map_err(Failure::Unavailable)?;
+        let (e2, dir, p2) = (e.clone(), staging.join("nar"), progress.clone());
+        let file = tokio::task::spawn_blocking(move || spool(body, &e2, &dir, &p2))
+            .await
+            .unwrap_or_else(|j| Err(Failure::Local(j.to_string())))?;
+        return Ok((Input::Spooled(file), None));
+    }
+    // Below SMALL, so within u32 and the budget.
+    let budget = e.file_size.max(1) as u32;
+    let permit = slots
+        .buffered
+        .acquire_many(budget)
+        .await
+        .expect("never closed");
+    match source.get_small(&e.url, e.file_size).await {
+        Ok(bytes) => {
+            progress.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            Ok((Input::Whole(bytes), Some(permit)))
+        }
+        Err(FetchError::TooLarge { .. }) => Err(Failure::Verify(format!(
+            "more bytes than the FileSize of {}",
+            e.file_size
+        ))),
+        Err(FetchError::Transport { msg, .. }) => Err(Failure::Transport(msg)),
+        Err(err) => Err(Failure::Unavailable(err)),
+    }
+}
+
+/// Checks what arrived of a NAR's compressed bytes against the entry: too
+/// few is a transport failure, a wrong count or hash is the bytes' fault.
+fn check_file(count: u64, file_hash: Sha256Hash, e: &Entry) -> Result<(), Failure> {
+    if count < e.file_size {
+        return Err(Failure::Transport(format!(
+            "truncated: {count} of {} bytes",
+            e.file_size
+        )));
+    }
+    if count != e.file_size || file_hash != e.file_hash {
+        return Err(Failure::Verify(format!(
+            "FileSize/FileHash mismatch: expected {} bytes {}, got {count} bytes {file_hash}",
+            e.file_size, e.file_hash
+        )));
+    }
+    Ok(())
+}
+
+/// Copies a large NAR's body to a temporary file in `dir`, counting its
+/// bytes against FileSize (a body that goes on past it is refused there) and
+/// hashing them, and returns the file once FileSize and FileHash hold.
+fn spool(
+    mut body: Box<dyn Read + Send>,
+    e: &Entry,
+    dir: &Path,
     progress: &AtomicU64,
-    ids: &[Identity],
-) -> Result<(), Failure> {
-    let dir = dest.parent().expect("staging/nar");
-    let tmp = tempfile::Builder::new()
+) -> Result<tempfile::NamedTempFile, Failure> {
+    let tmp = temp_in(dir)?;
+    let mut out = BufWriter::with_capacity(128 << 10, tmp.as_file());
+    let local = |err: io::Error| Failure::Local(format!("writing {}: {err}", tmp.path().display()));
+    let mut hasher = Sha256::new();
+    let mut count = 0u64;
+    let mut buf = vec![0; 64 << 10];
+    loop {
+        let n = match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(Failure::Transport(crate::source::error_chain(&err))),
+        };
+        count += n as u64;
+        if count > e.file_size {
+            return Err(Failure::Verify(format!(
+                "more bytes than the FileSize of {}",
+                e.file_size
+            )));
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(local)?;
+        progress.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    out.flush().map_err(local)?;
+    drop(out);
+    check_file(count, Sha256Hash(hasher.finalize().into()), e)?;
+    Ok(tmp)
+}
+
+fn temp_in(dir: &Path) -> Result<tempfile::NamedTempFile, Failure> {
+    tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(dir)
-        .map_err(|err| {
-            Failure::Local(format!("cannot create a file in {}: {err}", dir.display()))
-        })?;
-    let (inner, hasher): (Box<dyn Read + Send>, _) = match input {
+        .map_err(|err| Failure::Local(format!("cannot create a file in {}: {err}", dir.display())))
+}
+
+/// Decodes a NAR whose compressed bytes checked out into a temporary file,
+/// and renames it to `dest` once NarSize, NarHash and its structure hold.
+fn decode_into(input: Input, e: &Entry, dest: &Path, ids: &[Identity]) -> Result<(), Failure> {
+    let tmp = temp_in(dest.parent().expect("staging/nar"))?;
+    let out = BufWriter::with_capacity(128 << 10, tmp.as_file());
+    match input {
         Input::Whole(bytes) => {
-            if (bytes.len() as u64) < e.file_size {
-                return Err(Failure::Transport(format!(
-                    "truncated: {} of {} bytes",
-                    bytes.len(),
-                    e.file_size
-                )));
-            }
-            let file_hash = Sha256Hash::digest(&bytes);
-            if file_hash != e.file_hash {
-                return Err(Failure::Verify(format!(
-                    "FileSize/FileHash mismatch: expected {} bytes {}, got {} bytes {file_hash}",
-                    e.file_size,
-                    e.file_hash,
-                    bytes.len()
-                )));
-            }
-            (Box::new(io::Cursor::new(bytes)), None)
+            check_file(bytes.len() as u64, Sha256Hash::digest(&bytes), e)?;
+            decode_and_check(io::Cursor::new(bytes), e, ids, out)?
         }
-        Input::Stream(body) => (body, Some(Sha256::new())),
-    };
-    let mut body = Body {
-        inner,
-        count: 0,
-        cap: e.file_size,
-        hasher,
-        transport_error: None,
-        eof: false,
-        progress,
-    };
-    let checked = decode_and_check(
-        &mut body,
-        e,
-        ids,
-        BufWriter::with_capacity(128 << 10, tmp.as_file()),
-    );
-    // Read what the decoder left (bounded by FileSize) so FileHash covers every byte.
-    let drained = checked.and_then(|()| {
-        io::copy(&mut body, &mut io::sink())
-            .map(drop)
-            .map_err(|err| Failure::Verify(err.to_string()))
-    });
-    if let Some(t) = body.transport_error.take() {
-        return Err(Failure::Transport(t));
-    }
-    if let Err(failure) = drained {
-        let msg = match failure {
-            Failure::Verify(msg) => msg,
-            other => return Err(other),
-        };
-        if body.eof && body.count < e.file_size {
-            return Err(Failure::Transport(format!(
-                "truncated: {} of {} bytes ({msg})",
-                body.count, e.file_size
-            )));
+        Input::Spooled(mut file) => {
+            file.as_file_mut()
+                .seek(io::SeekFrom::Start(0))
+                .map_err(|err| {
+                    Failure::Local(format!("reading {}: {err}", file.path().display()))
+                })?;
+            decode_and_check(file.as_file(), e, ids, out)?
         }
-        return Err(Failure::Verify(msg));
-    }
-    let file_hash = body.hasher.take().map(|h| Sha256Hash(h.finalize().into()));
-    if body.count != e.file_size || file_hash.is_some_and(|h| h != e.file_hash) {
-        return Err(Failure::Verify(format!(
-            "FileSize/FileHash mismatch: expected {} bytes {}, got {} bytes {}",
-            e.file_size,
-            e.file_hash,
-            body.count,
-            file_hash.map_or_else(|| "(checked before)".to_owned(), |h| h.to_string())
-        )));
     }
     // Not synced: a file a power loss tore is caught by the check a later
     // run makes before it uses a staged NAR (`reverify`), and Nix checks
@@ -389,8 +326,8 @@ fn verify_into(
     Ok(())
 }
 
-fn decode_and_check<W: Write>(
-    body: &mut Body<'_>,
+fn decode_and_check<R: Read, W: Write>(
+    body: R,
     e: &Entry,
     ids: &[Identity],
     out: W,
@@ -456,6 +393,35 @@ fn decompress_and_check<R: BufRead, W: Write>(input: R, e: &Entry, out: W) -> Re
     }
 }
 
+/// The decompressed side: refuses a byte past NarSize (a decompression bomb
+/// stops there) and copies what it reads to the staging file.
+struct Nar<R, W> {
+    inner: R,
+    out: HashingCounter<W>,
+    cap: u64,
+    /// Set when the copy could not be written: the reader's error then says
+    /// nothing about the NAR.
+    write_error: Option<io::Error>,
+}
+
+impl<R: Read, W: Write> Read for Nar<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if self.out.count() + n as u64 > self.cap {
+            return Err(io::Error::other(format!(
+                "decompresses to more than the NarSize of {} bytes",
+                self.cap
+            )));
+        }
+        if let Err(err) = self.out.write_all(&buf[..n]) {
+            let copy = io::Error::new(err.kind(), err.to_string());
+            self.write_error = Some(err);
+            return Err(copy);
+        }
+        Ok(n)
+    }
+}
+
 /// Reads the decompressed NAR through the strict reader, copying it to `out`,
 /// and checks NarSize and NarHash. A failure to write the copy (a full disk)
 /// is this host's, not the server's.
@@ -492,6 +458,7 @@ fn reverify(p: &Path, e: &Entry) -> Result<(), String> {
     let mut input = io::BufReader::with_capacity(128 << 10, f);
     check_nar(&mut input, e, io::sink()).map_err(|f| match f {
         Failure::Transport(m) | Failure::Verify(m) | Failure::Local(m) => m,
+        Failure::Unavailable(err) => err.to_string(),
     })?;
     match input.fill_buf() {
         Ok([]) => Ok(()),

@@ -275,7 +275,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// The agent's runtime, with few blocking threads (decoders, streams, Nix's
+/// The agent's runtime, with few blocking threads (decoders, spools, Nix's
 /// commands): glibc gives each thread a malloc arena of its own and keeps
 /// what a decoder freed there (an xz window is 8 MiB), so every thread more
 /// than the work needs is resident memory.

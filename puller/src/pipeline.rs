@@ -36,6 +36,12 @@ use crate::store;
 /// NARs at least this large are fetched first: decoding them takes longest.
 const LARGE: u64 = 4 << 20;
 
+/// How many large NARs download at once, each spooled to disk until decoded:
+/// one more than there are CPUs, so that the decoders need not wait for one.
+pub fn spooled_at_once() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) + 1
+}
+
 /// Fetches, verifies and imports `entries` (the paths the store lacks).
 /// Returns the bytes downloaded.
 ///
@@ -146,15 +152,17 @@ async fn attempt(
         _ => &cfg.source,
     };
     // Requests and decoders are counted apart: `jobs` requests for small
-    // NARs (most of a closure) wait on the network, read whole (16 MiB of
-    // them at most), then take a decoder slot, one per CPU, so that many round trips are in flight
-    // without many threads fighting over the cores. Larger NARs stream as
-    // they arrive, one more of them at a time than there are CPUs: each holds
-    // a decoder's window (8 MiB for xz -6) and a thread while it lasts.
+    // NARs (most of a closure) wait on the network and are read into memory
+    // (8 MiB of them at most); larger NARs are spooled to disk, one more of
+    // them at a time than there are CPUs. Either is decoded only once all
+    // its bytes are here, in one of the decoder slots, one per CPU: many
+    // round trips are in flight without many threads fighting over the
+    // cores, and each decoder may hold an xz window (8 MiB for `xz -6`), so
+    // the slots bound the agent's memory too.
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let slots = fetch::Slots::new(cpus);
-    let (streamed, small): (Vec<&Entry>, Vec<&Entry>) =
-        order.into_iter().partition(|e| fetch::streams(e));
+    let (spooled, small): (Vec<&Entry>, Vec<&Entry>) =
+        order.into_iter().partition(|e| fetch::spools(e));
     let fetch = |e| {
         let (progress, slots) = (progress.clone(), &slots);
         async move {
@@ -164,9 +172,9 @@ async fn attempt(
         }
     };
     let mut downloads = futures_util::stream::select(
-        futures_util::stream::iter(streamed)
+        futures_util::stream::iter(spooled)
             .map(fetch)
-            .buffer_unordered(cpus + 1),
+            .buffer_unordered(spooled_at_once()),
         futures_util::stream::iter(small)
             .map(fetch)
             .buffer_unordered(cfg.jobs.max(1)),

@@ -337,9 +337,12 @@ async fn fetch_and_import(
     ids: &Arc<[Identity]>,
 ) -> Result<u64, RunError> {
     let staging = cfg.state.staging();
-    crate::space::check(cfg.state.path(), &todo.entries, |e| {
-        crate::fetch::staged_path(&staging, e).exists()
-    })
+    crate::space::check(
+        cfg.state.path(),
+        &todo.entries,
+        |e| crate::fetch::staged_path(&staging, e).exists(),
+        crate::pipeline::spooled_at_once(),
+    )
     .map_err(other)?;
     store::make_staging(&staging).map_err(other)?;
     let fetched =

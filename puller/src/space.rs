@@ -4,8 +4,9 @@
 //! what the missing paths unpack to (their NarSize), and the state
 //! directory's for the NARs still to be staged, unpacked, which may all be
 //! staged at once when the downloads outrun Nix's import (their NarSize
-//! too; each batch's NARs leave staging once imported). When both are one
-//! filesystem the sums add up. On top comes a margin for Nix's database,
+//! too; each batch's NARs leave staging once imported), plus the largest
+//! NARs spooled there compressed at once while they download. When both are
+//! one filesystem the sums add up. On top comes a margin for Nix's database,
 //! its temporary files and whatever else writes there meanwhile. A run that
 //! would not fit stops here, exit 1, with the figures, before its first
 //! NAR request: a small machine that fills its disk half-way through an
@@ -24,14 +25,24 @@ pub const MARGIN: u64 = 64 << 20;
 pub const STORE_DIR: &str = "/nix/store";
 
 /// Checks that `entries` (the missing paths) fit; `staged` says whether a
-/// verified NAR of an entry is staged already.
-pub fn check(state_dir: &Path, entries: &[&Entry], staged: impl Fn(&Entry) -> bool) -> Result<()> {
+/// verified NAR of an entry is staged already; up to `spooled_at_once`
+/// large NARs are on disk compressed while they download.
+pub fn check(
+    state_dir: &Path,
+    entries: &[&Entry],
+    staged: impl Fn(&Entry) -> bool,
+    spooled_at_once: usize,
+) -> Result<()> {
     let store_need: u64 = entries.iter().map(|e| e.nar_size).sum();
-    let staging_need: u64 = entries
+    let to_stage: Vec<&Entry> = entries.iter().copied().filter(|e| !staged(e)).collect();
+    let mut spooled: Vec<u64> = to_stage
         .iter()
-        .filter(|e| !staged(e))
-        .map(|e| e.nar_size)
-        .sum();
+        .filter(|e| crate::fetch::spools(e))
+        .map(|e| e.file_size)
+        .collect();
+    spooled.sort_unstable_by(|a, b| b.cmp(a));
+    let staging_need: u64 = to_stage.iter().map(|e| e.nar_size).sum::<u64>()
+        + spooled.iter().take(spooled_at_once).sum::<u64>();
     let store = nearest_existing(Path::new(STORE_DIR));
     let same = dev(store)? == dev(state_dir)?;
     let describe = |what: &str| format!("{} paths: {what}", entries.len());

@@ -220,29 +220,39 @@ async fn compressed_nars_are_checked_after_decompression_too() {
     s.assert_nothing_staged(&trailing);
 }
 
-/// A small NAR is read whole and its FileHash checked before a decoder sees
-/// a byte: bytes the publisher did not sign never reach liblzma.
+/// A NAR's FileHash is checked before a decoder sees a byte of it, small
+/// (read into memory) or large (spooled): bytes the publisher did not sign
+/// never reach liblzma.
 #[tokio::test]
-async fn a_small_nar_reaches_the_decoder_only_once_its_file_hash_holds() {
+async fn a_nar_reaches_the_decoder_only_once_its_file_hash_holds() {
     let s = Scene::new();
-    let (e, xz) = s.xz_entry("compressed content");
-    // Not xz at all, of the signed size: a decoder would call it a format
-    // error; the FileHash check refuses it first.
-    s.serve(&e, &vec![b'!'; xz.len()]);
-    let msg = verify_msg(s.fetch(&e).await);
-    assert!(msg.starts_with("FileSize/FileHash mismatch"), "{msg}");
-    s.assert_nothing_staged(&e);
+    let (small, xz) = s.xz_entry("compressed content");
+    // Claimed xz, 1.5 MiB: what matters is that the decoder never runs.
+    let large = Entry {
+        file_size: 3 << 19,
+        ..small.clone()
+    };
+    assert!(!spools(&small) && spools(&large));
+    for (e, size) in [(small, xz.len()), (large, 3 << 19)] {
+        // Not xz at all, of the signed size: a decoder would call it a
+        // format error; the FileHash check refuses it first.
+        s.serve(&e, &vec![b'!'; size]);
+        let msg = verify_msg(s.fetch(&e).await);
+        assert!(msg.starts_with("FileSize/FileHash mismatch"), "{msg}");
+        s.assert_nothing_staged(&e);
+    }
 }
 
-/// A NAR of 1 MiB or more streams: FileSize, a truncated body and FileHash
-/// are checked as it is decoded, and nothing is staged when they fail.
+/// A NAR of 1 MiB or more is spooled to disk: FileSize, a truncated body
+/// and FileHash are checked as it arrives, and nothing is staged or left
+/// spooled when they fail.
 #[tokio::test]
-async fn a_large_nar_is_checked_as_it_streams() {
+async fn a_large_nar_is_checked_as_it_is_spooled() {
     let s = Scene::new();
-    // 1.5 MiB, uncompressed: above SMALL, so it streams.
+    // 1.5 MiB, uncompressed: above SMALL, so it is spooled.
     let content: String = (0..24_000u32).map(|i| format!("{i:063}\n")).collect();
     let e = s.entry(&content);
-    assert!(streams(&e), "{} bytes", e.file_size);
+    assert!(spools(&e), "{} bytes", e.file_size);
     let good = s.served(&e);
 
     let mut tampered = good.clone();
@@ -268,4 +278,74 @@ async fn a_large_nar_is_checked_as_it_streams() {
     s.serve(&e, &good);
     assert_eq!(s.fetch(&e).await.unwrap(), e.file_size);
     assert!(s.staged(&e));
+    assert_eq!(s.leftovers(), 0, "the spooled file is gone");
+}
+
+/// A large NAR is decoded only once all of it is here: while its download
+/// stalls, it holds no decoder, and a small NAR is decoded meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_large_download_holds_no_decoder() {
+    let s = Scene::new();
+    let content: String = (0..24_000u32).map(|i| format!("{i:063}\n")).collect();
+    let large = s.entry(&content);
+    assert!(spools(&large));
+    let small = Entry {
+        store_path: testing::store_path("y", 2),
+        ..s.entry("small")
+    };
+    // The large NAR is served by a pipe that sends half of it, then waits.
+    let bytes = s.served(&large);
+    let pipe = s.cache.path().join(&large.url);
+    std::fs::remove_file(&pipe).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&pipe)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (go_on, wait) = std::sync::mpsc::channel::<()>();
+    let (half_read, halfway) = std::sync::mpsc::channel::<()>();
+    let writer = std::thread::spawn(move || {
+        let mut w = std::fs::OpenOptions::new().write(true).open(&pipe).unwrap();
+        // Returns once the reader took all but a pipe's buffer of it.
+        w.write_all(&bytes[..bytes.len() / 2]).unwrap();
+        half_read.send(()).unwrap();
+        wait.recv().unwrap();
+        w.write_all(&bytes[bytes.len() / 2..]).unwrap();
+    });
+
+    let slots = Arc::new(Slots::new(1));
+    let stalled = {
+        let (source, staging, e, slots) = (
+            s.source.clone(),
+            s.staging.path().to_owned(),
+            large.clone(),
+            slots.clone(),
+        );
+        tokio::spawn(async move {
+            let ids: Arc<[Identity]> = Arc::new([]);
+            let progress = Arc::new(AtomicU64::new(0));
+            fetch_one(&source, &staging, &e, progress, &slots, &ids).await
+        })
+    };
+    tokio::task::spawn_blocking(move || halfway.recv().unwrap())
+        .await
+        .unwrap();
+    // A guard against a hang, not a measurement: with the only decoder
+    // held by the stalled download, this would never finish.
+    let ids: Arc<[Identity]> = Arc::new([]);
+    let progress = Arc::new(AtomicU64::new(0));
+    let decoded = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        fetch_one(&s.source, s.staging.path(), &small, progress, &slots, &ids),
+    )
+    .await
+    .expect("the small NAR waited for the stalled download's decoder");
+    decoded.unwrap();
+    assert!(s.staged(&small) && !s.staged(&large));
+
+    go_on.send(()).unwrap();
+    writer.join().unwrap();
+    stalled.await.unwrap().unwrap();
+    assert!(s.staged(&large));
+    assert_eq!(s.leftovers(), 0, "the spooled file is gone");
 }
