@@ -357,11 +357,12 @@ in
       environment.NIX_REMOTE = "daemon";
       # glibc gives every thread that allocates a malloc arena of its own and
       # keeps what was freed there (an xz decoder's 8 MiB window, a NAR's
-      # buffer): two arenas hold the agent's peak nearer what it uses (bench,
-      # 1000-path cold pull: xz 99 -> 79 MiB, zstd 56 -> 48 MiB, same time).
+      # buffer): one arena holds the agent's peak nearer what it uses (bench,
+      # 1000-path cold pull, decoders bounded to one per CPU: xz 55 -> 43 MiB
+      # with two arenas against one, zstd 38 -> 34 MiB, time within noise).
       # A documented glibc tunable; the crate has no unsafe code, so no
       # mallopt().
-      environment.MALLOC_ARENA_MAX = "2";
+      environment.MALLOC_ARENA_MAX = "1";
 
       serviceConfig = {
         # One run per timer activation; a timer does not start a second run

@@ -7,7 +7,7 @@
 #   INCR=1 integration/bench/ab.sh …          # the pull after one path changed: each agent pulls
 #                                             # generation 1 first (not timed), then 2 (timed)
 #   AGENT_ENV= integration/bench/ab.sh …      # the agents' extra environment; by default the
-#                                             # module's (MALLOC_ARENA_MAX=2), as run.sh does
+#                                             # module's (MALLOC_ARENA_MAX=1), as run.sh does
 #   BIN may also be `nix-store` (Nix's `nix-store -r -j16` from the same cache),
 #   `floor-subst` (the same from the uncompressed local cache run.sh's floors use),
 #   `floor-http` (that cache served by nginx: what a loopback HTTP substituter would cost Nix)
@@ -24,7 +24,7 @@ PORT=${BENCH_PORT:-18480}
 C=$1 REPS=$2; shift 2
 BINS=("$@")
 PIN=(env); [ "${CPUS:-}" = 1 ] && PIN=(taskset -c 0)
-read -ra AGENT_ENV <<< "${AGENT_ENV-MALLOC_ARENA_MAX=2}"
+read -ra AGENT_ENV <<< "${AGENT_ENV-MALLOC_ARENA_MAX=1}"
 export NIX_REMOTE=local
 if ! (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
   sed -e "s|@WORK@|$WORK|g" -e "s|@PORT@|$PORT|g" "$(dirname "$0")/nginx.conf.in" > "$WORK/nginx.conf"

@@ -36,7 +36,7 @@
 #     and the overlap floor: that parallel import while every NAR is decoded and hashed alongside (two
 #     `xz -dc | openssl dgst` at a time), measured on the row's cores: a tool that verifies each NAR before
 #     Nix imports it, with perfect overlap and no other work, takes at least that long;
-#   the agent runs with the environment module.nix gives its unit (MALLOC_ARENA_MAX=2);
+#   the agent runs with the environment module.nix gives its unit (MALLOC_ARENA_MAX=1);
 #   pull cold, zstd, +50 ms round trip (delayproxy.py, 25 ms each way), also nixcast-pull --jobs 64;
 #     `nix copy` there only with DELAY_NIXCOPY_REPS=1 (it is sequential: ~2000 round trips, ~110 s a run);
 #   pull after one path changed, and a no-op poll: seconds, requests and bytes (from nginx's access log);
@@ -274,7 +274,7 @@ pull_one() { # COMPRESSION TOOL REP URL WORKPREFIX [cold-only [AGENT-ARGS…]]
   mkvm "$d"
   vmcmd "$d"
   # The agent's environment as module.nix sets it for the unit (glibc arenas: two).
-  local agent=(env MALLOC_ARENA_MAX=2 "$BIN/nixcast-pull" run --cache "$url/$c" --allow-insecure-http --host vm
+  local agent=(env MALLOC_ARENA_MAX=1 "$BIN/nixcast-pull" run --cache "$url/$c" --allow-insecure-http --host vm
                --trusted-key "$PUB" --state-dir /nix/var/nixcast "$@")
   local steps=(cold incr noop)
   [ -n "$coldonly" ] && steps=(cold)

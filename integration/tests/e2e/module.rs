@@ -222,7 +222,7 @@ fn module_defaults_give_a_five_minute_switching_timer() {
     assert_eq!(s["wants"], json!(["network-online.target"]));
     assert_eq!(
         s["environment"],
-        json!({ "NIX_REMOTE": "daemon", "MALLOC_ARENA_MAX": "2" })
+        json!({ "NIX_REMOTE": "daemon", "MALLOC_ARENA_MAX": "1" })
     );
     assert_eq!(
         s["path"],
