@@ -6,6 +6,9 @@
 #   CPUS=1 integration/bench/ab.sh …          # every process on core 0 (taskset -c 0)
 #   INCR=1 integration/bench/ab.sh …          # the pull after one path changed: each agent pulls
 #                                             # generation 1 first (not timed), then 2 (timed)
+#   BENCH_PORT=18481 integration/bench/ab.sh … # through a proxy already listening there, e.g.
+#                                             # `delayproxy.py 18481 18480 25` in front of nginx on 18480
+#                                             # (started by hand): the +50 ms round trip
 #   AGENT_ENV= integration/bench/ab.sh …      # the agents' extra environment; by default the
 #                                             # module's (MALLOC_ARENA_MAX=1), as run.sh does
 #   BIN may also be `nix-store` (Nix's `nix-store -r -j16` from the same cache),
