@@ -28,6 +28,11 @@ struct World {
 
 impl World {
     fn new() -> Self {
+        Self::with_library(65537)
+    }
+
+    /// Generation 2's base library has `size` random bytes.
+    fn with_library(size: u64) -> Self {
         let work = tempfile::tempdir().unwrap();
         let cache = work.path().join("cache");
         let keys = keygen(work.path(), "fleet-1");
@@ -41,7 +46,7 @@ impl World {
             .build()
         };
         // Another size of the base library: every path of generation 2 is new.
-        let (gen1, gen2) = (build("hard1", 0), build("hard2", 65537));
+        let (gen1, gen2) = (build("hard1", 0), build("hard2", size));
         publish(&cache, "foobar", &gen1, &keys, &["--compression", "zstd"]);
         let server = Hostile::start(cache.clone());
         let w = World {
@@ -256,6 +261,52 @@ fn slow_and_stalling_servers_end_the_run_in_bounded_time() {
     w.assert_unchanged(&out, 4, "--run-timeout 3s");
     assert_eq!(w.vm.status()["lastResult"], "fetch-failed");
 
+    w.assert_applies_gen2(&[]);
+}
+
+/// A NAR of 1 MiB or more is spooled to staging and decoded only once its
+/// FileSize and FileHash hold: hostile transfers of one end as they do for
+/// a small NAR, the decoder never sees a tampered byte, and nothing stays
+/// spooled.
+#[test]
+fn hostile_transfers_of_a_large_nar_end_alike_and_leave_nothing_spooled() {
+    // 1.5 MiB of random bytes: its NAR stays above 1 MiB compressed.
+    let w = World::with_library(3 << 19);
+    let large: Vec<_> = w
+        .manifest()
+        .paths
+        .into_iter()
+        .filter(|e| e.file_size >= 1 << 20)
+        .collect();
+    assert_eq!(large.len(), 1, "one large NAR");
+    let url = format!("/{}", large[0].url);
+    let real = std::fs::read(w.cache.join(&large[0].url)).unwrap();
+    let mut flipped = real.clone();
+    flipped[real.len() / 2] ^= 0x40;
+    let cases: Vec<(&str, Rule, i32, &str)> = vec![
+        // Refused on its FileHash: a decoder would have failed otherwise.
+        (
+            "flipped byte",
+            Rule::Bytes(flipped),
+            3,
+            "FileSize/FileHash mismatch",
+        ),
+        ("endless", Rule::Endless, 3, "more bytes than the FileSize"),
+        (
+            "truncated",
+            Rule::Truncate(real.len() / 2),
+            4,
+            "fetch failed",
+        ),
+        ("stalled", Rule::Stall(real.len() / 2), 4, "fetch failed"),
+        ("trickling", Rule::Trickle, 4, "slower than the minimum"),
+    ];
+    for (what, rule, code, needle) in cases {
+        eprintln!("case {what}");
+        w.server.set(&url, rule);
+        let out = w.pull(&["--stall-timeout", "1s", "--min-rate", "1000"]);
+        w.assert_unchanged(&out, code, needle);
+    }
     w.assert_applies_gen2(&[]);
 }
 
