@@ -495,7 +495,8 @@ in
         # PrivateMounts=: the system call filter already refuses mount().
         # PrivateUsers=, DynamicUser=, User=: the import and the profile need
         # root (a trusted Nix user).
-        # MemoryMax=: the agent and Nix's import stream every NAR; a limit would
+        # MemoryMax=: the agent bounds what it holds (a large NAR goes through a
+        # file) and Nix's import streams every NAR; a limit would
         # only add a way for a large closure to fail.
       } // (if credentials == [ ] then { } else {
         # See credentialsDir above.

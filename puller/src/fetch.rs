@@ -101,8 +101,9 @@ pub struct Slots {
     decoders: Semaphore,
 }
 
-/// Bytes of small NARs read whole and not yet decoded, at most: what many
-/// requests in flight may hold while the decoders are busy.
+/// Bytes of small NARs requested or read and not yet decoded, at most: a
+/// request takes its NAR's FileSize from it first, so this also bounds the
+/// small requests in flight (below `--jobs` when their NARs near 1 MiB).
 const BUFFERED: usize = 8 << 20;
 
 impl Slots {
@@ -315,7 +316,18 @@ fn decode_into(input: Input, e: &Entry, dest: &Path, ids: &[Identity]) -> Result
                 .map_err(|err| {
                     Failure::Local(format!("reading {}: {err}", file.path().display()))
                 })?;
-            decode_and_check(file.as_file(), e, ids, out)?
+            // A failure to read it back is this host's disk, not the
+            // publisher's bytes.
+            let mut back = ReadBack {
+                inner: file.as_file(),
+                error: None,
+            };
+            let decoded = decode_and_check(&mut back, e, ids, out);
+            if let Some(err) = back.error {
+                let p = file.path().display();
+                return Err(Failure::Local(format!("reading {p}: {err}")));
+            }
+            decoded?
         }
     }
     // Not synced: a file a power loss tore is caught by the check a later
@@ -324,6 +336,22 @@ fn decode_into(input: Input, e: &Entry, dest: &Path, ids: &[Identity]) -> Result
     tmp.persist(dest)
         .map_err(|err| Failure::Local(format!("cannot rename to {}: {err}", dest.display())))?;
     Ok(())
+}
+
+/// A spooled file read back, remembering a read error.
+struct ReadBack<R> {
+    inner: R,
+    error: Option<io::Error>,
+}
+
+impl<R: Read> Read for ReadBack<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|err| {
+            if err.kind() != io::ErrorKind::Interrupted {
+                self.error = Some(io::Error::new(err.kind(), err.to_string()));
+            }
+        })
+    }
 }
 
 fn decode_and_check<R: Read, W: Write>(

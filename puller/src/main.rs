@@ -116,7 +116,7 @@ struct RunArgs {
     profile: PathBuf,
     #[arg(long, default_value = "/var/lib/nixcast", env = "NIXCAST_STATE_DIR")]
     state_dir: PathBuf,
-    /// Requests in flight at once (NARs are decoded one per CPU at a time, large ones as they arrive).
+    /// Requests for small NARs in flight at once (large ones, from 1 MiB, download CPUs + 1 at a time; every NAR is decoded once all of it is here, one per CPU at a time).
     #[arg(long, default_value_t = 32, env = "NIXCAST_JOBS")]
     jobs: usize,
     /// Show what would be fetched; change nothing.
@@ -294,8 +294,9 @@ fn run_once(cfg: &run::Config) -> Result<(), Failed> {
     let rt =
         runtime().map_err(|e| (1, anyhow::Error::new(e).context("cannot start the runtime")))?;
     let result = rt.block_on(run::run(cfg));
-    // A run that failed may leave verifiers on blocking threads whose input
-    // is gone: give them a moment to stop and remove their temporary files.
+    // A run that failed may leave verifiers and spooling downloads on
+    // blocking threads: give them a moment to stop and remove their
+    // temporary files (a later run removes what is left).
     // A transfer cut by --run-timeout may hold one longer; what it would
     // still do does not matter, and the exit stays bounded.
     rt.shutdown_timeout(Duration::from_secs(5));

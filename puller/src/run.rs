@@ -337,6 +337,8 @@ async fn fetch_and_import(
     ids: &Arc<[Identity]>,
 ) -> Result<u64, RunError> {
     let staging = cfg.state.staging();
+    store::make_staging(&staging).map_err(other)?;
+    store::clear_leftovers(&staging, &todo.entries).map_err(other)?;
     crate::space::check(
         cfg.state.path(),
         &todo.entries,
@@ -344,7 +346,6 @@ async fn fetch_and_import(
         crate::pipeline::spooled_at_once(),
     )
     .map_err(other)?;
-    store::make_staging(&staging).map_err(other)?;
     let fetched =
         pipeline::fetch_and_import(cfg, &staging, manifest, &todo.entries, todo.download, ids)
             .await?;

@@ -4,7 +4,7 @@
 //! Keys are relative (`hosts/foobar.json`, `manifests/….json`, `nar/….nar.xz`)
 //! and were checked before they get here (host names, the manifest's URL
 //! pattern). Every read is bounded: small files by a cap, NARs by the signed
-//! FileSize (checked by the caller while streaming). HTTP uses one client
+//! FileSize (checked by the caller as the bytes arrive). HTTP uses one client
 //! with keep-alive, a connect timeout, a stall timeout between body reads, a
 //! minimum average rate per body, no automatic decompression, no proxy but
 //! the one `--proxy` names, and follows redirects only within the same

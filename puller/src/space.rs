@@ -34,15 +34,7 @@ pub fn check(
     spooled_at_once: usize,
 ) -> Result<()> {
     let store_need: u64 = entries.iter().map(|e| e.nar_size).sum();
-    let to_stage: Vec<&Entry> = entries.iter().copied().filter(|e| !staged(e)).collect();
-    let mut spooled: Vec<u64> = to_stage
-        .iter()
-        .filter(|e| crate::fetch::spools(e))
-        .map(|e| e.file_size)
-        .collect();
-    spooled.sort_unstable_by(|a, b| b.cmp(a));
-    let staging_need: u64 = to_stage.iter().map(|e| e.nar_size).sum::<u64>()
-        + spooled.iter().take(spooled_at_once).sum::<u64>();
+    let staging_need = staging_need(entries, staged, spooled_at_once);
     let store = nearest_existing(Path::new(STORE_DIR));
     let same = dev(store)? == dev(state_dir)?;
     let describe = |what: &str| format!("{} paths: {what}", entries.len());
@@ -79,6 +71,24 @@ pub fn check(
             )),
         )
     }
+}
+
+/// What staging may hold at once: every NAR still to stage, unpacked, and
+/// the largest of those spooled compressed while they download.
+fn staging_need(
+    entries: &[&Entry],
+    staged: impl Fn(&Entry) -> bool,
+    spooled_at_once: usize,
+) -> u64 {
+    let to_stage: Vec<&Entry> = entries.iter().copied().filter(|e| !staged(e)).collect();
+    let mut spooled: Vec<u64> = to_stage
+        .iter()
+        .filter(|e| crate::fetch::spools(e))
+        .map(|e| e.file_size)
+        .collect();
+    spooled.sort_unstable_by(|a, b| b.cmp(a));
+    to_stage.iter().map(|e| e.nar_size).sum::<u64>()
+        + spooled.iter().take(spooled_at_once).sum::<u64>()
 }
 
 /// `p`, or its nearest ancestor that exists: a fresh store has no
@@ -142,6 +152,31 @@ mod tests {
         assert_eq!(human(4 << 20), "4.0 MiB");
         assert_eq!(human(1536), "1.5 KiB");
         assert_eq!(human(MARGIN), "64.0 MiB");
+    }
+
+    #[test]
+    fn staging_counts_the_unstaged_nars_and_the_largest_spooled_at_once() {
+        let cache = crate::testing::Cache::new();
+        let entry = |n: u8, file_size: u64, nar_size: u64| Entry {
+            file_size,
+            nar_size,
+            ..cache.entry(&crate::testing::store_path("p", n), "x", vec![])
+        };
+        let (mib, kib) = (1 << 20, 1 << 10);
+        let entries = [
+            entry(1, 5 * mib, 9 * mib),
+            entry(2, 3 * mib, 4 * mib),
+            entry(3, 2 * mib, 2 * mib),
+            entry(4, 100 * kib, 300 * kib),
+        ];
+        let all: Vec<&Entry> = entries.iter().collect();
+        let unpacked = (9 + 4 + 2) * mib + 300 * kib;
+        // Two spooled at once: the 5 and 3 MiB files; the small one never is.
+        assert_eq!(staging_need(&all, |_| false, 2), unpacked + 8 * mib);
+        // The 5 MiB one is staged already: neither it nor its spool counts.
+        let staged = |e: &Entry| e.file_size == 5 * mib;
+        assert_eq!(staging_need(&all, staged, 2), unpacked - 9 * mib + 5 * mib);
+        assert_eq!(staging_need(&all, |_| false, 0), unpacked);
     }
 
     #[test]

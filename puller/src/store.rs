@@ -85,15 +85,12 @@ pub fn make_staging(staging: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes `nix-cache-info` and a narinfo for each of `entries` (their NARs
-/// are staged as they arrive). `import` asks for these paths only.
-///
-/// Whatever an earlier run left goes first (it may have been killed at any
-/// point, or the directory damaged by hand): every narinfo and any other
-/// file, and every file in `nar/` but the NARs of `entries`, which
-/// `fetch::fetch_one` checks again before using them. So Nix never meets a
-/// narinfo this run did not write, nor a NAR it did not verify.
-pub fn write_staging_cache(staging: &Path, entries: &[&Entry]) -> Result<()> {
+/// Removes whatever an earlier run left in `staging` (it may have been
+/// killed at any point, or the directory damaged by hand): every narinfo
+/// and any other file, and every file in `nar/` but the NARs of `entries`,
+/// which `fetch::fetch_one` checks again before using them. Run before the
+/// free-space check too, so that a killed run's spooled NARs count as free.
+pub fn clear_leftovers(staging: &Path, entries: &[&Entry]) -> Result<()> {
     let keep: std::collections::HashSet<_> = entries
         .iter()
         .filter_map(|e| staged_path(staging, e).file_name().map(ToOwned::to_owned))
@@ -116,6 +113,15 @@ pub fn write_staging_cache(staging: &Path, entries: &[&Entry]) -> Result<()> {
             removed.with_context(|| format!("cannot remove {}", p.display()))?;
         }
     }
+    Ok(())
+}
+
+/// Writes `nix-cache-info` and a narinfo for each of `entries` (their NARs
+/// are staged as they arrive), after `clear_leftovers`. `import` asks for
+/// these paths only. So Nix never meets a narinfo this run did not write,
+/// nor a NAR it did not verify.
+pub fn write_staging_cache(staging: &Path, entries: &[&Entry]) -> Result<()> {
+    clear_leftovers(staging, entries)?;
     write_new(
         &staging.join(layout::NIX_CACHE_INFO),
         "StoreDir: /nix/store\n",

@@ -260,7 +260,7 @@ async fn a_large_nar_is_checked_as_it_is_spooled() {
     tampered[n] ^= 1;
     s.serve(&e, &tampered);
     let msg = verify_msg(s.fetch(&e).await);
-    assert!(msg.contains("mismatch"), "{msg}");
+    assert!(msg.starts_with("FileSize/FileHash mismatch"), "{msg}");
 
     let mut longer = good.clone();
     longer.extend_from_slice(&[0; 8]);
@@ -327,9 +327,13 @@ async fn a_stalled_large_download_holds_no_decoder() {
             fetch_one(&source, &staging, &e, progress, &slots, &ids).await
         })
     };
-    tokio::task::spawn_blocking(move || halfway.recv().unwrap())
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        halfway
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the large NAR's download never started")
+    })
+    .await
+    .unwrap();
     // A guard against a hang, not a measurement: with the only decoder
     // held by the stalled download, this would never finish.
     let ids: Arc<[Identity]> = Arc::new([]);
@@ -341,7 +345,7 @@ async fn a_stalled_large_download_holds_no_decoder() {
     .await
     .expect("the small NAR waited for the stalled download's decoder");
     decoded.unwrap();
-    assert!(s.staged(&small) && !s.staged(&large));
+    assert!(s.staged(&small));
 
     go_on.send(()).unwrap();
     writer.join().unwrap();
