@@ -34,7 +34,6 @@ use nixcast_common::hash::HashingCounter;
 use nixcast_common::manifest::{Compression, Entry};
 use nixcast_common::seal::{self, Identity};
 use nixcast_common::{nar, Sha256Hash};
-use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::source::{FetchError, Source};
@@ -264,10 +263,8 @@ fn spool(
     progress: &AtomicU64,
 ) -> Result<tempfile::NamedTempFile, Failure> {
     let tmp = temp_in(dir)?;
-    let mut out = BufWriter::with_capacity(128 << 10, tmp.as_file());
+    let mut out = HashingCounter::new(BufWriter::with_capacity(128 << 10, tmp.as_file()));
     let local = |err: io::Error| Failure::Local(format!("writing {}: {err}", tmp.path().display()));
-    let mut hasher = Sha256::new();
-    let mut count = 0u64;
     let mut buf = vec![0; 64 << 10];
     loop {
         let n = match body.read(&mut buf) {
@@ -276,20 +273,19 @@ fn spool(
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => return Err(Failure::Transport(crate::source::error_chain(&err))),
         };
-        count += n as u64;
-        if count > e.file_size {
+        if out.count() + n as u64 > e.file_size {
             return Err(Failure::Verify(format!(
                 "more bytes than the FileSize of {}",
                 e.file_size
             )));
         }
-        hasher.update(&buf[..n]);
         out.write_all(&buf[..n]).map_err(local)?;
         progress.fetch_add(n as u64, Ordering::Relaxed);
     }
-    out.flush().map_err(local)?;
-    drop(out);
-    check_file(count, Sha256Hash(hasher.finalize().into()), e)?;
+    let (mut w, file_hash, count) = out.finish();
+    w.flush().map_err(local)?;
+    drop(w);
+    check_file(count, file_hash, e)?;
     Ok(tmp)
 }
 

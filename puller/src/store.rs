@@ -117,11 +117,11 @@ pub fn clear_leftovers(staging: &Path, entries: &[&Entry]) -> Result<()> {
 }
 
 /// Writes `nix-cache-info` and a narinfo for each of `entries` (their NARs
-/// are staged as they arrive), after `clear_leftovers`. `import` asks for
-/// these paths only. So Nix never meets a narinfo this run did not write,
-/// nor a NAR it did not verify.
+/// are staged as they arrive), into a staging directory `clear_leftovers`
+/// cleared or that was emptied. `import` asks for these paths only. So Nix
+/// never meets a narinfo this run did not write, nor a NAR it did not
+/// verify.
 pub fn write_staging_cache(staging: &Path, entries: &[&Entry]) -> Result<()> {
-    clear_leftovers(staging, entries)?;
     write_new(
         &staging.join(layout::NIX_CACHE_INFO),
         "StoreDir: /nix/store\n",
