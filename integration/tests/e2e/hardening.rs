@@ -74,6 +74,11 @@ impl World {
         self.vm.pull(&self.server.url, &self.keys, extra)
     }
 
+    /// A pull run after `setup` (a shell command) in the VM's namespace.
+    fn pull_after(&self, setup: &str) -> std::process::Output {
+        self.vm.pull_after(setup, &self.server.url, &self.keys, &[])
+    }
+
     fn secret(&self) -> SecretKey {
         SecretKey::parse(&std::fs::read_to_string(&self.keys.secret).unwrap()).unwrap()
     }
@@ -314,35 +319,35 @@ fn hostile_transfers_of_a_large_nar_end_alike_and_leave_nothing_spooled() {
 fn a_full_disk_is_a_local_error_not_a_refusal() {
     let w = World::new();
     // The staging area on a 16 KiB file system: the 64 KiB library does not fit.
-    let bin = nixcast_pull_path();
-    let script = "mkdir -p /nix/var/nixcast/staging/nar && \
-                  mount -t tmpfs -o size=16k tmpfs /nix/var/nixcast/staging/nar && \
-                  exec \"$0\" \"$@\"";
-    let out =
-        w.vm.cmd(&[
-            "sh",
-            "-c",
-            script,
-            bin.to_str().unwrap(),
-            "run",
-            "--cache",
-            &w.server.url,
-            "--host",
-            "foobar",
-            "--trusted-key",
-            &w.keys.public_text,
-            "--state-dir",
-            "/nix/var/nixcast",
-            "--allow-insecure-http",
-        ])
-        .output()
-        .unwrap();
+    let out = w.pull_after(
+        "mkdir -p /nix/var/nixcast/staging/nar && \
+         mount -t tmpfs -o size=16k tmpfs /nix/var/nixcast/staging/nar",
+    );
     w.assert_unchanged(&out, 1, "No space left on device");
     let st = w.vm.status();
     assert_eq!(st["lastResult"], "local-error");
     assert_eq!(st["failures"]["local-error"], 1);
     assert!(st["failures"].get("refused").is_none(), "{st}");
     w.assert_applies_gen2(&[]);
+}
+
+/// What a killed run left in staging (here a 70 MiB spooled NAR) is
+/// removed before the free-space check, not counted as used for good.
+#[test]
+fn a_killed_runs_spooled_nar_does_not_fill_the_free_space_check() {
+    let w = World::new();
+    // The state directory on an 80 MiB file system (its own, so the check
+    // wants the 64 MiB margin there): 10 MiB free with the leftover.
+    let out = w.pull_after(
+        "mount -t tmpfs -o size=80m,mode=700 tmpfs /nix/var/nixcast && \
+         mkdir -p /nix/var/nixcast/staging/nar && \
+         head -c 70m /dev/zero > /nix/var/nixcast/staging/nar/.tmp-killed",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        w.vm.profile_link("system-2-link").as_deref(),
+        Some(w.gen2.as_str())
+    );
 }
 
 #[test]

@@ -251,20 +251,17 @@ impl Vm {
     /// `pull` for another host than foobar.
     pub fn pull_host(&self, cache: &str, host: &str, keys: &Keys, extra: &[&str]) -> Output {
         let bin = nixcast_pull_path();
-        let mut args = vec![
-            bin.to_str().unwrap(),
-            "run",
-            "--cache",
-            cache,
-            "--host",
-            host,
-            "--trusted-key",
-            keys.public_text.as_str(),
-            "--state-dir",
-            "/nix/var/nixcast",
-            "--allow-insecure-http",
-        ];
-        args.extend_from_slice(extra);
+        self.cmd(&run_args(&bin, cache, host, keys, extra))
+            .output()
+            .unwrap()
+    }
+
+    /// `pull`, after `setup` (a shell command) in the VM's namespace.
+    pub fn pull_after(&self, setup: &str, cache: &str, keys: &Keys, extra: &[&str]) -> Output {
+        let bin = nixcast_pull_path();
+        let script = format!("{setup} && exec \"$0\" \"$@\"");
+        let mut args = vec!["sh", "-c", &script];
+        args.extend(run_args(&bin, cache, "foobar", keys, extra));
         self.cmd(&args).output().unwrap()
     }
 
@@ -391,4 +388,30 @@ pub fn nix_copy_to<S: AsRef<std::ffi::OsStr>>(dir: &Path, keys: &Keys, paths: &[
             keys.secret.display()
         ))
         .args(paths));
+}
+
+/// `nixcast-pull run` of `host` from `cache`, trusting `keys`, with the
+/// VM's state directory, then `extra`.
+fn run_args<'a>(
+    bin: &'a std::path::Path,
+    cache: &'a str,
+    host: &'a str,
+    keys: &'a Keys,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        bin.to_str().unwrap(),
+        "run",
+        "--cache",
+        cache,
+        "--host",
+        host,
+        "--trusted-key",
+        keys.public_text.as_str(),
+        "--state-dir",
+        "/nix/var/nixcast",
+        "--allow-insecure-http",
+    ];
+    args.extend_from_slice(extra);
+    args
 }

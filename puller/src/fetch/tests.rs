@@ -37,6 +37,20 @@ impl Scene {
             .entry(&testing::store_path("x", 1), content, vec![])
     }
 
+    /// A small entry (read into memory) and a large one (spooled to disk),
+    /// both uncompressed.
+    fn small_and_large(&self) -> [Entry; 2] {
+        // 1.5 MiB: above SMALL.
+        let content: String = (0..24_000u32).map(|i| format!("{i:063}\n")).collect();
+        let large = Entry {
+            store_path: testing::store_path("large", 2),
+            ..self.entry(&content)
+        };
+        let small = self.entry("hello");
+        assert!(!spools(&small) && spools(&large), "{}", large.file_size);
+        [small, large]
+    }
+
     /// An entry for `content`'s NAR compressed with xz, and those bytes (not
     /// served yet).
     fn xz_entry(&self, content: &str) -> (Entry, Vec<u8>) {
@@ -113,9 +127,12 @@ fn verify_msg(r: Result<u64, NarError>) -> String {
 #[tokio::test]
 async fn a_good_nar_is_staged_and_reused_once_checked_again() {
     let s = Scene::new();
-    let e = s.entry("hello");
-    assert_eq!(s.fetch(&e).await.unwrap(), e.file_size);
-    assert!(s.staged(&e));
+    let [e, large] = s.small_and_large();
+    for e in [&e, &large] {
+        assert_eq!(s.fetch(e).await.unwrap(), e.file_size);
+        assert!(s.staged(e));
+    }
+    assert_eq!(s.leftovers(), 0, "no spooled or temporary file is left");
     // Staged already: nothing downloaded (the source may be gone).
     std::fs::remove_file(s.cache.path().join(&e.url)).unwrap();
     assert_eq!(s.fetch(&e).await.unwrap(), 0);
@@ -137,40 +154,42 @@ async fn a_good_nar_is_staged_and_reused_once_checked_again() {
 #[tokio::test]
 async fn a_tampered_byte_is_refused_and_nothing_is_staged() {
     let s = Scene::new();
-    let e = s.entry("hello");
-    let mut bytes = s.served(&e);
-    let n = bytes.len() - 20;
-    bytes[n] ^= 1;
-    s.serve(&e, &bytes);
-    let msg = verify_msg(s.fetch(&e).await);
-    // The NAR is uncompressed: its own check or FileHash catches it first.
-    assert!(msg.contains("mismatch"), "{msg}");
-    s.assert_nothing_staged(&e);
+    for e in s.small_and_large() {
+        let mut bytes = s.served(&e);
+        let n = bytes.len() / 2;
+        bytes[n] ^= 1;
+        s.serve(&e, &bytes);
+        let msg = verify_msg(s.fetch(&e).await);
+        assert!(msg.starts_with("FileSize/FileHash mismatch"), "{msg}");
+        s.assert_nothing_staged(&e);
+    }
 }
 
 #[tokio::test]
 async fn more_bytes_than_the_file_size_are_refused() {
     let s = Scene::new();
-    let e = s.entry("hello");
-    let mut bytes = s.served(&e);
-    bytes.extend_from_slice(&[0; 8]);
-    s.serve(&e, &bytes);
-    let msg = verify_msg(s.fetch(&e).await);
-    assert!(msg.contains("more bytes than the FileSize"), "{msg}");
-    s.assert_nothing_staged(&e);
+    for e in s.small_and_large() {
+        let mut bytes = s.served(&e);
+        bytes.extend_from_slice(&[0; 8]);
+        s.serve(&e, &bytes);
+        let msg = verify_msg(s.fetch(&e).await);
+        assert!(msg.contains("more bytes than the FileSize"), "{msg}");
+        s.assert_nothing_staged(&e);
+    }
 }
 
 #[tokio::test]
 async fn a_truncated_body_is_a_transport_failure_not_tampering() {
     let s = Scene::new();
-    let e = s.entry("hello");
-    let bytes = s.served(&e);
-    s.serve(&e, &bytes[..bytes.len() - 8]);
-    match s.fetch(&e).await {
-        Err(NarError::Fetch { msg, .. }) => assert!(msg.contains("truncated"), "{msg}"),
-        other => panic!("expected a fetch failure, got {other:?}"),
+    for e in s.small_and_large() {
+        let bytes = s.served(&e);
+        s.serve(&e, &bytes[..bytes.len() - 8]);
+        match s.fetch(&e).await {
+            Err(NarError::Fetch { msg, .. }) => assert!(msg.contains("truncated"), "{msg}"),
+            other => panic!("expected a fetch failure, got {other:?}"),
+        }
+        s.assert_nothing_staged(&e);
     }
-    s.assert_nothing_staged(&e);
 }
 
 #[tokio::test]
@@ -243,56 +262,12 @@ async fn a_nar_reaches_the_decoder_only_once_its_file_hash_holds() {
     }
 }
 
-/// A NAR of 1 MiB or more is spooled to disk: FileSize, a truncated body
-/// and FileHash are checked as it arrives, and nothing is staged or left
-/// spooled when they fail.
-#[tokio::test]
-async fn a_large_nar_is_checked_as_it_is_spooled() {
-    let s = Scene::new();
-    // 1.5 MiB, uncompressed: above SMALL, so it is spooled.
-    let content: String = (0..24_000u32).map(|i| format!("{i:063}\n")).collect();
-    let e = s.entry(&content);
-    assert!(spools(&e), "{} bytes", e.file_size);
-    let good = s.served(&e);
-
-    let mut tampered = good.clone();
-    let n = tampered.len() / 2;
-    tampered[n] ^= 1;
-    s.serve(&e, &tampered);
-    let msg = verify_msg(s.fetch(&e).await);
-    assert!(msg.starts_with("FileSize/FileHash mismatch"), "{msg}");
-
-    let mut longer = good.clone();
-    longer.extend_from_slice(&[0; 8]);
-    s.serve(&e, &longer);
-    let msg = verify_msg(s.fetch(&e).await);
-    assert!(msg.contains("more bytes than the FileSize"), "{msg}");
-
-    s.serve(&e, &good[..good.len() - 8]);
-    match s.fetch(&e).await {
-        Err(NarError::Fetch { msg, .. }) => assert!(msg.contains("truncated"), "{msg}"),
-        other => panic!("expected a fetch failure, got {other:?}"),
-    }
-    s.assert_nothing_staged(&e);
-
-    s.serve(&e, &good);
-    assert_eq!(s.fetch(&e).await.unwrap(), e.file_size);
-    assert!(s.staged(&e));
-    assert_eq!(s.leftovers(), 0, "the spooled file is gone");
-}
-
 /// A large NAR is decoded only once all of it is here: while its download
 /// stalls, it holds no decoder, and a small NAR is decoded meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_large_download_holds_no_decoder() {
     let s = Scene::new();
-    let content: String = (0..24_000u32).map(|i| format!("{i:063}\n")).collect();
-    let large = s.entry(&content);
-    assert!(spools(&large));
-    let small = Entry {
-        store_path: testing::store_path("y", 2),
-        ..s.entry("small")
-    };
+    let [small, large] = s.small_and_large();
     // The large NAR is served by a pipe that sends half of it, then waits.
     let bytes = s.served(&large);
     let pipe = s.cache.path().join(&large.url);
@@ -352,4 +327,28 @@ async fn a_stalled_large_download_holds_no_decoder() {
     stalled.await.unwrap().unwrap();
     assert!(s.staged(&large));
     assert_eq!(s.leftovers(), 0, "the spooled file is gone");
+}
+
+/// A spooled NAR that cannot be read back is this host's failure (a local
+/// error), not the publisher's bytes (a refusal).
+#[test]
+fn a_spool_that_cannot_be_read_back_is_a_local_error() {
+    let s = Scene::new();
+    let e = s.entry("content");
+    let path = s.staging.path().join("nar/.tmp-spool");
+    std::fs::write(&path, s.served(&e)).unwrap();
+    // Open for writing only: every read of it fails.
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let spooled = tempfile::NamedTempFile::from_parts(
+        file,
+        tempfile::TempPath::try_from_path(&path).unwrap(),
+    );
+    let dest = staged_path(s.staging.path(), &e);
+    match decode_into(Input::Spooled(spooled), &e, &dest, &[]) {
+        Err(Failure::Local(msg)) => assert!(msg.starts_with("reading "), "{msg}"),
+        Err(Failure::Verify(msg)) => panic!("refused as if the bytes were wrong: {msg}"),
+        Err(_) => panic!("another failure"),
+        Ok(()) => panic!("decoded"),
+    }
+    s.assert_nothing_staged(&e);
 }
