@@ -13,9 +13,12 @@
 #                                             # module's (MALLOC_ARENA_MAX=1), as run.sh does
 #   BIN may also be `nix-store` (Nix's `nix-store -r -j16` from the same cache),
 #   `floor-subst` (the same from the uncompressed local cache run.sh's floors use),
-#   `floor-http` (that cache served by nginx: what a loopback HTTP substituter would cost Nix)
-#   or `floor-overlap` (floor-subst with the decoding and hashing of every NAR running
-#   alongside), for ratios against Nix in the same run.
+#   `floor-http` (that cache served by nginx: what a loopback HTTP substituter would cost Nix),
+#   `floor-overlap` (floor-subst with the hashing, decoding and hashing of every NAR by the
+#   agent's own decoders running alongside: `cargo build --release --example decode-floor`),
+#   `floor-import` (`nix-store --import` of the closure from one `nix-store --export` stream:
+#   what streaming verified NARs into Nix would cost it) or `floor-import-overlap` (that with
+#   the decoding alongside), for ratios against Nix in the same run.
 #
 # Needs a run of run.sh first (it publishes the caches and keeps them in $WORK); starts
 # nginx on $BENCH_PORT if nothing listens there. Prints one line per pull and, per
@@ -27,6 +30,8 @@ PORT=${BENCH_PORT:-18480}
 C=$1 REPS=$2; shift 2
 BINS=("$@")
 PIN=(env); [ "${CPUS:-}" = 1 ] && PIN=(taskset -c 0)
+# The agent's decoders and SHA-256 alone (puller/examples/decode-floor.rs), for floor-overlap.
+DECODE_FLOOR=${DECODE_FLOOR:-$(cd "$(dirname "$0")/../.." && pwd)/target/release/examples/decode-floor}
 read -ra AGENT_ENV <<< "${AGENT_ENV-MALLOC_ARENA_MAX=1}"
 export NIX_REMOTE=local
 if ! (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
@@ -38,6 +43,9 @@ PUB=$(cat "$WORK/keys/bench.pub")
 # What Nix is asked to realise: cache C's whole closure, as run.sh's floors list it.
 mapfile -t TOP < "$WORK/pub/none-$C.closure"
 [ -e "$WORK/srv/none-$C" ] || ln -s "$WORK/pub/none-$C" "$WORK/srv/none-$C"
+if [[ " ${BINS[*]} " == *" floor-import"* ]] && [ ! -s "$WORK/pub/none-$C.export" ]; then
+  nix-store --export "${TOP[@]}" > "$WORK/pub/none-$C.export" # dependencies first, as -qR lists them
+fi
 d=$WORK/vm/ab-$$
 cleanup() { mountpoint -q "$d/nix" 2>/dev/null && umount "$d/nix"; rm -rf "$d" "$d.img"; [ -z "${NGINX_PID:-}" ] || kill "$NGINX_PID"; }
 trap cleanup EXIT
@@ -64,13 +72,17 @@ for r in $(seq "$REPS"); do
                         --option trusted-public-keys "$PUB" --max-jobs 16) ;;
       floor-http) cmd=(nix-store -r "${TOP[@]}" --option substituters "http://127.0.0.1:$PORT/none-$C"
                        --option trusted-public-keys "$PUB" --max-jobs 16) ;;
-      floor-overlap) # floor-subst while one process decodes and hashes every NAR of C alongside:
-                     # a verify-then-import tool with perfect overlap and nothing else to do
-        dec="zstd -dc"; [[ $C == *xz* ]] && dec="xz -dc -T1"
-        cmd=(sh -c "find '$WORK/srv/$C/nar' -type f |
-                    xargs -P 2 -n 64 sh -c 'cat \"\$@\" | $dec | openssl dgst -sha256 > /dev/null' sh & \"\$@\"; wait" sh
+      floor-overlap) # floor-subst while every NAR of C is decoded and hashed alongside, two at a time,
+                     # by the agent's own decoders (decode-floor): a verify-then-import tool with
+                     # perfect overlap and nothing else to do
+        cmd=(sh -c "find '$WORK/srv/$C/nar' -type f | xargs -P 2 -n 64 '$DECODE_FLOOR' & \"\$@\"; wait" sh
              nix-store -r "${TOP[@]}" --option substituters "file://$WORK/pub/none-$C"
              --option trusted-public-keys "$PUB" --max-jobs 16) ;;
+      floor-import) # Nix importing the whole closure from one stream of `nix-store --export`
+                    # (no signatures checked, no substituter: a lower bound for a stream into Nix)
+        cmd=(sh -c 'nix-store --import < "$0" > /dev/null' "$WORK/pub/none-$C.export") ;;
+      floor-import-overlap) # that while every NAR of C is decoded and hashed alongside
+        cmd=(sh -c "find '$WORK/srv/$C/nar' -type f | xargs -P 2 -n 64 '$DECODE_FLOOR' & nix-store --import < '$WORK/pub/none-$C.export' > /dev/null; wait") ;;
       *) cmd=(env "${AGENT_ENV[@]}" "$b" run --cache "http://127.0.0.1:$PORT/$C" --allow-insecure-http
               --host vm --trusted-key "$PUB" --state-dir /nix/var/nixcast) ;;
     esac

@@ -31,10 +31,10 @@
 #   floors next to each cold pull, same store, same rounds: Nix importing the verified bytes itself, from an
 #     uncompressed local file:// cache of the closure (what the agent's staging cache is), once sequentially
 #     (`nix copy --no-recursive`) and once in parallel (`nix-store -r -j16` with that cache as the only substituter);
-#     and per cache, once, the verify floor's first half: one core decoding and hashing all its NARs
-#     (`cat nar/* | xz -dc -T1 | openssl dgst -sha256`; the report adds the import floor's CPU);
+#     and per cache, once, the verify floor's first half: one core hashing, decoding and hashing again
+#     all its NARs with the agent's own decoders (decode-floor; the report adds the import floor's CPU);
 #     and the overlap floor: that parallel import while every NAR is decoded and hashed alongside (two
-#     `xz -dc | openssl dgst` at a time), measured on the row's cores: a tool that verifies each NAR before
+#     decode-floor processes at a time), measured on the row's cores: a tool that verifies each NAR before
 #     Nix imports it, with perfect overlap and no other work, takes at least that long;
 #   the agent runs with the environment module.nix gives its unit (MALLOC_ARENA_MAX=1);
 #   pull cold, zstd, +50 ms round trip (delayproxy.py, 25 ms each way), also nixcast-pull --jobs 64;
@@ -82,11 +82,11 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 export NIX_REMOTE=local
 
 say "building nixcast (release)"
-(cd "$REPO" && cargo build --release -q --bin nixcast --bin nixcast-pull)
+(cd "$REPO" && cargo build --release -q --bin nixcast --bin nixcast-pull --example decode-floor)
 # Our own copies: another build in the same target directory cannot change them mid-run.
 mkdir -p "$WORK"/{bin,gcroots,keys,ptr,logs,pub,vm,srv,nginx-tmp}
 BIN=$WORK/bin
-cp "$REPO/target/release/nixcast" "$REPO/target/release/nixcast-pull" "$BIN/"
+cp "$REPO/target/release/nixcast" "$REPO/target/release/nixcast-pull" "$REPO/target/release/examples/decode-floor" "$BIN/"
 
 RES=$WORK/results.tsv
 [ -n "$ONLY" ] && RES=$WORK/results.partial.tsv
@@ -300,9 +300,8 @@ pull_one() { # COMPRESSION TOOL REP URL WORKPREFIX [cold-only [AGENT-ARGS…]]
         measure "$w-$step" floor-subst "$r" "${VMCMD[@]}" nix-store -r "$top" \
           --option substituters "file://$WORK/pub/none-$c" --option trusted-public-keys "$PUB" --max-jobs 16 ;;
       floor-overlap)
-        local dec="zstd -dc"; [[ $c == *xz* ]] && dec="xz -dc -T1"
         measure "$w-$step" floor-overlap "$r" "${VMCMD[@]}" sh -c "find '$WORK/srv/$c/nar' -type f |
-            xargs -P 2 -n 64 sh -c 'cat \"\$@\" | $dec | openssl dgst -sha256 > /dev/null' sh & \"\$@\"; wait" sh \
+            xargs -P 2 -n 64 '$BIN/decode-floor' & \"\$@\"; wait" sh \
           nix-store -r "$top" --option substituters "file://$WORK/pub/none-$c" --option trusted-public-keys "$PUB" \
           --max-jobs 16 ;;
     esac
@@ -310,12 +309,13 @@ pull_one() { # COMPRESSION TOOL REP URL WORKPREFIX [cold-only [AGENT-ARGS…]]
   rmvm "$d"
 }
 
-# The verification floor's first half: one core decompressing every NAR of cache C and
-# hashing the result (what any tool that checks NarHash before Nix imports must do;
-# OpenSSL uses the CPU's SHA instructions, as the agent's sha2 does, coreutils' sha256sum does not).
+# The verification floor's first half: one core hashing every NAR of cache C, decompressing
+# it and hashing the result (what any tool that checks FileHash before decoding and NarHash
+# before Nix imports must do), with the agent's own decoders and SHA-256
+# (puller/examples/decode-floor.rs: Debian's xz 5.4 decodes ~1.7x slower than the liblzma
+# the agent links, so `xz -dc | openssl dgst` overstated the xz floors before round 5).
 verify_floor() { # C
-  local dec="zstd -dc"; [[ $1 == *xz* ]] && dec="xz -dc -T1"
-  measure "verify-$1" verify 1 taskset -c 0 sh -c "cat '$WORK/srv/$1'/nar/* | $dec | openssl dgst -sha256 > /dev/null"
+  measure "verify-$1" verify 1 taskset -c 0 "$BIN/decode-floor" "$WORK/srv/$1"/nar/*
 }
 
 pull_stage() { # COMPRESSION [cold-only]
