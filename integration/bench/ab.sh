@@ -34,6 +34,9 @@ PIN=(env); [ "${CPUS:-}" = 1 ] && PIN=(taskset -c 0)
 DECODE_FLOOR=${DECODE_FLOOR:-$(cd "$(dirname "$0")/../.." && pwd)/target/release/examples/decode-floor}
 read -ra AGENT_ENV <<< "${AGENT_ENV-MALLOC_ARENA_MAX=1}"
 export NIX_REMOTE=local
+d=$WORK/vm/ab-$$
+cleanup() { mountpoint -q "$d/nix" 2>/dev/null && umount "$d/nix"; rm -rf "$d" "$d.img"; [ -z "${NGINX_PID:-}" ] || kill "$NGINX_PID"; }
+trap cleanup EXIT
 if ! (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
   sed -e "s|@WORK@|$WORK|g" -e "s|@PORT@|$PORT|g" "$(dirname "$0")/nginx.conf.in" > "$WORK/nginx.conf"
   nginx -e "$WORK/nginx-error.log" -c "$WORK/nginx.conf" & NGINX_PID=$!
@@ -41,14 +44,12 @@ if ! (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
 fi
 PUB=$(cat "$WORK/keys/bench.pub")
 # What Nix is asked to realise: cache C's whole closure, as run.sh's floors list it.
+[ -s "$WORK/pub/none-$C.closure" ] || { echo "no $WORK/pub/none-$C: run run.sh's pull stage for $C first" >&2; exit 1; }
 mapfile -t TOP < "$WORK/pub/none-$C.closure"
 [ -e "$WORK/srv/none-$C" ] || ln -s "$WORK/pub/none-$C" "$WORK/srv/none-$C"
 if [[ " ${BINS[*]} " == *" floor-import"* ]] && [ ! -s "$WORK/pub/none-$C.export" ]; then
   nix-store --export "${TOP[@]}" > "$WORK/pub/none-$C.export" # dependencies first, as -qR lists them
 fi
-d=$WORK/vm/ab-$$
-cleanup() { mountpoint -q "$d/nix" 2>/dev/null && umount "$d/nix"; rm -rf "$d" "$d.img"; [ -z "${NGINX_PID:-}" ] || kill "$NGINX_PID"; }
-trap cleanup EXIT
 out=$WORK/ab.tsv; : > "$out"
 for r in $(seq "$REPS"); do
   for i in $(seq 0 $((${#BINS[@]} - 1))); do
