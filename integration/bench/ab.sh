@@ -16,7 +16,8 @@
 #   `floor-http` (that cache served by nginx: what a loopback HTTP substituter would cost Nix),
 #   `floor-overlap` (floor-subst with the hashing, decoding and hashing of every NAR by the
 #   agent's own decoders running alongside: `cargo build --release --example decode-floor`),
-#   `floor-import` (`nix-store --import` of the closure from one `nix-store --export` stream:
+#   `floor-stage` (floor-overlap, the decoded NARs also written to and removed from files in
+#   the fresh store's file system, as the agent's staging does), `floor-import` (`nix-store --import` of the closure from one `nix-store --export` stream:
 #   what streaming verified NARs into Nix would cost it) or `floor-import-overlap` (that with
 #   the decoding alongside), for ratios against Nix in the same run.
 #
@@ -77,6 +78,12 @@ for r in $(seq "$REPS"); do
                      # by the agent's own decoders (decode-floor): a verify-then-import tool with
                      # perfect overlap and nothing else to do
         cmd=(sh -c "find '$WORK/srv/$C/nar' -type f | xargs -P 2 -n 64 '$DECODE_FLOOR' & \"\$@\"; wait" sh
+             nix-store -r "${TOP[@]}" --option substituters "file://$WORK/pub/none-$C"
+             --option trusted-public-keys "$PUB" --max-jobs 16) ;;
+      floor-stage) # floor-overlap, the decoded NARs also written to files in the fresh store's file
+                   # system and removed, as the agent stages them for Nix: what this design costs
+        cmd=(sh -c "mkdir -p /nix/var/floor-stage && find '$WORK/srv/$C/nar' -type f |
+                    xargs -P 2 -n 64 '$DECODE_FLOOR' --stage /nix/var/floor-stage & \"\$@\"; wait" sh
              nix-store -r "${TOP[@]}" --option substituters "file://$WORK/pub/none-$C"
              --option trusted-public-keys "$PUB" --max-jobs 16) ;;
       floor-import) # Nix importing the whole closure from one stream of `nix-store --export`
