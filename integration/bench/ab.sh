@@ -47,7 +47,7 @@ PUB=$(cat "$WORK/keys/bench.pub")
 # What Nix is asked to realise: cache C's whole closure, as run.sh's floors list it.
 [ -s "$WORK/pub/none-$C.closure" ] || { echo "no $WORK/pub/none-$C: run run.sh's pull stage for $C first" >&2; exit 1; }
 mapfile -t TOP < "$WORK/pub/none-$C.closure"
-[ -e "$WORK/srv/none-$C" ] || ln -s "$WORK/pub/none-$C" "$WORK/srv/none-$C"
+ln -sfn "$WORK/pub/none-$C" "$WORK/srv/none-$C"
 if [[ " ${BINS[*]} " == *" floor-import"* ]] && [ ! -s "$WORK/pub/none-$C.export" ]; then
   nix-store --export "${TOP[@]}" > "$WORK/pub/none-$C.export" # dependencies first, as -qR lists them
 fi
