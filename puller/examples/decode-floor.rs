@@ -42,11 +42,7 @@ fn main() -> io::Result<()> {
         };
         let out: Box<dyn Write> = match &stage {
             Some(dir) => {
-                let file = dir.join(format!(
-                    "{}.{}.nar",
-                    std::process::id(),
-                    staged.len()
-                ));
+                let file = dir.join(format!("{}.{}.nar", std::process::id(), staged.len()));
                 let w = BufWriter::with_capacity(128 << 10, File::create(&file)?);
                 staged.push(file);
                 Box::new(w)
