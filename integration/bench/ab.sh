@@ -32,7 +32,11 @@ C=$1 REPS=$2; shift 2
 BINS=("$@")
 PIN=(env); [ "${CPUS:-}" = 1 ] && PIN=(taskset -c 0)
 # The agent's decoders and SHA-256 alone (puller/examples/decode-floor.rs), for floor-overlap.
-DECODE_FLOOR=${DECODE_FLOOR:-$(cd "$(dirname "$0")/../.." && pwd)/target/release/examples/decode-floor}
+# run.sh keeps a copy of the build it measured with in $WORK/bin.
+DECODE_FLOOR=${DECODE_FLOOR:-$WORK/bin/decode-floor}
+if [[ " ${BINS[*]} " =~ \ floor-(overlap|stage|import-overlap)\  ]] && [ ! -x "$DECODE_FLOOR" ]; then
+  echo "no $DECODE_FLOOR: run run.sh first, or set DECODE_FLOOR (cargo build --release --example decode-floor)" >&2; exit 1
+fi
 read -ra AGENT_ENV <<< "${AGENT_ENV-MALLOC_ARENA_MAX=1}"
 export NIX_REMOTE=local
 d=$WORK/vm/ab-$$
@@ -48,7 +52,7 @@ PUB=$(cat "$WORK/keys/bench.pub")
 [ -s "$WORK/pub/none-$C.closure" ] || { echo "no $WORK/pub/none-$C: run run.sh's pull stage for $C first" >&2; exit 1; }
 mapfile -t TOP < "$WORK/pub/none-$C.closure"
 ln -sfn "$WORK/pub/none-$C" "$WORK/srv/none-$C"
-if [[ " ${BINS[*]} " == *" floor-import"* ]] && [ ! -s "$WORK/pub/none-$C.export" ]; then
+if [[ " ${BINS[*]} " == *" floor-import"* ]] && ! [ "$WORK/pub/none-$C.export" -nt "$WORK/pub/none-$C.closure" ]; then
   nix-store --export "${TOP[@]}" > "$WORK/pub/none-$C.export" # dependencies first, as -qR lists them
 fi
 out=$WORK/ab.tsv; : > "$out"
@@ -77,20 +81,20 @@ for r in $(seq "$REPS"); do
       floor-overlap) # floor-subst while every NAR of C is decoded and hashed alongside, two at a time,
                      # by the agent's own decoders (decode-floor): a verify-then-import tool with
                      # perfect overlap and nothing else to do
-        cmd=(sh -c "find '$WORK/srv/$C/nar' -type f | xargs -P 2 -n 64 '$DECODE_FLOOR' & \"\$@\"; wait" sh
+        cmd=(sh -c "find '$WORK/srv/$C/nar' -type f | xargs -P 2 -n 64 '$DECODE_FLOOR' & d=\$!; \"\$@\"; s=\$?; wait \$d && exit \$s" sh
              nix-store -r "${TOP[@]}" --option substituters "file://$WORK/pub/none-$C"
              --option trusted-public-keys "$PUB" --max-jobs 16) ;;
       floor-stage) # floor-overlap, the decoded NARs also written to files in the fresh store's file
                    # system and removed, as the agent stages them for Nix: what this design costs
         cmd=(sh -c "mkdir -p /nix/var/floor-stage && find '$WORK/srv/$C/nar' -type f |
-                    xargs -P 2 -n 64 '$DECODE_FLOOR' --stage /nix/var/floor-stage & \"\$@\"; wait" sh
+                    xargs -P 2 -n 64 '$DECODE_FLOOR' --stage /nix/var/floor-stage & d=\$!; \"\$@\"; s=\$?; wait \$d && exit \$s" sh
              nix-store -r "${TOP[@]}" --option substituters "file://$WORK/pub/none-$C"
              --option trusted-public-keys "$PUB" --max-jobs 16) ;;
       floor-import) # Nix importing the whole closure from one stream of `nix-store --export`
                     # (no signatures checked, no substituter: a lower bound for a stream into Nix)
         cmd=(sh -c 'nix-store --import < "$0" > /dev/null' "$WORK/pub/none-$C.export") ;;
       floor-import-overlap) # that while every NAR of C is decoded and hashed alongside
-        cmd=(sh -c "find '$WORK/srv/$C/nar' -type f | xargs -P 2 -n 64 '$DECODE_FLOOR' & nix-store --import < '$WORK/pub/none-$C.export' > /dev/null; wait") ;;
+        cmd=(sh -c "find '$WORK/srv/$C/nar' -type f | xargs -P 2 -n 64 '$DECODE_FLOOR' & d=\$!; nix-store --import < '$WORK/pub/none-$C.export' > /dev/null; s=\$?; wait \$d && exit \$s") ;;
       *) cmd=(env "${AGENT_ENV[@]}" "$b" run --cache "http://127.0.0.1:$PORT/$C" --allow-insecure-http
               --host vm --trusted-key "$PUB" --state-dir /nix/var/nixcast) ;;
     esac

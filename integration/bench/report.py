@@ -114,7 +114,8 @@ p("Verify floor: the least CPU a tool that verifies every NAR before Nix imports
   "agent's own liblzma, zstd and SHA-256 (`decode-floor nar/*`, built from `puller/examples/decode-floor.rs`; "
   "n=1 per cache) plus the CPU of the cheaper Nix import floor of the same row; spread over the row's cores, "
   "as a ratio to the better Nix pull. No agent that verifies and imports through Nix can go below it (the "
-  "agent also receives the bytes, writes the NAR to staging and starts Nix).\n")
+  "agent also receives the bytes, parses each NAR strictly, spools the large ones, writes the NAR to "
+  "staging and starts Nix).\n")
 p("Overlap floor: measured, in the same rounds and on the row's cores: the parallel Nix import floor "
   "(`nix-store -r -j16` from the uncompressed local cache) while every NAR of the row's cache is decoded and "
   "hashed alongside (`find nar -type f | xargs -P 2 -n 64 decode-floor`). "
@@ -128,7 +129,7 @@ def cpu(work, tool):
     r = rows.get((work, tool))
     return f"{med(work, tool, 'cpu'):.2f}" if r and r[0]["cpu"] is not None else "—"
 def verify_floor(work, nix):
-    """decode+sha256 CPU of the row's cache + the cheaper Nix import floor's CPU, over the row's cores."""
+    """FileHash + decode + NarHash CPU of the row's cache (decode-floor) + the cheaper Nix import floor's CPU, over the row's cores."""
     m = re.fullmatch(r"pull-(.+?)(-rtt50(-j64)?)?(-cpu(\d+))?-cold", work)
     if not m or not nix:
         return ""

@@ -301,7 +301,7 @@ pull_one() { # COMPRESSION TOOL REP URL WORKPREFIX [cold-only [AGENT-ARGS…]]
           --option substituters "file://$WORK/pub/none-$c" --option trusted-public-keys "$PUB" --max-jobs 16 ;;
       floor-overlap)
         measure "$w-$step" floor-overlap "$r" "${VMCMD[@]}" sh -c "find '$WORK/srv/$c/nar' -type f |
-            xargs -P 2 -n 64 '$BIN/decode-floor' & \"\$@\"; wait" sh \
+            xargs -P 2 -n 64 '$BIN/decode-floor' & d=\$!; \"\$@\"; s=\$?; wait \$d && exit \$s" sh \
           nix-store -r "$top" --option substituters "file://$WORK/pub/none-$c" --option trusted-public-keys "$PUB" \
           --max-jobs 16 ;;
     esac
