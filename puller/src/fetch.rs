@@ -318,7 +318,8 @@ fn decode_into(input: Input, e: &Entry, dest: &Path, ids: &[Identity]) -> Result
                 inner: file.as_file(),
                 error: None,
             };
-            let decoded = decode_and_check(&mut back, e, ids, out);
+            let input = io::BufReader::with_capacity(64 << 10, &mut back);
+            let decoded = decode_and_check(input, e, ids, out);
             if let Some(err) = back.error {
                 let p = file.path().display();
                 return Err(Failure::Local(format!("reading {p}: {err}")));
@@ -350,16 +351,16 @@ impl<R: Read> Read for ReadBack<R> {
     }
 }
 
-fn decode_and_check<R: Read, W: Write>(
-    body: R,
+/// Decodes `input` and checks the NAR. The decoders read through `input`'s
+/// buffer (the bytes themselves for a NAR in memory), so that after the
+/// stream's end we can see whether any byte is left over: trailing data is
+/// refused even when FileSize and FileHash count it.
+fn decode_and_check<R: BufRead, W: Write>(
+    input: R,
     e: &Entry,
     ids: &[Identity],
     out: W,
 ) -> Result<(), Failure> {
-    // The decoders read through our buffer, so that after the stream's end we
-    // can see whether any byte is left over: trailing data is refused even
-    // when FileSize and FileHash count it.
-    let input = io::BufReader::with_capacity(64 << 10, body);
     if !e.is_sealed() {
         return decompress_and_check(input, e, out);
     }
