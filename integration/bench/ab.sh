@@ -19,7 +19,10 @@
 #   `floor-stage` (floor-overlap, the decoded NARs also written to and removed from files in
 #   the fresh store's file system, as the agent's staging does), `floor-import` (`nix-store --import` of the closure from one `nix-store --export` stream:
 #   what streaming verified NARs into Nix would cost it) or `floor-import-overlap` (that with
-#   the decoding alongside), for ratios against Nix in the same run.
+#   the decoding alongside), `floor-subst-compressed` (floor-subst from the cache as published:
+#   Nix decoding the NARs itself, what staging compressed NARs would cost it) or `floor-pull`
+#   (floor-pull.sh: every step a verify-first agent must take, in order, with nothing else),
+#   for ratios against Nix in the same run.
 #
 # Needs a run of run.sh first (it publishes the caches and keeps them in $WORK); starts
 # nginx on $BENCH_PORT if nothing listens there. Prints one line per pull and, per
@@ -55,35 +58,7 @@ ln -sfn "$WORK/pub/none-$C" "$WORK/srv/none-$C"
 if [[ " ${BINS[*]} " == *" floor-import"* ]] && ! [ "$WORK/pub/none-$C.export" -nt "$WORK/pub/none-$C.closure" ]; then
   nix-store --export "${TOP[@]}" > "$WORK/pub/none-$C.export" # dependencies first, as -qR lists them
 fi
-if [[ " ${BINS[*]} " == *" floor-pull "* ]]; then
-  # The closure's gate: the paths in the closure of every path that has references (in the
-  # stand-in, base-lib); Nix can import nothing but leaves before every one of them is verified.
-  python3 - "$WORK/srv/$C" "$WORK/pub/floor-pull-$C" <<'PY'
-import glob, os, sys
-src, out = sys.argv[1:]
-info = {}
-for f in glob.glob(f"{src}/*.narinfo"):
-    kv = dict(l.split(": ", 1) for l in open(f).read().splitlines() if ": " in l)
-    name = os.path.basename(kv["StorePath"])
-    info[name] = (kv["URL"], [r for r in kv.get("References", "").split() if r != name])
-closure = {}
-def close(p):
-    if p not in closure:
-        closure[p] = {p}.union(*(close(r) for r in info[p][1]))
-    return closure[p]
-users = [p for p in info if info[p][1]]
-gate = set.intersection(*(close(p) for p in users)) if users else set()
-os.makedirs(out, exist_ok=True)
-with open(f"{out}/gate", "w") as g, open(f"{out}/rest", "w") as r:
-    for p, (url, _) in info.items():
-        print(f"{src}/{url}", file=g if p in gate else r)
-with open(f"{out}/leaves", "w") as l:
-    for p, (_, refs) in info.items():
-        if not refs and p not in gate:
-            print(f"/nix/store/{p}", file=l)
-print(f"floor-pull gate: {sorted(gate)}; {sum(1 for p in info if not info[p][1]) - len(gate & {p for p in info if not info[p][1]})} other leaves", file=sys.stderr)
-PY
-fi
+[[ " ${BINS[*]} " == *" floor-pull "* ]] && python3 "$(dirname "$0")/gate.py" "$WORK/srv/$C" "$WORK/pub/floor-pull-$C" "$WORK/pub/none-$C.closure"
 out=$WORK/ab.tsv; : > "$out"
 for r in $(seq "$REPS"); do
   for i in $(seq 0 $((${#BINS[@]} - 1))); do
@@ -108,26 +83,12 @@ for r in $(seq "$REPS"); do
       floor-subst-compressed) # Nix's import from the cache as published, on the local disk: Nix decoding it
         cmd=(nix-store -r "${TOP[@]}" --option substituters "file://$WORK/srv/$C"
              --option trusted-public-keys "$PUB" --max-jobs 16) ;;
-      floor-pull) # what any agent that verifies before Nix imports must do, in order, with nothing else:
-                  # GET the pointer and the manifest; verify the gate's NARs (one core) while Nix imports
-                  # the other leaves and the rest decodes on the other core; then Nix's parallel import of
-                  # the closure from the uncompressed local cache; the profile; the switch (no download,
-                  # no staging, no parsing; the NARs are read from the local disk)
+      floor-pull) # integration/bench/floor-pull.sh: what any verify-first agent must do, in order
         read -r MAN TOPPATH < <(python3 -c 'import base64, json, sys
 p = json.loads(base64.b64decode(json.load(open(sys.argv[1]))["payload"]))
 print(p["manifest"]["path"], p["storePath"])' "$WORK/srv/$C/hosts/vm.json")
-        cmd=(sh ${FLOOR_TRACE:+-x} -c 'curl -sf "$1" > /dev/null && curl -sf "$2" > /dev/null || exit 1
-                    xargs -r -n 64 "$3" < "$4/rest" > /dev/null & d=$!
-                    xargs -r "$3" < "$4/gate" > /dev/null || exit 1
-                    [ ! -s "$4/leaves" ] || xargs -r nix-store -r --option substituters "file://$5" \
-                      --option trusted-public-keys "$6" --max-jobs 16 < "$4/leaves" > /dev/null || exit 1
-                    top=$7; shift 7; nix-store -r "$@" > /dev/null; s=$?; wait $d && [ $s = 0 ] || exit 1
-                    mkdir -p /nix/var/nix/profiles && nix-env -p /nix/var/nix/profiles/system --set "$top" &&
-                    "$top/bin/switch-to-configuration" switch' sh
-             "http://127.0.0.1:$PORT/$C/hosts/vm.json" "http://127.0.0.1:$PORT/$C/$MAN"
-             "$DECODE_FLOOR" "$WORK/pub/floor-pull-$C" "$WORK/pub/none-$C" "$PUB" "$TOPPATH"
-             "${TOP[@]}" --option substituters "file://$WORK/pub/none-$C"
-             --option trusted-public-keys "$PUB" --max-jobs 16) ;;
+        cmd=(sh "$(cd "$(dirname "$0")" && pwd)/floor-pull.sh" "$DECODE_FLOOR" "$WORK/pub/floor-pull-$C"
+             "$WORK/pub/none-$C" "$PUB" "http://127.0.0.1:$PORT/$C/hosts/vm.json" "http://127.0.0.1:$PORT/$C/$MAN" "$TOPPATH") ;;
       floor-http) cmd=(nix-store -r "${TOP[@]}" --option substituters "http://127.0.0.1:$PORT/none-$C"
                        --option trusted-public-keys "$PUB" --max-jobs 16) ;;
       floor-overlap) # floor-subst while every NAR of C is decoded and hashed alongside, two at a time,

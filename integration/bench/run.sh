@@ -36,6 +36,9 @@
 #     and the overlap floor: that parallel import while every NAR is decoded and hashed alongside (two
 #     decode-floor processes at a time), measured on the row's cores: a tool that verifies each NAR before
 #     Nix imports it, with perfect overlap and no other work, takes at least that long;
+#     and the pull floor (floor-pull.sh, lists from gate.py): that, with every step an agent must
+#     take before and after it in order (pointer, manifest, the NARs every path needs before Nix
+#     can import anything else, then the profile and the switch);
 #   the agent runs with the environment module.nix gives its unit (MALLOC_ARENA_MAX=1);
 #   pull cold, zstd, +50 ms round trip (delayproxy.py, 25 ms each way), also nixcast-pull --jobs 64;
 #     `nix copy` there only with DELAY_NIXCOPY_REPS=1 (it is sequential: ~2000 round trips, ~110 s a run);
@@ -265,6 +268,7 @@ floor_cache() { # C
     "$BIN/nixcast" publish --host vm --path "$(ctop "$1")" --to "$d" --secret-key-file "$SEC" --compression none >/dev/null 2>&1
     nix-store -qR "$(ctop "$1")" > "$d.closure"
   fi
+  python3 "$REPO/integration/bench/gate.py" "$WORK/srv/$1" "$d.pull-floor" "$d.closure" 2>/dev/null
 }
 
 pull_one() { # COMPRESSION TOOL REP URL WORKPREFIX [cold-only [AGENT-ARGS…]]
@@ -299,6 +303,12 @@ pull_one() { # COMPRESSION TOOL REP URL WORKPREFIX [cold-only [AGENT-ARGS…]]
       floor-subst)
         measure "$w-$step" floor-subst "$r" "${VMCMD[@]}" nix-store -r "$top" \
           --option substituters "file://$WORK/pub/none-$c" --option trusted-public-keys "$PUB" --max-jobs 16 ;;
+      floor-pull)
+        set_pointer "$c" v1
+        local man; man=$(python3 -c 'import base64, json, sys
+print(json.loads(base64.b64decode(json.load(open(sys.argv[1]))["payload"]))["manifest"]["path"])' "$WORK/srv/$c/hosts/vm.json")
+        measure "$w-$step" floor-pull "$r" "${VMCMD[@]}" sh "$REPO/integration/bench/floor-pull.sh" "$BIN/decode-floor" \
+          "$WORK/pub/none-$c.pull-floor" "$WORK/pub/none-$c" "$PUB" "$url/$c/hosts/vm.json" "$url/$c/$man" "$top" ;;
       floor-overlap)
         measure "$w-$step" floor-overlap "$r" "${VMCMD[@]}" sh -c "find '$WORK/srv/$c/nar' -type f |
             xargs -P 2 -n 64 '$BIN/decode-floor' & d=\$!; \"\$@\"; s=\$?; wait \$d && exit \$s" sh \
@@ -326,7 +336,7 @@ pull_stage() { # COMPRESSION [cold-only]
     pin "$n"; tag=$(cpus_tag "$n")
     say "pull $c into fresh stores on $n core(s): cold${coldonly:+ only}${coldonly:+}$([ -n "$coldonly" ] || echo ', after one path changed, no-op'), with the floors ($REPS× each tool)"
     for r in $(seq "$REPS"); do
-      for tool in $(order "$r" nixcast nix-copy nix-store floor-copy floor-subst floor-overlap); do
+      for tool in $(order "$r" nixcast nix-copy nix-store floor-copy floor-subst floor-overlap floor-pull); do
         pull_one "$c" "$tool" "$r" "$URL" "pull-$c$tag" $coldonly
       done
     done

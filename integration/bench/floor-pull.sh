@@ -1,0 +1,41 @@
+#!/bin/sh
+# The pull floor: what any agent that verifies each NAR before Nix imports it must do, in
+# order, and nothing else. Run in a fresh store, after `gate.py CACHE LISTS`:
+#
+#   floor-pull.sh DECODE_FLOOR LISTS FLOOR_CACHE PUBKEY POINTER_URL MANIFEST_URL TOP
+#
+# 1. GET the pointer and the manifest (nothing can be fetched before them);
+# 2. verify the gate's NARs (decode-floor: FileHash, decoding, NarHash), on every core, while
+#    Nix imports the leaves outside the gate; Nix can import nothing else before the gate;
+# 3. Nix's parallel import of the whole closure from FLOOR_CACHE (uncompressed, on the local
+#    disk: what a staging cache holds once every NAR is verified), while the rest decode;
+# 4. the profile (`nix-env --set`) and the switch, as the agent does them.
+# Left out, so that it stays a floor: downloading (the NARs are read from the local disk),
+# signatures, the NAR parse, staging, and every wait for a NAR during Nix's import (one Nix
+# process for everything, from a complete cache). It overstates by at most one core's share
+# of the gate's decoding: the rest waits for the gate, which a perfect agent would not let
+# a core sit idle for (for the stand-in, the gate is one 8 MB NAR).
+set -e
+df=$1 lists=$2 cache=$3 pub=$4 pointer=$5 manifest=$6 top=$7
+subst() {
+  nix-store -r --option substituters "file://$cache" --option trusted-public-keys "$pub" \
+    --max-jobs 16 "$@" > /dev/null
+}
+curl -sf "$pointer" > /dev/null
+curl -sf "$manifest" > /dev/null
+if [ -s "$lists/gate" ]; then
+  if [ -s "$lists/leaves" ]; then
+    # shellcheck disable=SC2046 # store paths, one word each
+    subst $(cat "$lists/leaves") &
+    leaves=$!
+  fi
+  xargs -r -P 2 -n 1 "$df" < "$lists/gate" > /dev/null
+  [ -z "${leaves:-}" ] || wait "$leaves"
+fi
+xargs -r -P 2 -n 64 "$df" < "$lists/rest" > /dev/null &
+rest=$!
+subst "$top"
+wait "$rest"
+mkdir -p /nix/var/nix/profiles
+nix-env -p /nix/var/nix/profiles/system --set "$top"
+"$top/bin/switch-to-configuration" switch
