@@ -14,7 +14,7 @@
 # signatures, the NAR parse, staging, and every wait for a NAR during Nix's import (one Nix
 # process for everything, from a complete cache). It overstates by at most one core's share
 # of the gate's decoding: the rest waits for the gate, which a perfect agent would not let
-# a core sit idle for (for the stand-in, the gate is one 8 MB NAR).
+# a core sit idle for (for the stand-in, the gate is one 8 MB NAR, decoded in 0.03 s).
 set -e
 df=$1 lists=$2 cache=$3 pub=$4 pointer=$5 manifest=$6 top=$7
 subst() {
