@@ -40,6 +40,9 @@ DECODE_FLOOR=${DECODE_FLOOR:-$WORK/bin/decode-floor}
 if [[ " ${BINS[*]} " =~ \ floor-(overlap|stage|import-overlap|pull)\  ]] && [ ! -x "$DECODE_FLOOR" ]; then
   echo "no $DECODE_FLOOR: run run.sh first, or set DECODE_FLOOR (cargo build --release --example decode-floor)" >&2; exit 1
 fi
+if [ "${INCR:-}" = 1 ] && [[ " ${BINS[*]} " =~ \ (nix-store|floor-[a-z-]+)\  ]]; then
+  echo "INCR=1 times agents only (Nix and the floors have no generation 1 to start from)" >&2; exit 1
+fi
 read -ra AGENT_ENV <<< "${AGENT_ENV-MALLOC_ARENA_MAX=1}"
 export NIX_REMOTE=local
 d=$WORK/vm/ab-$$

@@ -8,7 +8,7 @@ whole gate is imported, so no agent that verifies a NAR before Nix imports it
 can start Nix's import of the rest before the gate's NARs are verified.
 Only the paths CLOSURE lists (`nix-store -qR`), if given, count (a cache
 holds the next generation's paths too). Writes OUT_DIR/gate and OUT_DIR/rest (NAR files) and OUT_DIR/leaves (store
-paths with no references outside the gate, which Nix may import before it).
+paths outside the gate with no references, which Nix may import before it).
 """
 import glob
 import os
@@ -32,6 +32,8 @@ def close(p):
     return closure[p]
 
 
+if wanted is not None and set(info) != wanted:
+    sys.exit(f"{src} lacks narinfos for {len(wanted - set(info))} paths of the closure")
 users = [p for p in info if info[p][1]]
 gate = set.intersection(*(close(p) for p in users)) if users else set()
 os.makedirs(out, exist_ok=True)

@@ -268,7 +268,7 @@ floor_cache() { # C
     "$BIN/nixcast" publish --host vm --path "$(ctop "$1")" --to "$d" --secret-key-file "$SEC" --compression none >/dev/null 2>&1
     nix-store -qR "$(ctop "$1")" > "$d.closure"
   fi
-  python3 "$REPO/integration/bench/gate.py" "$WORK/srv/$1" "$d.pull-floor" "$d.closure" 2>/dev/null
+  python3 "$REPO/integration/bench/gate.py" "$WORK/srv/$1" "$d.pull-floor" "$d.closure" 2>> "$WORK/logs/gate.log"
 }
 
 pull_one() { # COMPRESSION TOOL REP URL WORKPREFIX [cold-only [AGENT-ARGS…]]
