@@ -61,7 +61,8 @@ ln -sfn "$WORK/pub/none-$C" "$WORK/srv/none-$C"
 if [[ " ${BINS[*]} " == *" floor-import"* ]] && ! [ "$WORK/pub/none-$C.export" -nt "$WORK/pub/none-$C.closure" ]; then
   nix-store --export "${TOP[@]}" > "$WORK/pub/none-$C.export" # dependencies first, as -qR lists them
 fi
-[[ " ${BINS[*]} " == *" floor-pull "* ]] && python3 "$(dirname "$0")/gate.py" "$WORK/srv/$C" "$WORK/pub/floor-pull-$C" "$WORK/pub/none-$C.closure"
+[[ " ${BINS[*]} " == *" floor-pull "* ]] &&
+  python3 "$(dirname "$0")/gate.py" "$WORK/srv/$C" "$WORK/pub/none-$C.closure" "$WORK/ptr/$C-v1.json" "$WORK/pub/floor-pull-$C"
 out=$WORK/ab.tsv; : > "$out"
 for r in $(seq "$REPS"); do
   for i in $(seq 0 $((${#BINS[@]} - 1))); do
@@ -87,11 +88,8 @@ for r in $(seq "$REPS"); do
         cmd=(nix-store -r "${TOP[@]}" --option substituters "file://$WORK/srv/$C"
              --option trusted-public-keys "$PUB" --max-jobs 16) ;;
       floor-pull) # integration/bench/floor-pull.sh: what any verify-first agent must do, in order
-        read -r MAN TOPPATH < <(python3 -c 'import base64, json, sys
-p = json.loads(base64.b64decode(json.load(open(sys.argv[1]))["payload"]))
-print(p["manifest"]["path"], p["storePath"])' "$WORK/srv/$C/hosts/vm.json")
         cmd=(sh "$(cd "$(dirname "$0")" && pwd)/floor-pull.sh" "$DECODE_FLOOR" "$WORK/pub/floor-pull-$C"
-             "$WORK/pub/none-$C" "$PUB" "http://127.0.0.1:$PORT/$C/hosts/vm.json" "http://127.0.0.1:$PORT/$C/$MAN" "$TOPPATH") ;;
+             "$WORK/pub/none-$C" "$PUB" "http://127.0.0.1:$PORT/$C") ;;
       floor-http) cmd=(nix-store -r "${TOP[@]}" --option substituters "http://127.0.0.1:$PORT/none-$C"
                        --option trusted-public-keys "$PUB" --max-jobs 16) ;;
       floor-overlap) # floor-subst while every NAR of C is decoded and hashed alongside, two at a time,

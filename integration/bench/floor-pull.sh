@@ -1,8 +1,8 @@
 #!/bin/sh
 # The pull floor: what any agent that verifies each NAR before Nix imports it must do, in
-# order, and nothing else. Run in a fresh store, after `gate.py CACHE LISTS`:
+# order, and nothing else. Run in a fresh store, after `gate.py CACHE CLOSURE POINTER LISTS`:
 #
-#   floor-pull.sh DECODE_FLOOR LISTS FLOOR_CACHE PUBKEY POINTER_URL MANIFEST_URL TOP
+#   floor-pull.sh DECODE_FLOOR LISTS FLOOR_CACHE PUBKEY CACHE_URL
 #
 # 1. GET the pointer and the manifest (nothing can be fetched before them);
 # 2. verify the gate's NARs (decode-floor: FileHash, decoding, NarHash), on every core, while
@@ -19,13 +19,15 @@
 # closures); decoding the rest 64 NARs per process ends unevenly (~0.1 s on the xz closure,
 # ~0.02 s on zstd, as in the overlap floor); two curl processes and the shell (~10-20 ms).
 set -e
-df=$1 lists=$2 cache=$3 pub=$4 pointer=$5 manifest=$6 top=$7
+df=$1 lists=$2 cache=$3 pub=$4 url=$5
+read -r manifest < "$lists/manifest"
+read -r top < "$lists/top"
 subst() {
   nix-store -r --option substituters "file://$cache" --option trusted-public-keys "$pub" \
     --max-jobs 16 "$@" > /dev/null
 }
-curl -sf "$pointer" > /dev/null
-curl -sf "$manifest" > /dev/null
+curl -sf "$url/hosts/vm.json" > /dev/null
+curl -sf "$url/$manifest" > /dev/null
 if [ -s "$lists/gate" ]; then
   if [ -s "$lists/leaves" ]; then
     # shellcheck disable=SC2046 # store paths, one word each

@@ -1,26 +1,30 @@
-"""The lists the pull floor (floor-pull.sh) works from, for a cache's closure.
+"""What the pull floor (floor-pull.sh) works from, for a cache's closure.
 
-    python3 gate.py CACHE_DIR OUT_DIR [CLOSURE]
+    python3 gate.py CACHE_DIR CLOSURE POINTER OUT_DIR
 
 The gate is every path in the closure of every path that has references (in
 the stand-in system, base-lib): Nix can import no path but a leaf before the
 whole gate is imported, so no agent that verifies a NAR before Nix imports it
 can start Nix's import of the rest before the gate's NARs are verified.
-Only the paths CLOSURE lists (`nix-store -qR`), if given, count (a cache
-holds the next generation's paths too). Writes OUT_DIR/gate and OUT_DIR/rest (NAR files) and OUT_DIR/leaves (store
-paths outside the gate with no references, which Nix may import before it).
+Only the paths CLOSURE lists (`nix-store -qR`) count: a cache holds the next
+generation's paths too. Writes, in OUT_DIR: gate and rest (NAR files),
+leaves (store paths outside the gate with no references, which Nix may import
+before it), and from the POINTER's payload, read here so that the timed
+floor does not, manifest (its key in the cache) and top (the system path).
 """
+import base64
 import glob
+import json
 import os
 import sys
 
-src, out = sys.argv[1:3]
-wanted = {os.path.basename(l.strip()) for l in open(sys.argv[3])} if len(sys.argv) > 3 else None
+src, closure_file, pointer, out = sys.argv[1:]
+wanted = {os.path.basename(l.strip()) for l in open(closure_file)}
 info = {}
 for f in glob.glob(f"{src}/*.narinfo"):
     kv = dict(l.split(": ", 1) for l in open(f).read().splitlines() if ": " in l)
     name = os.path.basename(kv["StorePath"])
-    if wanted is not None and name not in wanted:
+    if name not in wanted:
         continue
     info[name] = (kv["URL"], [r for r in kv.get("References", "").split() if r != name])
 closure = {}
@@ -32,7 +36,7 @@ def close(p):
     return closure[p]
 
 
-if wanted is not None and set(info) != wanted:
+if set(info) != wanted:
     sys.exit(f"{src} lacks narinfos for {len(wanted - set(info))} paths of the closure")
 users = [p for p in info if info[p][1]]
 gate = set.intersection(*(close(p) for p in users)) if users else set()
@@ -44,4 +48,8 @@ with open(f"{out}/leaves", "w") as l:
     for p, (_, refs) in sorted(info.items()):
         if not refs and p not in gate:
             print(f"/nix/store/{p}", file=l)
+payload = json.loads(base64.b64decode(json.load(open(pointer))["payload"]))
+for name, value in (("manifest", payload["manifest"]["path"]), ("top", payload["storePath"])):
+    with open(f"{out}/{name}", "w") as f:
+        print(value, file=f)
 print(f"pull floor of {src}: gate {sorted(gate)}", file=sys.stderr)

@@ -148,6 +148,12 @@ def verify_floor(work, nix):
         return ""
     total = dec + min(imp)
     return f"{dec:.2f} + {min(imp):.2f} = {total:.2f} → {total / cores / min(nix):.2f}"
+def measured_floor(work, tool, nix):
+    """A floor measured in the row's rounds (the +50 ms rows take the zstd row's), in seconds and / Nix."""
+    v = med(work, tool)
+    if v is None and "-rtt50" in work:
+        v = med(re.sub(r"-rtt50(-j64)?", "", work), tool)
+    return f"{v:.2f} s → {v / min(nix):.2f}" if v is not None and nix else ""
 for work, label in labels:
     if not any((work, t) in rows for t in tools):
         continue
@@ -160,14 +166,7 @@ for work, label in labels:
     floor = " / ".join(f"{v:.2f}" if v is not None else "—" for v in (med(work, "floor-copy"), med(work, "floor-subst"))) if fl else ""
     fratio = f"{min(fl) / min(nix):.2f}" if fl and nix else ""
     cpus = " / ".join(cpu(work, t) for t in tools) if "cold" in work else ""
-    ov = med(work, "floor-overlap")
-    if ov is None and "-rtt50" in work:
-        ov = med(re.sub(r"-rtt50(-j64)?", "", work), "floor-overlap")
-    overlap = f"{ov:.2f} s → {ov / min(nix):.2f}" if ov is not None and nix else ""
-    pf = med(work, "floor-pull")
-    if pf is None and "-rtt50" in work:
-        pf = med(re.sub(r"-rtt50(-j64)?", "", work), "floor-pull")
-    pull_floor = f"{pf:.2f} s → {pf / min(nix):.2f}" if pf is not None and nix else ""
+    overlap, pull_floor = (measured_floor(work, t, nix) for t in ("floor-overlap", "floor-pull"))
     p(f"| {label} | {cell(work, 'nixcast')} | {cell(work, 'nix-copy')} | {cell(work, 'nix-store')} | {ratio} | {targets.get(work, '')} | {cpus} | {floor} | {fratio} | {verify_floor(work, nix)} | {overlap} | {pull_floor} |")
 p("")
 

@@ -268,7 +268,8 @@ floor_cache() { # C
     "$BIN/nixcast" publish --host vm --path "$(ctop "$1")" --to "$d" --secret-key-file "$SEC" --compression none >/dev/null 2>&1
     nix-store -qR "$(ctop "$1")" > "$d.closure"
   fi
-  python3 "$REPO/integration/bench/gate.py" "$WORK/srv/$1" "$d.pull-floor" "$d.closure" 2>> "$WORK/logs/gate.log"
+  python3 "$REPO/integration/bench/gate.py" "$WORK/srv/$1" "$d.closure" "$WORK/ptr/$1-v1.json" "$d.pull-floor" \
+    2>> "$WORK/logs/gate.log"
 }
 
 pull_one() { # COMPRESSION TOOL REP URL WORKPREFIX [cold-only [AGENT-ARGS…]]
@@ -305,10 +306,8 @@ pull_one() { # COMPRESSION TOOL REP URL WORKPREFIX [cold-only [AGENT-ARGS…]]
           --option substituters "file://$WORK/pub/none-$c" --option trusted-public-keys "$PUB" --max-jobs 16 ;;
       floor-pull)
         set_pointer "$c" v1
-        local man; man=$(python3 -c 'import base64, json, sys
-print(json.loads(base64.b64decode(json.load(open(sys.argv[1]))["payload"]))["manifest"]["path"])' "$WORK/srv/$c/hosts/vm.json")
         measure "$w-$step" floor-pull "$r" "${VMCMD[@]}" sh "$REPO/integration/bench/floor-pull.sh" "$BIN/decode-floor" \
-          "$WORK/pub/none-$c.pull-floor" "$WORK/pub/none-$c" "$PUB" "$url/$c/hosts/vm.json" "$url/$c/$man" "$top" ;;
+          "$WORK/pub/none-$c.pull-floor" "$WORK/pub/none-$c" "$PUB" "$url/$c" ;;
       floor-overlap)
         measure "$w-$step" floor-overlap "$r" "${VMCMD[@]}" sh -c "find '$WORK/srv/$c/nar' -type f |
             xargs -P 2 -n 64 '$BIN/decode-floor' & d=\$!; \"\$@\"; s=\$?; wait \$d && exit \$s" sh \
