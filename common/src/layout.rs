@@ -7,30 +7,240 @@
 //! manifests/<new>.from-<old>.json         a delta between two manifests
 //! sealed/<sha256>                         a sealed NAR, manifest or delta,
 //!                                         named by the sha256 of its bytes
+//! sealed/<new>.from-<old>                 a sealed manifest delta
 //! hosts/<host>.json                       a host's current pointer
 //! hosts/<host>/<generation>.json          every pointer ever published
 //! reports/<host>.json                     a host's latest signed report
 //! ```
+//!
+//! [`Key`] is that table as a type: every key is built by `Display` and read
+//! back by [`Key::parse`], which accepts exactly the form `Display` writes
+//! (lowercase hex, nixbase32 of the right length, no leading zeros, a valid
+//! host name), so that `parse(k.to_string()) == k` and a name that merely
+//! resembles a key (`sealed/../x`, `hosts/a/017.json`) is no key. Whoever
+//! scans a cache (gc, serve's cache headers, a backend's sync) matches on
+//! `Key`, never on the string.
+
+use std::fmt;
 
 use crate::hash::Sha256Hash;
+use crate::manifest::Compression;
+use crate::nixbase32;
 use crate::store_path::StorePath;
 
 pub const NIX_CACHE_INFO: &str = "nix-cache-info";
 pub const NIX_CACHE_INFO_TEXT: &str = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n";
+pub const NAR_DIR: &str = "nar";
+pub const MANIFESTS_DIR: &str = "manifests";
 pub const SEALED_DIR: &str = "sealed";
 pub const HOSTS_DIR: &str = "hosts";
 pub const REPORTS_DIR: &str = "reports";
 
+/// An object of a cache, by what it is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Key {
+    /// `nix-cache-info`.
+    CacheInfo,
+    /// `<hash32>.narinfo`: the 32 nixbase32 characters of a store path's hash.
+    Narinfo(String),
+    /// `nar/<filehash>.nar<ext>`: named by the sha256 of its compressed bytes.
+    Nar {
+        file_hash: Sha256Hash,
+        compression: Compression,
+    },
+    /// `manifests/<sha256>.json`.
+    Manifest(Sha256Hash),
+    /// `manifests/<new>.from-<old>.json`.
+    ManifestDelta { new: Sha256Hash, old: Sha256Hash },
+    /// `sealed/<sha256>`: a sealed NAR, manifest or delta.
+    Sealed(Sha256Hash),
+    /// `sealed/<new>.from-<old_plain>`.
+    SealedDelta {
+        new: Sha256Hash,
+        old_plain: Sha256Hash,
+    },
+    /// `hosts/<host>.json`.
+    Pointer(String),
+    /// `hosts/<host>/<generation>.json`.
+    History { host: String, generation: u64 },
+    /// `reports/<host>.json`.
+    Report(String),
+}
+
+/// How long a copy of an object stays right, from what its name promises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// Named by a hash of its own bytes: a name never gets other bytes.
+    Immutable,
+    /// Named by a counter that is never reused on purpose (history).
+    History,
+    /// Named by a store path, rewritable by a later publish (narinfos).
+    Narinfo,
+    /// Replaced in place (pointers, reports, `nix-cache-info`).
+    Mutable,
+}
+
+impl Key {
+    /// Reads a key back; `None` for anything `Display` would not write.
+    pub fn parse(key: &str) -> Option<Key> {
+        let segments: Vec<&str> = key.split('/').collect();
+        match segments.as_slice() {
+            [NIX_CACHE_INFO] => Some(Key::CacheInfo),
+            [name] => {
+                let hash = name.strip_suffix(".narinfo")?;
+                (hash.len() == 32 && hash.bytes().all(nixbase32::is_valid_char))
+                    .then(|| Key::Narinfo(hash.to_owned()))
+            }
+            [NAR_DIR, name] => {
+                let (hash, ext) = name.split_once(".nar")?;
+                let compression = [Compression::Xz, Compression::Zstd, Compression::None]
+                    .into_iter()
+                    .find(|c| c.extension() == ext)?;
+                let file_hash = Sha256Hash(nixbase32::decode::<32>(hash.as_bytes()).ok()?);
+                Some(Key::Nar {
+                    file_hash,
+                    compression,
+                })
+            }
+            [MANIFESTS_DIR, name] => {
+                let name = name.strip_suffix(".json")?;
+                match name.split_once(".from-") {
+                    None => Some(Key::Manifest(hex(name)?)),
+                    Some((new, old)) => Some(Key::ManifestDelta {
+                        new: hex(new)?,
+                        old: hex(old)?,
+                    }),
+                }
+            }
+            [SEALED_DIR, name] => match name.split_once(".from-") {
+                None => Some(Key::Sealed(hex(name)?)),
+                Some((new, old)) => Some(Key::SealedDelta {
+                    new: hex(new)?,
+                    old_plain: hex(old)?,
+                }),
+            },
+            [HOSTS_DIR, name] => Some(Key::Pointer(host_json(name)?)),
+            [HOSTS_DIR, host, name] => {
+                check_host(host).ok()?;
+                let generation = name.strip_suffix(".json")?;
+                // Only the form we write: no sign, no leading zero.
+                let canonical = generation == "0" || !generation.starts_with('0');
+                if !canonical || !generation.bytes().all(|c| c.is_ascii_digit()) {
+                    return None;
+                }
+                Some(Key::History {
+                    host: (*host).to_owned(),
+                    generation: generation.parse().ok()?,
+                })
+            }
+            [REPORTS_DIR, name] => Some(Key::Report(host_json(name)?)),
+            _ => None,
+        }
+    }
+
+    /// The directory a key lives in (`""` for the top level).
+    pub fn dir(&self) -> String {
+        match self {
+            Key::CacheInfo | Key::Narinfo(_) => String::new(),
+            Key::Nar { .. } => NAR_DIR.to_owned(),
+            Key::Manifest(_) | Key::ManifestDelta { .. } => MANIFESTS_DIR.to_owned(),
+            Key::Sealed(_) | Key::SealedDelta { .. } => SEALED_DIR.to_owned(),
+            Key::Pointer(_) => HOSTS_DIR.to_owned(),
+            Key::History { host, .. } => history_dir(host),
+            Key::Report(_) => REPORTS_DIR.to_owned(),
+        }
+    }
+
+    pub fn lifetime(&self) -> Lifetime {
+        match self {
+            Key::Nar { .. }
+            | Key::Manifest(_)
+            | Key::ManifestDelta { .. }
+            | Key::Sealed(_)
+            | Key::SealedDelta { .. } => Lifetime::Immutable,
+            Key::History { .. } => Lifetime::History,
+            Key::Narinfo(_) => Lifetime::Narinfo,
+            Key::CacheInfo | Key::Pointer(_) | Key::Report(_) => Lifetime::Mutable,
+        }
+    }
+
+    /// What must stay for this object to be of use: a delta lives as long
+    /// as the manifest it makes.
+    pub fn owner(&self) -> Key {
+        match self {
+            Key::ManifestDelta { new, .. } => Key::Manifest(*new),
+            Key::SealedDelta { new, .. } => Key::Sealed(*new),
+            k => k.clone(),
+        }
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Key::CacheInfo => f.write_str(NIX_CACHE_INFO),
+            Key::Narinfo(hash) => write!(f, "{hash}.narinfo"),
+            Key::Nar {
+                file_hash,
+                compression,
+            } => write!(
+                f,
+                "{NAR_DIR}/{}.nar{}",
+                file_hash.to_nixbase32(),
+                compression.extension()
+            ),
+            Key::Manifest(h) => write!(f, "{MANIFESTS_DIR}/{}.json", h.to_hex()),
+            Key::ManifestDelta { new, old } => write!(
+                f,
+                "{MANIFESTS_DIR}/{}.from-{}.json",
+                new.to_hex(),
+                old.to_hex()
+            ),
+            Key::Sealed(h) => write!(f, "{SEALED_DIR}/{}", h.to_hex()),
+            Key::SealedDelta { new, old_plain } => write!(
+                f,
+                "{SEALED_DIR}/{}.from-{}",
+                new.to_hex(),
+                old_plain.to_hex()
+            ),
+            Key::Pointer(host) => write!(f, "{HOSTS_DIR}/{host}.json"),
+            Key::History { host, generation } => {
+                write!(f, "{HOSTS_DIR}/{host}/{generation}.json")
+            }
+            Key::Report(host) => write!(f, "{REPORTS_DIR}/{host}.json"),
+        }
+    }
+}
+
+/// 64 lowercase hex digits, exactly as `Sha256Hash::to_hex` writes them.
+fn hex(s: &str) -> Option<Sha256Hash> {
+    if s.len() != 64 || !s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in s.as_bytes().chunks(2).enumerate() {
+        let digit = |c: u8| (c as char).to_digit(16).expect("checked hex") as u8;
+        out[i] = digit(pair[0]) << 4 | digit(pair[1]);
+    }
+    Some(Sha256Hash(out))
+}
+
+fn host_json(name: &str) -> Option<String> {
+    let host = name.strip_suffix(".json")?;
+    check_host(host).ok()?;
+    Some(host.to_owned())
+}
+
 pub fn narinfo(p: &StorePath) -> String {
-    format!("{}.narinfo", p.hash_part())
+    Key::Narinfo(p.hash_part().to_owned()).to_string()
 }
 
 pub fn pointer(host: &str) -> String {
-    format!("{HOSTS_DIR}/{host}.json")
+    Key::Pointer(host.to_owned()).to_string()
 }
 
 pub fn report(host: &str) -> String {
-    format!("{REPORTS_DIR}/{host}.json")
+    Key::Report(host.to_owned()).to_string()
 }
 
 pub fn history_dir(host: &str) -> String {
@@ -38,41 +248,45 @@ pub fn history_dir(host: &str) -> String {
 }
 
 pub fn history(host: &str, generation: u64) -> String {
-    format!("{HOSTS_DIR}/{host}/{generation}.json")
+    Key::History {
+        host: host.to_owned(),
+        generation,
+    }
+    .to_string()
 }
 
 /// The generation a history key names, if it is one.
 pub fn history_generation(key: &str) -> Option<u64> {
-    let name = key.rsplit('/').next()?.strip_suffix(".json")?;
-    // Only the form we write: no sign, no leading zero.
-    if name.starts_with('0') || !name.bytes().all(|c| c.is_ascii_digit()) {
-        return None;
+    match Key::parse(key)? {
+        Key::History { generation, .. } => Some(generation),
+        _ => None,
     }
-    name.parse().ok()
 }
 
 pub fn manifest(sha256: &Sha256Hash) -> String {
-    format!("manifests/{}.json", sha256.to_hex())
+    Key::Manifest(*sha256).to_string()
 }
 
 /// A sealed object, named by the sha256 of its (sealed) bytes.
 pub fn sealed(sha256: &Sha256Hash) -> String {
-    format!("{SEALED_DIR}/{}", sha256.to_hex())
+    Key::Sealed(*sha256).to_string()
 }
 
 /// Whether `key` is `sealed/<64 lowercase hex>`.
 pub fn is_sealed(key: &str) -> bool {
-    key.strip_prefix("sealed/")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))
+    matches!(Key::parse(key), Some(Key::Sealed(_)))
 }
 
 /// The sealed delta that rebuilds the sealed manifest `new` (sha256 of its
 /// sealed bytes) from the plain manifest with sha256 `old_plain`, which only
 /// a host holding that manifest knows.
 pub fn sealed_delta(new: &Sha256Hash, old_plain: &Sha256Hash) -> String {
-    format!("{SEALED_DIR}/{}.from-{}", new.to_hex(), old_plain.to_hex())
+    Key::SealedDelta {
+        new: *new,
+        old_plain: *old_plain,
+    }
+    .to_string()
 }
-
 /// A host name becomes part of object keys, so it is held to DNS-like
 /// characters and length; `None` says what is wrong.
 pub fn check_host(host: &str) -> Result<(), String> {
@@ -114,6 +328,108 @@ mod tests {
         assert!(check_host("web-1.example").is_ok());
         for bad in ["", ".x", "a/b", "a b", &"x".repeat(254)] {
             assert!(check_host(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn only_the_written_form_is_a_key() {
+        let h = Sha256Hash::digest(b"x");
+        let nar = format!("nar/{}.nar.xz", h.to_nixbase32());
+        assert!(matches!(Key::parse(&nar), Some(Key::Nar { .. })));
+        for bad in [
+            "sealed/../x".to_owned(),
+            format!("sealed/{}", h.to_hex().to_uppercase()),
+            format!("sealed/{}x", h.to_hex()),
+            format!("manifests/{}", h.to_hex()),
+            format!("manifests/{}.json/x", h.to_hex()),
+            format!("nar/{}.nar.gz", h.to_nixbase32()),
+            format!("nar/{}.nar.xz", &h.to_hex()[..52]),
+            // 52 nixbase32 characters carry 260 bits: the top 4 must be zero.
+            format!("nar/z{}.nar", &h.to_nixbase32()[1..]),
+            "hosts/.x.json".to_owned(),
+            "hosts/a/017.json".to_owned(),
+            "hosts/a/b/1.json".to_owned(),
+            "reports/a".to_owned(),
+            "/nix-cache-info".to_owned(),
+            "nix-cache-info/".to_owned(),
+            "0123456789abcdfghijklmnpqrsvwxye.narinfo".to_owned(),
+            "0123456789abcdfghijklmnpqrsvwxy.narinfo".to_owned(),
+            ".tmp-abc".to_owned(),
+            "nar/.tmp-abc".to_owned(),
+        ] {
+            assert_eq!(Key::parse(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn what_a_name_promises() {
+        let h = Sha256Hash::digest(b"x");
+        let delta = Key::SealedDelta {
+            new: h,
+            old_plain: Sha256Hash::digest(b"y"),
+        };
+        assert_eq!(delta.lifetime(), Lifetime::Immutable);
+        assert_eq!(delta.owner(), Key::Sealed(h));
+        assert_eq!(delta.dir(), SEALED_DIR);
+        assert_eq!(Key::Pointer("a".into()).lifetime(), Lifetime::Mutable);
+        let history = Key::History {
+            host: "a".into(),
+            generation: 3,
+        };
+        assert_eq!(history.dir(), "hosts/a");
+        assert_eq!(history.lifetime(), Lifetime::History);
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn sha() -> impl Strategy<Value = Sha256Hash> {
+            any::<[u8; 32]>().prop_map(Sha256Hash)
+        }
+
+        fn host() -> impl Strategy<Value = String> {
+            "[a-zA-Z0-9_-][a-zA-Z0-9._-]{0,40}"
+        }
+
+        fn key() -> impl Strategy<Value = Key> {
+            let compression = prop_oneof![
+                Just(Compression::Xz),
+                Just(Compression::Zstd),
+                Just(Compression::None)
+            ];
+            prop_oneof![
+                Just(Key::CacheInfo),
+                "[0-9a-df-np-sv-z]{32}".prop_map(Key::Narinfo),
+                (sha(), compression).prop_map(|(file_hash, compression)| Key::Nar {
+                    file_hash,
+                    compression
+                }),
+                sha().prop_map(Key::Manifest),
+                (sha(), sha()).prop_map(|(new, old)| Key::ManifestDelta { new, old }),
+                sha().prop_map(Key::Sealed),
+                (sha(), sha()).prop_map(|(new, old_plain)| Key::SealedDelta { new, old_plain }),
+                host().prop_map(Key::Pointer),
+                (host(), any::<u64>())
+                    .prop_map(|(host, generation)| Key::History { host, generation }),
+                host().prop_map(Key::Report),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn every_key_round_trips(k in key()) {
+                let s = k.to_string();
+                prop_assert_eq!(Key::parse(&s), Some(k.clone()));
+                prop_assert!(s.starts_with(&k.dir()));
+            }
+
+            #[test]
+            fn whatever_parses_is_written_back_as_it_was(s in "[a-z0-9./_-]{0,80}") {
+                if let Some(k) = Key::parse(&s) {
+                    prop_assert_eq!(k.to_string(), s);
+                }
+            }
         }
     }
 }

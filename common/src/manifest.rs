@@ -36,14 +36,14 @@ use thiserror::Error;
 
 use crate::hash::Sha256Hash;
 use crate::keys::Signature;
-use crate::nixbase32;
+use crate::layout::{self, Key};
 use crate::store_path::StorePath;
 
 pub const VERSION: u32 = 1;
 /// Far above any real NixOS closure (a few thousand paths), low enough to bound memory.
 pub const MAX_PATHS: usize = 200_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     Xz,
@@ -207,7 +207,7 @@ impl Manifest {
                 return Err(ManifestError::EmptyNar(e.store_path.clone()));
             }
             let url_ok = match e.sealed_to {
-                Some(_) => crate::layout::is_sealed(&e.url) && e.cache.is_none(),
+                Some(_) => layout::is_sealed(&e.url) && e.cache.is_none(),
                 None => is_nar_url(&e.url, e.compression),
             };
             if !url_ok {
@@ -295,30 +295,25 @@ impl Manifest {
 
 /// `nar/<52 nixbase32>.nar<ext>`: no absolute URLs, no `..`, nothing else.
 pub fn is_nar_url(url: &str, compression: Compression) -> bool {
-    let Some(rest) = url.strip_prefix("nar/") else {
-        return false;
-    };
-    let Some(hash) = rest
-        .strip_suffix(compression.extension())
-        .and_then(|r| r.strip_suffix(".nar"))
-    else {
-        return false;
-    };
-    hash.len() == 52 && hash.bytes().all(nixbase32::is_valid_char)
+    matches!(Key::parse(url), Some(Key::Nar { compression: c, .. }) if c == compression)
 }
 
 /// The URL at which a compressed NAR is stored: named by its file hash, as Nix does.
 pub fn nar_url(file_hash: &Sha256Hash, compression: Compression) -> String {
-    format!(
-        "nar/{}.nar{}",
-        file_hash.to_nixbase32(),
-        compression.extension()
-    )
+    Key::Nar {
+        file_hash: *file_hash,
+        compression,
+    }
+    .to_string()
 }
 
 /// Where the delta from the manifest with sha256 `old` to the one with `new` is stored.
 pub fn delta_path(new: &Sha256Hash, old: &Sha256Hash) -> String {
-    format!("manifests/{}.from-{}.json", new.to_hex(), old.to_hex())
+    Key::ManifestDelta {
+        new: *new,
+        old: *old,
+    }
+    .to_string()
 }
 
 /// What changed from one manifest to the next (see the module's text).
@@ -387,7 +382,7 @@ mod tests {
     use super::*;
 
     fn sp(name: &str, n: u8) -> StorePath {
-        let h = nixbase32::encode(&[n; 20]);
+        let h = crate::nixbase32::encode(&[n; 20]);
         StorePath::from_basename(&format!("{h}-{name}")).unwrap()
     }
 

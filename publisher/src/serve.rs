@@ -43,6 +43,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::Response;
 use axum::Router;
 use httpdate::HttpDate;
+use nixcast_common::layout::{Key, Lifetime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, ReadBuf};
 use tokio_util::io::ReaderStream;
 
@@ -659,17 +660,14 @@ fn content_type(name: &str) -> &'static str {
     }
 }
 
-/// How long others may keep a file, from where it sits in the cache layout
-/// (see the constants for the reasons).
+/// How long others may keep a file, from what its name promises (see the
+/// constants for the reasons); a name that is no cache key promises nothing.
 fn cache_control(name: &str) -> &'static str {
-    let segments: Vec<&str> = name.split('/').collect();
-    match segments.as_slice() {
-        ["nix-cache-info"] => REVALIDATE,
-        ["hosts", pointer] if pointer.ends_with(".json") => REVALIDATE,
-        ["hosts", _, generation] if generation.ends_with(".json") => HISTORY,
-        ["nar", ..] | ["manifests", ..] => IMMUTABLE,
-        [narinfo] if narinfo.ends_with(".narinfo") => NARINFO,
-        _ => REVALIDATE,
+    match Key::parse(name).map(|k| k.lifetime()) {
+        Some(Lifetime::Immutable) => IMMUTABLE,
+        Some(Lifetime::History) => HISTORY,
+        Some(Lifetime::Narinfo) => NARINFO,
+        Some(Lifetime::Mutable) | None => REVALIDATE,
     }
 }
 

@@ -158,7 +158,12 @@ async fn content_types_follow_the_cache_layout() {
 #[tokio::test]
 async fn cache_control_matches_how_each_file_changes() {
     let server = Server::start().await;
-    let cases = [
+    let h = nixcast_common::Sha256Hash::digest(b"x");
+    let nar = format!("nar/{}.nar.xz", h.to_nixbase32());
+    let manifest = format!("manifests/{}.json", h.to_hex());
+    let sealed = format!("sealed/{}", h.to_hex());
+    let sealed_delta = format!("sealed/{}.from-{}", h.to_hex(), h.to_hex());
+    let cases: [(&str, &str); 11] = [
         ("nix-cache-info", "no-cache"),
         ("hosts/foobar.json", "no-cache"),
         ("hosts/foobar/7.json", "public, max-age=86400"),
@@ -166,8 +171,13 @@ async fn cache_control_matches_how_each_file_changes() {
             "0123456789abcdfghijklmnpqrsvwxyz.narinfo",
             "public, max-age=300",
         ),
-        ("nar/a.nar.xz", "public, max-age=31536000, immutable"),
-        ("manifests/e.json", "public, max-age=31536000, immutable"),
+        (&nar, "public, max-age=31536000, immutable"),
+        (&manifest, "public, max-age=31536000, immutable"),
+        (&sealed, "public, max-age=31536000, immutable"),
+        (&sealed_delta, "public, max-age=31536000, immutable"),
+        // Only a name that is a hash of the bytes promises they never change.
+        ("nar/a.nar.xz", "no-cache"),
+        ("sealed/e", "no-cache"),
         ("other.bin", "no-cache"),
     ];
     for (name, expected) in cases {
