@@ -42,6 +42,8 @@ use crate::store_path::StorePath;
 pub const VERSION: u32 = 1;
 /// Far above any real NixOS closure (a few thousand paths), low enough to bound memory.
 pub const MAX_PATHS: usize = 200_000;
+/// The largest manifest read, sealed or plain: some hundred thousand paths.
+pub const MAX_SIZE: u64 = 256 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

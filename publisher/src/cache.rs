@@ -2,73 +2,42 @@
 //! only decoded for a look at one's own cache), the manifest a pointer pins
 //! (sealed ones opened with an identity), and how sizes are shown.
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
+use nixcast_cache::reader::{self, ReadError};
 use nixcast_common::manifest::Manifest;
-use nixcast_common::pointer::{self, Pointer};
-use nixcast_common::seal::{self, Identity};
-use nixcast_common::{layout, PublicKey, Sha256Hash};
+use nixcast_common::pointer::Pointer;
+use nixcast_common::seal::Identity;
+use nixcast_common::{layout, PublicKey};
 
 use crate::target::Target;
 
 /// Reads a pointer; with keys it must verify, without them its payload is
 /// only decoded (for a look at one's own cache).
 pub fn read_pointer(target: &Target, key: &str, keys: &[PublicKey]) -> Result<Pointer> {
-    let bytes = target
-        .get_at_most(key, pointer::MAX_ENVELOPE_SIZE as u64)?
-        .with_context(|| format!("{}/{key} does not exist", target.describe()))?;
-    if !keys.is_empty() {
-        return Ok(pointer::verify(&bytes, keys)
-            .with_context(|| format!("{}/{key}", target.describe()))?
-            .into_inner());
-    }
-    pointer::decode_unverified(&bytes).with_context(|| format!("{}/{key}", target.describe()))
+    let cache = target.cache();
+    let p = match keys.is_empty() {
+        false => target
+            .block_on(reader::pointer(cache, key, keys))
+            .map(|v| v.into_inner()),
+        true => target.block_on(reader::pointer_unverified(cache, key)),
+    };
+    p.map_err(|e| match e {
+        ReadError::Fetch(nixcast_cache::Error::NotFound(_)) => {
+            anyhow::anyhow!("{}/{key} does not exist", target.describe())
+        }
+        e => e.into(),
+    })
 }
 
-/// A manifest this large would describe some hundred thousand paths.
-const MAX_MANIFEST: u64 = 256 << 20;
-
-/// The manifest a pointer pins, checked against the pinned sha256, with the
-/// bytes stored (sealed ones stay sealed: a bundle carries them as they are).
+/// The manifest a pointer pins, checked against the pin, with the bytes
+/// stored (sealed ones stay sealed: a bundle carries them as they are).
 /// A sealed one is opened with `ids`.
 pub fn read_manifest(
     target: &Target,
     p: &Pointer,
     ids: &[Identity],
 ) -> Result<(Vec<u8>, Manifest)> {
-    let path = &p.manifest.path;
-    // The pointer says how large it is: nothing beyond that is read.
-    let bytes = target
-        .get_at_most(path, p.manifest.size)?
-        .with_context(|| format!("{path} is missing"))?;
-    if Sha256Hash::digest(&bytes) != p.manifest.sha256 {
-        bail!("{path} does not match the sha256 its pointer pins");
-    }
-    let plain = match &p.manifest.sealed {
-        None => None,
-        Some(plain) => {
-            if ids.is_empty() {
-                bail!(
-                    "the manifest of {} generation {} is sealed: give --identity with the \
-                     publisher's secret key file or the identity of a `*` recipient",
-                    p.host,
-                    p.generation
-                );
-            }
-            let opened = seal::open_bytes(ids, &bytes, MAX_MANIFEST).with_context(|| {
-                let tried: Vec<&str> = ids.iter().map(|i| i.source()).collect();
-                format!("opening {path} (tried {})", tried.join(", "))
-            })?;
-            if opened.len() as u64 != plain.size || Sha256Hash::digest(&opened) != plain.sha256 {
-                bail!("{path} does not hold the manifest its pointer pins");
-            }
-            Some(opened)
-        }
-    };
-    let m = Manifest::parse(plain.as_deref().unwrap_or(&bytes)).with_context(|| path.clone())?;
-    if p.store_path.as_ref().is_some_and(|t| *t != m.store_path) {
-        bail!("{path} is not for the store path its pointer names");
-    }
-    Ok((bytes, m))
+    Ok(target.block_on(reader::unpinned(target.cache(), p, ids))?)
 }
 
 /// A pointer read only to find what it names (gc, bundle): decoded, not verified.

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
-use nixcast_common::layout;
+use nixcast_common::layout::{self, Key, Lifetime};
 use nixcast_common::seal::Identity;
 
 use nixcast_common::pointer::Pointer;
@@ -43,7 +43,7 @@ type Object = (String, u64, SystemTime);
 /// What the kept generations of every host reach, and the history
 /// pointers of the generations not kept.
 struct Live {
-    keys: BTreeSet<String>,
+    keys: BTreeSet<Key>,
     /// A kept sealed manifest could not be opened (no `--identity`): nothing
     /// sealed is known to be dead, so nothing sealed is deleted.
     sealed_unknown: bool,
@@ -57,14 +57,11 @@ fn live_objects(target: &Target, keep: usize, ids: &[Identity]) -> Result<Live> 
         dropped_pointers: Vec::new(),
     };
     for (key, _, _) in target.entries(layout::HOSTS_DIR)? {
-        let Some(host) = key
-            .strip_prefix("hosts/")
-            .and_then(|k| k.strip_suffix(".json"))
-        else {
+        let Some(Key::Pointer(host)) = Key::parse(&key) else {
             continue;
         };
-        for p in kept_pointers(target, host, &key, keep, &mut live.dropped_pointers)? {
-            live.keys.insert(p.manifest.path.clone());
+        for p in kept_pointers(target, &host, &key, keep, &mut live.dropped_pointers)? {
+            live.keys.extend(Key::parse(&p.manifest.path));
             if p.manifest.sealed.is_some() && ids.is_empty() {
                 live.sealed_unknown = true;
                 continue;
@@ -72,8 +69,9 @@ fn live_objects(target: &Target, keep: usize, ids: &[Identity]) -> Result<Live> 
             let (_, m) = read_manifest(target, &p, ids)
                 .with_context(|| format!("generation {} of {host} is kept", p.generation))?;
             for e in m.paths.iter().filter(|e| e.cache.is_none()) {
-                live.keys.insert(layout::narinfo(&e.store_path));
-                live.keys.insert(e.url.clone());
+                live.keys
+                    .insert(Key::Narinfo(e.store_path.hash_part().to_owned()));
+                live.keys.extend(Key::parse(&e.url));
             }
         }
     }
@@ -92,12 +90,13 @@ fn kept_pointers(
     let current = decode_pointer(target, key)?;
     let mut history: BTreeMap<u64, Object> = BTreeMap::new();
     for (k, size, mtime) in target.entries(&layout::history_dir(host))? {
-        let generation: Option<u64> = k
-            .rsplit('/')
-            .next()
-            .and_then(|n| n.strip_suffix(".json"))
-            .and_then(|n| n.parse().ok());
-        let Some(g) = generation else { continue };
+        let g = match Key::parse(&k) {
+            Some(Key::History {
+                host: h,
+                generation,
+            }) if h == host => generation,
+            _ => continue,
+        };
         // A name is anyone's word: a file planted under a high number
         // must not take the place of a kept generation. What is not this
         // host's pointer of that generation is neither kept nor deleted.
@@ -149,31 +148,29 @@ fn doomed_objects(
     // Reverse publish order: manifests, then narinfos, then NARs. Sealed
     // objects of every kind share one directory; a sealed manifest is never
     // deleted while a kept pointer names it, so it goes with its NARs.
-    let sealed_prefixes: &[&str] = if live.sealed_unknown {
+    let sealed_dirs: &[&str] = if live.sealed_unknown {
         &[]
     } else {
         &[layout::SEALED_DIR]
     };
-    for prefix in ["manifests", ""]
+    for dir in [layout::MANIFESTS_DIR, ""]
         .into_iter()
-        .chain(sealed_prefixes.iter().copied())
-        .chain(["nar"])
+        .chain(sealed_dirs.iter().copied())
+        .chain([layout::NAR_DIR])
     {
-        for (key, size, mtime) in target.entries(prefix)? {
-            let name = key.rsplit('/').next().unwrap_or_default();
-            let ours = match prefix {
-                "manifests" => name.ends_with(".json"),
-                "" => name.ends_with(".narinfo"),
-                _ => true,
+        for (key, size, mtime) in target.entries(dir)? {
+            let unreferenced = match Key::parse(&key) {
+                // Only what publish writes here is ours to delete.
+                Some(k)
+                    if k.dir() == dir && k.lifetime() == Lifetime::Immutable
+                        || matches!(k, Key::Narinfo(_)) =>
+                {
+                    !live.keys.contains(&k.owner())
+                }
+                Some(_) => false,
+                // A dot-file is a temporary file left by an interrupted publish.
+                None => key.rsplit('/').next().is_some_and(|n| n.starts_with('.')),
             };
-            // A delta lives as long as the manifest it makes.
-            let key_of_use = match name.split_once(".from-") {
-                Some((new, _)) if prefix == "manifests" => format!("manifests/{new}.json"),
-                Some((new, _)) if prefix == layout::SEALED_DIR => format!("{prefix}/{new}"),
-                _ => key.clone(),
-            };
-            // A dot-file is a temporary file left by an interrupted publish.
-            let unreferenced = name.starts_with('.') || (ours && !live.keys.contains(&key_of_use));
             if unreferenced && old(mtime) {
                 doomed.push((key, size));
             }

@@ -35,7 +35,7 @@ pub struct Config {
     /// For upstream caches named in a manifest: plain http allowed, time limits, proxy.
     pub http: crate::source::HttpOptions,
     /// What opens private caches (`--netrc-file`, `--environment-file`), the upstreams' too.
-    pub secrets: std::sync::Arc<crate::secrets::Secrets>,
+    pub secrets: std::sync::Arc<nixcast_cache::Secrets>,
     /// The whole run's time limit, up to the switch.
     pub run_timeout: std::time::Duration,
     /// The largest step up from the highest accepted generation.

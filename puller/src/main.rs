@@ -11,13 +11,11 @@ mod config;
 mod fetch;
 mod generations;
 mod host;
-mod netrc;
 mod pipeline;
 mod reboot;
 mod report;
 mod run;
 mod schedule;
-mod secrets;
 mod source;
 mod space;
 mod state;
@@ -333,12 +331,12 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|_| format!("{}-linux", std::env::consts::ARCH)),
     };
-    let mut secrets = secrets::Secrets::default();
+    let mut secrets = nixcast_cache::Secrets::default();
     if let Some(f) = &a.netrc_file {
-        secrets.netrc = Some(netrc::Netrc::read(f)?);
+        secrets.netrc = Some(nixcast_cache::netrc::Netrc::read(f)?);
     }
     if let Some(f) = &a.environment_file {
-        secrets.aws = secrets::read_env_file(f)?;
+        secrets.aws = nixcast_cache::secrets::read_env_file(f)?;
     }
     let http = source::HttpOptions {
         allow_insecure_http: a.allow_insecure_http,

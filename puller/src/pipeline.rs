@@ -365,7 +365,7 @@ fn nar_error(e: NarError) -> RunError {
 /// a bundle carries every NAR itself.
 fn upstream_sources(cfg: &Config, entries: &[&Entry]) -> Result<HashMap<String, Source>, RunError> {
     let mut out = HashMap::new();
-    if matches!(cfg.source, Source::Bundle { .. }) {
+    if cfg.source.is_bundle() {
         return Ok(out);
     }
     for url in entries.iter().filter_map(|e| e.cache.as_deref()) {

@@ -345,7 +345,7 @@ pub fn config(
     switch: Arc<FakeSwitch>,
 ) -> Config {
     Config {
-        source: Source::Dir(cache.path().to_owned()),
+        source: Source::dir(cache.path()),
         store,
         activator: switch,
         host: HOST.into(),
@@ -367,7 +367,7 @@ pub fn config(
             min_rate: 0,
             proxy: None,
         },
-        secrets: Arc::new(crate::secrets::Secrets::default()),
+        secrets: Arc::new(nixcast_cache::Secrets::default()),
         run_timeout: Duration::from_secs(600),
         max_generation_jump: 1000,
         report: None,

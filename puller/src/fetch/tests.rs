@@ -22,7 +22,7 @@ struct Scene {
 impl Scene {
     fn new() -> Self {
         let cache = Cache::new();
-        let source = Source::Dir(cache.path().to_owned());
+        let source = Source::dir(cache.path());
         let staging = tempfile::tempdir().unwrap();
         std::fs::create_dir(staging.path().join("nar")).unwrap();
         Scene {

@@ -192,7 +192,7 @@ async fn pointers_against_the_policy_are_refused_before_the_store_is_asked() {
     let other = Cache::new();
     other.publish(6, &testing::closure("v2", 20));
     let cfg = Config {
-        source: Source::Dir(other.path().to_owned()),
+        source: Source::dir(other.path()),
         ..h.config()
     };
     let err = h.run(&cfg).await.unwrap_err();
