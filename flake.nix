@@ -28,6 +28,7 @@
               ./Cargo.lock
               ./common
               ./cli
+              ./cache
               ./publisher
               ./puller
               ./integration
@@ -40,7 +41,7 @@
           # The unit tests only: the end-to-end tests (nixcast-integration)
           # need root, mount namespaces and a real Nix, which the build
           # sandbox does not give.
-          cargoTestFlags = [ "-p" "nixcast-common" "-p" "nixcast" "-p" "nixcast-pull" ];
+          cargoTestFlags = [ "-p" "nixcast-common" "-p" "nixcast-cli" "-p" "nixcast-cache" "-p" "nixcast" "-p" "nixcast-pull" ];
 
           # No native inputs: liblzma-sys and zstd-sys compile their bundled
           # C sources with the stdenv's cc (liblzma-sys looks for a system

@@ -37,6 +37,8 @@ pub struct HttpOptions {
     /// server that trickles would hold a run, and its lock, for days.
     pub min_rate: u64,
     pub proxy: Option<String>,
+    /// Which program asks (`nixcast-pull/0.1.0`): a server may tell them apart.
+    pub user_agent: &'static str,
 }
 
 impl Default for HttpOptions {
@@ -46,6 +48,7 @@ impl Default for HttpOptions {
             stall_timeout: Duration::from_secs(60),
             min_rate: 0,
             proxy: None,
+            user_agent: concat!("nixcast/", env!("CARGO_PKG_VERSION")),
         }
     }
 }
@@ -67,6 +70,8 @@ pub struct Server {
 impl Server {
     /// `https://…`, or `http://…` with `allow_insecure_http`.
     pub fn open(spec: &str, opts: &HttpOptions, secrets: &Secrets) -> anyhow::Result<Self> {
+        // One TLS provider for the process, whoever asks first.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let allow_insecure_http = opts.allow_insecure_http;
         let shown = redact(spec);
         let use_netrc = "put them in a netrc file (`machine HOST login USER password PASSWORD`) \
@@ -105,7 +110,7 @@ impl Server {
             .read_timeout(opts.stall_timeout)
             .redirect(same_origin_redirects())
             .https_only(!allow_insecure_http)
-            .user_agent(concat!("nixcast-pull/", env!("CARGO_PKG_VERSION")))
+            .user_agent(opts.user_agent)
             // reqwest reads http_proxy & co by default: a variable left in a
             // service's environment would route the agent through a machine
             // nobody chose for it. Only --proxy names one.
@@ -448,8 +453,7 @@ mod tests {
         HttpOptions {
             allow_insecure_http: false,
             stall_timeout: Duration::from_secs(1),
-            min_rate: 0,
-            proxy: None,
+            ..HttpOptions::default()
         }
     }
 

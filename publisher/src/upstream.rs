@@ -8,11 +8,12 @@
 //! from the upstream and checks it against the NarHash in our signed
 //! manifest, so it needs no upstream key.
 
-use std::io::Read;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures_util::{StreamExt, TryStreamExt};
+use nixcast_cache::{Cache, HttpOptions, Secrets};
+use nixcast_common::layout;
 use nixcast_common::manifest::{self, Compression};
 use nixcast_common::narinfo::NarInfo;
 use nixcast_common::PublicKey;
@@ -25,30 +26,37 @@ const CONCURRENCY: usize = 32;
 pub const MAX_NARINFO: usize = 1 << 20;
 
 pub struct Upstreams {
-    urls: Vec<String>,
+    /// Each upstream's URL as given, and the cache it names.
+    caches: Vec<(String, Cache)>,
     keys: Vec<PublicKey>,
-    client: reqwest::Client,
 }
 
 impl Upstreams {
     pub fn new(urls: Vec<String>, keys: Vec<PublicKey>) -> Result<Self> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(30))
-            // A narinfo is small: one that trickles in is not worth waiting for.
-            .timeout(Duration::from_secs(120))
-            .user_agent(concat!("nixcast/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        let urls = urls
+        let opts = HttpOptions {
+            // The operator named the upstream; its narinfos are checked
+            // against our own store whatever carried them.
+            allow_insecure_http: true,
+            stall_timeout: Duration::from_secs(30),
+            // A narinfo is small: one that trickles in is not worth
+            // waiting for (1 MiB within about two minutes).
+            min_rate: 8 << 10,
+            ..HttpOptions::default()
+        };
+        let caches = urls
             .into_iter()
-            .map(|u| u.trim_end_matches('/').to_owned())
-            .collect();
-        Ok(Self { urls, keys, client })
+            .map(|u| {
+                let u = u.trim_end_matches('/').to_owned();
+                let cache = Cache::new(&u, &opts, &Secrets::default())
+                    .with_context(|| format!("--upstream {u}"))?;
+                Ok((u, cache))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { caches, keys })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.urls.is_empty()
+        self.caches.is_empty()
     }
 
     /// For each path, the first upstream that serves it, with its narinfo.
@@ -64,11 +72,21 @@ impl Upstreams {
     }
 
     async fn find(&self, info: &PathInfo) -> Result<Option<(String, NarInfo)>> {
-        for url in &self.urls {
-            let key = format!("{url}/{}.narinfo", info.path.hash_part());
-            let Some(text) = self.get(&key).await? else {
+        let key = layout::narinfo(&info.path);
+        for (url, cache) in &self.caches {
+            // Not there: 404, or 403 as S3 answers for a missing key.
+            let got = cache.get_if_any(&key, MAX_NARINFO as u64).await;
+            let Some(bytes) = got.map_err(|e| match e {
+                nixcast_cache::Error::TooLarge { url, .. } => {
+                    anyhow::anyhow!("{url}: narinfo larger than {MAX_NARINFO} bytes")
+                }
+                e => e.into(),
+            })?
+            else {
                 continue;
             };
+            let text = String::from_utf8(bytes)
+                .with_context(|| format!("{} is not UTF-8", cache.url_of(&key)))?;
             match self.acceptable(&text, info) {
                 Ok(ni) => return Ok(Some((url.clone(), ni))),
                 Err(why) => {
@@ -100,62 +118,5 @@ impl Upstreams {
             return Err("it is not signed by an upstream key".into());
         }
         Ok(ni)
-    }
-
-    /// A narinfo's text, or None when the upstream does not have it (404, or
-    /// 403 as S3 answers for a missing key).
-    async fn get(&self, url: &str) -> Result<Option<String>> {
-        if let Some(path) = url.strip_prefix("file://") {
-            let file = match std::fs::File::open(path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(e).with_context(|| format!("cannot read {path}")),
-            };
-            let mut bytes = Vec::new();
-            file.take(MAX_NARINFO as u64 + 1)
-                .read_to_end(&mut bytes)
-                .with_context(|| format!("cannot read {path}"))?;
-            anyhow::ensure!(
-                bytes.len() <= MAX_NARINFO,
-                "{url}: narinfo larger than {MAX_NARINFO} bytes"
-            );
-            return String::from_utf8(bytes)
-                .map(Some)
-                .with_context(|| format!("{url} is not UTF-8"));
-        }
-        let mut resp = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the upstream: {url}"))?;
-        match resp.status().as_u16() {
-            200 => {}
-            403 | 404 => return Ok(None),
-            s => anyhow::bail!("{url}: the upstream answered {s}"),
-        }
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_NARINFO as u64)
-        {
-            anyhow::bail!("{url}: narinfo larger than {MAX_NARINFO} bytes");
-        }
-        // Chunk by chunk: without a length (or with a false one) the body
-        // could be endless, and only what fits the limit is ever held.
-        let mut bytes = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .with_context(|| format!("reading {url}"))?
-        {
-            anyhow::ensure!(
-                bytes.len() + chunk.len() <= MAX_NARINFO,
-                "{url}: narinfo larger than {MAX_NARINFO} bytes"
-            );
-            bytes.extend_from_slice(&chunk);
-        }
-        String::from_utf8(bytes)
-            .map(Some)
-            .with_context(|| format!("{url} is not UTF-8"))
     }
 }

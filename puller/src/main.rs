@@ -343,6 +343,7 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
         stall_timeout: a.stall_timeout,
         min_rate: a.min_rate,
         proxy: a.proxy,
+        user_agent: concat!("nixcast-pull/", env!("CARGO_PKG_VERSION")),
     };
     let report = match &a.report_to {
         None => None,

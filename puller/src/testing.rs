@@ -366,6 +366,7 @@ pub fn config(
             stall_timeout: Duration::from_secs(30),
             min_rate: 0,
             proxy: None,
+            user_agent: concat!("nixcast-pull/", env!("CARGO_PKG_VERSION")),
         },
         secrets: Arc::new(nixcast_cache::Secrets::default()),
         run_timeout: Duration::from_secs(600),

@@ -665,6 +665,10 @@ fn flake_outputs_evaluate_with_a_stub_nixpkgs() {
             "-p",
             "nixcast-common",
             "-p",
+            "nixcast-cli",
+            "-p",
+            "nixcast-cache",
+            "-p",
             "nixcast",
             "-p",
             "nixcast-pull"
