@@ -95,3 +95,45 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Serve(a) => cmd::serve::run(a),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn earlier_spellings_are_accepted_and_not_shown() {
+        Cli::command().debug_assert();
+        let old: [&[&str]; 7] = [
+            &["publish", "--host", "h", "--path", "p", "--to", "d"],
+            &["bundle", "--host", "h", "--from", "d", "--output", "o"],
+            &["hosts", "--to", "d", "--public-key-file", "k"],
+            &["diff", "--to", "d", "--host", "h", "--public-key-file", "k"],
+            &["gc", "--to", "d", "--keep", "1"],
+            &["promote", "--to", "d", "--host", "h"],
+            &["serve", "d"],
+        ];
+        for args in old {
+            let argv = ["nixcast"].iter().chain(args).chain(
+                // Given as a flag, not the environment, which tests share.
+                ["--secret-key-file", "k"]
+                    .iter()
+                    .filter(|_| matches!(args[0], "publish" | "promote")),
+            );
+            if let Err(e) = Cli::try_parse_from(argv) {
+                panic!("{args:?}: {e}");
+            }
+        }
+        let mut cli = Cli::command();
+        for name in ["publish", "bundle", "hosts", "diff", "gc", "promote"] {
+            let help = cli
+                .find_subcommand_mut(name)
+                .unwrap()
+                .render_long_help()
+                .to_string();
+            for spelling in ["--to", "--from", "--public-key-file"] {
+                assert!(!help.contains(spelling), "{name} shows {spelling}: {help}");
+            }
+        }
+    }
+}

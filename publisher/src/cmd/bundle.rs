@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use nixcast_cli::keys;
 
+use super::args::{CacheArg, IdentityArgs};
 use crate::bundle::Base;
 use crate::target::Target;
 
@@ -12,14 +12,8 @@ use crate::target::Target;
 pub struct Args {
     #[arg(long)]
     host: String,
-    /// The cache to read: a directory, file://DIR or s3://….
-    #[arg(
-        long = "cache",
-        alias = "from",
-        value_name = "CACHE",
-        env = "NIXCAST_CACHE"
-    )]
-    from: String,
+    #[command(flatten)]
+    cache: CacheArg,
     /// Leave out what this generation of the host has.
     #[arg(long, conflicts_with = "base_path")]
     base: Option<u64>,
@@ -28,9 +22,8 @@ pub struct Args {
     base_path: Option<String>,
     #[arg(long)]
     output: PathBuf,
-    /// Opens sealed manifests (repeatable): an operator's identity or the publisher's secret key file.
-    #[arg(long = "identity", env = "NIXCAST_IDENTITIES", value_delimiter = ' ')]
-    identities: Vec<PathBuf>,
+    #[command(flatten)]
+    identities: IdentityArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -41,10 +34,10 @@ pub fn run(a: Args) -> Result<()> {
         (None, None) => Base::None,
     };
     crate::bundle::bundle(
-        &Target::open_existing(&a.from)?,
+        &Target::open_existing(&a.cache.cache)?,
         &a.host,
         &base,
-        &keys::read_identities(&a.identities)?,
+        &a.identities.read()?,
         &a.output,
     )
 }

@@ -1,23 +1,19 @@
 //! `nixcast gc`'s command line.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
-use nixcast_cli::keys;
 
+use super::args::{CacheArg, IdentityArgs};
 use crate::target::Target;
 
 #[derive(clap::Args)]
+#[command(mut_arg("identities", |a| a.help(
+    "Opens sealed manifests (repeatable); without one, nothing sealed is deleted"
+)))]
 pub struct Args {
-    /// The cache: a directory, file://DIR or s3://BUCKET/PREFIX?….
-    #[arg(
-        long = "cache",
-        alias = "to",
-        value_name = "CACHE",
-        env = "NIXCAST_CACHE"
-    )]
-    to: String,
+    #[command(flatten)]
+    cache: CacheArg,
     /// Generations kept per host (the current one is always kept).
     #[arg(long)]
     keep: usize,
@@ -26,17 +22,16 @@ pub struct Args {
     grace: Duration,
     #[arg(long)]
     dry_run: bool,
-    /// Opens sealed manifests (repeatable); without one, nothing sealed is deleted.
-    #[arg(long = "identity", env = "NIXCAST_IDENTITIES", value_delimiter = ' ')]
-    identities: Vec<PathBuf>,
+    #[command(flatten)]
+    identities: IdentityArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
     crate::gc::gc(
-        &Target::open_existing(&a.to)?,
+        &Target::open_existing(&a.cache.cache)?,
         a.keep,
         a.grace,
-        &keys::read_identities(&a.identities)?,
+        &a.identities.read()?,
         a.dry_run,
     )
 }

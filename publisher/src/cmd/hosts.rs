@@ -3,32 +3,18 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use nixcast_cli::keys;
 
-use super::args::load_recipients;
+use super::args::{load_recipients, CacheArg, IdentityArgs, TrustArgs};
 use crate::target::Target;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The cache: a directory, file://DIR or s3://BUCKET/PREFIX?….
-    #[arg(
-        long = "cache",
-        alias = "to",
-        value_name = "CACHE",
-        env = "NIXCAST_CACHE"
-    )]
-    to: String,
-    /// Verify pointers with this public key (repeatable); without, they are only decoded.
-    #[arg(
-        long = "trusted-key-file",
-        alias = "public-key-file",
-        env = "NIXCAST_TRUSTED_KEY_FILES",
-        value_delimiter = ' '
-    )]
-    public_key_files: Vec<PathBuf>,
-    /// Opens sealed manifests and reports (repeatable): an operator's identity or the publisher's secret key file.
-    #[arg(long = "identity", env = "NIXCAST_IDENTITIES", value_delimiter = ' ')]
-    identities: Vec<PathBuf>,
+    #[command(flatten)]
+    cache: CacheArg,
+    #[command(flatten)]
+    trust: TrustArgs,
+    #[command(flatten)]
+    identities: IdentityArgs,
     #[arg(long)]
     json: bool,
     /// Add what each host reported, verified with the ssh-ed25519 keys this file lists for it.
@@ -41,9 +27,9 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     crate::inspect::hosts(
-        &Target::open_existing(&a.to)?,
-        &keys::read_public_keys(&a.public_key_files)?,
-        &keys::read_identities(&a.identities)?,
+        &Target::open_existing(&a.cache.cache)?,
+        &a.trust.read()?,
+        &a.identities.read()?,
         a.json,
         a.recipients_file
             .as_deref()

@@ -4,23 +4,21 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
-use nixcast_cli::keys;
 use nixcast_common::seal::Recipients;
 
-use super::args::{load_recipients, parse_expiry, Expiry};
+use super::args::{load_recipients, CacheArg, ExpiryArg, IdentityArgs, SigningKeyArg};
 use crate::promote::Options;
 use crate::target::Target;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The cache: a directory, file://DIR or s3://BUCKET/PREFIX?….
-    #[arg(long = "cache", value_name = "CACHE", env = "NIXCAST_CACHE")]
-    cache: String,
+    #[command(flatten)]
+    cache: CacheArg,
     /// A host to promote (repeatable).
     #[arg(long = "host", required = true)]
     hosts: Vec<String>,
-    #[arg(long, env = "NIXCAST_SECRET_KEY_FILE")]
-    secret_key_file: PathBuf,
+    #[command(flatten)]
+    key: SigningKeyArg,
     /// The staged generation to promote (default: the highest).
     #[arg(long)]
     generation: Option<u64>,
@@ -33,26 +31,24 @@ pub struct Args {
     /// Lists each canary's ssh-ed25519 keys, which verify its reports.
     #[arg(long)]
     recipients_file: Option<PathBuf>,
-    /// Opens sealed reports (repeatable): an operator's identity or the publisher's secret key file.
-    #[arg(long = "identity", env = "NIXCAST_IDENTITIES", value_delimiter = ' ')]
-    identities: Vec<PathBuf>,
-    /// How long the new pointer stays valid ("30d", "12h"), or "never".
-    #[arg(long, default_value = "30d", value_parser = parse_expiry)]
-    expires_in: Expiry,
+    #[command(flatten)]
+    identities: IdentityArgs,
+    #[command(flatten)]
+    expiry: ExpiryArg,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let opts = Options {
-        key: keys::read_secret_key(&a.secret_key_file)?,
+        key: a.key.read()?,
         generation: a.generation,
-        expires_in: a.expires_in.0,
+        expires_in: a.expiry.expires_in.0,
         after: a.after,
         healthy_for: a.healthy_for,
         fleet: match &a.recipients_file {
             Some(f) => load_recipients(f)?,
             None => Recipients::default(),
         },
-        ids: keys::read_identities(&a.identities)?,
+        ids: a.identities.read()?,
     };
-    crate::promote::promote(&Target::open_existing(&a.cache)?, &a.hosts, &opts)
+    crate::promote::promote(&Target::open_existing(&a.cache.cache)?, &a.hosts, &opts)
 }

@@ -9,7 +9,7 @@ use nixcast_common::manifest::Compression;
 use nixcast_common::seal::{self, Recipients};
 use nixcast_common::StorePath;
 
-use super::args::{load_recipients, parse_compression, parse_expiry, Expiry};
+use super::args::{load_recipients, parse_compression, CacheArg, ExpiryArg, SigningKeyArg};
 use crate::publish::{self, Options, Outcome};
 use crate::sealing::Sealing;
 use crate::target::Target;
@@ -24,29 +24,20 @@ pub struct Args {
     /// With --flake: every attribute of nixosConfigurations.
     #[arg(long, requires = "flake", conflicts_with = "hosts")]
     all: bool,
-    /// The cache to write: a directory, file://DIR or s3://BUCKET/PREFIX?… (`--to`, as in
-    /// `nix copy --to`, is the same).
-    #[arg(
-        long = "cache",
-        alias = "to",
-        value_name = "CACHE",
-        env = "NIXCAST_CACHE"
-    )]
-    to: String,
+    #[command(flatten)]
+    cache: CacheArg,
     /// An already-built system (a store path or a symlink to one, such as ./result).
     #[arg(long)]
     path: Option<PathBuf>,
     /// Build REF#nixosConfigurations.HOST.config.system.build.toplevel.
     #[arg(long)]
     flake: Option<String>,
-    /// The signing key (`nixcast keygen`).
-    #[arg(long, env = "NIXCAST_SECRET_KEY_FILE")]
-    secret_key_file: PathBuf,
+    #[command(flatten)]
+    key: SigningKeyArg,
     #[arg(long, default_value = "xz", value_parser = parse_compression)]
     compression: Compression,
-    /// How long the pointer stays valid ("30d", "12h"), or "never".
-    #[arg(long, default_value = "30d", value_parser = parse_expiry)]
-    expires_in: Expiry,
+    #[command(flatten)]
+    expiry: ExpiryArg,
     /// Paths compressed at once (default: the number of CPUs).
     #[arg(long)]
     jobs: Option<usize>,
@@ -75,7 +66,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let key = keys::read_secret_key(&a.secret_key_file)?;
+    let key = a.key.read()?;
     let hosts = match &a.flake {
         Some(f) if a.all => nix::flake_hosts(f)?,
         _ => a.hosts.clone(),
@@ -84,7 +75,7 @@ pub fn run(a: Args) -> Result<()> {
         crate::cache::check_host(h)?;
     }
     let recipients = recipients(&a, &hosts)?;
-    let target = Target::open(&a.to)?;
+    let target = Target::open(&a.cache.cache)?;
     let tops = tops(&a, &hosts)?;
     let mut sealing = Sealing::new(recipients);
     // A path is sealed to every sealed host of this command that holds it,
@@ -98,7 +89,7 @@ pub fn run(a: Args) -> Result<()> {
     let opts = Options {
         key,
         compression: a.compression,
-        expires_in: a.expires_in.0,
+        expires_in: a.expiry.expires_in.0,
         jobs: a
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
