@@ -27,7 +27,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use nixcast_cli::logging::{self, LogArgs, LogFormat};
+use nixcast_cli::logging::{self, LogArgs};
 
 #[derive(Parser)]
 #[command(
@@ -73,11 +73,7 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // Told once: a last line in text mode, an event in JSON mode.
-            match format {
-                LogFormat::Text => eprintln!("error: {e:#}"),
-                LogFormat::Json => tracing::error!("{e:#}"),
-            }
+            logging::report_error(&e);
             ExitCode::FAILURE
         }
     }

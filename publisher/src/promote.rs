@@ -60,7 +60,7 @@ pub fn promote(target: &Target, hosts: &[String], opts: &Options) -> Result<()> 
                 println!("{host} is at generation {g}, no higher one is staged: nothing to promote")
             }
             Err(e) => {
-                eprintln!("error: {host}: {e:#}");
+                nixcast_cli::logging::report_error(&e.context(host.clone()));
                 failed.push(host.as_str());
             }
         }

@@ -165,7 +165,7 @@ fn publish_each(
                 println!("{host} is already at generation {generation} with {store_path}: nothing to publish");
             }
             Err(e) => {
-                eprintln!("error: {host}: {e:#}");
+                nixcast_cli::logging::report_error(&e.context(host.clone()));
                 failed.push(host.as_str());
             }
         }
