@@ -14,12 +14,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
+use nixcast_cli::fmt::human_bytes;
 use nixcast_common::layout;
 use nixcast_common::seal::Identity;
 
 use nixcast_common::pointer::Pointer;
 
-use crate::cache::{decode_pointer, human_bytes, read_manifest};
+use crate::cache::{decode_pointer, read_manifest};
 use crate::target::Target;
 
 pub fn gc(

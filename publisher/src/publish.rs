@@ -72,7 +72,7 @@ impl std::fmt::Display for Summary {
             self.new_paths,
             self.reused_paths,
             self.upstream_paths,
-            crate::cache::human_bytes(self.bytes_written)
+            nixcast_cli::fmt::human_bytes(self.bytes_written)
         )
     }
 }

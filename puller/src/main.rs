@@ -24,7 +24,6 @@ mod state;
 mod store;
 #[cfg(test)]
 mod testing;
-mod text;
 mod window;
 
 use std::path::PathBuf;
@@ -35,6 +34,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use nixcast_cli::keys;
 use nixcast_cli::logging::{self, LogArgs, LogFormat};
+use nixcast_cli::text;
 
 #[derive(Parser)]
 #[command(
