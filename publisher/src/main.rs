@@ -20,6 +20,8 @@ mod publish;
 mod sealing;
 mod serve;
 mod target;
+#[cfg(test)]
+mod testing;
 mod upstream;
 
 use std::io::IsTerminal;

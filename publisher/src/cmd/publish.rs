@@ -10,10 +10,11 @@ use nixcast_common::seal::{self, Recipients};
 use nixcast_common::StorePath;
 
 use super::args::{load_recipients, parse_compression, CacheArg, ExpiryArg, SigningKeyArg};
+use crate::nix::{self, Store};
 use crate::publish::{self, Options, Outcome};
 use crate::sealing::Sealing;
 use crate::target::Target;
-use crate::{nix, upstream};
+use crate::upstream;
 
 #[derive(clap::Args)]
 #[command(group = clap::ArgGroup::new("source").required(true).args(["path", "flake"]))]
@@ -77,12 +78,13 @@ pub fn run(a: Args) -> Result<()> {
     let recipients = recipients(&a, &hosts)?;
     let target = Target::open(&a.cache.cache)?;
     let tops = tops(&a, &hosts)?;
+    let store = nix::Nix;
     let mut sealing = Sealing::new(recipients);
     // A path is sealed to every sealed host of this command that holds it,
     // so the closures of all of them are known before the first is written.
     for (host, top) in &tops {
         if let (true, Ok(top)) = (sealing.is_sealed(host), top) {
-            let closure = nix::closure(top)?;
+            let closure = store.closure(top)?;
             sealing.add_closure(host, closure.iter().map(|i| &i.path));
         }
     }
@@ -105,7 +107,7 @@ pub fn run(a: Args) -> Result<()> {
         sealing,
         stage: a.stage,
     };
-    publish_each(&target, &tops, &opts)
+    publish_each(&store, &target, &tops, &opts)
 }
 
 /// Who each host is sealed to: the recipients file, plus `--recipient`
@@ -143,6 +145,7 @@ fn tops(a: &Args, hosts: &[String]) -> Result<Vec<(String, Result<StorePath>)>> 
 /// One host after another: paths shared by several are found in the
 /// target by the later ones, so each is compressed and written once.
 fn publish_each(
+    store: &dyn Store,
     target: &Target,
     tops: &[(String, Result<StorePath>)],
     opts: &Options,
@@ -152,7 +155,7 @@ fn publish_each(
         match top
             .as_ref()
             .map_err(|e| anyhow::anyhow!("{e:#}"))
-            .and_then(|t| publish::publish(target, host, t, opts))
+            .and_then(|t| publish::publish(store, target, host, t, opts))
         {
             Ok(Outcome::Published(s)) => {
                 tracing::info!(host = %s.host, generation = s.generation, new = s.new_paths, reused = s.reused_paths, bytes = s.bytes_written, "published");
