@@ -614,3 +614,37 @@ fn the_publisher_reads_nixcast_variables() {
         stderr(&out)
     );
 }
+
+#[test]
+fn each_hosts_error_is_a_json_event_under_log_format_json() {
+    let (_work, cache, keys) = scene();
+    let top = Fixture {
+        version: "jsonerr",
+        ..Default::default()
+    }
+    .build();
+    publish(&cache, "foobar", &top, &keys, &[]);
+    // foobar has nothing staged; nosuch has no generation at all.
+    let out = nixcast()
+        .args(["--log-format", "json", "promote", "--host", "foobar"])
+        .args(["--host", "nosuch", "--cache"])
+        .arg(&cache)
+        .arg("--secret-key-file")
+        .arg(&keys.secret)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let events: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let messages: Vec<&str> = events
+        .iter()
+        .filter(|e| e["level"] == "ERROR")
+        .map(|e| e["fields"]["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages.len(), 2, "{err}");
+    assert!(messages[0].starts_with("nosuch: "), "{err}");
+    assert!(messages[1].contains("1 of 2 hosts failed: nosuch"), "{err}");
+}
