@@ -138,7 +138,7 @@ build() {
 }
 # serve DIR: serves DIR over HTTP on the loopback, sets $url.
 serve() {
-  "$bin/nixcast" serve "$1" --listen 127.0.0.1:0 2>"$1.serve.log" &
+  "$bin/nixcast" serve --cache "$1" --listen 127.0.0.1:0 2>"$1.serve.log" &
   echo $! >>"$work/servers"
   local i
   for i in $(seq 100); do grep -q 'http://' "$1.serve.log" && break; sleep 0.1; done
@@ -203,14 +203,14 @@ cycle() {
 
   echo "-- generation 1 (xz), published with $p Nix"
   gen1=$(build "$p" "$ps" "$p-$a-1")
-  "$p" "$ps" "$nb" publish --host foobar --path "$gen1" --to "$c" --secret-key-file "$k"
+  "$p" "$ps" "$nb" publish --host foobar --path "$gen1" --cache "$c" --secret-key-file "$k"
   pull
   expect "profile" "$(profile "$as")" "system-1-link $gen1"
   expect "switch log" "$(tail -1 "$as/var/nixcast-test-switch.log")" "switch $gen1"
 
   echo "-- generation 2 (zstd): only what changed is fetched"
   gen2=$(build "$p" "$ps" "$p-$a-2")
-  "$p" "$ps" "$nb" publish --host foobar --path "$gen2" --to "$c" --secret-key-file "$k" --compression zstd
+  "$p" "$ps" "$nb" publish --host foobar --path "$gen2" --cache "$c" --secret-key-file "$k" --compression zstd
   want=$("$p" "$ps" sh -c "nix-store -qR $gen2 | sort >/tmp/a; nix-store -qR $gen1 | sort >/tmp/b; comm -23 /tmp/a /tmp/b | wc -l")
   out=$(pull 2>&1) || { echo "$out"; return 1; }
   echo "$out"
@@ -219,7 +219,7 @@ cycle() {
 
   echo "-- generation 3 fails its switch: rolled back to generation 2"
   gen3=$(build "$p" "$ps" "$p-$a-3" 4)
-  "$p" "$ps" "$nb" publish --host foobar --path "$gen3" --to "$c" --secret-key-file "$k"
+  "$p" "$ps" "$nb" publish --host foobar --path "$gen3" --cache "$c" --secret-key-file "$k"
   local rc=0
   pull || rc=$?
   expect "exit code" "$rc" 5
@@ -235,7 +235,7 @@ nix_clients() {
   local ps as cache gen
   ps=$(store clients-pub) cache=$work/cache-clients
   gen=$(build old "$ps" clients-1)
-  old "$ps" "$bin/nixcast" publish --host foobar --path "$gen" --to "$cache" \
+  old "$ps" "$bin/nixcast" publish --host foobar --path "$gen" --cache "$cache" \
     --secret-key-file "$work/secret.key" --compression zstd
   serve "$cache"
   echo "-- nix copy --from (Nix $new_nix)"
@@ -264,7 +264,7 @@ publish_onto_new_cache() {
   # The same closure in the host's Nix (2.8), from that cache.
   os=$(store onto-old)
   old "$os" nix-store -r "$gen" --option substituters "file://$cache" --option trusted-public-keys "$pub"
-  old "$os" "$bin/nixcast" publish --host foobar --path "$gen" --to "$cache" --secret-key-file "$work/secret.key"
+  old "$os" "$bin/nixcast" publish --host foobar --path "$gen" --cache "$cache" --secret-key-file "$work/secret.key"
   # Nix's narinfos and NARs were reused, not rewritten.
   diff <(echo "$files") <(find "$cache" -type f -not -path "$cache/hosts/*" -not -path "$cache/manifests/*" | sort | xargs sha256sum)
   serve "$cache"
@@ -286,7 +286,7 @@ boot_publish() {
   local gen
   gen=$(build old "$(store boot-pub)" "$1" "${2:-0}")
   old "$(store boot-pub)" "$bin/nixcast" publish --host foobar --path "$gen" \
-    --to "$work/cache-boot" --secret-key-file "$work/secret.key" >&2
+    --cache "$work/cache-boot" --secret-key-file "$work/secret.key" >&2
   echo "$gen"
 }
 boot_units() { # SETTINGS-JSON

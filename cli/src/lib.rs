@@ -7,12 +7,17 @@
 //! - `command`: a Nix command run to its end, its output captured;
 //! - `keys`: public keys (a secret key given by mistake is refused and not
 //!   echoed) and sealing identities read from files;
-//! - `logging`: `--log-format` and `NIXCAST_LOG`.
+//! - `logging`: `--log-format` and `NIXCAST_LOG`, and the one way an
+//!   error is told;
+//! - `text`: text from outside escaped for a terminal or a log;
+//! - `fmt`: sizes for people (`4.0 MiB`).
 //!
 //! `nixcast-common` stays pure (formats only); this crate is where the
 //! binaries' shared I/O lives. Neither binary depends on the other.
 
 pub mod command;
+pub mod fmt;
 pub mod fs;
 pub mod keys;
 pub mod logging;
+pub mod text;

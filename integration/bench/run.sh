@@ -236,10 +236,10 @@ publish_stage() { # COMPRESSION TOP TOP2 LABEL [keep-for-serving]
       mkdir -p "$d.xdg"
       if [ "$tool" = nixcast ]; then
         measure "publish-cold-$c-$label" nixcast "$r" \
-          "$BIN/nixcast" publish --host vm --path "$top" --to "$d" --secret-key-file "$SEC" --compression "$c"
+          "$BIN/nixcast" publish --host vm --path "$top" --cache "$d" --secret-key-file "$SEC" --compression "$c"
         [ -n "$keep" ] && cp "$d/hosts/vm.json" "$WORK/ptr/$c-v1.json"
         measure "publish-incr-$c-$label" nixcast "$r" \
-          "$BIN/nixcast" publish --host vm --path "$top2" --to "$d" --secret-key-file "$SEC" --compression "$c"
+          "$BIN/nixcast" publish --host vm --path "$top2" --cache "$d" --secret-key-file "$SEC" --compression "$c"
         [ -n "$keep" ] && cp "$d/hosts/vm.json" "$WORK/ptr/$c-v2.json"
       else
         measure "publish-cold-$c-$label" nix-copy "$r" env XDG_CACHE_HOME="$d.xdg" \
@@ -265,7 +265,7 @@ floor_cache() { # C
   local d=$WORK/pub/none-$1
   if [ ! -f "$d/nix-cache-info" ]; then
     rm -rf "$d"
-    "$BIN/nixcast" publish --host vm --path "$(ctop "$1")" --to "$d" --secret-key-file "$SEC" --compression none >/dev/null 2>&1
+    "$BIN/nixcast" publish --host vm --path "$(ctop "$1")" --cache "$d" --secret-key-file "$SEC" --compression none >/dev/null 2>&1
     nix-store -qR "$(ctop "$1")" > "$d.closure"
   fi
   python3 "$REPO/integration/bench/gate.py" "$WORK/srv/$1" "$d.closure" "$WORK/ptr/$1-v1.json" "$d.pull-floor" \
@@ -357,10 +357,10 @@ if want publish-xz-full || want pull-xz; then
     d=$WORK/pub/xz-full
     rm -rf "$d"
     measure "publish-cold-xz-n$N" nixcast 1 \
-      "$BIN/nixcast" publish --host vm --path "$TOP" --to "$d" --secret-key-file "$SEC" --compression xz
+      "$BIN/nixcast" publish --host vm --path "$TOP" --cache "$d" --secret-key-file "$SEC" --compression xz
     cp "$d/hosts/vm.json" "$WORK/ptr/xz-v1.json"
     measure "publish-incr-xz-n$N" nixcast 1 \
-      "$BIN/nixcast" publish --host vm --path "$TOP2" --to "$d" --secret-key-file "$SEC" --compression xz
+      "$BIN/nixcast" publish --host vm --path "$TOP2" --cache "$d" --secret-key-file "$SEC" --compression xz
     cp "$d/hosts/vm.json" "$WORK/ptr/xz-v2.json"
     rm -rf "$WORK/srv/xz"; mv "$d" "$WORK/srv/xz"
   fi
@@ -372,9 +372,9 @@ if want pull-small; then
     say "publish the $SMALL_N-path fixture, xz, nixcast only (the cache the small-path pulls read)"
     d=$WORK/pub/$c
     rm -rf "$d" "$WORK/pub/none-$c"
-    "$BIN/nixcast" publish --host vm --path "$STOP" --to "$d" --secret-key-file "$SEC" --compression xz >/dev/null
+    "$BIN/nixcast" publish --host vm --path "$STOP" --cache "$d" --secret-key-file "$SEC" --compression xz >/dev/null
     cp "$d/hosts/vm.json" "$WORK/ptr/$c-v1.json"
-    "$BIN/nixcast" publish --host vm --path "$STOP2" --to "$d" --secret-key-file "$SEC" --compression xz >/dev/null
+    "$BIN/nixcast" publish --host vm --path "$STOP2" --cache "$d" --secret-key-file "$SEC" --compression xz >/dev/null
     cp "$d/hosts/vm.json" "$WORK/ptr/$c-v2.json"
     rm -rf "$WORK/srv/$c"; mv "$d" "$WORK/srv/$c"; echo "$STOP" > "$WORK/srv/$c.top"
   fi
@@ -403,7 +403,7 @@ if want pull-sealed; then
   d=$WORK/pub/zstd-sealed
   rm -rf "$d"
   measure "publish-cold-zstd-sealed-n$N" nixcast 1 \
-    "$BIN/nixcast" publish --host vm --path "$TOP" --to "$d" --secret-key-file "$SEC" --compression zstd \
+    "$BIN/nixcast" publish --host vm --path "$TOP" --cache "$d" --secret-key-file "$SEC" --compression zstd \
     --recipient "$(cat "$HOSTKEY.pub")"
   cp "$d/hosts/vm.json" "$WORK/ptr/zstd-sealed-v1.json"
   rm -rf "$WORK/srv/zstd-sealed"; mv "$d" "$WORK/srv/zstd-sealed"
@@ -431,7 +431,7 @@ if want floor; then
   say "floors: nix copy --no-recursive of the closure from a local uncompressed cache"
   d=$WORK/pub/none
   rm -rf "$d"
-  "$BIN/nixcast" publish --host vm --path "$TOP" --to "$d" --secret-key-file "$SEC" --compression none >/dev/null 2>&1
+  "$BIN/nixcast" publish --host vm --path "$TOP" --cache "$d" --secret-key-file "$SEC" --compression none >/dev/null 2>&1
   nix-store -qR "$TOP" > "$WORK/closure.txt"
   for r in $(seq "$REPS"); do
     v=$WORK/vm/import-$r

@@ -13,12 +13,13 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use nixcast_cli::fmt::human_bytes;
 use nixcast_common::layout;
 use nixcast_common::pointer;
 use nixcast_common::seal::Identity;
 use nixcast_common::StorePath;
 
-use crate::cache::{decode_pointer, human_bytes, read_manifest};
+use crate::cache::{decode_pointer, read_manifest};
 use crate::target::Target;
 
 pub enum Base {

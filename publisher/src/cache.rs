@@ -45,21 +45,6 @@ pub fn decode_pointer(target: &Target, key: &str) -> Result<Pointer> {
     read_pointer(target, key, &[])
 }
 
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 /// A host name becomes part of object keys: `layout::check_host`'s rule.
 pub fn check_host(host: &str) -> Result<()> {
     layout::check_host(host).map_err(anyhow::Error::msg)

@@ -61,15 +61,20 @@ impl<W: Write> Write for Encoder<W> {
     }
 }
 
-/// Dumps the NAR of `info`'s path through `compression` into `out`, checked
+/// Dumps the NAR of `info`'s path (its files at `files`, the store path
+/// itself but in unit tests) through `compression` into `out`, checked
 /// against Nix's database, and returns `out`. The NAR we made must be the one
 /// Nix registered; otherwise the store is corrupt or the path changed under
 /// us, and nothing of it is published.
-pub fn dump_compressed<W: Write>(info: &PathInfo, compression: Compression, out: W) -> Result<W> {
+pub fn dump_compressed<W: Write>(
+    files: &Path,
+    info: &PathInfo,
+    compression: Compression,
+    out: W,
+) -> Result<W> {
     let path = info.path.to_string();
     let nar = HashingCounter::new(Encoder::new(compression, out)?);
-    let nar =
-        nar::dump_path(Path::new(&path), nar).with_context(|| format!("cannot dump {path}"))?;
+    let nar = nar::dump_path(files, nar).with_context(|| format!("cannot dump {path}"))?;
     let (encoder, nar_hash, nar_size) = nar.finish();
     ensure!(
         nar_hash == info.nar_hash && nar_size == info.nar_size,

@@ -65,24 +65,13 @@ pub fn age(t: Timestamp, now: SystemTime) -> Duration {
     now.duration_since(t.system_time()).unwrap_or_default()
 }
 
-/// Text a host wrote, made safe to print: control characters escaped, cut short.
-pub fn clean(text: &str) -> String {
-    let mut out: String = text
-        .chars()
-        .take(200)
-        .flat_map(|c| {
-            let esc: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            esc
-        })
-        .collect();
-    if text.chars().count() > 200 {
-        out.push('…');
-    }
-    out
+/// Characters shown of one field a host wrote (its error's kind or message).
+pub const MAX_FIELD: usize = 200;
+
+/// Text a host wrote, made safe to print (`nixcast_cli::text`: control and
+/// direction-changing characters escaped) and cut short for a table.
+fn clean(text: &str) -> String {
+    nixcast_cli::text::bounded(text, MAX_FIELD)
 }
 
 /// A duration in whole seconds, as humantime writes it ("1h 5m 3s").
@@ -258,7 +247,7 @@ pub fn columns(
     };
     match read_report(target, host, fleet, ids) {
         Seen::Missing => {}
-        Seen::Unverifiable(why) => c.report_problem = Some(why),
+        Seen::Unverifiable(why) => c.report_problem = Some(nixcast_cli::text::clean(&why)),
         Seen::Verified(r) => {
             c.behind = r.applied_generation.is_none_or(|g| g < generation);
             c.failed = r.outcome == Outcome::Failed;

@@ -14,12 +14,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
+use nixcast_cli::fmt::human_bytes;
 use nixcast_common::layout::{self, Key, Lifetime};
 use nixcast_common::seal::Identity;
 
 use nixcast_common::pointer::Pointer;
 
-use crate::cache::{decode_pointer, human_bytes, read_manifest};
+use crate::cache::{decode_pointer, read_manifest};
 use crate::target::Target;
 
 pub fn gc(
@@ -196,4 +197,57 @@ fn delete(target: &Target, doomed: &[(String, u64)], dry_run: bool) -> Result<()
         human_bytes(freed)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Cache, FakeStore, HOST};
+
+    /// Three generations sharing a base: the first current then replaced,
+    /// the second current, the third staged. Kept with `--keep 1`: the
+    /// current one and the last in the history (the staged one).
+    #[test]
+    fn nothing_a_kept_generation_needs_is_deleted() {
+        let cache = Cache::new();
+        let mut store = FakeStore::new();
+        let base = store.add("base", "base", &[]);
+        let old = store.add("old-lib", "old", &[&base]);
+        let gen1 = store.add("system-1", "1", &[&old, &base]);
+        let new = store.add("new-lib", "new", &[&base]);
+        let gen2 = store.add("system-2", "2", &[&new, &base]);
+        let gen3 = store.add("system-3", "3", &[&new, &base]);
+        assert_eq!(cache.publish(&store, &gen1, false), 1);
+        let first = cache.pointer(&layout::history(HOST, 1));
+        assert_eq!(cache.publish(&store, &gen2, false), 2);
+        assert_eq!(cache.publish(&store, &gen3, true), 3);
+        let kept = [
+            cache.pointer(&layout::pointer(HOST)),
+            cache.pointer(&layout::history(HOST, 3)),
+        ];
+        assert_eq!((kept[0].generation, kept[1].generation), (2, 3));
+        let needed: BTreeSet<String> = kept.iter().flat_map(|p| cache.needed_by(p)).collect();
+        let only_first: Vec<String> = cache
+            .needed_by(&first)
+            .into_iter()
+            .filter(|k| !needed.contains(k))
+            .collect();
+        // The manifest, old-lib and system-1 (narinfo and NAR each).
+        assert_eq!(only_first.len(), 5, "{only_first:?}");
+
+        gc(&cache.target, 1, Duration::ZERO, &[], false).unwrap();
+        for key in &needed {
+            assert!(
+                cache.exists(key),
+                "{key} was deleted, a kept generation needs it"
+            );
+        }
+        assert!(cache.exists(&layout::history(HOST, 3)));
+        assert!(cache.exists(&layout::pointer(HOST)));
+        // What only the dropped generation needed is gone, and its history.
+        for key in &only_first {
+            assert!(!cache.exists(key), "{key} was kept");
+        }
+        assert!(!cache.exists(&layout::history(HOST, 1)));
+    }
 }

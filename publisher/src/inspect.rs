@@ -7,13 +7,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use nixcast_cli::fmt::human_bytes;
 use nixcast_common::layout;
 use nixcast_common::manifest::Manifest;
 use nixcast_common::seal::{Identity, Recipients};
 use nixcast_common::{PublicKey, StorePath};
 use serde::Serialize;
 
-use crate::cache::{human_bytes, read_manifest, read_pointer};
+use crate::cache::{read_manifest, read_pointer};
 use crate::target::Target;
 
 #[derive(Serialize)]

@@ -1,4 +1,7 @@
-//! What the publisher asks of Nix, through its CLI.
+//! What the publisher asks of Nix, through its CLI. What a publish needs of
+//! the local store (a closure with its metadata, the files to dump as each
+//! path's NAR) is the `Store` trait: `Nix` is the real one, and unit tests
+//! publish from a fake (`testing.rs`) without Nix.
 //!
 //! The closure and its metadata come from `nix-store --query --requisites` and
 //! `nix-store --dump-db PATHS…`: two commands whatever the closure's size,
@@ -16,7 +19,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
@@ -46,6 +49,30 @@ impl PathInfo {
             && ni.nar_hash == self.nar_hash
             && ni.nar_size == self.nar_size
             && ours == theirs
+    }
+}
+
+/// What a publish asks of the local store.
+pub trait Store: Sync {
+    /// The closure of `top`, each path with what the store's database says
+    /// of it (the NarHash and NarSize its dump must match).
+    fn closure(&self, top: &StorePath) -> Result<Vec<PathInfo>>;
+
+    /// Where the files of a valid path are, to be dumped as its NAR.
+    fn files(&self, path: &StorePath) -> PathBuf;
+}
+
+/// The local Nix store: its database through Nix's commands, its files
+/// where the store path says.
+pub struct Nix;
+
+impl Store for Nix {
+    fn closure(&self, top: &StorePath) -> Result<Vec<PathInfo>> {
+        closure(top)
+    }
+
+    fn files(&self, path: &StorePath) -> PathBuf {
+        PathBuf::from(path.to_string())
     }
 }
 

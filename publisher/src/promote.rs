@@ -60,7 +60,7 @@ pub fn promote(target: &Target, hosts: &[String], opts: &Options) -> Result<()> 
                 println!("{host} is at generation {g}, no higher one is staged: nothing to promote")
             }
             Err(e) => {
-                eprintln!("error: {host}: {e:#}");
+                nixcast_cli::logging::report_error(&e.context(host.clone()));
                 failed.push(host.as_str());
             }
         }
@@ -175,4 +175,62 @@ fn promote_host(target: &Target, host: &str, opts: &Options) -> Result<Done> {
         from: at,
         to: pointer.generation,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Cache, FakeStore, HOST};
+
+    fn options(cache: &Cache, generation: Option<u64>) -> Options {
+        Options {
+            key: cache.key.clone(),
+            generation,
+            expires_in: Some(Duration::from_secs(3600)),
+            after: Vec::new(),
+            healthy_for: Duration::ZERO,
+            fleet: Recipients::default(),
+            ids: Vec::new(),
+        }
+    }
+
+    fn current(cache: &Cache) -> u64 {
+        cache.pointer(&layout::pointer(HOST)).generation
+    }
+
+    #[test]
+    fn a_hosts_generation_is_never_lowered() {
+        let cache = Cache::new();
+        let mut store = FakeStore::new();
+        let base = store.add("base", "base", &[]);
+        for (n, stage) in [(1, false), (2, false), (3, true)] {
+            let top = store.add(&format!("system-{n}"), &n.to_string(), &[&base]);
+            assert_eq!(cache.publish(&store, &top, stage), n);
+        }
+        let hosts = [HOST.to_owned()];
+        assert_eq!(current(&cache), 2);
+        // The highest staged generation by default.
+        assert_eq!(
+            promote_host(&cache.target, HOST, &options(&cache, None)).unwrap(),
+            Done::Promoted {
+                from: Some(2),
+                to: 3
+            }
+        );
+        assert_eq!(current(&cache), 3);
+        // Asked for a lower one: refused, the pointer stays.
+        for lower in [1, 2] {
+            let err = promote(&cache.target, &hosts, &options(&cache, Some(lower))).unwrap_err();
+            assert!(err.to_string().contains("1 of 1 hosts failed"), "{err:#}");
+            let err = promote_host(&cache.target, HOST, &options(&cache, Some(lower))).unwrap_err();
+            assert!(err.to_string().contains("would lower it"), "{err:#}");
+            assert_eq!(current(&cache), 3);
+        }
+        // Nothing higher staged: nothing to do.
+        assert_eq!(
+            promote_host(&cache.target, HOST, &options(&cache, None)).unwrap(),
+            Done::AlreadyAt(3)
+        );
+        assert_eq!(current(&cache), 3);
+    }
 }

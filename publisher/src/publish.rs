@@ -5,6 +5,7 @@
 //! follows the pointer therefore never finds a missing object.
 
 use std::io::BufWriter;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use nixcast_common::pointer::{self, ManifestRef, Pointer, Timestamp};
 use nixcast_common::seal::{self, Identity, Recipient};
 use nixcast_common::{layout, SecretKey, Sha256Hash, StorePath};
 
-use crate::nix::PathInfo;
+use crate::nix::{PathInfo, Store};
 use crate::target::Target;
 
 pub const NIX_CACHE_INFO: &str = layout::NIX_CACHE_INFO_TEXT;
@@ -72,14 +73,21 @@ impl std::fmt::Display for Summary {
             self.new_paths,
             self.reused_paths,
             self.upstream_paths,
-            crate::cache::human_bytes(self.bytes_written)
+            nixcast_cli::fmt::human_bytes(self.bytes_written)
         )
     }
 }
 
 /// The steps of a publish, each a function below, in the order of writes:
-/// NARs, narinfos, manifest (and delta), history, pointer.
-pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> Result<Outcome> {
+/// NARs, narinfos, manifest (and delta), history, pointer. The closure and
+/// the NARs' files come from `store`.
+pub fn publish(
+    store: &dyn Store,
+    target: &Target,
+    host: &str,
+    top: &StorePath,
+    opts: &Options,
+) -> Result<Outcome> {
     crate::cache::check_host(host)?;
     let sealed = opts.sealing.is_sealed(host);
     let mut prev = Previous::read(target, host, opts)?;
@@ -94,11 +102,11 @@ pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> 
     // must not leave half a publish behind.
     let (generation, issued_at, expires_at) = next_pointer_time(host, &prev, opts)?;
 
-    let infos = crate::nix::closure(top)?;
+    let infos = store.closure(top)?;
     tracing::info!(paths = infos.len(), %top, sealed, "read closure from Nix");
     let mut plan = plan_paths(target, host, sealed, &infos, opts)?;
     let new_paths = plan.jobs.len();
-    let (plain, bytes_written) = write_nars(target, &mut plan, opts)?;
+    let (plain, bytes_written) = write_nars(store, target, &mut plan, opts)?;
     write_narinfos(target, plain, &mut plan.entries, opts)?;
     let manifest_ref = write_manifest(target, host, top, plan.entries, sealed, &prev, opts)?;
 
@@ -106,7 +114,7 @@ pub fn publish(target: &Target, host: &str, top: &StorePath, opts: &Options) -> 
         host: host.to_owned(),
         system: match &opts.system {
             Some(s) => s.clone(),
-            None => system_of(top),
+            None => system_of(store, top),
         },
         generation,
         store_path: (!sealed).then(|| top.clone()),
@@ -305,16 +313,23 @@ fn plan_paths<'a>(
 /// Compresses (and seals) the NARs still to write, `opts.jobs` at a time.
 /// Sealed paths join the plan's entries; plain ones return their signed
 /// narinfos (not yet written), with the bytes written.
-fn write_nars(target: &Target, plan: &mut PathPlan, opts: &Options) -> Result<(Vec<NarInfo>, u64)> {
+fn write_nars(
+    store: &dyn Store,
+    target: &Target,
+    plan: &mut PathPlan,
+    opts: &Options,
+) -> Result<(Vec<NarInfo>, u64)> {
     let bar = progress_bar(
         plan.jobs.iter().map(|(i, _)| i.nar_size).sum(),
         "compressing",
     );
     let done = parallel(opts.jobs, &plan.jobs, |(info, seal_to)| {
+        let files = store.files(&info.path);
         let r = match seal_to {
-            None => write_nar(target, info, opts).map(Written::Plain),
+            None => write_nar(target, &files, info, opts).map(Written::Plain),
             Some((to, set)) => crate::sealing::write_sealed_nar(
                 target,
+                &files,
                 info,
                 &opts.key,
                 opts.compression,
@@ -588,8 +603,8 @@ fn needs_renewal(prev: &Pointer, expires_in: Option<Duration>) -> bool {
 }
 
 /// A NixOS toplevel records its platform in `system`; the stand-ins have none.
-fn system_of(top: &StorePath) -> String {
-    std::fs::read_to_string(format!("{top}/system"))
+fn system_of(store: &dyn Store, top: &StorePath) -> String {
+    std::fs::read_to_string(store.files(top).join("system"))
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| format!("{}-linux", std::env::consts::ARCH))
 }
@@ -708,11 +723,11 @@ fn parallel<T: Sync, R: Send>(
 
 /// Dumps, checks, compresses and stores the NAR of one path; returns its
 /// signed narinfo (not yet written).
-fn write_nar(target: &Target, info: &PathInfo, opts: &Options) -> Result<NarInfo> {
+fn write_nar(target: &Target, files: &Path, info: &PathInfo, opts: &Options) -> Result<NarInfo> {
     let compression = opts.compression;
     let file = HashingCounter::new(BufWriter::with_capacity(256 * 1024, target.temp_file()?));
     let (buffered, file_hash, file_size) =
-        crate::compress::dump_compressed(info, compression, file)?.finish();
+        crate::compress::dump_compressed(files, info, compression, file)?.finish();
     let tmp = buffered.into_inner().map_err(|e| e.into_error())?;
     let url = manifest::nar_url(&file_hash, compression);
     target.put_file(&url, tmp)?;
@@ -740,4 +755,105 @@ fn progress_bar(total: u64, what: &'static str) -> indicatif::ProgressBar {
     );
     bar.set_message(what);
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Cache, FakeStore, HOST};
+
+    /// A system referring to a library, which refers to a base.
+    fn closure(store: &mut FakeStore, version: &str) -> StorePath {
+        let base = store.add("base", "base", &[]);
+        let lib = store.add("lib", "lib", &[&base]);
+        store.add(&format!("system-{version}"), version, &[&lib, &base])
+    }
+
+    fn narinfos(cache: &Cache) -> Vec<String> {
+        let mut v = cache.files("");
+        v.retain(|k| k.ends_with(".narinfo"));
+        v
+    }
+
+    /// While NARs are written, nothing that names one exists yet.
+    #[test]
+    fn nars_are_written_before_anything_that_names_them() {
+        let cache = Cache::new();
+        let mut store = FakeStore::new();
+        let top = closure(&mut store, "1");
+        let root = cache.root().to_owned();
+        store.before_dump = Some(Box::new(move |p| {
+            let t = Target::open_existing(root.to_str().unwrap()).unwrap();
+            let named: Vec<String> = t
+                .list("")
+                .unwrap()
+                .into_iter()
+                .filter(|k| k.ends_with(".narinfo"))
+                .chain(t.list("manifests").unwrap())
+                .chain(t.list(layout::HOSTS_DIR).unwrap())
+                .chain(t.list(&layout::history_dir(HOST)).unwrap())
+                .collect();
+            assert!(named.is_empty(), "dumping {p}, {named:?} exist already");
+        }));
+        assert_eq!(cache.publish(&store, &top, false), 1);
+        assert_eq!(store.dumped.lock().unwrap().len(), 3);
+        assert_eq!(narinfos(&cache).len(), 3);
+        assert!(cache.exists(&layout::history(HOST, 1)));
+        assert!(cache.exists(&layout::pointer(HOST)));
+    }
+
+    /// A manifest that cannot be written leaves the narinfos (written
+    /// before it) and neither history nor pointer (written after it).
+    #[test]
+    fn narinfos_come_before_the_manifest_and_the_manifest_before_the_pointers() {
+        let cache = Cache::new();
+        let mut store = FakeStore::new();
+        let top = closure(&mut store, "1");
+        let manifests = cache.root().join("manifests");
+        std::fs::remove_dir(&manifests).unwrap();
+        std::fs::write(&manifests, "in the way").unwrap();
+        let err = publish(&store, &cache.target, HOST, &top, &cache.options(false)).unwrap_err();
+        assert_eq!(cache.files("nar").len(), 3, "{err:#}");
+        assert_eq!(narinfos(&cache).len(), 3, "{err:#}");
+        assert!(!cache.exists(&layout::history_dir(HOST)), "{err:#}");
+        assert!(!cache.exists(&layout::pointer(HOST)), "{err:#}");
+    }
+
+    /// A history entry that cannot be written (one is in the way) leaves
+    /// the manifest (written before it) and no pointer (written after it).
+    #[test]
+    fn history_comes_before_the_pointer() {
+        let cache = Cache::new();
+        let mut store = FakeStore::new();
+        let top = closure(&mut store, "1");
+        std::fs::create_dir_all(cache.root().join(layout::history_dir(HOST))).unwrap();
+        // Not ours: ignored when numbering, but `put_new` never replaces it.
+        std::fs::write(cache.root().join(layout::history(HOST, 1)), "{}").unwrap();
+        let err = publish(&store, &cache.target, HOST, &top, &cache.options(false)).unwrap_err();
+        assert_eq!(cache.files("manifests").len(), 1, "{err:#}");
+        assert!(!cache.exists(&layout::pointer(HOST)), "{err:#}");
+    }
+
+    #[test]
+    fn staging_writes_the_history_entry_and_not_the_pointer() {
+        let cache = Cache::new();
+        let mut store = FakeStore::new();
+        let top = closure(&mut store, "1");
+        match publish(&store, &cache.target, HOST, &top, &cache.options(true)).unwrap() {
+            Outcome::Published(s) => assert!(s.staged && s.generation == 1),
+            o => panic!("{o:?}"),
+        }
+        let staged = cache.pointer(&layout::history(HOST, 1));
+        assert_eq!(staged.store_path.as_ref(), Some(&top));
+        assert!(!cache.exists(&layout::pointer(HOST)));
+        // Everything the staged generation needs is in place for promote.
+        for key in cache.needed_by(&staged) {
+            assert!(cache.exists(&key), "{key}");
+        }
+        // The next one, not staged, is current; the staged one stays history.
+        let next = closure(&mut store, "2");
+        assert_eq!(cache.publish(&store, &next, false), 2);
+        assert_eq!(cache.pointer(&layout::pointer(HOST)).generation, 2);
+        assert!(cache.exists(&layout::history(HOST, 1)));
+    }
 }

@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::BufWriter;
+use std::path::Path;
 use std::sync::Mutex;
 
 use anyhow::Result;
@@ -177,6 +178,7 @@ fn load_index(target: &Target, key: &SecretKey) -> Result<Index> {
 /// would be, so that Nix checks the publisher's signature at import).
 pub fn write_sealed_nar(
     target: &Target,
+    files: &Path,
     info: &PathInfo,
     key: &SecretKey,
     compression: Compression,
@@ -185,7 +187,7 @@ pub fn write_sealed_nar(
 ) -> Result<Entry> {
     let file = HashingCounter::new(BufWriter::with_capacity(256 * 1024, target.temp_file()?));
     let sealed =
-        crate::compress::dump_compressed(info, compression, seal::seal(recipients, file)?)?;
+        crate::compress::dump_compressed(files, info, compression, seal::seal(recipients, file)?)?;
     let (buffered, file_hash, file_size) = sealed.finish()?.finish();
     let tmp = buffered.into_inner().map_err(|e| e.into_error())?;
     let url = layout::sealed(&file_hash);

@@ -22,7 +22,6 @@ mod state;
 mod store;
 #[cfg(test)]
 mod testing;
-mod text;
 mod window;
 
 use std::path::PathBuf;
@@ -33,6 +32,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use nixcast_cli::keys;
 use nixcast_cli::logging::{self, LogArgs, LogFormat};
+use nixcast_cli::text;
 
 #[derive(Parser)]
 #[command(

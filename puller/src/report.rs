@@ -44,7 +44,7 @@ pub async fn after_run(cfg: &Config, status: &mut Status, result: &Result<Outcom
             at: Timestamp::now(),
             generation: tried.then_some(status.highest_generation),
             kind: kind.as_str().to_owned(),
-            message: Report::cut(&crate::text::clean(&e.to_string())),
+            message: Report::cut(&nixcast_cli::text::clean(&e.to_string())),
         });
     }
     let Some(to) = &cfg.report else {
@@ -147,7 +147,7 @@ fn make(
     let message = |m: String| if open { m } else { String::new() };
     let error = result.as_ref().err().map(|e| Failure {
         kind: e.outcome().as_str().to_owned(),
-        message: message(Report::cut(&crate::text::clean(&e.to_string()))),
+        message: message(Report::cut(&nixcast_cli::text::clean(&e.to_string()))),
     });
     let last_failure = status.last_failure.clone().map(|f| LastFailure {
         message: message(f.message),

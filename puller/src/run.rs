@@ -81,7 +81,7 @@ pub async fn run(cfg: &Config) -> Result<Outcome, RunError> {
         }
         Err(e) => {
             status.last_result = Some(e.outcome());
-            status.last_error = Some(crate::text::clean(&e.to_string()));
+            status.last_error = Some(nixcast_cli::text::clean(&e.to_string()));
             *status
                 .failures
                 .entry(e.outcome().as_str().to_owned())

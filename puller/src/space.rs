@@ -16,6 +16,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+pub use nixcast_cli::fmt::human_bytes as human;
 use nixcast_common::manifest::Entry;
 
 /// Room kept free beyond what the paths need.
@@ -124,21 +125,6 @@ fn fits(p: &Path, need: u64, what: &str) -> Result<()> {
     }
     tracing::debug!(path = %p.display(), need, free, "enough space");
     Ok(())
-}
-
-/// Bytes in binary units, one decimal: `4.0 MiB`.
-pub fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
 }
 
 #[cfg(test)]

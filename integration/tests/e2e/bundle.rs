@@ -4,7 +4,7 @@ use crate::harness::*;
 
 fn bundle(cache: &std::path::Path, out: &std::path::Path, base: &[&str]) -> String {
     let o = ok(nixcast()
-        .args(["bundle", "--host", "foobar", "--from"])
+        .args(["bundle", "--host", "foobar", "--cache"])
         .arg(cache)
         .arg("--output")
         .arg(out)

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use crate::harness::*;
 
 fn gc(cache: &std::path::Path, args: &[&str]) -> String {
-    stdout(&ok(nixcast().args(["gc", "--to"]).arg(cache).args(args)))
+    stdout(&ok(nixcast().args(["gc", "--cache"]).arg(cache).args(args)))
 }
 
 #[test]
@@ -135,7 +135,7 @@ fn planted_history_files_take_no_kept_generation_s_place() {
     std::fs::copy(history.join("2.json"), history.join("999.json")).unwrap();
     std::fs::write(history.join("1000.json"), b"").unwrap();
     let out = ok(nixcast()
-        .args(["gc", "--keep", "2", "--grace", "0s", "--to"])
+        .args(["gc", "--keep", "2", "--grace", "0s", "--cache"])
         .arg(&cache));
     assert!(stderr(&out).contains("999.json"), "{}", stderr(&out));
     // Generations 2 and 1 are the two kept: all of generation 1 stays.

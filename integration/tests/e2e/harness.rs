@@ -157,7 +157,7 @@ pub fn scene() -> (tempfile::TempDir, PathBuf, Keys) {
 
 pub fn publish(cache: &Path, host: &str, path: &str, keys: &Keys, extra: &[&str]) -> Output {
     ok(nixcast()
-        .args(["publish", "--host", host, "--path", path, "--to"])
+        .args(["publish", "--host", host, "--path", path, "--cache"])
         .arg(cache)
         .arg("--secret-key-file")
         .arg(&keys.secret)

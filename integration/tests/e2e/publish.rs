@@ -151,7 +151,7 @@ fn the_pointer_verifies_with_our_key_only_and_another_key_cannot_take_over() {
     }
     .build();
     let out = nixcast()
-        .args(["publish", "--host", "foobar", "--path", &top2, "--to"])
+        .args(["publish", "--host", "foobar", "--path", &top2, "--cache"])
         .arg(&cache)
         .arg("--secret-key-file")
         .arg(&other.secret)
@@ -206,7 +206,7 @@ fn publish_builds_a_flake() {
     let out = ok(nixcast()
         .args(["publish", "--host", "foobar", "--flake"])
         .arg(format!("path:{}", flake.display()))
-        .arg("--to")
+        .arg("--cache")
         .arg(format!("file://{}", cache.display()))
         .arg("--secret-key-file")
         .arg(&keys.secret));
@@ -271,10 +271,17 @@ fn hosts_and_diff_describe_the_cache() {
     publish(&cache, "other", &gen1, &keys, &[]);
 
     let out = ok(nixcast()
+        .args(["hosts", "--json", "--cache"])
+        .arg(&cache)
+        .arg("--trusted-key-file")
+        .arg(&pubfile));
+    // The earlier spellings stay accepted, hidden: the same answer.
+    let old = ok(nixcast()
         .args(["hosts", "--json", "--to"])
         .arg(&cache)
         .arg("--public-key-file")
         .arg(&pubfile));
+    assert_eq!(old.stdout, out.stdout);
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), 2);
@@ -287,7 +294,7 @@ fn hosts_and_diff_describe_the_cache() {
     assert!(rows[1]["expiresAt"].is_string());
 
     let out = ok(nixcast()
-        .args(["diff", "--json", "--host", "foobar", "--to"])
+        .args(["diff", "--json", "--host", "foobar", "--cache"])
         .arg(&cache));
     let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((d["from"].as_u64(), d["to"].as_u64()), (Some(1), Some(2)));
@@ -311,9 +318,9 @@ fn hosts_and_diff_describe_the_cache() {
     let other = keygen(work.path(), "other-1");
     let _ = other;
     let out = nixcast()
-        .args(["hosts", "--to"])
+        .args(["hosts", "--cache"])
         .arg(&cache)
-        .arg("--public-key-file")
+        .arg("--trusted-key-file")
         .arg(work.path().join("other-1.pub"))
         .output()
         .unwrap();
@@ -349,7 +356,7 @@ in {
     let out = nixcast()
         .args(["publish", "--all", "--flake"])
         .arg(format!("path:{}", flake.display()))
-        .arg("--to")
+        .arg("--cache")
         .arg(&cache)
         .arg("--secret-key-file")
         .arg(&keys.secret)
@@ -397,7 +404,7 @@ fn resigned(cache: &std::path::Path, keys: &Keys, edit: impl FnOnce(&mut Pointer
 
 fn publish_output(cache: &std::path::Path, top: &str, keys: &Keys, extra: &[&str]) -> Output {
     nixcast()
-        .args(["publish", "--host", "foobar", "--path", top, "--to"])
+        .args(["publish", "--host", "foobar", "--path", top, "--cache"])
         .arg(cache)
         .arg("--secret-key-file")
         .arg(&keys.secret)
@@ -533,9 +540,9 @@ fn a_secret_key_given_as_a_public_key_is_refused_and_not_echoed() {
         check(
             nixcast()
                 .args(cmd)
-                .arg("--to")
+                .arg("--cache")
                 .arg(&cache)
-                .arg("--public-key-file")
+                .arg("--trusted-key-file")
                 .arg(&keys.secret)
                 .output()
                 .unwrap(),
@@ -543,7 +550,7 @@ fn a_secret_key_given_as_a_public_key_is_refused_and_not_echoed() {
     }
     check(
         nixcast()
-            .args(["publish", "--host", "foobar", "--path", &top, "--to"])
+            .args(["publish", "--host", "foobar", "--path", &top, "--cache"])
             .arg(work.path().join("other"))
             .arg("--secret-key-file")
             .arg(&keys.secret)
@@ -606,4 +613,38 @@ fn the_publisher_reads_nixcast_variables() {
         "the flag wins: {}",
         stderr(&out)
     );
+}
+
+#[test]
+fn each_hosts_error_is_a_json_event_under_log_format_json() {
+    let (_work, cache, keys) = scene();
+    let top = Fixture {
+        version: "jsonerr",
+        ..Default::default()
+    }
+    .build();
+    publish(&cache, "foobar", &top, &keys, &[]);
+    // foobar has nothing staged; nosuch has no generation at all.
+    let out = nixcast()
+        .args(["--log-format", "json", "promote", "--host", "foobar"])
+        .args(["--host", "nosuch", "--cache"])
+        .arg(&cache)
+        .arg("--secret-key-file")
+        .arg(&keys.secret)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let events: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let messages: Vec<&str> = events
+        .iter()
+        .filter(|e| e["level"] == "ERROR")
+        .map(|e| e["fields"]["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages.len(), 2, "{err}");
+    assert!(messages[0].starts_with("nosuch: "), "{err}");
+    assert!(messages[1].contains("1 of 2 hosts failed: nosuch"), "{err}");
 }

@@ -137,7 +137,7 @@ fn publish_to_s3_pull_from_its_http_endpoint_republish_and_gc() {
             "foobar",
             "--path",
             top,
-            "--to",
+            "--cache",
             &target,
             "--secret-key-file",
             &secret,
@@ -190,11 +190,11 @@ fn publish_to_s3_pull_from_its_http_endpoint_republish_and_gc() {
     assert_eq!(vm.switch_log().last().unwrap(), &format!("switch {gen2}"));
 
     // hosts and gc work on the bucket too.
-    let out = ok(&mut s3_cmd(&["hosts", "--json", "--to", &target]));
+    let out = ok(&mut s3_cmd(&["hosts", "--json", "--cache", &target]));
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows[0]["generation"], 2);
     let out = ok(&mut s3_cmd(&[
-        "gc", "--to", &target, "--keep", "1", "--grace", "0s",
+        "gc", "--cache", &target, "--keep", "1", "--grace", "0s",
     ]));
     assert!(
         stdout(&out).contains(&format!("freed {} files", 2 * changed + 2)),
@@ -232,7 +232,7 @@ fn a_large_nar_goes_up_in_parts_and_pulls_back_intact() {
         "foobar",
         "--path",
         &top,
-        "--to",
+        "--cache",
         &target,
         "--secret-key-file",
         &secret,

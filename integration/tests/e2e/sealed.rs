@@ -94,8 +94,9 @@ impl Fleet {
 
     fn nixcast(&self, args: &[&str]) -> std::process::Output {
         let mut c = nixcast();
-        // The current spelling; other tests use the old ones (--to, --from,
-        // --public-key-file, serve DIR), which stay accepted.
+        // The current spelling, as every test uses; the old ones (--to,
+        // --from, --public-key-file, serve DIR) stay accepted, hidden
+        // (publish.rs's hosts test and the publisher's clap unit tests).
         c.args(args).arg("--cache").arg(&self.cache);
         c.output().unwrap()
     }

@@ -48,7 +48,7 @@ fn slow_clients_do_not_keep_others_from_being_served() {
     let mut child = std::process::Command::new("prlimit")
         .arg("--nofile=64:64")
         .arg(nixcast().get_program())
-        .arg("serve")
+        .args(["serve", "--cache"])
         .arg(&cache)
         .args(["--listen", "127.0.0.1:0"])
         .stderr(Stdio::piped())

@@ -109,7 +109,7 @@ fn an_endless_upstream_narinfo_is_refused_at_its_size_limit() {
         nixcast_integration::Rule::Endless,
     );
     let out = nixcast()
-        .args(["publish", "--host", "foobar", "--path", &top, "--to"])
+        .args(["publish", "--host", "foobar", "--path", &top, "--cache"])
         .arg(&cache)
         .arg("--secret-key-file")
         .arg(&keys.secret)

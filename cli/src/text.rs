@@ -16,7 +16,9 @@ pub fn clean(s: &str) -> String {
     bounded(s, MAX_CHARS)
 }
 
-fn bounded(s: &str, max: usize) -> String {
+/// `clean`, cut after `max` characters: for a field in a table, where a
+/// whole error chain would not fit.
+pub fn bounded(s: &str, max: usize) -> String {
     let mut out = String::with_capacity(s.len().min(max));
     for (i, c) in s.chars().enumerate() {
         if i == max {
@@ -83,5 +85,6 @@ mod tests {
         let c = clean(&long);
         assert!(c.starts_with(&"x".repeat(MAX_CHARS)));
         assert!(c.ends_with("… (5 more characters)"), "{c}");
+        assert_eq!(bounded("ab\x1bcd", 3), "ab\\u{1b}… (2 more characters)");
     }
 }
