@@ -14,6 +14,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use anyhow::{Context, Result};
 use nixcast_common::StorePath;
 
+use crate::lock::LockShare;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Action {
     Switch,
@@ -43,7 +45,7 @@ pub fn switch_script(top: &StorePath) -> String {
 }
 
 /// Runs the switch; returns its exit status (0 is success, anything else a failure).
-pub fn activate(top: &StorePath, action: Action) -> Result<ExitStatus> {
+pub fn activate(top: &StorePath, action: Action, lock: &LockShare) -> Result<ExitStatus> {
     let script = switch_script(top);
     let mut cmd = if Path::new("/run/systemd/system").exists() {
         let mut c = Command::new("systemd-run");
@@ -59,7 +61,7 @@ pub fn activate(top: &StorePath, action: Action) -> Result<ExitStatus> {
     } else {
         Command::new(&script)
     };
-    cmd.arg(action.as_str()).stdin(crate::state::child_stdin());
+    cmd.arg(action.as_str()).stdin(lock.stdin());
     tracing::info!(command = ?cmd, "activating");
     cmd.status().with_context(|| format!("cannot run {script}"))
 }

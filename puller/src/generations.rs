@@ -18,11 +18,12 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use nixcast_common::StorePath;
 
+use crate::lock::LockShare;
 use crate::store;
 
 /// Deletes the profile's generations beyond the last `keep` and the paths
 /// they alone held.
-pub fn prune(profile: &Path, booted: &Path, keep: u32) -> Result<()> {
+pub fn prune(profile: &Path, booted: &Path, keep: u32, lock: &LockShare) -> Result<()> {
     let mut gens = store::list_generations(profile)?;
     gens.sort_unstable();
     let current = store::profile_generation(profile);
@@ -46,31 +47,34 @@ pub fn prune(profile: &Path, booted: &Path, keep: u32) -> Result<()> {
         .filter_map(|g| StorePath::from_absolute(link(*g)?.to_str()?).ok())
         .collect();
     for g in &doomed {
-        store::delete_generation(profile, *g)
+        store::delete_generation(profile, *g, lock)
             .with_context(|| format!("deleting generation {g} of {}", profile.display()))?;
     }
     let valid: Vec<StorePath> = {
-        let missing: HashSet<StorePath> = store::missing(&systems)?.into_iter().collect();
+        let missing: HashSet<StorePath> = store::missing(&systems, lock)?.into_iter().collect();
         systems
             .into_iter()
             .filter(|s| !missing.contains(s))
             .collect()
     };
-    let held: std::collections::BTreeSet<String> = query(&["--query", "--requisites"], &valid)?
-        .into_iter()
-        .collect();
-    let dead: HashSet<String> =
-        store::run(Command::new("nix-store").args(["--gc", "--print-dead"]))
-            .context("asking Nix which paths are dead")?
-            .lines()
-            .map(str::to_owned)
+    let held: std::collections::BTreeSet<String> =
+        query(&["--query", "--requisites"], &valid, lock)?
+            .into_iter()
             .collect();
+    let dead: HashSet<String> = store::run(
+        Command::new("nix-store").args(["--gc", "--print-dead"]),
+        lock,
+    )
+    .context("asking Nix which paths are dead")?
+    .lines()
+    .map(str::to_owned)
+    .collect();
     let gone: Vec<StorePath> = held
         .iter()
         .filter(|p| dead.contains(p.as_str()))
         .map(|p| StorePath::from_absolute(p))
         .collect::<Result<_, _>>()?;
-    let bytes: u64 = query(&["--query", "--size"], &gone)?
+    let bytes: u64 = query(&["--query", "--size"], &gone, lock)?
         .iter()
         .filter_map(|n| n.parse::<u64>().ok())
         .sum();
@@ -79,6 +83,7 @@ pub fn prune(profile: &Path, booted: &Path, keep: u32) -> Result<()> {
             Command::new("nix-store")
                 .arg("--delete")
                 .args(gone.iter().map(|p| p.to_string())),
+            lock,
         )
         .context("deleting the paths of old generations")?;
     }
@@ -93,13 +98,14 @@ pub fn prune(profile: &Path, booted: &Path, keep: u32) -> Result<()> {
 }
 
 /// One line of `nix-store ARGS PATHS…` output per line, chunked.
-fn query(args: &[&str], paths: &[StorePath]) -> Result<Vec<String>> {
+fn query(args: &[&str], paths: &[StorePath], lock: &LockShare) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for chunk in paths.chunks(store::CHUNK) {
         let text = store::run(
             Command::new("nix-store")
                 .args(args)
                 .args(chunk.iter().map(|p| p.to_string())),
+            lock,
         )?;
         out.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_owned));
     }

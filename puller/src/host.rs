@@ -10,6 +10,7 @@ use anyhow::Result;
 use nixcast_common::{PublicKey, StorePath};
 
 use crate::activate::{self, Action};
+use crate::lock::LockShare;
 use crate::store;
 
 /// The Nix store and the system profile.
@@ -46,12 +47,21 @@ pub trait Activator: Send + Sync {
     fn activate(&self, top: &StorePath, action: Action) -> Result<ExitStatus>;
 }
 
-/// The local store, through Nix's own commands (`store.rs`).
-pub struct NixStore;
+/// The local store, through Nix's own commands (`store.rs`), which hold the
+/// run lock of the state directory `lock` came from.
+pub struct NixStore {
+    lock: LockShare,
+}
+
+impl NixStore {
+    pub fn new(lock: LockShare) -> Self {
+        NixStore { lock }
+    }
+}
 
 impl Store for NixStore {
     fn missing(&self, paths: &[&StorePath]) -> Result<Vec<StorePath>> {
-        store::missing(paths.iter().copied())
+        store::missing(paths.iter().copied(), &self.lock)
     }
     fn import(
         &self,
@@ -60,10 +70,17 @@ impl Store for NixStore {
         paths: &[StorePath],
         trusted: &[PublicKey],
     ) -> Result<()> {
-        store::import(staging, roots, paths, trusted, store::IMPORT_JOBS)
+        store::import(
+            staging,
+            roots,
+            paths,
+            trusted,
+            store::IMPORT_JOBS,
+            &self.lock,
+        )
     }
     fn set_profile(&self, profile: &Path, path: &StorePath) -> Result<()> {
-        store::set_profile(profile, path)
+        store::set_profile(profile, path, &self.lock)
     }
     fn profile_target(&self, profile: &Path) -> Option<StorePath> {
         store::profile_target(profile)
@@ -75,21 +92,30 @@ impl Store for NixStore {
         store::list_generations(profile)
     }
     fn switch_generation(&self, profile: &Path, generation: u64) -> Result<()> {
-        store::switch_generation(profile, generation)
+        store::switch_generation(profile, generation, &self.lock)
     }
     fn delete_generation(&self, profile: &Path, generation: u64) -> Result<()> {
-        store::delete_generation(profile, generation)
+        store::delete_generation(profile, generation, &self.lock)
     }
 }
 
-/// The system's own switch-to-configuration (`activate.rs`).
-pub struct Switch;
+/// The system's own switch-to-configuration (`activate.rs`), holding the
+/// run lock of the state directory `lock` came from.
+pub struct Switch {
+    lock: LockShare,
+}
+
+impl Switch {
+    pub fn new(lock: LockShare) -> Self {
+        Switch { lock }
+    }
+}
 
 impl Activator for Switch {
     fn is_system(&self, top: &StorePath) -> bool {
         Path::new(&activate::switch_script(top)).is_file()
     }
     fn activate(&self, top: &StorePath, action: Action) -> Result<ExitStatus> {
-        activate::activate(top, action)
+        activate::activate(top, action, &self.lock)
     }
 }

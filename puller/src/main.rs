@@ -11,6 +11,7 @@ mod config;
 mod fetch;
 mod generations;
 mod host;
+mod lock;
 mod netrc;
 mod pipeline;
 mod reboot;
@@ -238,13 +239,7 @@ fn main() -> ExitCode {
             profile,
             state_dir,
             action,
-        } => match run::rollback_by_hand(
-            &host::NixStore,
-            &host::Switch,
-            &profile,
-            &state::StateDir::new(&state_dir),
-            action,
-        ) {
+        } => match rollback(&profile, &state_dir, action) {
             Ok(msg) => {
                 println!("{msg}");
                 ExitCode::SUCCESS
@@ -315,6 +310,17 @@ fn run_scheduled(cfg: &run::Config, expr: &str, jitter: Duration) -> Result<(), 
         .map_err(|e| (1, e))
 }
 
+fn rollback(
+    profile: &std::path::Path,
+    state_dir: &std::path::Path,
+    action: activate::Action,
+) -> Result<String, run::RunError> {
+    let state = state::StateDir::new(state_dir);
+    let store = host::NixStore::new(state.children());
+    let switch = host::Switch::new(state.children());
+    run::rollback_by_hand(&store, &switch, profile, &state, action)
+}
+
 fn build_config(a: RunArgs) -> Result<run::Config> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut trusted = Vec::new();
@@ -369,6 +375,7 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
             })
         }
     };
+    let state = state::StateDir::new(&a.state_dir);
     Ok(run::Config {
         report,
         reboot: a.allow_reboot.then_some(config::RebootPolicy {
@@ -382,15 +389,15 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
             (None, Some(c)) => source::Source::new(c, &http, &secrets)?,
             (None, None) => unreachable!("clap requires --cache or --bundle"),
         },
-        store: std::sync::Arc::new(host::NixStore),
-        activator: std::sync::Arc::new(host::Switch),
+        store: std::sync::Arc::new(host::NixStore::new(state.children())),
+        activator: std::sync::Arc::new(host::Switch::new(state.children())),
         host: a.host,
         system,
         trusted,
         identity_files: a.identities,
         action: a.action,
         profile: a.profile,
-        state: state::StateDir::new(&a.state_dir),
+        state,
         jobs: a.jobs,
         dry_run: a.dry_run,
         wait: a.wait,

@@ -417,7 +417,12 @@ fn switch(
 /// deleted after a switch. A failure here is logged, never the run's.
 fn keep_generations(cfg: &Config) {
     if let (Some(keep), true) = (cfg.keep_generations, cfg.action.sets_profile()) {
-        if let Err(e) = crate::generations::prune(&cfg.profile, &cfg.booted_system, keep) {
+        if let Err(e) = crate::generations::prune(
+            &cfg.profile,
+            &cfg.booted_system,
+            keep,
+            &cfg.state.children(),
+        ) {
             tracing::warn!("cannot delete old generations (--keep-generations {keep}): {e:#}");
         }
     }

@@ -25,22 +25,26 @@ use nixcast_common::narinfo::NarInfo;
 use nixcast_common::{PublicKey, StorePath};
 
 use crate::fetch::staged_path;
+use crate::lock::LockShare;
 
 /// Store paths per command line.
 pub const CHUNK: usize = 4000;
 /// Paths Nix imports at once from the staging cache.
 pub const IMPORT_JOBS: usize = 16;
 
-/// A Nix command, holding the run lock until it exits (`state::child_stdin`).
-pub fn run(cmd: &mut Command) -> Result<String> {
-    nixcast_cli::command::run(cmd, crate::state::child_stdin())
+/// A Nix command, holding the run lock until it exits (`LockShare::stdin`).
+pub fn run(cmd: &mut Command, lock: &LockShare) -> Result<String> {
+    nixcast_cli::command::run(cmd, lock.stdin())
 }
 
 /// The paths among `paths` that are not valid in the local store, in the
 /// order asked. A path with nothing at its place on disk cannot be valid:
 /// only the others are asked of Nix (none at all on a fresh store, which
 /// saves a Nix process there).
-pub fn missing<'a>(paths: impl IntoIterator<Item = &'a StorePath>) -> Result<Vec<StorePath>> {
+pub fn missing<'a>(
+    paths: impl IntoIterator<Item = &'a StorePath>,
+    lock: &LockShare,
+) -> Result<Vec<StorePath>> {
     let paths: Vec<&StorePath> = paths.into_iter().collect();
     // Stat each path once: what Nix is asked and what counts as absent agree.
     let on_disk: Vec<bool> = paths
@@ -55,9 +59,12 @@ pub fn missing<'a>(paths: impl IntoIterator<Item = &'a StorePath>) -> Result<Vec
         .collect();
     let mut invalid = std::collections::HashSet::new();
     for chunk in asked.chunks(CHUNK) {
-        let text = run(Command::new("nix-store")
-            .args(["--check-validity", "--print-invalid"])
-            .args(chunk))?;
+        let text = run(
+            Command::new("nix-store")
+                .args(["--check-validity", "--print-invalid"])
+                .args(chunk),
+            lock,
+        )?;
         for line in text.lines().filter(|l| !l.is_empty()) {
             invalid.insert(StorePath::from_absolute(line)?);
         }
@@ -185,6 +192,7 @@ pub fn import(
     paths: &[StorePath],
     trusted: &[PublicKey],
     jobs: usize,
+    lock: &LockShare,
 ) -> Result<()> {
     let Some(first) = paths.first() else {
         return Ok(());
@@ -207,7 +215,7 @@ pub fn import(
         // Substitutions count as jobs in Nix 2.8; nothing is built.
         .args(["--max-jobs", &jobs.max(1).to_string()])
         .args(paths.iter().map(|p| p.to_string()));
-    run(&mut cmd).context("importing into the Nix store")?;
+    run(&mut cmd, lock).context("importing into the Nix store")?;
     Ok(())
 }
 
@@ -227,13 +235,16 @@ pub fn clear_roots(dir: &Path) {
     }
 }
 
-pub fn set_profile(profile: &Path, path: &StorePath) -> Result<()> {
-    run(Command::new("nix-env")
-        .arg("-p")
-        .arg(profile)
-        .args(["--option", "substituters", ""])
-        .arg("--set")
-        .arg(path.to_string()))
+pub fn set_profile(profile: &Path, path: &StorePath, lock: &LockShare) -> Result<()> {
+    run(
+        Command::new("nix-env")
+            .arg("-p")
+            .arg(profile)
+            .args(["--option", "substituters", ""])
+            .arg("--set")
+            .arg(path.to_string()),
+        lock,
+    )
     .with_context(|| format!("setting the profile {} to {path}", profile.display()))?;
     Ok(())
 }
@@ -256,11 +267,14 @@ pub fn profile_generation(profile: &Path) -> Option<u64> {
 }
 
 /// Points the profile back at an earlier generation (as `nix-env --switch-generation`).
-pub fn switch_generation(profile: &Path, generation: u64) -> Result<()> {
-    run(Command::new("nix-env")
-        .arg("-p")
-        .arg(profile)
-        .args(["--switch-generation", &generation.to_string()]))
+pub fn switch_generation(profile: &Path, generation: u64, lock: &LockShare) -> Result<()> {
+    run(
+        Command::new("nix-env")
+            .arg("-p")
+            .arg(profile)
+            .args(["--switch-generation", &generation.to_string()]),
+        lock,
+    )
     .with_context(|| {
         format!(
             "switching {} back to generation {generation}",
@@ -296,10 +310,13 @@ pub fn list_generations(profile: &Path) -> Result<Vec<u64>> {
     Ok(out)
 }
 
-pub fn delete_generation(profile: &Path, generation: u64) -> Result<()> {
-    run(Command::new("nix-env")
-        .arg("-p")
-        .arg(profile)
-        .args(["--delete-generations", &generation.to_string()]))?;
+pub fn delete_generation(profile: &Path, generation: u64, lock: &LockShare) -> Result<()> {
+    run(
+        Command::new("nix-env")
+            .arg("-p")
+            .arg(profile)
+            .args(["--delete-generations", &generation.to_string()]),
+        lock,
+    )?;
     Ok(())
 }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use super::*;
 use crate::source::Source;
-use crate::state::tests::TURN;
 use crate::testing::{self, Cache, FakeStore, FakeSwitch};
 
 struct Host {
@@ -38,11 +37,8 @@ impl Host {
     }
 
     /// One run, as `nixcast-pull run` makes it (lock, status, metrics).
-    /// The run lock is one per process: runs of different tests take turns
-    /// (each test has its own runtime, so the guard blocks no other task).
-    #[allow(clippy::await_holding_lock)]
+    /// Each test's state directory has its lock of its own: tests run at once.
     async fn run(&self, cfg: &Config) -> Result<Outcome, RunError> {
-        let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
         run(cfg).await
     }
 
@@ -257,17 +253,14 @@ async fn rollback_by_hand_goes_to_the_previous_generation_and_marks_the_applied_
     h.run(&h.config()).await.unwrap();
     assert_eq!(h.store.profile(), Some(new));
     let state = StateDir::new(h.state.path());
-    let msg = {
-        let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-        rollback_by_hand(
-            &*h.store,
-            &*h.switch,
-            &h.config().profile,
-            &state,
-            Action::Switch,
-        )
-        .unwrap()
-    };
+    let msg = rollback_by_hand(
+        &*h.store,
+        &*h.switch,
+        &h.config().profile,
+        &state,
+        Action::Switch,
+    )
+    .unwrap();
     assert!(msg.contains("generation 1"), "{msg}");
     assert_eq!(h.store.profile(), Some(old.clone()));
     assert_eq!(h.switch.activated().last(), Some(&old));
