@@ -11,6 +11,7 @@ use nixcast_common::{PublicKey, StorePath};
 
 use crate::activate::{self, Action};
 use crate::lock::LockShare;
+use crate::staging::Staging;
 use crate::store;
 
 /// The Nix store and the system profile.
@@ -18,14 +19,9 @@ pub trait Store: Send + Sync {
     /// The paths among `paths` that are not valid, in the order asked.
     fn missing(&self, paths: &[&StorePath]) -> Result<Vec<StorePath>>;
     /// Imports `paths` from the staging cache (their references valid or
-    /// among them), protected from garbage collection by roots in `roots`.
-    fn import(
-        &self,
-        staging: &Path,
-        roots: &Path,
-        paths: &[StorePath],
-        trusted: &[PublicKey],
-    ) -> Result<()>;
+    /// among them), protected from garbage collection by roots in its
+    /// `roots()`.
+    fn import(&self, staging: &Staging, paths: &[StorePath], trusted: &[PublicKey]) -> Result<()>;
     /// Makes a new generation of `profile` pointing to the valid `path`.
     fn set_profile(&self, profile: &Path, path: &StorePath) -> Result<()>;
     /// The store path `profile` points to now.
@@ -63,21 +59,8 @@ impl Store for NixStore {
     fn missing(&self, paths: &[&StorePath]) -> Result<Vec<StorePath>> {
         store::missing(paths.iter().copied(), &self.lock)
     }
-    fn import(
-        &self,
-        staging: &Path,
-        roots: &Path,
-        paths: &[StorePath],
-        trusted: &[PublicKey],
-    ) -> Result<()> {
-        store::import(
-            staging,
-            roots,
-            paths,
-            trusted,
-            store::IMPORT_JOBS,
-            &self.lock,
-        )
+    fn import(&self, staging: &Staging, paths: &[StorePath], trusted: &[PublicKey]) -> Result<()> {
+        store::import(staging, paths, trusted, store::IMPORT_JOBS, &self.lock)
     }
     fn set_profile(&self, profile: &Path, path: &StorePath) -> Result<()> {
         store::set_profile(profile, path, &self.lock)

@@ -21,6 +21,7 @@ mod schedule;
 mod secrets;
 mod source;
 mod space;
+mod staging;
 mod state;
 mod store;
 #[cfg(test)]

@@ -16,7 +16,7 @@
 //! and a later run does not fetch them again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -25,12 +25,13 @@ use futures_util::StreamExt;
 use nixcast_common::manifest::{Entry, Manifest};
 use nixcast_common::pinned::Pinned;
 use nixcast_common::seal::Identity;
-use nixcast_common::{layout, PublicKey, Sha256Hash, StorePath};
+use nixcast_common::{PublicKey, Sha256Hash, StorePath};
 
 use crate::config::{Config, RunError};
 use crate::fetch::{self, NarError};
 use crate::host::Store;
 use crate::source::Source;
+use crate::staging::{self, Staging};
 use crate::store;
 
 /// NARs at least this large are fetched first: decoding them takes longest.
@@ -50,7 +51,7 @@ pub fn spooled_at_once() -> usize {
 /// was wrong in staging is gone then, and a second failure is Nix's own.
 pub async fn fetch_and_import(
     cfg: &Config,
-    staging: &Path,
+    staging: &Staging,
     manifest: &Pinned,
     entries: &[&Entry],
     total: u64,
@@ -83,12 +84,11 @@ pub async fn fetch_and_import(
 /// Empties the staging directory; returns the entries still missing.
 fn afresh<'a>(
     cfg: &Config,
-    staging: &Path,
+    staging: &Staging,
     entries: &[&'a Entry],
 ) -> Result<Vec<&'a Entry>, RunError> {
-    std::fs::remove_dir_all(staging)
-        .map_err(anyhow::Error::from)
-        .and_then(|()| store::make_staging(staging))
+    staging
+        .empty()
         .map_err(|e| RunError::Other(e.context("cannot empty the staging directory")))?;
     let asked: Vec<&StorePath> = entries.iter().map(|e| &e.store_path).collect();
     let still = cfg.store.missing(&asked).map_err(RunError::Other)?;
@@ -116,13 +116,13 @@ impl From<RunError> for Failed {
 
 async fn attempt(
     cfg: &Config,
-    staging: &Path,
+    staging: &Staging,
     manifest: &Pinned,
     entries: &[&Entry],
     total: u64,
     ids: &Arc<[Identity]>,
 ) -> Result<u64, Failed> {
-    store::write_staging_cache(staging, entries).map_err(RunError::Other)?;
+    staging.write_cache(entries).map_err(RunError::Other)?;
     let mut plan = Plan::new(manifest, entries);
     let order = plan.download_order(entries);
     // NARs two paths share (the same bytes): staged once, kept to the end.
@@ -162,7 +162,7 @@ async fn attempt(
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let slots = fetch::Slots::new(cpus);
     let (spooled, small): (Vec<&Entry>, Vec<&Entry>) =
-        order.into_iter().partition(|e| fetch::spools(e));
+        order.into_iter().partition(|e| staging::spools(e));
     let fetch = |e| {
         let (progress, slots) = (progress.clone(), &slots);
         async move {
@@ -288,24 +288,23 @@ fn worth_a_batch(ready: &[&Entry], downloading: bool, quiet: bool) -> bool {
 /// and leaves little to clear at its end.
 fn start_import(
     cfg: &Config,
-    staging: &Path,
+    staging: &Staging,
     shared: &HashSet<Sha256Hash>,
     ready: &[&Entry],
 ) -> tokio::task::JoinHandle<anyhow::Result<Vec<StorePath>>> {
-    let (staging, trusted) = (staging.to_owned(), cfg.trusted.clone());
-    let roots = store::gc_roots_dir(cfg.state.path());
+    let (staging, trusted) = (staging.clone(), cfg.trusted.clone());
     let nix = cfg.store.clone();
     let batch: Vec<StorePath> = ready.iter().map(|e| e.store_path.clone()).collect();
     let staged: Vec<PathBuf> = ready
         .iter()
         .flat_map(|e| {
-            let nar = (!shared.contains(&e.nar_hash)).then(|| fetch::staged_path(&staging, e));
-            [Some(staging.join(layout::narinfo(&e.store_path))), nar]
+            let nar = (!shared.contains(&e.nar_hash)).then(|| staging.nar(e));
+            [Some(staging.narinfo(&e.store_path)), nar]
         })
         .flatten()
         .collect();
     tokio::task::spawn_blocking(move || {
-        import(&*nix, &staging, &roots, &batch, &trusted)?;
+        import(&*nix, &staging, &batch, &trusted)?;
         for f in staged {
             let _ = std::fs::remove_file(f);
         }
@@ -338,8 +337,7 @@ fn failing_origin(unavailable: &[NarError]) -> Option<RunError> {
 
 fn import(
     store: &dyn Store,
-    staging: &Path,
-    roots: &Path,
+    staging: &Staging,
     batch: &[StorePath],
     trusted: &[PublicKey],
 ) -> anyhow::Result<()> {
@@ -348,7 +346,7 @@ fn import(
     // rooted as it is imported: a garbage collection while later NARs
     // download would delete them otherwise.
     for chunk in batch.chunks(store::CHUNK) {
-        store.import(staging, roots, chunk, trusted)?;
+        store.import(staging, chunk, trusted)?;
     }
     Ok(())
 }

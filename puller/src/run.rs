@@ -25,9 +25,9 @@ use nixcast_common::{layout, Sha256Hash, StorePath};
 use crate::activate::{self, Action};
 pub use crate::config::{Config, RunError, DEFAULT_IDENTITY};
 use crate::host::{Activator, Store};
+use crate::pipeline;
 use crate::source::{FetchError, Fetched, Validators};
 use crate::state::{Outcome, StateDir, Status};
-use crate::{pipeline, store};
 
 /// A manifest this large would describe some hundred thousand paths.
 const MAX_MANIFEST: u64 = 256 << 20;
@@ -69,7 +69,7 @@ pub async fn run(cfg: &Config) -> Result<Outcome, RunError> {
     if result.is_err() {
         // Verified NARs stay for the next run; the narinfos naming every
         // missing path (many, for a large manifest) are written again then.
-        clear_narinfos(&cfg.state.staging());
+        cfg.state.staging().clear_narinfos();
     }
     status.last_check = Some(Timestamp::now());
     status.last_run_seconds = started.elapsed().as_secs_f64();
@@ -337,12 +337,12 @@ async fn fetch_and_import(
     ids: &Arc<[Identity]>,
 ) -> Result<u64, RunError> {
     let staging = cfg.state.staging();
-    store::make_staging(&staging).map_err(other)?;
-    store::clear_leftovers(&staging, &todo.entries).map_err(other)?;
+    staging.create().map_err(other)?;
+    staging.clear_leftovers(&todo.entries).map_err(other)?;
     crate::space::check(
         cfg.state.path(),
         &todo.entries,
-        |e| crate::fetch::staged_path(&staging, e).exists(),
+        |e| staging.nar(e).exists(),
         crate::pipeline::spooled_at_once(),
     )
     .map_err(other)?;
@@ -368,7 +368,7 @@ fn check_imported(cfg: &Config, manifest: &Pinned, todo: &Missing<'_>) -> Result
     if !imported && !cfg.store.missing(&[top]).map_err(other)?.is_empty() {
         return Err(other(anyhow!("{} is not valid after the import", top)));
     }
-    clear_staged(&cfg.state.staging());
+    cfg.state.staging().clear_staged();
     Ok(())
 }
 
@@ -394,7 +394,7 @@ fn switch(
     let st = cfg.activator.activate(top, action);
     // The profile holds the system now (or, for test and dry-activate, the
     // running system does); a failed switch leaves nothing worth keeping.
-    store::clear_roots(&store::gc_roots_dir(cfg.state.path()));
+    cfg.state.staging().clear_roots();
     let st = st.map_err(other)?;
     let failure = if !st.success() {
         Some(format!(
@@ -651,8 +651,9 @@ fn check_signatures(cfg: &Config, entries: &[&manifest::Entry]) -> Result<(), Ru
         return Ok(());
     };
     if !cfg.dry_run {
+        let staging = cfg.state.staging();
         for e in &unsigned {
-            let _ = std::fs::remove_file(crate::fetch::staged_path(&cfg.state.staging(), e));
+            let _ = std::fs::remove_file(staging.nar(e));
         }
     }
     Err(RunError::Refused(anyhow!(
@@ -717,31 +718,6 @@ async fn from_delta(
             tracing::warn!(delta = %cfg.source.url_of(&key), "unusable delta ({e}); fetching the manifest whole");
             None
         }
-    }
-}
-
-fn clear_narinfos(staging: &std::path::Path) {
-    let narinfos = std::fs::read_dir(staging)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".narinfo"));
-    for e in narinfos {
-        let _ = std::fs::remove_file(e.path());
-    }
-}
-
-/// Staged NARs (and temporary files a killed run left) and their narinfos
-/// are in the store now.
-fn clear_staged(staging: &std::path::Path) {
-    let nars = std::fs::read_dir(staging.join("nar")).into_iter().flatten();
-    let narinfos = std::fs::read_dir(staging)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".narinfo"));
-    for e in nars.flatten().chain(narinfos) {
-        let _ = std::fs::remove_file(e.path());
     }
 }
 

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::lock::{self, Lock, LockShare, RunInfo, LOCK_FILE};
 use crate::source::Validators;
+use crate::staging::Staging;
 
 pub const STATUS_FILE: &str = "status.json";
 
@@ -320,8 +321,9 @@ impl StateDir {
         &self.dir
     }
 
-    pub fn staging(&self) -> PathBuf {
-        self.dir.join("staging")
+    /// The staging cache Nix imports from, and the run's GC roots.
+    pub fn staging(&self) -> Staging {
+        Staging::in_state(&self.dir)
     }
 
     /// The last manifest this agent verified: the base for a delta.

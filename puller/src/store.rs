@@ -19,13 +19,10 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use nixcast_common::layout;
-use nixcast_common::manifest::Entry;
-use nixcast_common::narinfo::NarInfo;
 use nixcast_common::{PublicKey, StorePath};
 
-use crate::fetch::staged_path;
 use crate::lock::LockShare;
+use crate::staging::Staging;
 
 /// Store paths per command line.
 pub const CHUNK: usize = 4000;
@@ -77,107 +74,9 @@ pub fn missing<'a>(
         .collect())
 }
 
-/// Makes the staging directory and its `nar/`; anything else in their
-/// place (a file left by hand or by a damaged disk) goes first.
-pub fn make_staging(staging: &Path) -> Result<()> {
-    for dir in [staging.to_owned(), staging.join("nar")] {
-        match std::fs::symlink_metadata(&dir) {
-            Ok(m) if m.is_dir() => continue,
-            Ok(_) => std::fs::remove_file(&dir)
-                .with_context(|| format!("cannot remove {}", dir.display()))?,
-            Err(_) => {}
-        }
-        std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    Ok(())
-}
-
-/// Removes whatever an earlier run left in `staging` (it may have been
-/// killed at any point, or the directory damaged by hand): every narinfo
-/// and any other file, and every file in `nar/` but the NARs of `entries`,
-/// which `fetch::fetch_one` checks again before using them. Run before the
-/// free-space check too, so that a killed run's spooled NARs count as free.
-pub fn clear_leftovers(staging: &Path, entries: &[&Entry]) -> Result<()> {
-    let keep: std::collections::HashSet<_> = entries
-        .iter()
-        .filter_map(|e| staged_path(staging, e).file_name().map(ToOwned::to_owned))
-        .collect();
-    let nar_dir = staging.join("nar");
-    for (dir, keep) in [(staging, None), (nar_dir.as_path(), Some(&keep))] {
-        let listing =
-            std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
-        for e in listing {
-            let e = e?;
-            if e.path() == nar_dir || keep.is_some_and(|k| k.contains(&e.file_name())) {
-                continue;
-            }
-            let p = e.path();
-            let removed = if e.file_type()?.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
-            removed.with_context(|| format!("cannot remove {}", p.display()))?;
-        }
-    }
-    Ok(())
-}
-
-/// Writes `nix-cache-info` and a narinfo for each of `entries` (their NARs
-/// are staged as they arrive), into a staging directory `clear_leftovers`
-/// cleared or that was emptied. `import` asks for these paths only. So Nix
-/// never meets a narinfo this run did not write, nor a NAR it did not
-/// verify.
-pub fn write_staging_cache(staging: &Path, entries: &[&Entry]) -> Result<()> {
-    write_new(
-        &staging.join(layout::NIX_CACHE_INFO),
-        "StoreDir: /nix/store\n",
-    )?;
-    for e in entries {
-        let staged = staged_path(staging, e);
-        let name = staged.file_name().expect("a file").to_string_lossy();
-        let ni = NarInfo {
-            store_path: e.store_path.clone(),
-            url: format!("nar/{name}"),
-            compression: Some("none".to_owned()),
-            file_hash: None,
-            file_size: None,
-            nar_hash: e.nar_hash,
-            nar_size: e.nar_size,
-            references: e.references.clone(),
-            deriver: e.deriver.clone(),
-            sigs: e.sigs.clone(),
-            ca: None,
-            system: None,
-            quirks: Default::default(),
-        };
-        let p = staging.join(layout::narinfo(&e.store_path));
-        write_new(&p, &ni.render())?;
-    }
-    Ok(())
-}
-
-/// Writes a staging file afresh. `create_new` (O_EXCL) follows no symlink:
-/// a link planted under this name is removed, never written through.
-fn write_new(p: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    match std::fs::remove_file(p) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("cannot replace {}", p.display()))
-        }
-        _ => {}
-    }
-    std::fs::File::options()
-        .write(true)
-        .create_new(true)
-        .open(p)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .with_context(|| format!("cannot write {}", p.display()))
-}
-
 /// Imports `paths` from the staging cache and roots them (`ROOTS/HASH`,
 /// `ROOTS/HASH-2`, … named after the first path, which no other batch
-/// imports) until `clear_roots`. Their references must be valid already or
+/// imports) until `Staging::clear_roots`. Their references must be valid already or
 /// among `paths`.
 ///
 /// `nix-store --realise` with the staging cache as the only substituter:
@@ -187,8 +86,7 @@ fn write_new(p: &Path, text: &str) -> Result<()> {
 /// ones are in place, so no garbage collection can take a path between the
 /// import and its root.
 pub fn import(
-    staging: &Path,
-    roots: &Path,
+    staging: &Staging,
     paths: &[StorePath],
     trusted: &[PublicKey],
     jobs: usize,
@@ -197,9 +95,10 @@ pub fn import(
     let Some(first) = paths.first() else {
         return Ok(());
     };
+    let roots = staging.roots();
     std::fs::create_dir_all(roots).with_context(|| format!("cannot create {}", roots.display()))?;
     let keys: Vec<String> = trusted.iter().map(|k| k.to_string()).collect();
-    let from = format!("file://{}", staging.display());
+    let from = staging.url();
     let mut cmd = Command::new("nix-store");
     cmd.arg("--realise")
         .arg("--add-root")
@@ -217,22 +116,6 @@ pub fn import(
         .args(paths.iter().map(|p| p.to_string()));
     run(&mut cmd, lock).context("importing into the Nix store")?;
     Ok(())
-}
-
-/// Where a run's GC roots live: in the state directory, which the agent may
-/// write even in its sandbox (Nix registers them as indirect roots).
-pub fn gc_roots_dir(state: &Path) -> std::path::PathBuf {
-    state.join("gcroots")
-}
-
-/// Drops a run's GC roots, once the profile holds what they protected (Nix
-/// forgets an indirect root whose link is gone).
-pub fn clear_roots(dir: &Path) {
-    if let Err(e) = std::fs::remove_dir_all(dir) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!("cannot remove the GC roots in {}: {e}", dir.display());
-        }
-    }
 }
 
 pub fn set_profile(profile: &Path, path: &StorePath, lock: &LockShare) -> Result<()> {

@@ -20,6 +20,7 @@ use crate::activate::Action;
 use crate::config::Config;
 use crate::host::{Activator, Store};
 use crate::source::{HttpOptions, Source};
+use crate::staging::Staging;
 use crate::state::StateDir;
 
 pub const HOST: &str = "web1";
@@ -229,13 +230,7 @@ impl Store for FakeStore {
             .collect())
     }
 
-    fn import(
-        &self,
-        staging: &Path,
-        _roots: &Path,
-        paths: &[StorePath],
-        trusted: &[PublicKey],
-    ) -> Result<()> {
+    fn import(&self, staging: &Staging, paths: &[StorePath], trusted: &[PublicKey]) -> Result<()> {
         {
             let mut s = self.lock();
             if s.failing_imports > 0 {
@@ -244,11 +239,11 @@ impl Store for FakeStore {
             }
         }
         for p in paths {
-            let text = std::fs::read_to_string(staging.join(layout::narinfo(p)))
+            let text = std::fs::read_to_string(staging.narinfo(p))
                 .with_context(|| format!("no narinfo staged for {p}"))?;
             let ni = NarInfo::parse(&text)?;
             ensure!(ni.verify(trusted), "{p}: no trusted signature");
-            let nar = std::fs::read(staging.join(&ni.url))?;
+            let nar = std::fs::read(staging.path().join(&ni.url))?;
             ensure!(
                 Sha256Hash::digest(&nar) == ni.nar_hash,
                 "{p}: NarHash mismatch"

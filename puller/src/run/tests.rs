@@ -65,7 +65,7 @@ async fn a_new_generation_is_imported_set_and_switched_to_once() {
     );
     assert_eq!(st.applied_store_path, Some(top.clone()));
     assert!(st.last_run_fetched_bytes > 0);
-    let staged = std::fs::read_dir(h.state.path().join("staging/nar")).unwrap();
+    let staged = std::fs::read_dir(cfg.state.staging().nar_dir()).unwrap();
     assert_eq!(staged.count(), 0, "the staging cache is emptied");
     // Nix was asked once, what is missing: the import itself vouches that
     // the system it imported is valid.
@@ -241,7 +241,7 @@ async fn a_dry_run_changes_nothing() {
     assert!(h.store.lock().imported.is_empty());
     assert!(h.switch.activated().is_empty());
     assert!(!h.state.path().join(crate::state::STATUS_FILE).exists());
-    assert!(!h.state.path().join("staging").exists());
+    assert!(!cfg.state.staging().nar_dir().parent().unwrap().exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
