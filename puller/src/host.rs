@@ -2,9 +2,19 @@
 //! steps take them as values (`Config::store`, `Config::activator`): the real
 //! ones here drive Nix and switch-to-configuration; the unit tests use fakes
 //! that need neither root nor Nix.
+//!
+//! `Store` is everything that reads or changes the Nix store and the system
+//! profile, through Nix's commands: the import, the profile's generations,
+//! and the collection of what deleted generations alone held. `Activator`
+//! is everything that acts on the running system through a command of the
+//! host's: the switch, the health checks and the reboot. The health checks
+//! and the reboot belong with the switch (not in a third trait) as they are
+//! what a switch is judged by and what completes a `boot`: a test replaces
+//! them together, and a run takes two values, not three.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::time::Duration;
 
 use anyhow::Result;
 use nixcast_common::{PublicKey, StorePath};
@@ -12,7 +22,7 @@ use nixcast_common::{PublicKey, StorePath};
 use crate::activate::{self, Action};
 use crate::lock::LockShare;
 use crate::staging::Staging;
-use crate::store;
+use crate::store::{self, Collected};
 
 /// The Nix store and the system profile.
 pub trait Store: Send + Sync {
@@ -33,6 +43,12 @@ pub trait Store: Send + Sync {
     /// Points `profile` back at an earlier generation.
     fn switch_generation(&self, profile: &Path, generation: u64) -> Result<()>;
     fn delete_generation(&self, profile: &Path, generation: u64) -> Result<()>;
+    /// Where generation `generation` of `profile` points, followed to the
+    /// end (`PROFILE-N-link`); none if it cannot be read.
+    fn generation_target(&self, profile: &Path, generation: u64) -> Option<PathBuf>;
+    /// Deletes, of the closures of `systems` (valid paths), those paths
+    /// Nix's garbage collector finds dead; what it deleted.
+    fn collect_garbage(&self, systems: &[StorePath]) -> Result<Collected>;
 }
 
 /// Switching the running system.
@@ -41,6 +57,11 @@ pub trait Activator: Send + Sync {
     fn is_system(&self, top: &StorePath) -> bool;
     /// Runs the switch; its exit status (0 is success).
     fn activate(&self, top: &StorePath, action: Action) -> Result<ExitStatus>;
+    /// Runs one health check; an error says why it failed (its exit
+    /// status, or that it outlived `timeout`).
+    fn health_check(&self, check: &str, timeout: Duration) -> Result<(), String>;
+    /// Runs the reboot command; its exit status.
+    fn reboot(&self, command: &str) -> Result<ExitStatus>;
 }
 
 /// The local store, through Nix's own commands (`store.rs`), which hold the
@@ -80,6 +101,12 @@ impl Store for NixStore {
     fn delete_generation(&self, profile: &Path, generation: u64) -> Result<()> {
         store::delete_generation(profile, generation, &self.lock)
     }
+    fn generation_target(&self, profile: &Path, generation: u64) -> Option<PathBuf> {
+        store::generation_target(profile, generation)
+    }
+    fn collect_garbage(&self, systems: &[StorePath]) -> Result<Collected> {
+        store::collect_garbage(systems, &self.lock)
+    }
 }
 
 /// The system's own switch-to-configuration (`activate.rs`), holding the
@@ -100,5 +127,11 @@ impl Activator for Switch {
     }
     fn activate(&self, top: &StorePath, action: Action) -> Result<ExitStatus> {
         activate::activate(top, action, &self.lock)
+    }
+    fn health_check(&self, check: &str, timeout: Duration) -> Result<(), String> {
+        activate::health_check(check, timeout)
+    }
+    fn reboot(&self, command: &str) -> Result<ExitStatus> {
+        activate::reboot(command)
     }
 }

@@ -16,9 +16,8 @@
 //! for that system, which `status` says.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use nixcast_common::pointer::Timestamp;
 use nixcast_common::StorePath;
 
@@ -118,11 +117,7 @@ pub fn reboot(cfg: &Config, status: &mut Status) -> anyhow::Result<()> {
         return Ok(());
     };
     tracing::info!(command = %policy.command, "rebooting into the new kernel");
-    let st = Command::new("sh")
-        .args(["-c", &policy.command])
-        .stdin(Stdio::null())
-        .status()
-        .with_context(|| format!("cannot run --reboot-command {:?}", policy.command));
+    let st = cfg.activator.reboot(&policy.command);
     match st {
         Ok(st) if st.success() => Ok(()),
         st => {

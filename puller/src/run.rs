@@ -403,7 +403,10 @@ fn switch(
             action.as_str()
         ))
     } else {
-        activate::health_checks(&cfg.health_checks, cfg.health_timeout).err()
+        // In order; the first that fails is the switch's failure.
+        cfg.health_checks
+            .iter()
+            .find_map(|c| cfg.activator.health_check(c, cfg.health_timeout).err())
     };
     if let Some(why) = failure {
         status.bad_generations.push(v.get().generation);
@@ -417,12 +420,9 @@ fn switch(
 /// deleted after a switch. A failure here is logged, never the run's.
 fn keep_generations(cfg: &Config) {
     if let (Some(keep), true) = (cfg.keep_generations, cfg.action.sets_profile()) {
-        if let Err(e) = crate::generations::prune(
-            &cfg.profile,
-            &cfg.booted_system,
-            keep,
-            &cfg.state.children(),
-        ) {
+        let booted = std::fs::canonicalize(&cfg.booted_system).ok();
+        let pruned = crate::generations::prune(&*cfg.store, &cfg.profile, booted.as_deref(), keep);
+        if let Err(e) = pruned {
             tracing::warn!("cannot delete old generations (--keep-generations {keep}): {e:#}");
         }
     }

@@ -15,7 +15,7 @@
 //! - the profile: `nix-env -p PROFILE --set PATH`, only for a valid PATH (for
 //!   an invalid one nix-env would try to substitute it), substituters off.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
@@ -167,6 +167,13 @@ pub fn switch_generation(profile: &Path, generation: u64, lock: &LockShare) -> R
     Ok(())
 }
 
+/// Where generation `generation` of `profile` points (`PROFILE-N-link`),
+/// followed to the end.
+pub fn generation_target(profile: &Path, generation: u64) -> Option<PathBuf> {
+    let name = format!("{}-{generation}-link", profile.file_name()?.to_str()?);
+    std::fs::canonicalize(profile.with_file_name(name)).ok()
+}
+
 /// The generation numbers of a profile, from its `NAME-N-link` siblings.
 pub fn list_generations(profile: &Path) -> Result<Vec<u64>> {
     let dir = profile.parent().context("a profile has a directory")?;
@@ -202,4 +209,68 @@ pub fn delete_generation(profile: &Path, generation: u64, lock: &LockShare) -> R
         lock,
     )?;
     Ok(())
+}
+
+/// What a garbage collection deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Collected {
+    pub paths: usize,
+    /// Their NarSize, as Nix reports it.
+    pub bytes: u64,
+}
+
+/// Of the closures of `systems` (valid paths), deletes what Nix's garbage
+/// collector finds dead (`nix-store --gc --print-dead`, which knows every
+/// root) with `nix-store --delete`, which checks again under the GC lock
+/// that each is dead; returns how many paths and their NarSize.
+pub fn collect_garbage(systems: &[StorePath], lock: &LockShare) -> Result<Collected> {
+    let held: std::collections::BTreeSet<String> =
+        query(&["--query", "--requisites"], systems, lock)?
+            .into_iter()
+            .collect();
+    let dead: std::collections::HashSet<String> = run(
+        Command::new("nix-store").args(["--gc", "--print-dead"]),
+        lock,
+    )
+    .context("asking Nix which paths are dead")?
+    .lines()
+    .map(str::to_owned)
+    .collect();
+    let gone: Vec<StorePath> = held
+        .iter()
+        .filter(|p| dead.contains(p.as_str()))
+        .map(|p| StorePath::from_absolute(p))
+        .collect::<Result<_, _>>()?;
+    let bytes: u64 = query(&["--query", "--size"], &gone, lock)?
+        .iter()
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum();
+    if !gone.is_empty() {
+        run(
+            Command::new("nix-store")
+                .arg("--delete")
+                .args(gone.iter().map(|p| p.to_string())),
+            lock,
+        )
+        .context("deleting the paths of old generations")?;
+    }
+    Ok(Collected {
+        paths: gone.len(),
+        bytes,
+    })
+}
+
+/// One line of `nix-store ARGS PATHS…` output per line, chunked.
+fn query(args: &[&str], paths: &[StorePath], lock: &LockShare) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for chunk in paths.chunks(CHUNK) {
+        let text = run(
+            Command::new("nix-store")
+                .args(args)
+                .args(chunk.iter().map(|p| p.to_string())),
+            lock,
+        )?;
+        out.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_owned));
+    }
+    Ok(out)
 }

@@ -22,6 +22,7 @@ use crate::host::{Activator, Store};
 use crate::source::{HttpOptions, Source};
 use crate::staging::Staging;
 use crate::state::StateDir;
+use crate::store::Collected;
 
 pub const HOST: &str = "web1";
 pub const SYSTEM: &str = "x86_64-linux";
@@ -196,6 +197,8 @@ pub struct StoreState {
     /// Imports that fail before one succeeds (as Nix does on a damaged
     /// staging cache).
     pub failing_imports: usize,
+    /// What each garbage collection was asked to collect the dead paths of.
+    pub collected: Vec<Vec<StorePath>>,
 }
 
 impl FakeStore {
@@ -298,13 +301,30 @@ impl Store for FakeStore {
         s.generations.retain(|(g, _)| *g != generation);
         Ok(())
     }
+
+    fn generation_target(&self, _profile: &Path, generation: u64) -> Option<PathBuf> {
+        let s = self.lock();
+        let (_, p) = s.generations.iter().find(|(g, _)| *g == generation)?;
+        Some(PathBuf::from(p.to_string()))
+    }
+
+    fn collect_garbage(&self, systems: &[StorePath]) -> Result<Collected> {
+        self.lock().collected.push(systems.to_vec());
+        Ok(Collected::default())
+    }
 }
 
-/// A switch that records what it activated, and fails for `failing`.
+/// A switch that records what it activated, and fails for `failing`; health
+/// checks that fail if named in `failing_checks`; a reboot command that
+/// records what it ran and fails with `failing_reboot`.
 #[derive(Default)]
 pub struct FakeSwitch {
     pub activated: Mutex<Vec<(StorePath, Action)>>,
     pub failing: Mutex<Option<StorePath>>,
+    pub checks: Mutex<Vec<String>>,
+    pub failing_checks: Mutex<Vec<String>>,
+    pub reboots: Mutex<Vec<String>>,
+    pub failing_reboot: Mutex<bool>,
 }
 
 impl FakeSwitch {
@@ -326,9 +346,32 @@ impl Activator for FakeSwitch {
     fn activate(&self, top: &StorePath, action: Action) -> Result<ExitStatus> {
         self.activated.lock().unwrap().push((top.clone(), action));
         let fails = self.failing.lock().unwrap().as_ref() == Some(top);
-        // A wait status: exit code 1, or 0.
-        Ok(ExitStatus::from_raw(if fails { 1 << 8 } else { 0 }))
+        Ok(exit(fails))
     }
+
+    fn health_check(&self, check: &str, _timeout: Duration) -> Result<(), String> {
+        self.checks.lock().unwrap().push(check.to_owned());
+        if self
+            .failing_checks
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| c == check)
+        {
+            return Err(format!("health check {check:?} exited with {}", exit(true)));
+        }
+        Ok(())
+    }
+
+    fn reboot(&self, command: &str) -> Result<ExitStatus> {
+        self.reboots.lock().unwrap().push(command.to_owned());
+        Ok(exit(*self.failing_reboot.lock().unwrap()))
+    }
+}
+
+/// A wait status: exit code 1, or 0.
+fn exit(fails: bool) -> ExitStatus {
+    ExitStatus::from_raw(if fails { 1 << 8 } else { 0 })
 }
 
 /// A run's settings: this cache as a directory, this state directory, the

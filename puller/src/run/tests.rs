@@ -123,6 +123,7 @@ async fn a_failed_health_check_rolls_back() {
     let (old, _) = h.cache.publish(1, &testing::closure("v1", 10));
     h.run(&h.config()).await.unwrap();
     h.cache.publish(2, &testing::closure("v2", 20));
+    *h.switch.failing_checks.lock().unwrap() = vec!["exit 7".into()];
     let cfg = Config {
         health_checks: vec!["true".into(), "exit 7".into()],
         ..h.config()
