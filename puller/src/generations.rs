@@ -77,3 +77,63 @@ fn doomed(
         .filter(|(_, target)| booted.is_none() || target.as_deref() != booted)
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{store_path, FakeStore};
+
+    /// A profile of five generations, each its own system, the newest current.
+    fn five() -> (std::sync::Arc<FakeStore>, Vec<StorePath>) {
+        let systems: Vec<StorePath> = (1..=5).map(|n| store_path("system", n)).collect();
+        let store = FakeStore::with_valid(&systems.iter().collect::<Vec<_>>());
+        {
+            let mut s = store.lock();
+            s.generations = (1..=5).zip(systems.iter().cloned()).collect();
+            s.current = Some(5);
+        }
+        (store, systems)
+    }
+
+    fn kept(store: &FakeStore) -> Vec<u64> {
+        store.lock().generations.iter().map(|(g, _)| *g).collect()
+    }
+
+    #[test]
+    fn the_newest_the_current_and_the_booted_are_kept_the_rest_deleted_and_collected() {
+        let (store, sys) = five();
+        let profile = Path::new("/nix/var/nix/profiles/system");
+        // The host booted generation 2; generation 4 is current (rolled back).
+        store.lock().current = Some(4);
+        let booted = PathBuf::from(sys[1].to_string());
+        prune(&*store, profile, Some(&booted), 1).unwrap();
+        assert_eq!(kept(&store), [2, 4, 5]);
+        // Nix is asked to collect what the deleted generations held.
+        assert_eq!(
+            store.lock().collected,
+            [vec![sys[0].clone(), sys[2].clone()]]
+        );
+    }
+
+    #[test]
+    fn nothing_is_deleted_or_collected_within_the_limit() {
+        let (store, _) = five();
+        let profile = Path::new("/nix/var/nix/profiles/system");
+        prune(&*store, profile, None, 5).unwrap();
+        assert_eq!(kept(&store), [1, 2, 3, 4, 5]);
+        assert!(store.lock().collected.is_empty());
+        // Without a booted system to keep, only the newest are.
+        prune(&*store, profile, None, 2).unwrap();
+        assert_eq!(kept(&store), [4, 5]);
+        assert_eq!(store.lock().collected.len(), 1);
+    }
+
+    #[test]
+    fn a_system_no_longer_valid_is_not_handed_to_the_collection() {
+        let (store, sys) = five();
+        store.lock().valid.remove(&sys[0]);
+        prune(&*store, Path::new("/p/system"), None, 3).unwrap();
+        assert_eq!(kept(&store), [3, 4, 5]);
+        assert_eq!(store.lock().collected, [vec![sys[1].clone()]]);
+    }
+}
