@@ -307,7 +307,14 @@ fn run_once(cfg: &run::Config) -> Result<(), Failed> {
 
 fn run_scheduled(cfg: &run::Config, expr: &str, jitter: Duration) -> Result<(), Failed> {
     schedule::parse(expr)
-        .and_then(|sched| runtime()?.block_on(schedule::run_forever(cfg, &sched, jitter)))
+        .and_then(|sched| {
+            runtime()?.block_on(schedule::run_forever(&sched, jitter, || async {
+                match run::run(cfg).await {
+                    Ok(outcome) => tracing::info!(outcome = outcome.as_str(), "run done"),
+                    Err(e) => tracing::error!(exit_code = e.exit_code(), "{e}"),
+                }
+            }))
+        })
         .map_err(|e| (1, e))
 }
 
@@ -377,38 +384,47 @@ fn build_config(a: RunArgs) -> Result<run::Config> {
         }
     };
     let state = state::StateDir::new(&a.state_dir);
+    let source = match (&a.bundle, &a.cache) {
+        (Some(b), _) => source::Source::bundle(b)?,
+        (None, Some(c)) => source::Source::new(c, &http, &secrets)?,
+        (None, None) => unreachable!("clap requires --cache or --bundle"),
+    };
     Ok(run::Config {
-        report,
-        reboot: a.allow_reboot.then_some(config::RebootPolicy {
-            window: a.reboot_window,
-            command: a.reboot_command,
-        }),
-        booted_system: a.booted_system,
-        keep_generations: a.keep_generations,
-        source: match (&a.bundle, &a.cache) {
-            (Some(b), _) => source::Source::bundle(b)?,
-            (None, Some(c)) => source::Source::new(c, &http, &secrets)?,
-            (None, None) => unreachable!("clap requires --cache or --bundle"),
+        policy: config::Policy {
+            host: a.host,
+            system,
+            trusted,
+            identity_files: a.identities,
+            max_generation_jump: a.max_generation_jump,
         },
-        store: std::sync::Arc::new(host::NixStore::new(state.children())),
-        activator: std::sync::Arc::new(host::Switch::new(state.children())),
-        host: a.host,
-        system,
-        trusted,
-        identity_files: a.identities,
-        action: a.action,
-        profile: a.profile,
-        state,
-        jobs: a.jobs,
-        dry_run: a.dry_run,
-        wait: a.wait,
-        health_checks: a.health_checks,
-        health_timeout: a.health_timeout,
-        metrics_file: a.metrics_file,
-        secrets: std::sync::Arc::new(secrets),
-        http,
-        run_timeout: a.run_timeout,
-        max_generation_jump: a.max_generation_jump,
+        ports: config::Ports {
+            source,
+            http,
+            secrets: std::sync::Arc::new(secrets),
+            store: std::sync::Arc::new(host::NixStore::new(state.children())),
+            activator: std::sync::Arc::new(host::Switch::new(state.children())),
+            state,
+            profile: a.profile,
+            booted_system: a.booted_system,
+        },
+        apply: config::Apply {
+            action: a.action,
+            jobs: a.jobs,
+            dry_run: a.dry_run,
+            wait: a.wait,
+            run_timeout: a.run_timeout,
+            health_checks: a.health_checks,
+            health_timeout: a.health_timeout,
+        },
+        after: config::After {
+            report,
+            reboot: a.allow_reboot.then_some(config::RebootPolicy {
+                window: a.reboot_window,
+                command: a.reboot_command,
+            }),
+            keep_generations: a.keep_generations,
+            metrics_file: a.metrics_file,
+        },
     })
 }
 

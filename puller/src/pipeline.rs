@@ -91,7 +91,7 @@ fn afresh<'a>(
         .empty()
         .map_err(|e| RunError::Other(e.context("cannot empty the staging directory")))?;
     let asked: Vec<&StorePath> = entries.iter().map(|e| &e.store_path).collect();
-    let still = cfg.store.missing(&asked).map_err(RunError::Other)?;
+    let still = cfg.ports.store.missing(&asked).map_err(RunError::Other)?;
     Ok(entries
         .iter()
         .filter(|e| still.contains(&e.store_path))
@@ -149,7 +149,7 @@ async fn attempt(
     let upstreams = upstream_sources(cfg, entries)?;
     let source_of = |e: &Entry| match e.cache.as_deref() {
         Some(url) if !upstreams.is_empty() => &upstreams[url],
-        _ => &cfg.source,
+        _ => &cfg.ports.source,
     };
     // Requests and decoders are counted apart: `jobs` requests for small
     // NARs (most of a closure) wait on the network and are read into memory
@@ -177,7 +177,7 @@ async fn attempt(
             .buffer_unordered(spooled_at_once()),
         futures_util::stream::iter(small)
             .map(fetch)
-            .buffer_unordered(cfg.jobs.max(1)),
+            .buffer_unordered(cfg.apply.jobs.max(1)),
     );
 
     let mut fetched = 0;
@@ -292,8 +292,8 @@ fn start_import(
     shared: &HashSet<Sha256Hash>,
     ready: &[&Entry],
 ) -> tokio::task::JoinHandle<anyhow::Result<Vec<StorePath>>> {
-    let (staging, trusted) = (staging.clone(), cfg.trusted.clone());
-    let nix = cfg.store.clone();
+    let (staging, trusted) = (staging.clone(), cfg.policy.trusted.clone());
+    let nix = cfg.ports.store.clone();
     let batch: Vec<StorePath> = ready.iter().map(|e| e.store_path.clone()).collect();
     let staged: Vec<PathBuf> = ready
         .iter()
@@ -363,12 +363,13 @@ fn nar_error(e: NarError) -> RunError {
 /// a bundle carries every NAR itself.
 fn upstream_sources(cfg: &Config, entries: &[&Entry]) -> Result<HashMap<String, Source>, RunError> {
     let mut out = HashMap::new();
-    if matches!(cfg.source, Source::Bundle { .. }) {
+    if matches!(cfg.ports.source, Source::Bundle { .. }) {
         return Ok(out);
     }
     for url in entries.iter().filter_map(|e| e.cache.as_deref()) {
         if !out.contains_key(url) {
-            let src = Source::new(url, &cfg.http, &cfg.secrets).map_err(RunError::Refused)?;
+            let src =
+                Source::new(url, &cfg.ports.http, &cfg.ports.secrets).map_err(RunError::Refused)?;
             out.insert(url.to_owned(), src);
         }
     }

@@ -51,25 +51,26 @@ fn other(e: impl Into<anyhow::Error>) -> RunError {
 }
 
 pub async fn run(cfg: &Config) -> Result<Outcome, RunError> {
-    if cfg.dry_run {
+    if cfg.apply.dry_run {
         // A dry run writes nothing, so it takes no lock and keeps no state.
-        let mut status = cfg.state.load().map_err(other)?;
+        let mut status = cfg.ports.state.load().map_err(other)?;
         return bounded(cfg, apply(cfg, &mut status)).await;
     }
-    cfg.state.create().map_err(other)?;
+    cfg.ports.state.create().map_err(other)?;
     let _lock = cfg
+        .ports
         .state
-        .lock(cfg.wait)
+        .lock(cfg.apply.wait)
         .map_err(other)?
-        .ok_or_else(|| RunError::Locked(cfg.state.path().display().to_string()))?;
-    let mut status = cfg.state.load().map_err(other)?;
+        .ok_or_else(|| RunError::Locked(cfg.ports.state.path().display().to_string()))?;
+    let mut status = cfg.ports.state.load().map_err(other)?;
     let started = std::time::Instant::now();
     status.last_run_fetched_bytes = 0;
     let result = bounded(cfg, apply(cfg, &mut status)).await;
     if result.is_err() {
         // Verified NARs stay for the next run; the narinfos naming every
         // missing path (many, for a large manifest) are written again then.
-        cfg.state.staging().clear_narinfos();
+        cfg.ports.state.staging().clear_narinfos();
     }
     status.last_check = Some(Timestamp::now());
     status.last_run_seconds = started.elapsed().as_secs_f64();
@@ -88,12 +89,12 @@ pub async fn run(cfg: &Config) -> Result<Outcome, RunError> {
                 .or_default() += 1;
         }
     }
-    cfg.state.save(&status).map_err(other)?;
+    cfg.ports.state.save(&status).map_err(other)?;
     // The run's outcome is saved; what follows never fails it.
     let reboot_now = crate::reboot::due(cfg, &mut status);
     crate::report::after_run(cfg, &mut status, &result).await;
-    cfg.state.save(&status).map_err(other)?;
-    if let Some(path) = &cfg.metrics_file {
+    cfg.ports.state.save(&status).map_err(other)?;
+    if let Some(path) = &cfg.after.metrics_file {
         // Read by node_exporter, which runs as another user.
         nixcast_cli::fs::write(path, crate::state::metrics(&status).as_bytes(), 0o644)
             .map_err(other)?;
@@ -101,7 +102,7 @@ pub async fn run(cfg: &Config) -> Result<Outcome, RunError> {
     if reboot_now {
         if let Err(e) = crate::reboot::reboot(cfg, &mut status) {
             tracing::warn!("{e:#}; the reboot stays pending");
-            cfg.state.save(&status).map_err(other)?;
+            cfg.ports.state.save(&status).map_err(other)?;
         }
     }
     result
@@ -114,12 +115,12 @@ async fn bounded(
     cfg: &Config,
     run: impl std::future::Future<Output = Result<Outcome, RunError>>,
 ) -> Result<Outcome, RunError> {
-    match tokio::time::timeout(cfg.run_timeout, run).await {
+    match tokio::time::timeout(cfg.apply.run_timeout, run).await {
         Ok(result) => result,
         Err(_) => Err(RunError::Fetch(anyhow!(
             "the run did not finish within --run-timeout {}; what was verified is kept for \
              the next run",
-            humantime::format_duration(cfg.run_timeout)
+            humantime::format_duration(cfg.apply.run_timeout)
         ))),
     }
 }
@@ -139,7 +140,7 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
         );
         return Ok(Outcome::Unchanged);
     }
-    if !cfg.dry_run {
+    if !cfg.apply.dry_run {
         raise_floor(status, &verified);
     }
     let ids = identities_for(cfg, &verified)?;
@@ -154,7 +155,7 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
     };
     if already_running(cfg, status, &top) {
         tracing::info!(store_path = %top, "already running this system");
-        if !cfg.dry_run {
+        if !cfg.apply.dry_run {
             accept(status, &verified, validators);
         }
         return Ok(Outcome::Unchanged);
@@ -165,7 +166,7 @@ async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
     };
     tracing::info!(generation = p.generation, store_path = %top, "manifest verified");
     let todo = what_is_missing(cfg, &manifest)?;
-    if cfg.dry_run {
+    if cfg.apply.dry_run {
         print_plan(cfg, &manifest, &todo);
         return Ok(Outcome::Unchanged);
     }
@@ -189,13 +190,14 @@ async fn read_pointer(
     status: &Status,
     t0: SystemTime,
 ) -> Result<Option<(Verified<Pointer>, Validators)>, RunError> {
-    let key = layout::pointer(&cfg.host);
-    let validators = if cfg.dry_run {
+    let key = layout::pointer(&cfg.policy.host);
+    let validators = if cfg.apply.dry_run {
         Default::default()
     } else {
         status.validators.clone()
     };
     let (bytes, new_validators) = match cfg
+        .ports
         .source
         .get_pointer(&key, pointer::MAX_ENVELOPE_SIZE as u64, &validators)
         .await
@@ -203,13 +205,13 @@ async fn read_pointer(
     {
         Fetched::NotModified => {
             not_modified(status, t0).map_err(RunError::Refused)?;
-            tracing::info!(url = %cfg.source.url_of(&key), "pointer not modified");
+            tracing::info!(url = %cfg.ports.source.url_of(&key), "pointer not modified");
             return Ok(None);
         }
         Fetched::Body(b, v) => (b, v),
     };
-    let verified = pointer::verify(&bytes, &cfg.trusted)
-        .with_context(|| format!("pointer {}", cfg.source.url_of(&key)))
+    let verified = pointer::verify(&bytes, &cfg.policy.trusted)
+        .with_context(|| format!("pointer {}", cfg.ports.source.url_of(&key)))
         .map_err(RunError::Refused)?;
     check_policy(cfg, status, &verified, t0).map_err(RunError::Refused)?;
     let p = verified.get();
@@ -254,8 +256,8 @@ fn identities_for(cfg: &Config, v: &Verified<Pointer>) -> Result<Arc<[Identity]>
 /// action that sets the profile).
 fn already_running(cfg: &Config, status: &Status, top: &StorePath) -> bool {
     status.applied_store_path.as_ref() == Some(top)
-        && (!cfg.action.sets_profile()
-            || cfg.store.profile_target(&cfg.profile).as_ref() == Some(top))
+        && (!cfg.apply.action.sets_profile()
+            || cfg.ports.store.profile_target(&cfg.ports.profile).as_ref() == Some(top))
 }
 
 /// The manifest's paths the store lacks, and what they weigh.
@@ -270,7 +272,7 @@ struct Missing<'a> {
 /// trusted key.
 fn what_is_missing<'a>(cfg: &Config, manifest: &'a Pinned) -> Result<Missing<'a>, RunError> {
     let paths: Vec<&StorePath> = manifest.paths.iter().map(|e| &e.store_path).collect();
-    let missing = cfg.store.missing(&paths).map_err(other)?;
+    let missing = cfg.ports.store.missing(&paths).map_err(other)?;
     let entries: Vec<_> = missing
         .iter()
         .map(|m| manifest.get(m).expect("asked about manifest paths"))
@@ -304,7 +306,7 @@ fn print_plan(cfg: &Config, manifest: &Pinned, todo: &Missing) {
         manifest.paths.len(),
         todo.download,
         todo.unpacked,
-        cfg.action.as_str(),
+        cfg.apply.action.as_str(),
         manifest.top()
     );
 }
@@ -314,7 +316,7 @@ fn check_source_holds(cfg: &Config, todo: &Missing) -> Result<(), RunError> {
     let absent: Vec<String> = todo
         .entries
         .iter()
-        .filter(|e| cfg.source.holds(&e.url) == Some(false))
+        .filter(|e| cfg.ports.source.holds(&e.url) == Some(false))
         .map(|e| e.store_path.to_string())
         .collect();
     if absent.is_empty() {
@@ -322,7 +324,7 @@ fn check_source_holds(cfg: &Config, todo: &Missing) -> Result<(), RunError> {
     }
     Err(RunError::Fetch(anyhow!(
         "{} lacks the NARs of {} paths this host does not have (was it made for another base?):\n  {}",
-        cfg.source.url_of(""),
+        cfg.ports.source.url_of(""),
         absent.len(),
         absent.join("\n  ")
     )))
@@ -336,11 +338,11 @@ async fn fetch_and_import(
     todo: &Missing<'_>,
     ids: &Arc<[Identity]>,
 ) -> Result<u64, RunError> {
-    let staging = cfg.state.staging();
+    let staging = cfg.ports.state.staging();
     staging.create().map_err(other)?;
     staging.clear_leftovers(&todo.entries).map_err(other)?;
     crate::space::check(
-        cfg.state.path(),
+        cfg.ports.state.path(),
         &todo.entries,
         |e| staging.nar(e).exists(),
         crate::pipeline::spooled_at_once(),
@@ -365,10 +367,10 @@ async fn fetch_and_import(
 fn check_imported(cfg: &Config, manifest: &Pinned, todo: &Missing<'_>) -> Result<(), RunError> {
     let top = manifest.top();
     let imported = todo.entries.iter().any(|e| &e.store_path == top);
-    if !imported && !cfg.store.missing(&[top]).map_err(other)?.is_empty() {
+    if !imported && !cfg.ports.store.missing(&[top]).map_err(other)?.is_empty() {
         return Err(other(anyhow!("{} is not valid after the import", top)));
     }
-    cfg.state.staging().clear_staged();
+    cfg.ports.state.staging().clear_staged();
     Ok(())
 }
 
@@ -380,21 +382,24 @@ fn switch(
     v: &Verified<Pointer>,
     top: &StorePath,
 ) -> Result<Action, RunError> {
-    if !cfg.activator.is_system(top) {
+    if !cfg.ports.activator.is_system(top) {
         return Err(RunError::Refused(anyhow!(
             "{} is not a NixOS system: it has no bin/switch-to-configuration",
             top
         )));
     }
-    let previous = cfg.store.profile_generation(&cfg.profile);
-    if cfg.action.sets_profile() {
-        cfg.store.set_profile(&cfg.profile, top).map_err(other)?;
+    let previous = cfg.ports.store.profile_generation(&cfg.ports.profile);
+    if cfg.apply.action.sets_profile() {
+        cfg.ports
+            .store
+            .set_profile(&cfg.ports.profile, top)
+            .map_err(other)?;
     }
     let action = crate::reboot::action_for(cfg, top);
-    let st = cfg.activator.activate(top, action);
+    let st = cfg.ports.activator.activate(top, action);
     // The profile holds the system now (or, for test and dry-activate, the
     // running system does); a failed switch leaves nothing worth keeping.
-    cfg.state.staging().clear_roots();
+    cfg.ports.state.staging().clear_roots();
     let st = st.map_err(other)?;
     let failure = if !st.success() {
         Some(format!(
@@ -404,9 +409,12 @@ fn switch(
         ))
     } else {
         // In order; the first that fails is the switch's failure.
-        cfg.health_checks
-            .iter()
-            .find_map(|c| cfg.activator.health_check(c, cfg.health_timeout).err())
+        cfg.apply.health_checks.iter().find_map(|c| {
+            cfg.ports
+                .activator
+                .health_check(c, cfg.apply.health_timeout)
+                .err()
+        })
     };
     if let Some(why) = failure {
         status.bad_generations.push(v.get().generation);
@@ -419,9 +427,14 @@ fn switch(
 /// `--keep-generations`: old profile generations and what only they held,
 /// deleted after a switch. A failure here is logged, never the run's.
 fn keep_generations(cfg: &Config) {
-    if let (Some(keep), true) = (cfg.keep_generations, cfg.action.sets_profile()) {
-        let booted = std::fs::canonicalize(&cfg.booted_system).ok();
-        let pruned = crate::generations::prune(&*cfg.store, &cfg.profile, booted.as_deref(), keep);
+    if let (Some(keep), true) = (cfg.after.keep_generations, cfg.apply.action.sets_profile()) {
+        let booted = std::fs::canonicalize(&cfg.ports.booted_system).ok();
+        let pruned = crate::generations::prune(
+            &*cfg.ports.store,
+            &cfg.ports.profile,
+            booted.as_deref(),
+            keep,
+        );
         if let Err(e) = pruned {
             tracing::warn!("cannot delete old generations (--keep-generations {keep}): {e:#}");
         }
@@ -452,16 +465,16 @@ fn check_policy(
 ) -> anyhow::Result<()> {
     let p = v.get();
     anyhow::ensure!(
-        p.host == cfg.host,
+        p.host == cfg.policy.host,
         "the pointer is for host {:?}, not {:?}",
         p.host,
-        cfg.host
+        cfg.policy.host
     );
     anyhow::ensure!(
-        p.system == cfg.system,
+        p.system == cfg.policy.system,
         "the pointer is for system {:?}, not {:?}",
         p.system,
-        cfg.system
+        cfg.policy.system
     );
     if let Some(exp) = p.expires_at {
         anyhow::ensure!(
@@ -493,7 +506,7 @@ fn check_policy(
         "the pointer has generation {}, which leaves no room for a next one",
         p.generation
     );
-    if status.highest_digest.is_some() && jump > cfg.max_generation_jump {
+    if status.highest_digest.is_some() && jump > cfg.policy.max_generation_jump {
         anyhow::bail!(
             "the pointer jumps from generation {} to {} (more than --max-generation-jump {}): \
              a history file planted in the bucket, or a publish gone wrong? Once accepted, no \
@@ -501,7 +514,7 @@ fn check_policy(
              --max-generation-jump {jump}",
             status.highest_generation,
             p.generation,
-            cfg.max_generation_jump
+            cfg.policy.max_generation_jump
         );
     }
     if p.generation == status.highest_generation {
@@ -535,7 +548,7 @@ async fn fetch_manifest(
             m.size
         )));
     }
-    let url = cfg.source.url_of(&m.path);
+    let url = cfg.ports.source.url_of(&m.path);
     let refused =
         |e: PinError| RunError::Refused(anyhow::Error::new(e).context(format!("manifest {url}")));
     let plain = pinned::plain_pin(m);
@@ -543,6 +556,7 @@ async fn fetch_manifest(
         Some(bytes) => bytes,
         None => {
             let got = cfg
+                .ports
                 .source
                 .get_small(&m.path, m.size)
                 .await
@@ -559,8 +573,8 @@ async fn fetch_manifest(
         }
     };
     let manifest = Pinned::check(v, &bytes).map_err(refused)?;
-    if !cfg.dry_run {
-        if let Err(e) = nixcast_cli::fs::write(&cfg.state.manifest(), &bytes, 0o644) {
+    if !cfg.apply.dry_run {
+        if let Err(e) = nixcast_cli::fs::write(&cfg.ports.state.manifest(), &bytes, 0o644) {
             tracing::warn!("cannot keep the manifest for the next run's delta: {e:#}");
         }
     }
@@ -585,10 +599,10 @@ fn open_sealed(ids: &[Identity], sealed: &[u8], limit: u64) -> anyhow::Result<Ve
 /// The identities given, or the SSH host key.
 fn load_identities(cfg: &Config) -> Result<Vec<Identity>, RunError> {
     let default = [PathBuf::from(DEFAULT_IDENTITY)];
-    let files = if cfg.identity_files.is_empty() {
+    let files = if cfg.policy.identity_files.is_empty() {
         &default[..]
     } else {
-        &cfg.identity_files[..]
+        &cfg.policy.identity_files[..]
     };
     nixcast_cli::keys::read_identities(files)
         .map_err(|e| other(e.context("the pointer is sealed (give --identity to open it)")))
@@ -632,17 +646,17 @@ fn check_signatures(cfg: &Config, entries: &[&manifest::Entry]) -> Result<(), Ru
         let here = chunks.next().unwrap_or_default();
         let others: Vec<_> = chunks
             .map(|c| {
-                let check = move || unsigned_among(&cfg.trusted, c);
+                let check = move || unsigned_among(&cfg.policy.trusted, c);
                 std::thread::Builder::new()
                     .spawn_scoped(s, check)
                     .map_err(|_| c)
             })
             .collect();
-        let mut out = unsigned_among(&cfg.trusted, here);
+        let mut out = unsigned_among(&cfg.policy.trusted, here);
         for c in others {
             out.extend(match c {
                 Ok(thread) => thread.join().expect("a signature check does not panic"),
-                Err(c) => unsigned_among(&cfg.trusted, c),
+                Err(c) => unsigned_among(&cfg.policy.trusted, c),
             });
         }
         out
@@ -650,8 +664,8 @@ fn check_signatures(cfg: &Config, entries: &[&manifest::Entry]) -> Result<(), Ru
     let Some(first) = unsigned.first() else {
         return Ok(());
     };
-    if !cfg.dry_run {
-        let staging = cfg.state.staging();
+    if !cfg.apply.dry_run {
+        let staging = cfg.ports.state.staging();
         for e in &unsigned {
             let _ = std::fs::remove_file(staging.nar(e));
         }
@@ -673,7 +687,7 @@ async fn from_delta(
     plain: &PlainRef,
     ids: &[Identity],
 ) -> Option<Vec<u8>> {
-    let base = std::fs::read(cfg.state.manifest()).ok()?;
+    let base = std::fs::read(cfg.ports.state.manifest()).ok()?;
     let base_sha = Sha256Hash::digest(&base);
     if base_sha == plain.sha256 {
         return Some(base);
@@ -683,7 +697,7 @@ async fn from_delta(
         Some(_) => layout::sealed_delta(&m.sha256, &base_sha),
     };
     // A delta larger than the manifest would be no saving.
-    let delta = match cfg.source.get_small(&key, m.size).await {
+    let delta = match cfg.ports.source.get_small(&key, m.size).await {
         Ok(bytes) => bytes,
         Err(e) => {
             tracing::debug!("no manifest delta: {e}");
@@ -695,7 +709,7 @@ async fn from_delta(
         Some(_) => match open_sealed(ids, &delta, plain.size) {
             Ok(d) => d,
             Err(e) => {
-                tracing::warn!(delta = %cfg.source.url_of(&key), "unusable delta ({e:#}); fetching the manifest whole");
+                tracing::warn!(delta = %cfg.ports.source.url_of(&key), "unusable delta ({e:#}); fetching the manifest whole");
                 return None;
             }
         },
@@ -707,15 +721,15 @@ async fn from_delta(
         Ok(bytes)
             if bytes.len() as u64 == plain.size && Sha256Hash::digest(&bytes) == plain.sha256 =>
         {
-            tracing::info!(delta = %cfg.source.url_of(&key), bytes = delta.len(), "manifest rebuilt from a delta");
+            tracing::info!(delta = %cfg.ports.source.url_of(&key), bytes = delta.len(), "manifest rebuilt from a delta");
             Some(bytes)
         }
         Ok(_) => {
-            tracing::warn!(delta = %cfg.source.url_of(&key), "the delta does not make the pinned manifest; fetching it whole");
+            tracing::warn!(delta = %cfg.ports.source.url_of(&key), "the delta does not make the pinned manifest; fetching it whole");
             None
         }
         Err(e) => {
-            tracing::warn!(delta = %cfg.source.url_of(&key), "unusable delta ({e}); fetching the manifest whole");
+            tracing::warn!(delta = %cfg.ports.source.url_of(&key), "unusable delta ({e}); fetching the manifest whole");
             None
         }
     }
@@ -724,31 +738,35 @@ async fn from_delta(
 /// After a failed switch or health check: the profile goes back to the
 /// generation it had, and that system is activated again. Returns what happened.
 fn rollback(cfg: &Config, previous: Option<u64>) -> String {
-    if !cfg.action.sets_profile() {
+    if !cfg.apply.action.sets_profile() {
         return "the profile was not changed".to_owned();
     }
     let Some(generation) = previous else {
         return "no earlier generation to roll back to".to_owned();
     };
-    let failed = cfg.store.profile_generation(&cfg.profile);
-    if let Err(e) = cfg.store.switch_generation(&cfg.profile, generation) {
+    let failed = cfg.ports.store.profile_generation(&cfg.ports.profile);
+    if let Err(e) = cfg
+        .ports
+        .store
+        .switch_generation(&cfg.ports.profile, generation)
+    {
         return format!("rolling back failed: {e:#}");
     }
     // The failed generation is dropped from the profile, so that neither a
     // later rollback nor the boot menu offers it.
     if let Some(f) = failed.filter(|f| *f != generation) {
-        if let Err(e) = cfg.store.delete_generation(&cfg.profile, f) {
+        if let Err(e) = cfg.ports.store.delete_generation(&cfg.ports.profile, f) {
             tracing::warn!("cannot delete the failed profile generation {f}: {e:#}");
         }
     }
-    let Some(top) = cfg.store.profile_target(&cfg.profile) else {
+    let Some(top) = cfg.ports.store.profile_target(&cfg.ports.profile) else {
         return format!(
             "rolled the profile back to generation {generation}, which points to no store path"
         );
     };
     // With --allow-reboot, a generation whose kernel is not the running one
     // goes back to being the next boot's, never switched to.
-    match cfg.activator.activate(&top, crate::reboot::action_for(cfg, &top)) {
+    match cfg.ports.activator.activate(&top, crate::reboot::action_for(cfg, &top)) {
         Ok(st) if st.success() => format!("rolled back to profile generation {generation} ({top})"),
         Ok(st) => format!("rolled the profile back to generation {generation}, but its activation exited with {st}"),
         Err(e) => format!("rolled the profile back to generation {generation}, but cannot activate it: {e:#}"),

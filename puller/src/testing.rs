@@ -17,7 +17,7 @@ use nixcast_common::pointer::{ManifestRef, Pointer, Timestamp};
 use nixcast_common::{layout, nar, nixbase32, PublicKey, SecretKey, Sha256Hash, StorePath};
 
 use crate::activate::Action;
-use crate::config::Config;
+use crate::config::{After, Apply, Config, Policy, Ports};
 use crate::host::{Activator, Store};
 use crate::source::{HttpOptions, Source};
 use crate::staging::Staging;
@@ -383,34 +383,42 @@ pub fn config(
     switch: Arc<FakeSwitch>,
 ) -> Config {
     Config {
-        source: Source::Dir(cache.path().to_owned()),
-        store,
-        activator: switch,
-        host: HOST.into(),
-        system: SYSTEM.into(),
-        trusted: vec![cache.public()],
-        identity_files: vec![],
-        action: Action::Switch,
-        profile: PathBuf::from("/nix/var/nix/profiles/system"),
-        state: StateDir::new(state),
-        jobs: 4,
-        dry_run: false,
-        wait: false,
-        health_checks: vec![],
-        health_timeout: Duration::from_secs(60),
-        metrics_file: None,
-        http: HttpOptions {
-            allow_insecure_http: true,
-            stall_timeout: Duration::from_secs(30),
-            min_rate: 0,
-            proxy: None,
+        policy: Policy {
+            host: HOST.into(),
+            system: SYSTEM.into(),
+            trusted: vec![cache.public()],
+            identity_files: vec![],
+            max_generation_jump: 1000,
         },
-        secrets: Arc::new(crate::secrets::Secrets::default()),
-        run_timeout: Duration::from_secs(600),
-        max_generation_jump: 1000,
-        report: None,
-        reboot: None,
-        booted_system: PathBuf::from("/run/booted-system"),
-        keep_generations: None,
+        ports: Ports {
+            source: Source::Dir(cache.path().to_owned()),
+            http: HttpOptions {
+                allow_insecure_http: true,
+                stall_timeout: Duration::from_secs(30),
+                min_rate: 0,
+                proxy: None,
+            },
+            secrets: Arc::new(crate::secrets::Secrets::default()),
+            store,
+            activator: switch,
+            state: StateDir::new(state),
+            profile: PathBuf::from("/nix/var/nix/profiles/system"),
+            booted_system: PathBuf::from("/run/booted-system"),
+        },
+        apply: Apply {
+            action: Action::Switch,
+            jobs: 4,
+            dry_run: false,
+            wait: false,
+            run_timeout: Duration::from_secs(600),
+            health_checks: vec![],
+            health_timeout: Duration::from_secs(60),
+        },
+        after: After {
+            report: None,
+            reboot: None,
+            keep_generations: None,
+            metrics_file: None,
+        },
     }
 }

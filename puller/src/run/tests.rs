@@ -65,7 +65,7 @@ async fn a_new_generation_is_imported_set_and_switched_to_once() {
     );
     assert_eq!(st.applied_store_path, Some(top.clone()));
     assert!(st.last_run_fetched_bytes > 0);
-    let staged = std::fs::read_dir(cfg.state.staging().nar_dir()).unwrap();
+    let staged = std::fs::read_dir(cfg.ports.state.staging().nar_dir()).unwrap();
     assert_eq!(staged.count(), 0, "the staging cache is emptied");
     // Nix was asked once, what is missing: the import itself vouches that
     // the system it imported is valid.
@@ -125,7 +125,7 @@ async fn a_failed_health_check_rolls_back() {
     let (new, _) = h.cache.publish(2, &testing::closure("v2", 20));
     *h.switch.failing_checks.lock().unwrap() = vec!["exit 7".into()];
     let mut cfg = h.config();
-    cfg.health_checks = vec!["true".into(), "exit 7".into(), "never run".into()];
+    cfg.apply.health_checks = vec!["true".into(), "exit 7".into(), "never run".into()];
     let err = h.run(&cfg).await.unwrap_err();
     assert_eq!(err.exit_code(), 5, "{err}");
     assert!(err.to_string().contains("health check \"exit 7\""), "{err}");
@@ -148,7 +148,7 @@ async fn passing_health_checks_keep_the_new_system() {
     let h = Host::new();
     let (top, _) = h.cache.publish(1, &testing::closure("v1", 10));
     let mut cfg = h.config();
-    cfg.health_checks = vec!["true".into(), "also true".into()];
+    cfg.apply.health_checks = vec!["true".into(), "also true".into()];
     assert_eq!(h.run(&cfg).await.unwrap(), Outcome::Applied);
     assert_eq!(*h.switch.checks.lock().unwrap(), ["true", "also true"]);
     assert_eq!(h.switch.activated(), std::slice::from_ref(&top));
@@ -159,7 +159,7 @@ async fn passing_health_checks_keep_the_new_system() {
 async fn keep_generations_deletes_the_old_ones_and_asks_the_store_to_collect() {
     let h = Host::new();
     let mut cfg = h.config();
-    cfg.keep_generations = Some(2);
+    cfg.after.keep_generations = Some(2);
     let mut systems = Vec::new();
     for g in 1..=4 {
         let (top, _) = h.cache.publish(g, &testing::closure("v", 10 * g as u8));
@@ -209,8 +209,8 @@ impl Host {
     ) -> (Vec<Action>, Vec<String>) {
         self.cache.publish(g, &testing::closure("v", 10 * g as u8));
         let mut cfg = self.config();
-        cfg.booted_system = booted_system(self.state.path());
-        cfg.reboot = reboot;
+        cfg.ports.booted_system = booted_system(self.state.path());
+        cfg.after.reboot = reboot;
         assert_eq!(self.run(&cfg).await.unwrap(), Outcome::Applied);
         let actions = self.switch.activated.lock().unwrap();
         let actions = actions.iter().map(|(_, a)| *a).collect();
@@ -246,8 +246,8 @@ async fn a_new_kernel_waits_for_the_reboot_window() {
     assert!(pending.window.is_some());
     // The next run, inside the window, makes it.
     let mut cfg = h.config();
-    cfg.booted_system = h.state.path().join("booted");
-    cfg.reboot = reboot_policy(Some(window(0)));
+    cfg.ports.booted_system = h.state.path().join("booted");
+    cfg.after.reboot = reboot_policy(Some(window(0)));
     assert_eq!(h.run(&cfg).await.unwrap(), Outcome::Unchanged);
     assert_eq!(*h.switch.reboots.lock().unwrap(), ["reboot now"]);
 }
@@ -325,10 +325,8 @@ async fn pointers_against_the_policy_are_refused_before_the_store_is_asked() {
     // Signed by another key: refused too.
     let other = Cache::new();
     other.publish(6, &testing::closure("v2", 20));
-    let cfg = Config {
-        source: Source::Dir(other.path().to_owned()),
-        ..h.config()
-    };
+    let mut cfg = h.config();
+    cfg.ports.source = Source::Dir(other.path().to_owned());
     let err = h.run(&cfg).await.unwrap_err();
     assert_eq!(err.exit_code(), 3, "{err}");
     assert_eq!(h.store.lock().queries, queries);
@@ -371,15 +369,20 @@ async fn a_tampered_nar_or_manifest_is_refused_and_nothing_is_imported() {
 async fn a_dry_run_changes_nothing() {
     let h = Host::new();
     h.cache.publish(1, &testing::closure("v1", 10));
-    let cfg = Config {
-        dry_run: true,
-        ..h.config()
-    };
+    let mut cfg = h.config();
+    cfg.apply.dry_run = true;
     assert_eq!(h.run(&cfg).await.unwrap(), Outcome::Unchanged);
     assert!(h.store.lock().imported.is_empty());
     assert!(h.switch.activated().is_empty());
     assert!(!h.state.path().join(crate::state::STATUS_FILE).exists());
-    assert!(!cfg.state.staging().nar_dir().parent().unwrap().exists());
+    assert!(!cfg
+        .ports
+        .state
+        .staging()
+        .nar_dir()
+        .parent()
+        .unwrap()
+        .exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -394,7 +397,7 @@ async fn rollback_by_hand_goes_to_the_previous_generation_and_marks_the_applied_
     let msg = rollback_by_hand(
         &*h.store,
         &*h.switch,
-        &h.config().profile,
+        &h.config().ports.profile,
         &state,
         Action::Switch,
     )
