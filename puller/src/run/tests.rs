@@ -5,8 +5,16 @@
 
 use std::sync::Arc;
 
+use std::time::SystemTime;
+
+use nixcast_common::manifest::{self, Delta};
+use nixcast_common::pointer::{Pointer, Timestamp};
+use nixcast_common::{layout, Sha256Hash};
+
 use super::*;
+use crate::activate::Action;
 use crate::source::Source;
+use crate::state::{StateDir, Status};
 use crate::testing::{self, Cache, FakeStore, FakeSwitch};
 
 struct Host {
