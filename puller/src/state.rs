@@ -278,6 +278,12 @@ pub fn metrics(s: &Status) -> String {
         "1 while a system with another kernel waits for a reboot.",
         u8::from(s.reboot_pending.is_some()).to_string(),
     );
+    counters(s, &mut out);
+    out
+}
+
+/// The counters of `metrics`: undelivered reports, failed runs by kind.
+fn counters(s: &Status, out: &mut String) {
     out.push_str(&format!(
         "# HELP nixcast_report_failures_total Reports that could not be delivered.\n\
          # TYPE nixcast_report_failures_total counter\nnixcast_report_failures_total {}\n",
@@ -294,7 +300,6 @@ pub fn metrics(s: &Status) -> String {
         let n = s.failures.get(kind).copied().unwrap_or(0);
         out.push_str(&format!("nixcast_failures_total{{kind=\"{kind}\"}} {n}\n"));
     }
-    out
 }
 
 pub struct StateDir {
