@@ -1,5 +1,5 @@
 //! What a run asks of this host, behind two small traits, so that the run's
-//! steps take them as values (`Config::store`, `Config::activator`): the real
+//! steps take them as values (`config::Ports::store`, `::activator`): the real
 //! ones here drive Nix and switch-to-configuration; the unit tests use fakes
 //! that need neither root nor Nix.
 //!
