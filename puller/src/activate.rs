@@ -1,4 +1,5 @@
-//! Running `switch-to-configuration`, as nixos-rebuild does.
+//! Running `switch-to-configuration`, as nixos-rebuild does, and the
+//! commands that judge and complete a switch: health checks and the reboot.
 //!
 //! When systemd is the init system (`/run/systemd/system` exists, the test
 //! sd_booted() makes), the switch runs in a transient unit through
@@ -13,6 +14,8 @@ use std::process::{Command, ExitStatus, Stdio};
 
 use anyhow::{Context, Result};
 use nixcast_common::StorePath;
+
+use crate::lock::LockShare;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Action {
@@ -43,7 +46,7 @@ pub fn switch_script(top: &StorePath) -> String {
 }
 
 /// Runs the switch; returns its exit status (0 is success, anything else a failure).
-pub fn activate(top: &StorePath, action: Action) -> Result<ExitStatus> {
+pub fn activate(top: &StorePath, action: Action, lock: &LockShare) -> Result<ExitStatus> {
     let script = switch_script(top);
     let mut cmd = if Path::new("/run/systemd/system").exists() {
         let mut c = Command::new("systemd-run");
@@ -59,38 +62,45 @@ pub fn activate(top: &StorePath, action: Action) -> Result<ExitStatus> {
     } else {
         Command::new(&script)
     };
-    cmd.arg(action.as_str()).stdin(crate::state::child_stdin());
+    cmd.arg(action.as_str()).stdin(lock.stdin());
     tracing::info!(command = ?cmd, "activating");
     cmd.status().with_context(|| format!("cannot run {script}"))
 }
 
-/// Runs each health check with `sh -c`, in order; the first that fails or
-/// outlives `timeout` is returned as an error.
-pub fn health_checks(checks: &[String], timeout: std::time::Duration) -> Result<(), String> {
-    for check in checks {
-        let mut child = Command::new("sh")
-            .args(["-c", check])
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot run health check {check:?}: {e}"))?;
-        let start = std::time::Instant::now();
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(st)) => break st,
-                Ok(None) if start.elapsed() >= timeout => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!(
-                        "health check {check:?} did not finish within {timeout:?}"
-                    ));
-                }
-                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(100)),
-                Err(e) => return Err(format!("health check {check:?}: {e}")),
+/// Runs a health check with `sh -c`; a check that fails or outlives
+/// `timeout` is returned as an error.
+pub fn health_check(check: &str, timeout: std::time::Duration) -> Result<(), String> {
+    let mut child = Command::new("sh")
+        .args(["-c", check])
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run health check {check:?}: {e}"))?;
+    let start = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if start.elapsed() >= timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "health check {check:?} did not finish within {timeout:?}"
+                ));
             }
-        };
-        if !status.success() {
-            return Err(format!("health check {check:?} exited with {status}"));
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(100)),
+            Err(e) => return Err(format!("health check {check:?}: {e}")),
         }
+    };
+    if !status.success() {
+        return Err(format!("health check {check:?} exited with {status}"));
     }
     Ok(())
+}
+
+/// Runs `--reboot-command` with `sh -c`; its exit status.
+pub fn reboot(command: &str) -> Result<ExitStatus> {
+    Command::new("sh")
+        .args(["-c", command])
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("cannot run --reboot-command {command:?}"))
 }

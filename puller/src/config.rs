@@ -12,42 +12,68 @@ use crate::host::{Activator, Store};
 use crate::source::Source;
 use crate::state::{Outcome, StateDir};
 
+/// A run's settings, by concern. The groups live here, below every step,
+/// and name only data types (the state directory, the host traits, the
+/// source, the action, the window): `config.rs` sits right above `state.rs`,
+/// and the steps that read it (`pipeline.rs`, `reboot.rs`, `report.rs`) one
+/// floor above it.
 pub struct Config {
-    pub source: Source,
-    /// The Nix store and the profile (`host::NixStore`).
-    pub store: Arc<dyn Store>,
-    /// The switch (`host::Switch`).
-    pub activator: Arc<dyn Activator>,
+    pub policy: Policy,
+    pub ports: Ports,
+    pub apply: Apply,
+    pub after: After,
+}
+
+/// What a pointer must be for this host to act on it, and what opens it.
+pub struct Policy {
     pub host: String,
     pub system: String,
     pub trusted: Vec<PublicKey>,
     /// What opens a sealed pointer's objects; empty: the SSH host key.
     pub identity_files: Vec<PathBuf>,
-    pub action: Action,
-    pub profile: PathBuf,
-    pub state: StateDir,
-    pub jobs: usize,
-    pub dry_run: bool,
-    pub wait: bool,
-    pub health_checks: Vec<String>,
-    pub health_timeout: std::time::Duration,
-    pub metrics_file: Option<PathBuf>,
+    /// The largest step up from the highest accepted generation.
+    pub max_generation_jump: u64,
+}
+
+/// What a run reads and changes: the cache and its upstreams, the Nix
+/// store and the profile, the running system, the state directory.
+pub struct Ports {
+    pub source: Source,
     /// For upstream caches named in a manifest: plain http allowed, time limits, proxy.
     pub http: crate::source::HttpOptions,
     /// What opens private caches (`--netrc-file`, `--environment-file`), the upstreams' too.
-    pub secrets: std::sync::Arc<nixcast_cache::Secrets>,
+    pub secrets: Arc<nixcast_cache::Secrets>,
+    /// The Nix store and the profile (`host::NixStore`).
+    pub store: Arc<dyn Store>,
+    /// The switch, the health checks and the reboot (`host::Switch`).
+    pub activator: Arc<dyn Activator>,
+    pub state: StateDir,
+    pub profile: PathBuf,
+    /// The system the running kernel booted (`/run/booted-system`).
+    pub booted_system: PathBuf,
+}
+
+/// How a run goes, up to the switch and its health checks.
+pub struct Apply {
+    pub action: Action,
+    pub jobs: usize,
+    pub dry_run: bool,
+    pub wait: bool,
     /// The whole run's time limit, up to the switch.
     pub run_timeout: std::time::Duration,
-    /// The largest step up from the highest accepted generation.
-    pub max_generation_jump: u64,
+    pub health_checks: Vec<String>,
+    pub health_timeout: std::time::Duration,
+}
+
+/// What follows the switch and the run; none of it fails the run.
+pub struct After {
     /// Where reports go (`--report-to`); none: no reports.
     pub report: Option<ReportTo>,
     /// `--allow-reboot`: none, the agent never reboots.
     pub reboot: Option<RebootPolicy>,
-    /// The system the running kernel booted (`/run/booted-system`).
-    pub booted_system: PathBuf,
     /// `--keep-generations`: profile generations kept after a switch.
     pub keep_generations: Option<u32>,
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// The identity a sealed host opens its objects with, and signs its reports

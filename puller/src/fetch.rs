@@ -26,7 +26,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufWriter, Read, Seek, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -37,14 +37,13 @@ use nixcast_common::{nar, Sha256Hash};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::source::{FetchError, Source};
+use crate::staging::{spools, Staging};
 
 /// liblzma's memory limit for one xz stream; `xz -9` needs 65 MiB to decode.
 const XZ_MEMLIMIT: u64 = 128 << 20;
 /// zstd window: 2^27 = 128 MiB, zstd's own default maximum for decoding.
 const ZSTD_WINDOW_LOG_MAX: u32 = 27;
 const TRANSPORT_ATTEMPTS: u32 = 3;
-/// Compressed size below which a NAR is read into memory, not spooled.
-const SMALL: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NarError {
@@ -81,18 +80,6 @@ impl NarError {
     }
 }
 
-/// Whether a NAR is spooled to disk before it is decoded (else it is read
-/// into memory).
-pub fn spools(e: &Entry) -> bool {
-    e.file_size >= SMALL
-}
-
-pub fn staged_path(staging: &Path, e: &Entry) -> PathBuf {
-    staging
-        .join("nar")
-        .join(format!("{}.nar", e.nar_hash.to_nixbase32()))
-}
-
 /// What the downloads share: small NARs' bytes in memory, and the decoders.
 pub struct Slots {
     /// One permit per byte of small NARs held in memory.
@@ -118,13 +105,13 @@ impl Slots {
 /// Returns the number of bytes downloaded.
 pub async fn fetch_one(
     source: &Source,
-    staging: &Path,
+    staging: &Staging,
     e: &Entry,
     progress: Arc<AtomicU64>,
     slots: &Slots,
     ids: &Arc<[Identity]>,
 ) -> Result<u64, NarError> {
-    let dest = staged_path(staging, e);
+    let dest = staging.nar(e);
     let path = e.store_path.to_string();
     if dest.exists() {
         let (d, e2) = (dest.clone(), e.clone());
@@ -201,20 +188,20 @@ enum Input {
 /// file. A server that stalls or trickles holds a request, never a decoder.
 async fn download<'s>(
     source: &Source,
-    staging: &Path,
+    staging: &Staging,
     e: &Entry,
     progress: &Arc<AtomicU64>,
     slots: &'s Slots,
 ) -> Result<(Input, Option<SemaphorePermit<'s>>), Failure> {
     if spools(e) {
         let body = source.open(&e.url).await.map_err(Failure::Unavailable)?;
-        let (e2, dir, p2) = (e.clone(), staging.join("nar"), progress.clone());
+        let (e2, dir, p2) = (e.clone(), staging.nar_dir(), progress.clone());
         let file = tokio::task::spawn_blocking(move || spool(body, &e2, &dir, &p2))
             .await
             .unwrap_or_else(|j| Err(Failure::Local(j.to_string())))?;
         return Ok((Input::Spooled(file), None));
     }
-    // Below SMALL, so within u32 and the budget.
+    // Below SPOOL_FROM, so within u32 and the budget.
     let budget = e.file_size.max(1) as u32;
     let permit = slots
         .buffered

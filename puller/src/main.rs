@@ -7,10 +7,12 @@
 //! 6 another run holds the lock.
 
 mod activate;
+mod cmd;
 mod config;
 mod fetch;
 mod generations;
 mod host;
+mod lock;
 mod pipeline;
 mod reboot;
 mod report;
@@ -18,19 +20,16 @@ mod run;
 mod schedule;
 mod source;
 mod space;
+mod staging;
 mod state;
 mod store;
 #[cfg(test)]
 mod testing;
 mod window;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use nixcast_cli::keys;
 use nixcast_cli::logging::{self, LogArgs, LogFormat};
 use nixcast_cli::text;
 
@@ -50,163 +49,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Check the pointer once and apply it if it changed.
-    Run(Box<RunArgs>),
+    Run(Box<cmd::run::Args>),
     /// Go back to the previous system generation by hand; the generation
     /// left is recorded as bad so that later runs do not apply it again.
-    Rollback {
-        #[arg(
-            long,
-            default_value = "/nix/var/nix/profiles/system",
-            env = "NIXCAST_PROFILE"
-        )]
-        profile: PathBuf,
-        #[arg(long, env = "NIXCAST_STATE_DIR", default_value = "/var/lib/nixcast")]
-        state_dir: PathBuf,
-        #[arg(long, value_enum, default_value_t = activate::Action::Switch, env = "NIXCAST_ACTION")]
-        action: activate::Action,
-    },
+    Rollback(cmd::rollback::Args),
     /// Show what the agent last did.
-    Status {
-        #[arg(long, env = "NIXCAST_STATE_DIR", default_value = "/var/lib/nixcast")]
-        state_dir: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(clap::Args)]
-struct RunArgs {
-    /// The cache: https://…, s3://BUCKET/PREFIX?endpoint=…&region=…, file://DIR or a directory
-    /// (http:// needs --allow-insecure-http).
-    #[arg(long, env = "NIXCAST_CACHE", required_unless_present = "bundle")]
-    cache: Option<String>,
-    /// Apply a file made by `nixcast bundle` instead of reading a cache: no network.
-    #[arg(long, conflicts_with = "cache")]
-    bundle: Option<PathBuf>,
-    /// This host's name: its pointer is hosts/HOST.json.
-    #[arg(long, env = "NIXCAST_HOST")]
-    host: String,
-    /// A trusted public key, `name:base64` (repeatable; space-separated in the variable).
-    #[arg(
-        long = "trusted-key",
-        env = "NIXCAST_TRUSTED_KEYS",
-        value_delimiter = ' '
-    )]
-    trusted_keys: Vec<String>,
-    /// A file holding a trusted public key (repeatable).
-    #[arg(
-        long = "trusted-key-file",
-        env = "NIXCAST_TRUSTED_KEY_FILES",
-        value_delimiter = ' '
-    )]
-    trusted_key_files: Vec<PathBuf>,
-    /// What opens a sealed host's objects (repeatable): an unencrypted OpenSSH ed25519 key or an
-    /// age identity file [default when the pointer is sealed: /etc/ssh/ssh_host_ed25519_key].
-    #[arg(long = "identity", env = "NIXCAST_IDENTITIES", value_delimiter = ' ')]
-    identities: Vec<PathBuf>,
-    #[arg(long, value_enum, default_value_t = activate::Action::Switch, env = "NIXCAST_ACTION")]
-    action: activate::Action,
-    #[arg(
-        long,
-        default_value = "/nix/var/nix/profiles/system",
-        env = "NIXCAST_PROFILE"
-    )]
-    profile: PathBuf,
-    #[arg(long, default_value = "/var/lib/nixcast", env = "NIXCAST_STATE_DIR")]
-    state_dir: PathBuf,
-    /// Requests for small NARs in flight at once (large ones, from 1 MiB, download CPUs + 1 at a time; every NAR is decoded once all of it is here, one per CPU at a time).
-    #[arg(long, default_value_t = 32, env = "NIXCAST_JOBS")]
-    jobs: usize,
-    /// Show what would be fetched; change nothing.
-    #[arg(long)]
-    dry_run: bool,
-    /// Credentials for HTTP caches and upstreams, in Nix's netrc format (`machine HOST login USER password PASS`).
-    #[arg(long, env = "NIXCAST_NETRC_FILE")]
-    netrc_file: Option<PathBuf>,
-    /// AWS_* settings for s3:// caches, one KEY=VALUE a line; they take precedence over the environment.
-    #[arg(long, env = "NIXCAST_ENVIRONMENT_FILE")]
-    environment_file: Option<PathBuf>,
-    /// Allow an http:// cache (closures reveal configuration; signatures still hold).
-    #[arg(long, env = "NIXCAST_ALLOW_INSECURE_HTTP")]
-    allow_insecure_http: bool,
-    /// The platform this host runs (default: /run/current-system/system, else this machine's).
-    #[arg(long, env = "NIXCAST_SYSTEM")]
-    system: Option<String>,
-    /// Give up on a download when no byte arrives for this long.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "NIXCAST_STALL_TIMEOUT")]
-    stall_timeout: Duration,
-    /// Give up on a download slower than this many bytes per second on
-    /// average, counted after the first --stall-timeout (0: no minimum).
-    #[arg(long, default_value_t = 4096, env = "NIXCAST_MIN_RATE")]
-    min_rate: u64,
-    /// Stop a run that has not reached the switch after this long (exit 4);
-    /// below the NixOS module's start timeout of 45 minutes.
-    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration, env = "NIXCAST_RUN_TIMEOUT")]
-    run_timeout: Duration,
-    /// Refuse a pointer more than this many generations above the highest accepted one.
-    #[arg(long, default_value_t = 1000, env = "NIXCAST_MAX_GENERATION_JUMP")]
-    max_generation_jump: u64,
-    /// Reach the cache through this HTTP(S) proxy. `http_proxy`, `https_proxy`
-    /// and `all_proxy` are ignored: a proxy is used only when named here.
-    #[arg(long, env = "NIXCAST_PROXY")]
-    proxy: Option<String>,
-    /// Wait for another run to finish instead of exiting.
-    #[arg(long)]
-    wait: bool,
-    /// A command that must exit 0 after the switch, else the switch is rolled back (repeatable).
-    #[arg(
-        long = "health-check",
-        env = "NIXCAST_HEALTH_CHECKS",
-        value_delimiter = '\n'
-    )]
-    health_checks: Vec<String>,
-    /// Keep running and pull on this cron schedule ("*/5 * * * *"; a seconds field is allowed).
-    #[arg(long, env = "NIXCAST_SCHEDULE")]
-    schedule: Option<String>,
-    /// With --schedule: a random delay of up to this much before each run.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, env = "NIXCAST_JITTER")]
-    jitter: Duration,
-    /// Write Prometheus textfile-collector metrics here after each run.
-    #[arg(long, env = "NIXCAST_METRICS_FILE")]
-    metrics_file: Option<PathBuf>,
-    /// How long each health check may take.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, env = "NIXCAST_HEALTH_TIMEOUT")]
-    health_timeout: Duration,
-    /// After a run, write a signed report to reports/HOST.json here: a directory, file://DIR,
-    /// http(s)://… (by PUT) or s3://…; only when something changed or --report-interval passed.
-    #[arg(long, env = "NIXCAST_REPORT_TO")]
-    report_to: Option<String>,
-    /// A quiet host reports at least this often.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, env = "NIXCAST_REPORT_INTERVAL")]
-    report_interval: Duration,
-    /// Seal reports to this key, `age1…` or `ssh-ed25519 …` (repeatable; one a line in the variable).
-    #[arg(
-        long = "report-recipient",
-        env = "NIXCAST_REPORT_RECIPIENTS",
-        value_delimiter = '\n'
-    )]
-    report_recipients: Vec<String>,
-    /// When a new system's kernel, initrd or modules differ from the booted system's, install it
-    /// with `boot` instead of `switch` and reboot (inside --reboot-window).
-    #[arg(long, env = "NIXCAST_ALLOW_REBOOT")]
-    allow_reboot: bool,
-    /// Reboot only within this daily window of local time, HH:MM-HH:MM (may wrap midnight).
-    #[arg(long, requires = "allow_reboot", value_parser = window::Window::parse, env = "NIXCAST_REBOOT_WINDOW")]
-    reboot_window: Option<window::Window>,
-    /// How to reboot, run with `sh -c`.
-    #[arg(
-        long,
-        default_value = "systemctl reboot",
-        env = "NIXCAST_REBOOT_COMMAND"
-    )]
-    reboot_command: String,
-    /// The system the running kernel booted (for tests).
-    #[arg(long, default_value = "/run/booted-system", hide = true)]
-    booted_system: PathBuf,
-    /// After a successful switch, delete system profile generations beyond the last N (never the
-    /// current or booted one) and the store paths only they held.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), env = "NIXCAST_KEEP_GENERATIONS")]
-    keep_generations: Option<u32>,
+    Status(cmd::status::Args),
 }
 
 fn main() -> ExitCode {
@@ -218,271 +66,21 @@ fn main() -> ExitCode {
         ansi: false,
     };
     logging::init(format, "info", text);
-    // Each error is told once: as the last line in text mode, as a log
-    // event in JSON mode (where a bare line would break the stream).
-    let report = |e: &dyn std::fmt::Display| match format {
-        LogFormat::Text => eprintln!("error: {}", text::clean(&e.to_string())),
-        LogFormat::Json => tracing::error!("{}", text::clean(&e.to_string())),
+    let done = match cli.command {
+        Cmd::Run(args) => cmd::run::run(*args),
+        Cmd::Rollback(args) => cmd::rollback::rollback(&args),
+        Cmd::Status(args) => cmd::status::status(&args),
     };
-    match cli.command {
-        Cmd::Status { state_dir, json } => match status(&state_dir, json) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                report(&format_args!("{e:#}"));
-                ExitCode::FAILURE
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            // Each error is told once: as the last line in text mode, as a
+            // log event in JSON mode (where a bare line would break the stream).
+            match format {
+                LogFormat::Text => eprintln!("error: {}", text::clean(&f.message)),
+                LogFormat::Json => tracing::error!("{}", text::clean(&f.message)),
             }
-        },
-        Cmd::Rollback {
-            profile,
-            state_dir,
-            action,
-        } => match run::rollback_by_hand(
-            &host::NixStore,
-            &host::Switch,
-            &profile,
-            &state::StateDir::new(&state_dir),
-            action,
-        ) {
-            Ok(msg) => {
-                println!("{msg}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                report(&e);
-                ExitCode::from(e.exit_code())
-            }
-        },
-        Cmd::Run(args) => {
-            let (schedule, jitter) = (args.schedule.clone(), args.jitter);
-            let code = match build_config(*args) {
-                Ok(cfg) => match schedule {
-                    None => run_once(&cfg),
-                    Some(expr) => run_scheduled(&cfg, &expr, jitter),
-                },
-                Err(e) => Err((1, e)),
-            };
-            let code = match code {
-                Ok(()) => 0,
-                Err((code, e)) => {
-                    report(&format_args!("{e:#}"));
-                    code
-                }
-            };
-            ExitCode::from(code)
+            ExitCode::from(f.code)
         }
     }
-}
-
-/// The agent's runtime, with few blocking threads (decoders, spools, Nix's
-/// commands): glibc gives each thread a malloc arena of its own and keeps
-/// what a decoder freed there (an xz window is 8 MiB), so every thread more
-/// than the work needs is resident memory.
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .max_blocking_threads(2 * cpus + 4)
-        .build()
-}
-
-/// Exit code and error of a failed run.
-type Failed = (u8, anyhow::Error);
-
-fn run_once(cfg: &run::Config) -> Result<(), Failed> {
-    let rt =
-        runtime().map_err(|e| (1, anyhow::Error::new(e).context("cannot start the runtime")))?;
-    let result = rt.block_on(run::run(cfg));
-    // A run that failed may leave verifiers and spooling downloads on
-    // blocking threads: give them a moment to stop and remove their
-    // temporary files (a later run removes what is left).
-    // A transfer cut by --run-timeout may hold one longer; what it would
-    // still do does not matter, and the exit stays bounded.
-    rt.shutdown_timeout(Duration::from_secs(5));
-    match result {
-        Ok(outcome) => {
-            tracing::info!(?outcome, "done");
-            Ok(())
-        }
-        Err(e) => Err((e.exit_code(), e.into())),
-    }
-}
-
-fn run_scheduled(cfg: &run::Config, expr: &str, jitter: Duration) -> Result<(), Failed> {
-    schedule::parse(expr)
-        .and_then(|sched| runtime()?.block_on(schedule::run_forever(cfg, &sched, jitter)))
-        .map_err(|e| (1, e))
-}
-
-fn build_config(a: RunArgs) -> Result<run::Config> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut trusted = Vec::new();
-    for (i, k) in a.trusted_keys.iter().filter(|k| !k.is_empty()).enumerate() {
-        trusted.push(keys::public_key(k, &format!("--trusted-key #{}", i + 1))?);
-    }
-    trusted.extend(keys::read_public_keys(&a.trusted_key_files)?);
-    anyhow::ensure!(
-        !trusted.is_empty(),
-        "no trusted key: pass --trusted-key or --trusted-key-file"
-    );
-    nixcast_common::layout::check_host(&a.host).map_err(anyhow::Error::msg)?;
-    let system = match a.system {
-        Some(s) => s,
-        None => std::fs::read_to_string("/run/current-system/system")
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| format!("{}-linux", std::env::consts::ARCH)),
-    };
-    let mut secrets = nixcast_cache::Secrets::default();
-    if let Some(f) = &a.netrc_file {
-        secrets.netrc = Some(nixcast_cache::netrc::Netrc::read(f)?);
-    }
-    if let Some(f) = &a.environment_file {
-        secrets.aws = nixcast_cache::secrets::read_env_file(f)?;
-    }
-    let http = source::HttpOptions {
-        allow_insecure_http: a.allow_insecure_http,
-        stall_timeout: a.stall_timeout,
-        min_rate: a.min_rate,
-        proxy: a.proxy,
-        user_agent: concat!("nixcast-pull/", env!("CARGO_PKG_VERSION")),
-    };
-    let report = match &a.report_to {
-        None => None,
-        Some(spec) => {
-            let mut recipients = Vec::new();
-            for (i, r) in a
-                .report_recipients
-                .iter()
-                .filter(|r| !r.is_empty())
-                .enumerate()
-            {
-                recipients.push(
-                    r.trim()
-                        .parse::<nixcast_common::seal::Recipient>()
-                        .with_context(|| format!("--report-recipient #{}", i + 1))?,
-                );
-            }
-            Some(config::ReportTo {
-                target: source::Source::new(spec, &http, &secrets).context("--report-to")?,
-                interval: a.report_interval,
-                recipients,
-            })
-        }
-    };
-    Ok(run::Config {
-        report,
-        reboot: a.allow_reboot.then_some(config::RebootPolicy {
-            window: a.reboot_window,
-            command: a.reboot_command,
-        }),
-        booted_system: a.booted_system,
-        keep_generations: a.keep_generations,
-        source: match (&a.bundle, &a.cache) {
-            (Some(b), _) => source::Source::bundle(b)?,
-            (None, Some(c)) => source::Source::new(c, &http, &secrets)?,
-            (None, None) => unreachable!("clap requires --cache or --bundle"),
-        },
-        store: std::sync::Arc::new(host::NixStore),
-        activator: std::sync::Arc::new(host::Switch),
-        host: a.host,
-        system,
-        trusted,
-        identity_files: a.identities,
-        action: a.action,
-        profile: a.profile,
-        state: state::StateDir::new(&a.state_dir),
-        jobs: a.jobs,
-        dry_run: a.dry_run,
-        wait: a.wait,
-        health_checks: a.health_checks,
-        health_timeout: a.health_timeout,
-        metrics_file: a.metrics_file,
-        secrets: std::sync::Arc::new(secrets),
-        http,
-        run_timeout: a.run_timeout,
-        max_generation_jump: a.max_generation_jump,
-    })
-}
-
-fn status(dir: &std::path::Path, json: bool) -> Result<()> {
-    let state = state::StateDir::new(dir);
-    let st = state.load()?;
-    let running = state.running();
-    let link = |p: &str| {
-        std::fs::canonicalize(p)
-            .ok()
-            .map(|p| p.display().to_string())
-    };
-    let (current, booted) = (link("/run/current-system"), link("/run/booted-system"));
-    if json {
-        let mut v = serde_json::to_value(&st)?;
-        v["currentSystem"] = current.into();
-        v["bootedSystem"] = booted.into();
-        if let Some(r) = &running {
-            v["run"] = serde_json::json!({
-                "pid": r.pid,
-                "startedAt": r.started_at,
-                "alive": r.alive(),
-            });
-        }
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
-    }
-    let show = |o: Option<String>| o.unwrap_or_else(|| "-".to_owned());
-    println!(
-        "applied generation: {}",
-        show(st.applied_generation.map(|g| g.to_string()))
-    );
-    println!(
-        "applied store path: {}",
-        show(st.applied_store_path.map(|p| p.to_string()))
-    );
-    println!("current system:     {}", show(current));
-    println!("booted system:      {}", show(booted));
-    println!("highest accepted:   {}", st.highest_generation);
-    let run = match &running {
-        None => "no".to_owned(),
-        Some(r) if r.alive() => format!("since {} (pid {})", r.started_at, r.pid),
-        Some(r) => format!(
-            "no (pid {}, started at {}, ended without releasing the lock: killed?)",
-            r.pid, r.started_at
-        ),
-    };
-    println!("running:            {run}");
-    println!(
-        "last check:         {}",
-        show(st.last_check.map(|t| t.to_string()))
-    );
-    println!(
-        "last success:       {}",
-        show(st.last_success.map(|t| t.to_string()))
-    );
-    println!(
-        "last result:        {}",
-        show(st.last_result.map(|r| r.as_str().to_owned()))
-    );
-    println!(
-        "last error:         {}",
-        show(st.last_error.as_deref().map(text::clean))
-    );
-    if !st.bad_generations.is_empty() {
-        println!("bad generations:    {:?}", st.bad_generations);
-    }
-    if let Some(r) = &st.reboot_pending {
-        let when = match (&r.requested_at, &r.window) {
-            (Some(t), _) => format!("requested at {t}"),
-            (None, Some(w)) => format!("in the window {}", text::clean(w)),
-            (None, None) => "at the next run".to_owned(),
-        };
-        println!(
-            "reboot pending:     into {} since {} ({when})",
-            r.system, r.since
-        );
-    }
-    if let Some(r) = &st.last_report {
-        println!("last report:        {} ({:?})", r.at, r.outcome);
-    }
-    if st.report_failures > 0 {
-        println!("reports not sent:   {}", st.report_failures);
-    }
-    Ok(())
 }

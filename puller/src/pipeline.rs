@@ -16,7 +16,7 @@
 //! and a later run does not fetch them again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -25,12 +25,13 @@ use futures_util::StreamExt;
 use nixcast_common::manifest::{Entry, Manifest};
 use nixcast_common::pinned::Pinned;
 use nixcast_common::seal::Identity;
-use nixcast_common::{layout, PublicKey, Sha256Hash, StorePath};
+use nixcast_common::{PublicKey, Sha256Hash, StorePath};
 
 use crate::config::{Config, RunError};
 use crate::fetch::{self, NarError};
 use crate::host::Store;
 use crate::source::Source;
+use crate::staging::{self, Staging};
 use crate::store;
 
 /// NARs at least this large are fetched first: decoding them takes longest.
@@ -50,7 +51,7 @@ pub fn spooled_at_once() -> usize {
 /// was wrong in staging is gone then, and a second failure is Nix's own.
 pub async fn fetch_and_import(
     cfg: &Config,
-    staging: &Path,
+    staging: &Staging,
     manifest: &Pinned,
     entries: &[&Entry],
     total: u64,
@@ -83,15 +84,14 @@ pub async fn fetch_and_import(
 /// Empties the staging directory; returns the entries still missing.
 fn afresh<'a>(
     cfg: &Config,
-    staging: &Path,
+    staging: &Staging,
     entries: &[&'a Entry],
 ) -> Result<Vec<&'a Entry>, RunError> {
-    std::fs::remove_dir_all(staging)
-        .map_err(anyhow::Error::from)
-        .and_then(|()| store::make_staging(staging))
+    staging
+        .empty()
         .map_err(|e| RunError::Other(e.context("cannot empty the staging directory")))?;
     let asked: Vec<&StorePath> = entries.iter().map(|e| &e.store_path).collect();
-    let still = cfg.store.missing(&asked).map_err(RunError::Other)?;
+    let still = cfg.ports.store.missing(&asked).map_err(RunError::Other)?;
     Ok(entries
         .iter()
         .filter(|e| still.contains(&e.store_path))
@@ -114,154 +114,243 @@ impl From<RunError> for Failed {
     }
 }
 
+/// One pass of downloads and imports, overlapped: the NARs of `entries`
+/// fetched and verified into staging, and each batch imported as soon as
+/// its references are (`Attempt` holds where it stands). Returns the bytes
+/// downloaded.
 async fn attempt(
     cfg: &Config,
-    staging: &Path,
+    staging: &Staging,
     manifest: &Pinned,
     entries: &[&Entry],
     total: u64,
     ids: &Arc<[Identity]>,
 ) -> Result<u64, Failed> {
-    store::write_staging_cache(staging, entries).map_err(RunError::Other)?;
-    let mut plan = Plan::new(manifest, entries);
-    let order = plan.download_order(entries);
-    // NARs two paths share (the same bytes): staged once, kept to the end.
-    let shared: HashSet<Sha256Hash> = {
-        let mut seen = HashSet::new();
-        entries
-            .iter()
-            .filter(|e| !seen.insert(e.nar_hash))
-            .map(|e| e.nar_hash)
-            .collect()
-    };
-
+    let mut at = Attempt::new(cfg, staging, manifest, entries)?;
+    let order = at.plan.download_order(entries);
     let progress = Arc::new(AtomicU64::new(0));
-    let bar = progress_bar(total);
-    let ticker = {
-        let (bar, progress) = (bar.clone(), progress.clone());
-        tokio::spawn(async move {
-            loop {
-                bar.set_position(progress.load(Ordering::Relaxed));
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            }
-        })
-    };
+    let (bar, ticker) = show_progress(total, &progress);
     let upstreams = upstream_sources(cfg, entries)?;
-    let source_of = |e: &Entry| match e.cache.as_deref() {
-        Some(url) if !upstreams.is_empty() => &upstreams[url],
-        _ => &cfg.source,
-    };
-    // Requests and decoders are counted apart: `jobs` requests for small
-    // NARs (most of a closure) wait on the network and are read into memory
-    // (8 MiB of them at most); larger NARs are spooled to disk, one more of
-    // them at a time than there are CPUs. Either is decoded only once all
-    // its bytes are here, in one of the decoder slots, one per CPU: many
-    // round trips are in flight without many threads fighting over the
-    // cores, and each decoder may hold an xz window (8 MiB for `xz -6`), so
-    // the slots bound the agent's memory too.
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let slots = fetch::Slots::new(cpus);
-    let (spooled, small): (Vec<&Entry>, Vec<&Entry>) =
-        order.into_iter().partition(|e| fetch::spools(e));
-    let fetch = |e| {
-        let (progress, slots) = (progress.clone(), &slots);
-        async move {
-            fetch::fetch_one(source_of(e), staging, e, progress, slots, ids)
-                .await
-                .map(|n| (e, n))
-        }
-    };
-    let mut downloads = futures_util::stream::select(
-        futures_util::stream::iter(spooled)
-            .map(fetch)
-            .buffer_unordered(spooled_at_once()),
-        futures_util::stream::iter(small)
-            .map(fetch)
-            .buffer_unordered(cfg.jobs.max(1)),
-    );
-
-    let mut fetched = 0;
-    // When the last NAR was verified: a small batch goes once none has been
-    // for a while (a stalled download holds back no import).
-    let mut last_verified = tokio::time::Instant::now();
-    let mut downloading = true;
-    let mut importing: Option<tokio::task::JoinHandle<anyhow::Result<Vec<StorePath>>>> = None;
-    // A NAR that cannot be had now does not stop the others (they are
-    // verified and imported, and the next run need not fetch them again);
-    // one that fails verification or a local failure stops the run at once.
-    let mut unavailable: Vec<NarError> = Vec::new();
-    let mut failure: Option<Failed> = None;
+    let mut downloads = downloads(cfg, staging, order, &upstreams, &progress, &slots, ids);
     loop {
         let now = tokio::time::Instant::now();
-        let quiet = now >= last_verified + QUIET;
-        // When to look again, if what is ready is not worth a batch yet.
-        let mut wake = None;
-        if importing.is_none() && failure.is_none() {
-            let ready = plan.ready(|b| worth_a_batch(b, downloading, quiet));
-            if !ready.is_empty() {
-                importing = Some(start_import(cfg, staging, &shared, &ready));
-            } else if !quiet && plan.has_waiting() {
-                wake = Some(last_verified + QUIET);
-            }
-        }
-        if importing.is_none() && (!downloading || failure.is_some()) {
+        let wake = at.import_what_is_ready(now);
+        if at.is_over() {
             break;
         }
         tokio::select! {
             _ = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
-            next = downloads.next(), if downloading && failure.is_none() => match next {
-                Some(Ok((e, n))) => {
-                    fetched += n;
-                    plan.staged(e);
-                    last_verified = tokio::time::Instant::now();
-                }
-                Some(Err(e @ NarError::Fetch { .. })) => {
-                    unavailable.push(e);
-                    if let Some(f) = failing_origin(&unavailable) {
-                        failure = Some(f.into());
-                    }
-                }
-                Some(Err(e)) => failure = Some(nar_error(e).into()),
-                None => {
-                    tracing::debug!("every NAR fetched and verified");
-                    downloading = false;
-                }
-            },
-            done = async { importing.as_mut().expect("guarded").await }, if importing.is_some() => {
-                importing = None;
-                match done {
-                    Ok(Ok(batch)) => {
-                        tracing::debug!(paths = batch.len(), "imported a batch");
-                        plan.imported(batch);
-                    }
-                    Ok(Err(why)) => failure = Some(Failed::Import { fetched, why }),
-                    Err(e) => failure = Some(RunError::Import(e.into()).into()),
-                }
+            next = downloads.next(), if at.downloads_wanted() => at.downloaded(next),
+            done = async { at.importing.as_mut().expect("guarded").await }, if at.importing.is_some() => {
+                at.imported(done)
             }
         }
     }
     drop(downloads);
     ticker.abort();
     bar.finish_and_clear();
-    if let Some(f) = failure {
-        return Err(f);
+    at.finish()
+}
+
+/// The downloads of `order`, each NAR verified into staging as it comes.
+///
+/// Requests and decoders are counted apart: `jobs` requests for small
+/// NARs (most of a closure) wait on the network and are read into memory
+/// (8 MiB of them at most); larger NARs are spooled to disk, one more of
+/// them at a time than there are CPUs. Either is decoded only once all
+/// its bytes are here, in one of the decoder slots (`slots`), one per CPU:
+/// many round trips are in flight without many threads fighting over the
+/// cores, and each decoder may hold an xz window (8 MiB for `xz -6`), so
+/// the slots bound the agent's memory too.
+fn downloads<'a>(
+    cfg: &'a Config,
+    staging: &'a Staging,
+    order: Vec<&'a Entry>,
+    upstreams: &'a HashMap<String, Source>,
+    progress: &'a Arc<AtomicU64>,
+    slots: &'a fetch::Slots,
+    ids: &'a Arc<[Identity]>,
+) -> impl futures_util::Stream<Item = Result<(&'a Entry, u64), NarError>> + 'a {
+    let source_of = move |e: &Entry| match e.cache.as_deref() {
+        Some(url) if !upstreams.is_empty() => &upstreams[url],
+        _ => &cfg.ports.source,
+    };
+    let (spooled, small): (Vec<&Entry>, Vec<&Entry>) =
+        order.into_iter().partition(|e| staging::spools(e));
+    let fetch = move |e: &'a Entry| {
+        let progress = progress.clone();
+        async move {
+            fetch::fetch_one(source_of(e), staging, e, progress, slots, ids)
+                .await
+                .map(|n| (e, n))
+        }
+    };
+    futures_util::stream::select(
+        futures_util::stream::iter(spooled)
+            .map(fetch)
+            .buffer_unordered(spooled_at_once()),
+        futures_util::stream::iter(small)
+            .map(fetch)
+            .buffer_unordered(cfg.apply.jobs.max(1)),
+    )
+}
+
+/// Where an attempt stands: what is staged, importing and imported, and
+/// what went wrong.
+struct Attempt<'a> {
+    cfg: &'a Config,
+    staging: &'a Staging,
+    plan: Plan<'a>,
+    /// NARs two paths share (the same bytes): staged once, kept to the end.
+    shared: HashSet<Sha256Hash>,
+    fetched: u64,
+    /// When the last NAR was verified: a small batch goes once none has been
+    /// for a while (a stalled download holds back no import).
+    last_verified: tokio::time::Instant,
+    downloading: bool,
+    importing: Option<tokio::task::JoinHandle<anyhow::Result<Vec<StorePath>>>>,
+    /// A NAR that cannot be had now does not stop the others (they are
+    /// verified and imported, and the next run need not fetch them again);
+    /// one that fails verification or a local failure stops the run at once.
+    unavailable: Vec<NarError>,
+    failure: Option<Failed>,
+}
+
+impl<'a> Attempt<'a> {
+    fn new(
+        cfg: &'a Config,
+        staging: &'a Staging,
+        manifest: &'a Pinned,
+        entries: &[&'a Entry],
+    ) -> Result<Self, Failed> {
+        staging.write_cache(entries).map_err(RunError::Other)?;
+        let mut seen = HashSet::new();
+        let shared = entries
+            .iter()
+            .filter(|e| !seen.insert(e.nar_hash))
+            .map(|e| e.nar_hash)
+            .collect();
+        Ok(Attempt {
+            cfg,
+            staging,
+            plan: Plan::new(manifest, entries),
+            shared,
+            fetched: 0,
+            last_verified: tokio::time::Instant::now(),
+            downloading: true,
+            importing: None,
+            unavailable: Vec::new(),
+            failure: None,
+        })
     }
-    if let Some(first) = unavailable.first() {
-        let more = match unavailable.len() {
-            1 => String::new(),
-            n => format!(" (and {} more NARs)", n - 1),
-        };
-        return Err(RunError::Fetch(anyhow!("{first}{more}")).into());
+
+    /// Starts a batch if none is importing and what is ready is worth one;
+    /// else, when to look again.
+    fn import_what_is_ready(&mut self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        if self.importing.is_some() || self.failure.is_some() {
+            return None;
+        }
+        let quiet = now >= self.last_verified + QUIET;
+        let downloading = self.downloading;
+        let ready = self.plan.ready(|b| worth_a_batch(b, downloading, quiet));
+        if !ready.is_empty() {
+            self.importing = Some(start_import(self.cfg, self.staging, &self.shared, &ready));
+            None
+        } else if !quiet && self.plan.has_waiting() {
+            Some(self.last_verified + QUIET)
+        } else {
+            None
+        }
     }
-    if !plan.waiting.is_empty() {
-        // Cannot happen for a closed manifest; say so rather than loop.
-        return Err(RunError::Other(anyhow!(
-            "{} verified paths could not be imported: their references are missing",
-            plan.waiting.len()
-        ))
-        .into());
+
+    /// Nothing is importing, and nothing more will be downloaded.
+    fn is_over(&self) -> bool {
+        self.importing.is_none() && (!self.downloading || self.failure.is_some())
     }
-    Ok(fetched)
+
+    fn downloads_wanted(&self) -> bool {
+        self.downloading && self.failure.is_none()
+    }
+
+    fn downloaded(&mut self, next: Option<Result<(&'a Entry, u64), NarError>>) {
+        match next {
+            Some(Ok((e, n))) => {
+                self.fetched += n;
+                self.plan.staged(e);
+                self.last_verified = tokio::time::Instant::now();
+            }
+            Some(Err(e @ NarError::Fetch { .. })) => {
+                self.unavailable.push(e);
+                if let Some(f) = failing_origin(&self.unavailable) {
+                    self.failure = Some(f.into());
+                }
+            }
+            Some(Err(e)) => self.failure = Some(nar_error(e).into()),
+            None => {
+                tracing::debug!("every NAR fetched and verified");
+                self.downloading = false;
+            }
+        }
+    }
+
+    fn imported(&mut self, done: Result<anyhow::Result<Vec<StorePath>>, tokio::task::JoinError>) {
+        self.importing = None;
+        match done {
+            Ok(Ok(batch)) => {
+                tracing::debug!(paths = batch.len(), "imported a batch");
+                self.plan.imported(batch);
+            }
+            Ok(Err(why)) => {
+                self.failure = Some(Failed::Import {
+                    fetched: self.fetched,
+                    why,
+                })
+            }
+            Err(e) => self.failure = Some(RunError::Import(e.into()).into()),
+        }
+    }
+
+    /// The attempt's end: its first failure, NARs that could not be had, or
+    /// the bytes downloaded.
+    fn finish(self) -> Result<u64, Failed> {
+        if let Some(f) = self.failure {
+            return Err(f);
+        }
+        if let Some(first) = self.unavailable.first() {
+            let more = match self.unavailable.len() {
+                1 => String::new(),
+                n => format!(" (and {} more NARs)", n - 1),
+            };
+            return Err(RunError::Fetch(anyhow!("{first}{more}")).into());
+        }
+        if !self.plan.waiting.is_empty() {
+            // Cannot happen for a closed manifest; say so rather than loop.
+            return Err(RunError::Other(anyhow!(
+                "{} verified paths could not be imported: their references are missing",
+                self.plan.waiting.len()
+            ))
+            .into());
+        }
+        Ok(self.fetched)
+    }
+}
+
+/// The progress bar, and the task that moves it.
+fn show_progress(
+    total: u64,
+    progress: &Arc<AtomicU64>,
+) -> (indicatif::ProgressBar, tokio::task::JoinHandle<()>) {
+    let bar = progress_bar(total);
+    let (b, progress) = (bar.clone(), progress.clone());
+    let ticker = tokio::spawn(async move {
+        loop {
+            b.set_position(progress.load(Ordering::Relaxed));
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    });
+    (bar, ticker)
 }
 
 /// A batch started while NARs still arrive holds this many paths at least,
@@ -288,24 +377,23 @@ fn worth_a_batch(ready: &[&Entry], downloading: bool, quiet: bool) -> bool {
 /// and leaves little to clear at its end.
 fn start_import(
     cfg: &Config,
-    staging: &Path,
+    staging: &Staging,
     shared: &HashSet<Sha256Hash>,
     ready: &[&Entry],
 ) -> tokio::task::JoinHandle<anyhow::Result<Vec<StorePath>>> {
-    let (staging, trusted) = (staging.to_owned(), cfg.trusted.clone());
-    let roots = store::gc_roots_dir(cfg.state.path());
-    let nix = cfg.store.clone();
+    let (staging, trusted) = (staging.clone(), cfg.policy.trusted.clone());
+    let nix = cfg.ports.store.clone();
     let batch: Vec<StorePath> = ready.iter().map(|e| e.store_path.clone()).collect();
     let staged: Vec<PathBuf> = ready
         .iter()
         .flat_map(|e| {
-            let nar = (!shared.contains(&e.nar_hash)).then(|| fetch::staged_path(&staging, e));
-            [Some(staging.join(layout::narinfo(&e.store_path))), nar]
+            let nar = (!shared.contains(&e.nar_hash)).then(|| staging.nar(e));
+            [Some(staging.narinfo(&e.store_path)), nar]
         })
         .flatten()
         .collect();
     tokio::task::spawn_blocking(move || {
-        import(&*nix, &staging, &roots, &batch, &trusted)?;
+        import(&*nix, &staging, &batch, &trusted)?;
         for f in staged {
             let _ = std::fs::remove_file(f);
         }
@@ -338,8 +426,7 @@ fn failing_origin(unavailable: &[NarError]) -> Option<RunError> {
 
 fn import(
     store: &dyn Store,
-    staging: &Path,
-    roots: &Path,
+    staging: &Staging,
     batch: &[StorePath],
     trusted: &[PublicKey],
 ) -> anyhow::Result<()> {
@@ -348,7 +435,7 @@ fn import(
     // rooted as it is imported: a garbage collection while later NARs
     // download would delete them otherwise.
     for chunk in batch.chunks(store::CHUNK) {
-        store.import(staging, roots, chunk, trusted)?;
+        store.import(staging, chunk, trusted)?;
     }
     Ok(())
 }
@@ -365,12 +452,13 @@ fn nar_error(e: NarError) -> RunError {
 /// a bundle carries every NAR itself.
 fn upstream_sources(cfg: &Config, entries: &[&Entry]) -> Result<HashMap<String, Source>, RunError> {
     let mut out = HashMap::new();
-    if cfg.source.is_bundle() {
+    if cfg.ports.source.is_bundle() {
         return Ok(out);
     }
     for url in entries.iter().filter_map(|e| e.cache.as_deref()) {
         if !out.contains_key(url) {
-            let src = Source::new(url, &cfg.http, &cfg.secrets).map_err(RunError::Refused)?;
+            let src =
+                Source::new(url, &cfg.ports.http, &cfg.ports.secrets).map_err(RunError::Refused)?;
             out.insert(url.to_owned(), src);
         }
     }

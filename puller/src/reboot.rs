@@ -16,9 +16,8 @@
 //! for that system, which `status` says.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use nixcast_common::pointer::Timestamp;
 use nixcast_common::StorePath;
 
@@ -45,25 +44,25 @@ fn differs(system: &Path, booted: &Path) -> bool {
 /// The action for `top`: `boot` instead of `switch` when reboots are
 /// allowed and its kernel is not the running one.
 pub fn action_for(cfg: &Config, top: &StorePath) -> Action {
-    if cfg.reboot.is_some()
-        && cfg.action.sets_profile()
-        && differs(Path::new(&top.to_string()), &cfg.booted_system)
+    if cfg.after.reboot.is_some()
+        && cfg.apply.action.sets_profile()
+        && differs(Path::new(&top.to_string()), &cfg.ports.booted_system)
     {
-        tracing::info!(store_path = %top, booted = %cfg.booted_system.display(), "the kernel changes: installing for the next boot");
+        tracing::info!(store_path = %top, booted = %cfg.ports.booted_system.display(), "the kernel changes: installing for the next boot");
         return Action::Boot;
     }
-    cfg.action
+    cfg.apply.action
 }
 
 /// After `top` was applied with `action`: the reboot it leaves pending, if
 /// any (a system applied with `switch` needs none, whatever an earlier one did).
 pub fn applied(cfg: &Config, status: &mut Status, top: &StorePath, action: Action) {
-    if !cfg.action.sets_profile() {
+    if !cfg.apply.action.sets_profile() {
         return;
     }
-    let needs = cfg.reboot.is_some()
+    let needs = cfg.after.reboot.is_some()
         && action == Action::Boot
-        && differs(Path::new(&top.to_string()), &cfg.booted_system);
+        && differs(Path::new(&top.to_string()), &cfg.ports.booted_system);
     status.reboot_pending = match status.reboot_pending.take() {
         Some(p) if needs && p.system == *top => Some(p),
         _ if needs => Some(RebootPending {
@@ -77,7 +76,7 @@ pub fn applied(cfg: &Config, status: &mut Status, top: &StorePath, action: Actio
 }
 
 fn window(cfg: &Config) -> Option<String> {
-    cfg.reboot.as_ref()?.window.map(|w| w.to_string())
+    cfg.after.reboot.as_ref()?.window.map(|w| w.to_string())
 }
 
 /// After a run: forgets a reboot the host has made, and says whether to
@@ -87,12 +86,12 @@ pub fn due(cfg: &Config, status: &mut Status) -> bool {
     let Some(p) = status.reboot_pending.as_mut() else {
         return false;
     };
-    if !differs(Path::new(&p.system.to_string()), &cfg.booted_system) {
+    if !differs(Path::new(&p.system.to_string()), &cfg.ports.booted_system) {
         tracing::info!(system = %p.system, "running the new kernel: no reboot pending");
         status.reboot_pending = None;
         return false;
     }
-    let Some(policy) = &cfg.reboot else {
+    let Some(policy) = &cfg.after.reboot else {
         return false;
     };
     p.window = policy.window.map(|w| w.to_string());
@@ -114,15 +113,11 @@ pub fn due(cfg: &Config, status: &mut Status) -> bool {
 
 /// Runs the reboot command; on failure the reboot is pending again.
 pub fn reboot(cfg: &Config, status: &mut Status) -> anyhow::Result<()> {
-    let Some(policy) = &cfg.reboot else {
+    let Some(policy) = &cfg.after.reboot else {
         return Ok(());
     };
     tracing::info!(command = %policy.command, "rebooting into the new kernel");
-    let st = Command::new("sh")
-        .args(["-c", &policy.command])
-        .stdin(Stdio::null())
-        .status()
-        .with_context(|| format!("cannot run --reboot-command {:?}", policy.command));
+    let st = cfg.ports.activator.reboot(&policy.command);
     match st {
         Ok(st) if st.success() => Ok(()),
         st => {

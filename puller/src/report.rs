@@ -47,7 +47,7 @@ pub async fn after_run(cfg: &Config, status: &mut Status, result: &Result<Outcom
             message: Report::cut(&nixcast_cli::text::clean(&e.to_string())),
         });
     }
-    let Some(to) = &cfg.report else {
+    let Some(to) = &cfg.after.report else {
         return;
     };
     let report = make(cfg, to, status, result);
@@ -66,7 +66,7 @@ pub async fn after_run(cfg: &Config, status: &mut Status, result: &Result<Outcom
         tracing::debug!("nothing new to report");
         return;
     }
-    let key = layout::report(&cfg.host);
+    let key = layout::report(&cfg.policy.host);
     let url = to.target.url_of(&key);
     match deliver(cfg, to, &report, &key).await {
         Ok(()) => {
@@ -93,7 +93,7 @@ fn due(last: Option<&ReportSent>, now: &ReportSent, interval: Duration, t: Syste
 }
 
 async fn deliver(cfg: &Config, to: &ReportTo, report: &Report, key: &str) -> anyhow::Result<()> {
-    let host_key = host_key(&cfg.identity_files)?;
+    let host_key = host_key(&cfg.policy.identity_files)?;
     let body = report
         .sign(&host_key, &to.recipients)
         .context("cannot seal the report")?;
@@ -165,7 +165,7 @@ fn make(
         }
     });
     Report {
-        host: cfg.host.clone(),
+        host: cfg.policy.host.clone(),
         pointer_generation: status.highest_digest.map(|_| status.highest_generation),
         applied_generation: status.applied_generation,
         applied_store_path: paths(status.applied_store_path.as_ref().map(|p| p.to_string())),
@@ -178,7 +178,7 @@ fn make(
         last_failure,
         at: Timestamp::now(),
         interval: to.interval.as_secs(),
-        booted_system: paths(link(&cfg.booted_system)),
+        booted_system: paths(link(&cfg.ports.booted_system)),
         current_system: paths(link(Path::new("/run/current-system"))),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         reboot_pending,

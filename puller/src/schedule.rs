@@ -12,8 +12,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::run;
-
 /// A cron expression: five fields (minute first) or six with seconds.
 pub fn parse(expr: &str) -> Result<cron::Schedule> {
     let fields = expr.split_whitespace().count();
@@ -33,11 +31,17 @@ fn jitter(max: Duration) -> Duration {
     Duration::from_millis(u64::from_le_bytes(b) % max.as_millis().max(1) as u64)
 }
 
-pub async fn run_forever(
-    cfg: &run::Config,
+/// Calls `run` on `schedule` until SIGTERM or SIGINT; `run` is one whole
+/// run, its outcome logged (the caller's, so this module knows no run).
+pub async fn run_forever<F, Fut>(
     schedule: &cron::Schedule,
     max_jitter: Duration,
-) -> Result<()> {
+    mut run: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     loop {
@@ -52,22 +56,18 @@ pub async fn run_forever(
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
         }
-        let run = run::run(cfg);
+        let run = run();
         tokio::pin!(run);
         let mut stopping = false;
-        let result = loop {
+        loop {
             tokio::select! {
-                r = &mut run => break r,
+                () = &mut run => break,
                 _ = term.recv(), if !stopping => {
                     tracing::info!("SIGTERM: finishing the current run, then exiting");
                     stopping = true;
                 }
                 _ = int.recv(), if !stopping => stopping = true,
             }
-        };
-        match result {
-            Ok(outcome) => tracing::info!(outcome = outcome.as_str(), "run done"),
-            Err(e) => tracing::error!(exit_code = e.exit_code(), "{e}"),
         }
         if stopping {
             return Ok(());

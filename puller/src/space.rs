@@ -84,7 +84,7 @@ fn staging_need(
     let to_stage: Vec<&Entry> = entries.iter().copied().filter(|e| !staged(e)).collect();
     let mut spooled: Vec<u64> = to_stage
         .iter()
-        .filter(|e| crate::fetch::spools(e))
+        .filter(|e| crate::staging::spools(e))
         .map(|e| e.file_size)
         .collect();
     spooled.sort_unstable_by(|a, b| b.cmp(a));

@@ -18,24 +18,24 @@
 //! stopping the agent, since a newer agent may have a result this one does
 //! not name.
 //!
-//! The run lock is shared with the Nix commands and the switch the agent
-//! starts (see `child_stdin`), so that a run killed with SIGKILL keeps the
-//! lock until its last child has exited.
+//! The run lock (`lock.rs`) is this directory's: `StateDir::lock` takes it,
+//! and the Nix commands and the switch a run starts share it through
+//! `StateDir::children`, so that a run killed with SIGKILL keeps the lock
+//! until its last child has exited.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use nixcast_common::pointer::Timestamp;
 use nixcast_common::{Sha256Hash, StorePath};
 use serde::{Deserialize, Serialize};
 
+use crate::lock::{self, Lock, LockShare, RunInfo, LOCK_FILE};
 use crate::source::Validators;
+use crate::staging::Staging;
 
 pub const STATUS_FILE: &str = "status.json";
-const LOCK_FILE: &str = "lock";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -278,6 +278,12 @@ pub fn metrics(s: &Status) -> String {
         "1 while a system with another kernel waits for a reboot.",
         u8::from(s.reboot_pending.is_some()).to_string(),
     );
+    counters(s, &mut out);
+    out
+}
+
+/// The counters of `metrics`: undelivered reports, failed runs by kind.
+fn counters(s: &Status, out: &mut String) {
     out.push_str(&format!(
         "# HELP nixcast_report_failures_total Reports that could not be delivered.\n\
          # TYPE nixcast_report_failures_total counter\nnixcast_report_failures_total {}\n",
@@ -294,87 +300,35 @@ pub fn metrics(s: &Status) -> String {
         let n = s.failures.get(kind).copied().unwrap_or(0);
         out.push_str(&format!("nixcast_failures_total{{kind=\"{kind}\"}} {n}\n"));
     }
-    out
-}
-
-/// A clone of the held run lock's file (the same open file description, so
-/// it holds the same flock), for the children a run starts.
-static HELD: Mutex<Option<File>> = Mutex::new(None);
-
-/// The standard input for a Nix command or the switch: the run's lock file
-/// while a lock is held, else nothing. A child holding it keeps the lock held
-/// after the agent dies (SIGKILL, the OOM killer), so that the next run waits
-/// (`--wait`) or exits 6 instead of racing an orphaned import or switch.
-/// systemd-run `--pipe` hands it on to the switch's transient unit. The file
-/// is empty and open for reading, so a child that reads its input sees an
-/// end of file, as from /dev/null. Without `unsafe_code` there is no
-/// parent-death signal to set between fork and exec; this needs none.
-pub fn child_stdin() -> std::process::Stdio {
-    let held = HELD.lock().unwrap_or_else(|e| e.into_inner());
-    match held.as_ref().map(File::try_clone) {
-        Some(Ok(f)) => f.into(),
-        Some(Err(e)) => {
-            tracing::warn!("cannot share the run lock with a child: {e}");
-            std::process::Stdio::null()
-        }
-        None => std::process::Stdio::null(),
-    }
 }
 
 pub struct StateDir {
     dir: PathBuf,
-}
-
-/// Held for the whole run; the lock is released when the file is closed by
-/// the agent and by every child it was shared with (`child_stdin`). While
-/// held, the file says which process holds it and since when (for
-/// `status`); it is emptied before it is released.
-pub struct Lock(());
-
-impl Lock {
-    fn hold(f: File) -> Self {
-        *HELD.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
-        Lock(())
-    }
-}
-
-impl Drop for Lock {
-    fn drop(&mut self) {
-        if let Some(f) = HELD.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = f.set_len(0);
-        }
-    }
-}
-
-/// What the lock file says about the run holding it.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RunInfo {
-    pub pid: u32,
-    pub started_at: Timestamp,
-}
-
-impl RunInfo {
-    /// Whether that process still exists (a run killed with -9 leaves its
-    /// line behind; its pid may in time be another process's).
-    pub fn alive(&self) -> bool {
-        Path::new(&format!("/proc/{}", self.pid)).exists()
-    }
+    /// Where this directory's held lock is kept for the run's children.
+    share: LockShare,
 }
 
 impl StateDir {
     pub fn new(dir: &Path) -> Self {
         Self {
             dir: dir.to_owned(),
+            share: LockShare::default(),
         }
+    }
+
+    /// The slot this directory's held lock is shared through: the real
+    /// store and switch are made with it (`host::NixStore::new`).
+    pub fn children(&self) -> LockShare {
+        self.share.clone()
     }
 
     pub fn path(&self) -> &Path {
         &self.dir
     }
 
-    pub fn staging(&self) -> PathBuf {
-        self.dir.join("staging")
+    /// The staging cache Nix imports from, and the run's GC roots.
+    pub fn staging(&self) -> Staging {
+        Staging::in_state(&self.dir)
     }
 
     /// The last manifest this agent verified: the base for a delta.
@@ -427,42 +381,12 @@ impl StateDir {
 
     /// Takes the run lock without waiting, or waits for it with `wait`.
     pub fn lock(&self, wait: bool) -> Result<Option<Lock>> {
-        let p = self.dir.join(LOCK_FILE);
-        // Readable, as it becomes the standard input of children.
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&p)
-            .with_context(|| format!("cannot open {}", p.display()))?;
-        let held = |mut f: File| -> Result<Lock> {
-            let info = RunInfo {
-                pid: std::process::id(),
-                started_at: Timestamp::now(),
-            };
-            f.set_len(0)?;
-            f.write_all(&serde_json::to_vec(&info)?)?;
-            Ok(Lock::hold(f))
-        };
-        if wait {
-            f.lock()
-                .with_context(|| format!("cannot lock {}", p.display()))?;
-            return held(f).map(Some);
-        }
-        match f.try_lock() {
-            Ok(()) => held(f).map(Some),
-            Err(fs::TryLockError::WouldBlock) => Ok(None),
-            Err(fs::TryLockError::Error(e)) => {
-                Err(e).with_context(|| format!("cannot lock {}", p.display()))
-            }
-        }
+        lock::take(&self.dir.join(LOCK_FILE), wait, &self.share)
     }
 
     /// The run that holds the lock or held it last without releasing it, if any.
     pub fn running(&self) -> Option<RunInfo> {
-        let text = fs::read(self.dir.join(LOCK_FILE)).ok()?;
-        serde_json::from_slice(&text).ok()
+        lock::running(&self.dir.join(LOCK_FILE))
     }
 
     /// The saved status; a missing file is a first run, a damaged one an error.
@@ -498,7 +422,7 @@ impl StateDir {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
     #[test]
@@ -576,12 +500,8 @@ pub(crate) mod tests {
         }
     }
 
-    /// The held lock is one per process: tests that take it take turns.
-    pub(crate) static TURN: Mutex<()> = Mutex::new(());
-
     #[test]
     fn second_lock_is_refused() {
-        let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
         let d = tempfile::tempdir().unwrap();
         let s = StateDir::new(d.path());
         assert!(s.running().is_none());
@@ -596,17 +516,16 @@ pub(crate) mod tests {
         assert!(s.lock(false).unwrap().is_some());
     }
 
-    /// A child started with `child_stdin` holds the lock until it exits,
+    /// A child started with the lock's `stdin` holds the lock until it exits,
     /// even once the run has let go of it (as when the agent is killed).
     #[test]
     fn a_child_keeps_the_lock_until_it_exits() {
-        let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
         let d = tempfile::tempdir().unwrap();
         let s = StateDir::new(d.path());
         let held = s.lock(false).unwrap();
         let mut child = std::process::Command::new("sleep")
             .arg("1000")
-            .stdin(child_stdin())
+            .stdin(s.children().stdin())
             .spawn()
             .unwrap();
         drop(held);

@@ -15,32 +15,33 @@
 //! - the profile: `nix-env -p PROFILE --set PATH`, only for a valid PATH (for
 //!   an invalid one nix-env would try to substitute it), substituters off.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use nixcast_common::layout;
-use nixcast_common::manifest::Entry;
-use nixcast_common::narinfo::NarInfo;
 use nixcast_common::{PublicKey, StorePath};
 
-use crate::fetch::staged_path;
+use crate::lock::LockShare;
+use crate::staging::Staging;
 
 /// Store paths per command line.
 pub const CHUNK: usize = 4000;
 /// Paths Nix imports at once from the staging cache.
 pub const IMPORT_JOBS: usize = 16;
 
-/// A Nix command, holding the run lock until it exits (`state::child_stdin`).
-pub fn run(cmd: &mut Command) -> Result<String> {
-    nixcast_cli::command::run(cmd, crate::state::child_stdin())
+/// A Nix command, holding the run lock until it exits (`LockShare::stdin`).
+pub fn run(cmd: &mut Command, lock: &LockShare) -> Result<String> {
+    nixcast_cli::command::run(cmd, lock.stdin())
 }
 
 /// The paths among `paths` that are not valid in the local store, in the
 /// order asked. A path with nothing at its place on disk cannot be valid:
 /// only the others are asked of Nix (none at all on a fresh store, which
 /// saves a Nix process there).
-pub fn missing<'a>(paths: impl IntoIterator<Item = &'a StorePath>) -> Result<Vec<StorePath>> {
+pub fn missing<'a>(
+    paths: impl IntoIterator<Item = &'a StorePath>,
+    lock: &LockShare,
+) -> Result<Vec<StorePath>> {
     let paths: Vec<&StorePath> = paths.into_iter().collect();
     // Stat each path once: what Nix is asked and what counts as absent agree.
     let on_disk: Vec<bool> = paths
@@ -55,9 +56,12 @@ pub fn missing<'a>(paths: impl IntoIterator<Item = &'a StorePath>) -> Result<Vec
         .collect();
     let mut invalid = std::collections::HashSet::new();
     for chunk in asked.chunks(CHUNK) {
-        let text = run(Command::new("nix-store")
-            .args(["--check-validity", "--print-invalid"])
-            .args(chunk))?;
+        let text = run(
+            Command::new("nix-store")
+                .args(["--check-validity", "--print-invalid"])
+                .args(chunk),
+            lock,
+        )?;
         for line in text.lines().filter(|l| !l.is_empty()) {
             invalid.insert(StorePath::from_absolute(line)?);
         }
@@ -70,107 +74,9 @@ pub fn missing<'a>(paths: impl IntoIterator<Item = &'a StorePath>) -> Result<Vec
         .collect())
 }
 
-/// Makes the staging directory and its `nar/`; anything else in their
-/// place (a file left by hand or by a damaged disk) goes first.
-pub fn make_staging(staging: &Path) -> Result<()> {
-    for dir in [staging.to_owned(), staging.join("nar")] {
-        match std::fs::symlink_metadata(&dir) {
-            Ok(m) if m.is_dir() => continue,
-            Ok(_) => std::fs::remove_file(&dir)
-                .with_context(|| format!("cannot remove {}", dir.display()))?,
-            Err(_) => {}
-        }
-        std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    Ok(())
-}
-
-/// Removes whatever an earlier run left in `staging` (it may have been
-/// killed at any point, or the directory damaged by hand): every narinfo
-/// and any other file, and every file in `nar/` but the NARs of `entries`,
-/// which `fetch::fetch_one` checks again before using them. Run before the
-/// free-space check too, so that a killed run's spooled NARs count as free.
-pub fn clear_leftovers(staging: &Path, entries: &[&Entry]) -> Result<()> {
-    let keep: std::collections::HashSet<_> = entries
-        .iter()
-        .filter_map(|e| staged_path(staging, e).file_name().map(ToOwned::to_owned))
-        .collect();
-    let nar_dir = staging.join("nar");
-    for (dir, keep) in [(staging, None), (nar_dir.as_path(), Some(&keep))] {
-        let listing =
-            std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
-        for e in listing {
-            let e = e?;
-            if e.path() == nar_dir || keep.is_some_and(|k| k.contains(&e.file_name())) {
-                continue;
-            }
-            let p = e.path();
-            let removed = if e.file_type()?.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
-            removed.with_context(|| format!("cannot remove {}", p.display()))?;
-        }
-    }
-    Ok(())
-}
-
-/// Writes `nix-cache-info` and a narinfo for each of `entries` (their NARs
-/// are staged as they arrive), into a staging directory `clear_leftovers`
-/// cleared or that was emptied. `import` asks for these paths only. So Nix
-/// never meets a narinfo this run did not write, nor a NAR it did not
-/// verify.
-pub fn write_staging_cache(staging: &Path, entries: &[&Entry]) -> Result<()> {
-    write_new(
-        &staging.join(layout::NIX_CACHE_INFO),
-        "StoreDir: /nix/store\n",
-    )?;
-    for e in entries {
-        let staged = staged_path(staging, e);
-        let name = staged.file_name().expect("a file").to_string_lossy();
-        let ni = NarInfo {
-            store_path: e.store_path.clone(),
-            url: format!("nar/{name}"),
-            compression: Some("none".to_owned()),
-            file_hash: None,
-            file_size: None,
-            nar_hash: e.nar_hash,
-            nar_size: e.nar_size,
-            references: e.references.clone(),
-            deriver: e.deriver.clone(),
-            sigs: e.sigs.clone(),
-            ca: None,
-            system: None,
-            quirks: Default::default(),
-        };
-        let p = staging.join(layout::narinfo(&e.store_path));
-        write_new(&p, &ni.render())?;
-    }
-    Ok(())
-}
-
-/// Writes a staging file afresh. `create_new` (O_EXCL) follows no symlink:
-/// a link planted under this name is removed, never written through.
-fn write_new(p: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    match std::fs::remove_file(p) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("cannot replace {}", p.display()))
-        }
-        _ => {}
-    }
-    std::fs::File::options()
-        .write(true)
-        .create_new(true)
-        .open(p)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .with_context(|| format!("cannot write {}", p.display()))
-}
-
 /// Imports `paths` from the staging cache and roots them (`ROOTS/HASH`,
 /// `ROOTS/HASH-2`, … named after the first path, which no other batch
-/// imports) until `clear_roots`. Their references must be valid already or
+/// imports) until `Staging::clear_roots`. Their references must be valid already or
 /// among `paths`.
 ///
 /// `nix-store --realise` with the staging cache as the only substituter:
@@ -180,18 +86,19 @@ fn write_new(p: &Path, text: &str) -> Result<()> {
 /// ones are in place, so no garbage collection can take a path between the
 /// import and its root.
 pub fn import(
-    staging: &Path,
-    roots: &Path,
+    staging: &Staging,
     paths: &[StorePath],
     trusted: &[PublicKey],
     jobs: usize,
+    lock: &LockShare,
 ) -> Result<()> {
     let Some(first) = paths.first() else {
         return Ok(());
     };
+    let roots = staging.roots();
     std::fs::create_dir_all(roots).with_context(|| format!("cannot create {}", roots.display()))?;
     let keys: Vec<String> = trusted.iter().map(|k| k.to_string()).collect();
-    let from = format!("file://{}", staging.display());
+    let from = staging.url();
     let mut cmd = Command::new("nix-store");
     cmd.arg("--realise")
         .arg("--add-root")
@@ -207,33 +114,20 @@ pub fn import(
         // Substitutions count as jobs in Nix 2.8; nothing is built.
         .args(["--max-jobs", &jobs.max(1).to_string()])
         .args(paths.iter().map(|p| p.to_string()));
-    run(&mut cmd).context("importing into the Nix store")?;
+    run(&mut cmd, lock).context("importing into the Nix store")?;
     Ok(())
 }
 
-/// Where a run's GC roots live: in the state directory, which the agent may
-/// write even in its sandbox (Nix registers them as indirect roots).
-pub fn gc_roots_dir(state: &Path) -> std::path::PathBuf {
-    state.join("gcroots")
-}
-
-/// Drops a run's GC roots, once the profile holds what they protected (Nix
-/// forgets an indirect root whose link is gone).
-pub fn clear_roots(dir: &Path) {
-    if let Err(e) = std::fs::remove_dir_all(dir) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!("cannot remove the GC roots in {}: {e}", dir.display());
-        }
-    }
-}
-
-pub fn set_profile(profile: &Path, path: &StorePath) -> Result<()> {
-    run(Command::new("nix-env")
-        .arg("-p")
-        .arg(profile)
-        .args(["--option", "substituters", ""])
-        .arg("--set")
-        .arg(path.to_string()))
+pub fn set_profile(profile: &Path, path: &StorePath, lock: &LockShare) -> Result<()> {
+    run(
+        Command::new("nix-env")
+            .arg("-p")
+            .arg(profile)
+            .args(["--option", "substituters", ""])
+            .arg("--set")
+            .arg(path.to_string()),
+        lock,
+    )
     .with_context(|| format!("setting the profile {} to {path}", profile.display()))?;
     Ok(())
 }
@@ -256,11 +150,14 @@ pub fn profile_generation(profile: &Path) -> Option<u64> {
 }
 
 /// Points the profile back at an earlier generation (as `nix-env --switch-generation`).
-pub fn switch_generation(profile: &Path, generation: u64) -> Result<()> {
-    run(Command::new("nix-env")
-        .arg("-p")
-        .arg(profile)
-        .args(["--switch-generation", &generation.to_string()]))
+pub fn switch_generation(profile: &Path, generation: u64, lock: &LockShare) -> Result<()> {
+    run(
+        Command::new("nix-env")
+            .arg("-p")
+            .arg(profile)
+            .args(["--switch-generation", &generation.to_string()]),
+        lock,
+    )
     .with_context(|| {
         format!(
             "switching {} back to generation {generation}",
@@ -268,6 +165,13 @@ pub fn switch_generation(profile: &Path, generation: u64) -> Result<()> {
         )
     })?;
     Ok(())
+}
+
+/// Where generation `generation` of `profile` points (`PROFILE-N-link`),
+/// followed to the end.
+pub fn generation_target(profile: &Path, generation: u64) -> Option<PathBuf> {
+    let name = format!("{}-{generation}-link", profile.file_name()?.to_str()?);
+    std::fs::canonicalize(profile.with_file_name(name)).ok()
 }
 
 /// The generation numbers of a profile, from its `NAME-N-link` siblings.
@@ -296,10 +200,77 @@ pub fn list_generations(profile: &Path) -> Result<Vec<u64>> {
     Ok(out)
 }
 
-pub fn delete_generation(profile: &Path, generation: u64) -> Result<()> {
-    run(Command::new("nix-env")
-        .arg("-p")
-        .arg(profile)
-        .args(["--delete-generations", &generation.to_string()]))?;
+pub fn delete_generation(profile: &Path, generation: u64, lock: &LockShare) -> Result<()> {
+    run(
+        Command::new("nix-env")
+            .arg("-p")
+            .arg(profile)
+            .args(["--delete-generations", &generation.to_string()]),
+        lock,
+    )?;
     Ok(())
+}
+
+/// What a garbage collection deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Collected {
+    pub paths: usize,
+    /// Their NarSize, as Nix reports it.
+    pub bytes: u64,
+}
+
+/// Of the closures of `systems` (valid paths), deletes what Nix's garbage
+/// collector finds dead (`nix-store --gc --print-dead`, which knows every
+/// root) with `nix-store --delete`, which checks again under the GC lock
+/// that each is dead; returns how many paths and their NarSize.
+pub fn collect_garbage(systems: &[StorePath], lock: &LockShare) -> Result<Collected> {
+    let held: std::collections::BTreeSet<String> =
+        query(&["--query", "--requisites"], systems, lock)?
+            .into_iter()
+            .collect();
+    let dead: std::collections::HashSet<String> = run(
+        Command::new("nix-store").args(["--gc", "--print-dead"]),
+        lock,
+    )
+    .context("asking Nix which paths are dead")?
+    .lines()
+    .map(str::to_owned)
+    .collect();
+    let gone: Vec<StorePath> = held
+        .iter()
+        .filter(|p| dead.contains(p.as_str()))
+        .map(|p| StorePath::from_absolute(p))
+        .collect::<Result<_, _>>()?;
+    let bytes: u64 = query(&["--query", "--size"], &gone, lock)?
+        .iter()
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum();
+    if !gone.is_empty() {
+        run(
+            Command::new("nix-store")
+                .arg("--delete")
+                .args(gone.iter().map(|p| p.to_string())),
+            lock,
+        )
+        .context("deleting the paths of old generations")?;
+    }
+    Ok(Collected {
+        paths: gone.len(),
+        bytes,
+    })
+}
+
+/// One line of `nix-store ARGS PATHS…` output per line, chunked.
+fn query(args: &[&str], paths: &[StorePath], lock: &LockShare) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for chunk in paths.chunks(CHUNK) {
+        let text = run(
+            Command::new("nix-store")
+                .args(args)
+                .args(chunk.iter().map(|p| p.to_string())),
+            lock,
+        )?;
+        out.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_owned));
+    }
+    Ok(out)
 }

@@ -17,10 +17,12 @@ use nixcast_common::pointer::{ManifestRef, Pointer, Timestamp};
 use nixcast_common::{layout, nar, nixbase32, PublicKey, SecretKey, Sha256Hash, StorePath};
 
 use crate::activate::Action;
-use crate::config::Config;
+use crate::config::{After, Apply, Config, Policy, Ports};
 use crate::host::{Activator, Store};
 use crate::source::{HttpOptions, Source};
+use crate::staging::Staging;
 use crate::state::StateDir;
+use crate::store::Collected;
 
 pub const HOST: &str = "web1";
 pub const SYSTEM: &str = "x86_64-linux";
@@ -195,6 +197,8 @@ pub struct StoreState {
     /// Imports that fail before one succeeds (as Nix does on a damaged
     /// staging cache).
     pub failing_imports: usize,
+    /// What each garbage collection was asked to collect the dead paths of.
+    pub collected: Vec<Vec<StorePath>>,
 }
 
 impl FakeStore {
@@ -229,13 +233,7 @@ impl Store for FakeStore {
             .collect())
     }
 
-    fn import(
-        &self,
-        staging: &Path,
-        _roots: &Path,
-        paths: &[StorePath],
-        trusted: &[PublicKey],
-    ) -> Result<()> {
+    fn import(&self, staging: &Staging, paths: &[StorePath], trusted: &[PublicKey]) -> Result<()> {
         {
             let mut s = self.lock();
             if s.failing_imports > 0 {
@@ -244,11 +242,11 @@ impl Store for FakeStore {
             }
         }
         for p in paths {
-            let text = std::fs::read_to_string(staging.join(layout::narinfo(p)))
+            let text = std::fs::read_to_string(staging.narinfo(p))
                 .with_context(|| format!("no narinfo staged for {p}"))?;
             let ni = NarInfo::parse(&text)?;
             ensure!(ni.verify(trusted), "{p}: no trusted signature");
-            let nar = std::fs::read(staging.join(&ni.url))?;
+            let nar = std::fs::read(staging.path().join(&ni.url))?;
             ensure!(
                 Sha256Hash::digest(&nar) == ni.nar_hash,
                 "{p}: NarHash mismatch"
@@ -303,13 +301,30 @@ impl Store for FakeStore {
         s.generations.retain(|(g, _)| *g != generation);
         Ok(())
     }
+
+    fn generation_target(&self, _profile: &Path, generation: u64) -> Option<PathBuf> {
+        let s = self.lock();
+        let (_, p) = s.generations.iter().find(|(g, _)| *g == generation)?;
+        Some(PathBuf::from(p.to_string()))
+    }
+
+    fn collect_garbage(&self, systems: &[StorePath]) -> Result<Collected> {
+        self.lock().collected.push(systems.to_vec());
+        Ok(Collected::default())
+    }
 }
 
-/// A switch that records what it activated, and fails for `failing`.
+/// A switch that records what it activated, and fails for `failing`; health
+/// checks that fail if named in `failing_checks`; a reboot command that
+/// records what it ran and fails with `failing_reboot`.
 #[derive(Default)]
 pub struct FakeSwitch {
     pub activated: Mutex<Vec<(StorePath, Action)>>,
     pub failing: Mutex<Option<StorePath>>,
+    pub checks: Mutex<Vec<String>>,
+    pub failing_checks: Mutex<Vec<String>>,
+    pub reboots: Mutex<Vec<String>>,
+    pub failing_reboot: Mutex<bool>,
 }
 
 impl FakeSwitch {
@@ -331,9 +346,32 @@ impl Activator for FakeSwitch {
     fn activate(&self, top: &StorePath, action: Action) -> Result<ExitStatus> {
         self.activated.lock().unwrap().push((top.clone(), action));
         let fails = self.failing.lock().unwrap().as_ref() == Some(top);
-        // A wait status: exit code 1, or 0.
-        Ok(ExitStatus::from_raw(if fails { 1 << 8 } else { 0 }))
+        Ok(exit(fails))
     }
+
+    fn health_check(&self, check: &str, _timeout: Duration) -> Result<(), String> {
+        self.checks.lock().unwrap().push(check.to_owned());
+        if self
+            .failing_checks
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| c == check)
+        {
+            return Err(format!("health check {check:?} exited with {}", exit(true)));
+        }
+        Ok(())
+    }
+
+    fn reboot(&self, command: &str) -> Result<ExitStatus> {
+        self.reboots.lock().unwrap().push(command.to_owned());
+        Ok(exit(*self.failing_reboot.lock().unwrap()))
+    }
+}
+
+/// A wait status: exit code 1, or 0.
+fn exit(fails: bool) -> ExitStatus {
+    ExitStatus::from_raw(if fails { 1 << 8 } else { 0 })
 }
 
 /// A run's settings: this cache as a directory, this state directory, the
@@ -345,35 +383,43 @@ pub fn config(
     switch: Arc<FakeSwitch>,
 ) -> Config {
     Config {
-        source: Source::dir(cache.path()),
-        store,
-        activator: switch,
-        host: HOST.into(),
-        system: SYSTEM.into(),
-        trusted: vec![cache.public()],
-        identity_files: vec![],
-        action: Action::Switch,
-        profile: PathBuf::from("/nix/var/nix/profiles/system"),
-        state: StateDir::new(state),
-        jobs: 4,
-        dry_run: false,
-        wait: false,
-        health_checks: vec![],
-        health_timeout: Duration::from_secs(60),
-        metrics_file: None,
-        http: HttpOptions {
-            allow_insecure_http: true,
-            stall_timeout: Duration::from_secs(30),
-            min_rate: 0,
-            proxy: None,
-            user_agent: concat!("nixcast-pull/", env!("CARGO_PKG_VERSION")),
+        policy: Policy {
+            host: HOST.into(),
+            system: SYSTEM.into(),
+            trusted: vec![cache.public()],
+            identity_files: vec![],
+            max_generation_jump: 1000,
         },
-        secrets: Arc::new(nixcast_cache::Secrets::default()),
-        run_timeout: Duration::from_secs(600),
-        max_generation_jump: 1000,
-        report: None,
-        reboot: None,
-        booted_system: PathBuf::from("/run/booted-system"),
-        keep_generations: None,
+        ports: Ports {
+            source: Source::dir(cache.path()),
+            http: HttpOptions {
+                allow_insecure_http: true,
+                stall_timeout: Duration::from_secs(30),
+                min_rate: 0,
+                proxy: None,
+                user_agent: concat!("nixcast-pull/", env!("CARGO_PKG_VERSION")),
+            },
+            secrets: Arc::new(nixcast_cache::Secrets::default()),
+            store,
+            activator: switch,
+            state: StateDir::new(state),
+            profile: PathBuf::from("/nix/var/nix/profiles/system"),
+            booted_system: PathBuf::from("/run/booted-system"),
+        },
+        apply: Apply {
+            action: Action::Switch,
+            jobs: 4,
+            dry_run: false,
+            wait: false,
+            run_timeout: Duration::from_secs(600),
+            health_checks: vec![],
+            health_timeout: Duration::from_secs(60),
+        },
+        after: After {
+            report: None,
+            reboot: None,
+            keep_generations: None,
+            metrics_file: None,
+        },
     }
 }

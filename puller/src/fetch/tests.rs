@@ -15,7 +15,8 @@ use crate::testing::{self, Cache};
 
 struct Scene {
     cache: Cache,
-    staging: tempfile::TempDir,
+    _state: tempfile::TempDir,
+    staging: Staging,
     source: Source,
 }
 
@@ -23,10 +24,12 @@ impl Scene {
     fn new() -> Self {
         let cache = Cache::new();
         let source = Source::dir(cache.path());
-        let staging = tempfile::tempdir().unwrap();
-        std::fs::create_dir(staging.path().join("nar")).unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let staging = Staging::in_state(state.path());
+        staging.create().unwrap();
         Scene {
             cache,
+            _state: state,
             staging,
             source,
         }
@@ -40,7 +43,7 @@ impl Scene {
     /// A small entry (read into memory) and a large one (spooled to disk),
     /// both uncompressed.
     fn small_and_large(&self) -> [Entry; 2] {
-        // 1.5 MiB: above SMALL.
+        // 1.5 MiB: above SPOOL_FROM.
         let content: String = (0..24_000u32).map(|i| format!("{i:063}\n")).collect();
         let large = Entry {
             store_path: testing::store_path("large", 2),
@@ -74,7 +77,7 @@ impl Scene {
         let ids: Arc<[Identity]> = Arc::new([]);
         fetch_one(
             &self.source,
-            self.staging.path(),
+            &self.staging,
             e,
             Arc::new(AtomicU64::new(0)),
             &slots,
@@ -84,7 +87,7 @@ impl Scene {
     }
 
     fn staged(&self, e: &Entry) -> bool {
-        staged_path(self.staging.path(), e).exists()
+        self.staging.nar(e).exists()
     }
 
     /// Replaces the bytes the cache serves for `e`.
@@ -104,7 +107,7 @@ impl Scene {
 
     /// No temporary file is left in `staging/nar` beside what was staged.
     fn leftovers(&self) -> usize {
-        std::fs::read_dir(self.staging.path().join("nar"))
+        std::fs::read_dir(self.staging.nar_dir())
             .unwrap()
             .filter(|e| {
                 e.as_ref()
@@ -138,7 +141,7 @@ async fn a_good_nar_is_staged_and_reused_once_checked_again() {
     assert_eq!(s.fetch(&e).await.unwrap(), 0);
 
     // A staged copy that is damaged is dropped and fetched again.
-    let staged = staged_path(s.staging.path(), &e);
+    let staged = s.staging.nar(&e);
     let mut bytes = std::fs::read(&staged).unwrap();
     s.serve(&e, &bytes);
     let n = bytes.len() - 20;
@@ -211,7 +214,7 @@ async fn compressed_nars_are_checked_after_decompression_too() {
     let (e, xz) = s.xz_entry("compressed content");
     s.serve(&e, &xz);
     assert_eq!(s.fetch(&e).await.unwrap(), e.file_size);
-    std::fs::remove_file(staged_path(s.staging.path(), &e)).unwrap();
+    std::fs::remove_file(s.staging.nar(&e)).unwrap();
 
     // FileSize and FileHash hold for the bytes served, the NAR inside does
     // not match its NarSize: a decompression bomb stops there.
@@ -292,7 +295,7 @@ async fn a_stalled_large_download_holds_no_decoder() {
     let stalled = {
         let (source, staging, e, slots) = (
             s.source.clone(),
-            s.staging.path().to_owned(),
+            s.staging.clone(),
             large.clone(),
             slots.clone(),
         );
@@ -315,7 +318,7 @@ async fn a_stalled_large_download_holds_no_decoder() {
     let progress = Arc::new(AtomicU64::new(0));
     let decoded = tokio::time::timeout(
         std::time::Duration::from_secs(60),
-        fetch_one(&s.source, s.staging.path(), &small, progress, &slots, &ids),
+        fetch_one(&s.source, &s.staging, &small, progress, &slots, &ids),
     )
     .await
     .expect("the small NAR waited for the stalled download's decoder");
@@ -335,7 +338,7 @@ async fn a_stalled_large_download_holds_no_decoder() {
 fn a_spool_that_cannot_be_read_back_is_a_local_error() {
     let s = Scene::new();
     let e = s.entry("content");
-    let path = s.staging.path().join("nar/.tmp-spool");
+    let path = s.staging.nar_dir().join(".tmp-spool");
     std::fs::write(&path, s.served(&e)).unwrap();
     // Open for writing only: every read of it fails.
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
@@ -343,7 +346,7 @@ fn a_spool_that_cannot_be_read_back_is_a_local_error() {
         file,
         tempfile::TempPath::try_from_path(&path).unwrap(),
     );
-    let dest = staged_path(s.staging.path(), &e);
+    let dest = s.staging.nar(&e);
     match decode_into(Input::Spooled(spooled), &e, &dest, &[]) {
         Err(Failure::Local(msg)) => assert!(msg.starts_with("reading "), "{msg}"),
         Err(Failure::Verify(msg)) => panic!("refused as if the bytes were wrong: {msg}"),

@@ -5,9 +5,16 @@
 
 use std::sync::Arc;
 
+use std::time::SystemTime;
+
+use nixcast_common::manifest::{self, Delta};
+use nixcast_common::pointer::{Pointer, Timestamp};
+use nixcast_common::{layout, Sha256Hash};
+
 use super::*;
+use crate::activate::Action;
 use crate::source::Source;
-use crate::state::tests::TURN;
+use crate::state::{StateDir, Status};
 use crate::testing::{self, Cache, FakeStore, FakeSwitch};
 
 struct Host {
@@ -38,11 +45,8 @@ impl Host {
     }
 
     /// One run, as `nixcast-pull run` makes it (lock, status, metrics).
-    /// The run lock is one per process: runs of different tests take turns
-    /// (each test has its own runtime, so the guard blocks no other task).
-    #[allow(clippy::await_holding_lock)]
+    /// Each test's state directory has its lock of its own: tests run at once.
     async fn run(&self, cfg: &Config) -> Result<Outcome, RunError> {
-        let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
         run(cfg).await
     }
 
@@ -69,7 +73,7 @@ async fn a_new_generation_is_imported_set_and_switched_to_once() {
     );
     assert_eq!(st.applied_store_path, Some(top.clone()));
     assert!(st.last_run_fetched_bytes > 0);
-    let staged = std::fs::read_dir(h.state.path().join("staging/nar")).unwrap();
+    let staged = std::fs::read_dir(cfg.ports.state.staging().nar_dir()).unwrap();
     assert_eq!(staged.count(), 0, "the staging cache is emptied");
     // Nix was asked once, what is missing: the import itself vouches that
     // the system it imported is valid.
@@ -126,15 +130,153 @@ async fn a_failed_health_check_rolls_back() {
     let h = Host::new();
     let (old, _) = h.cache.publish(1, &testing::closure("v1", 10));
     h.run(&h.config()).await.unwrap();
-    h.cache.publish(2, &testing::closure("v2", 20));
-    let cfg = Config {
-        health_checks: vec!["true".into(), "exit 7".into()],
-        ..h.config()
-    };
+    let (new, _) = h.cache.publish(2, &testing::closure("v2", 20));
+    *h.switch.failing_checks.lock().unwrap() = vec!["exit 7".into()];
+    let mut cfg = h.config();
+    cfg.apply.health_checks = vec!["true".into(), "exit 7".into(), "never run".into()];
     let err = h.run(&cfg).await.unwrap_err();
+    assert_eq!(err.exit_code(), 5, "{err}");
     assert!(err.to_string().contains("health check \"exit 7\""), "{err}");
+    assert!(
+        err.to_string()
+            .contains("rolled back to profile generation 1"),
+        "{err}"
+    );
+    // In order, after the switch, up to the first that fails.
+    assert_eq!(*h.switch.checks.lock().unwrap(), ["true", "exit 7"]);
+    assert_eq!(h.switch.activated(), [old.clone(), new, old.clone()]);
     assert_eq!(h.store.profile(), Some(old));
-    assert_eq!(h.status().bad_generations, [2]);
+    let st = h.status();
+    assert_eq!(st.bad_generations, [2]);
+    assert_eq!(st.last_result, Some(Outcome::ActivationFailed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passing_health_checks_keep_the_new_system() {
+    let h = Host::new();
+    let (top, _) = h.cache.publish(1, &testing::closure("v1", 10));
+    let mut cfg = h.config();
+    cfg.apply.health_checks = vec!["true".into(), "also true".into()];
+    assert_eq!(h.run(&cfg).await.unwrap(), Outcome::Applied);
+    assert_eq!(*h.switch.checks.lock().unwrap(), ["true", "also true"]);
+    assert_eq!(h.switch.activated(), std::slice::from_ref(&top));
+    assert_eq!(h.store.profile(), Some(top));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_generations_deletes_the_old_ones_and_asks_the_store_to_collect() {
+    let h = Host::new();
+    let mut cfg = h.config();
+    cfg.after.keep_generations = Some(2);
+    let mut systems = Vec::new();
+    for g in 1..=4 {
+        let (top, _) = h.cache.publish(g, &testing::closure("v", 10 * g as u8));
+        assert_eq!(h.run(&cfg).await.unwrap(), Outcome::Applied);
+        systems.push(top);
+    }
+    let kept: Vec<u64> = h.store.lock().generations.iter().map(|(g, _)| *g).collect();
+    assert_eq!(kept, [3, 4]);
+    // One generation past the limit after the third run, one after the fourth.
+    assert_eq!(
+        h.store.lock().collected,
+        [vec![systems[0].clone()], vec![systems[1].clone()]]
+    );
+    // Not without --keep-generations.
+    h.cache.publish(5, &testing::closure("v", 50));
+    h.run(&h.config()).await.unwrap();
+    assert_eq!(h.store.lock().generations.len(), 3);
+    assert_eq!(h.store.lock().collected.len(), 2);
+}
+
+/// A booted system whose kernel, initrd and modules differ from every
+/// system the tests publish (those have no such links).
+fn booted_system(dir: &std::path::Path) -> std::path::PathBuf {
+    let b = dir.join("booted");
+    std::fs::create_dir(&b).unwrap();
+    for link in ["kernel", "initrd", "kernel-modules"] {
+        std::os::unix::fs::symlink(format!("/nix/store/old-linux/{link}"), b.join(link)).unwrap();
+    }
+    b
+}
+
+/// A `--reboot-window` of an hour, `from_now` hours from now (local time).
+fn window(from_now: i64) -> crate::window::Window {
+    let start = chrono::Local::now() + chrono::Duration::hours(from_now);
+    let end = start + chrono::Duration::hours(1);
+    let text = format!("{}-{}", start.format("%H:%M"), end.format("%H:%M"));
+    crate::window::Window::parse(&text).unwrap()
+}
+
+impl Host {
+    /// A run of generation `g` with a new kernel under `reboot`; what the
+    /// switch was asked for and the reboot commands run.
+    async fn new_kernel(
+        &self,
+        g: u64,
+        reboot: Option<crate::config::RebootPolicy>,
+    ) -> (Vec<Action>, Vec<String>) {
+        self.cache.publish(g, &testing::closure("v", 10 * g as u8));
+        let mut cfg = self.config();
+        cfg.ports.booted_system = booted_system(self.state.path());
+        cfg.after.reboot = reboot;
+        assert_eq!(self.run(&cfg).await.unwrap(), Outcome::Applied);
+        let actions = self.switch.activated.lock().unwrap();
+        let actions = actions.iter().map(|(_, a)| *a).collect();
+        (actions, self.switch.reboots.lock().unwrap().clone())
+    }
+}
+
+fn reboot_policy(window: Option<crate::window::Window>) -> Option<crate::config::RebootPolicy> {
+    Some(crate::config::RebootPolicy {
+        window,
+        command: "reboot now".into(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_kernel_is_booted_and_rebooted_into_at_once_without_a_window() {
+    let h = Host::new();
+    let (actions, reboots) = h.new_kernel(1, reboot_policy(None)).await;
+    assert_eq!(actions, [Action::Boot]);
+    assert_eq!(reboots, ["reboot now"]);
+    let pending = h.status().reboot_pending.expect("pending until it runs");
+    assert!(pending.requested_at.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_kernel_waits_for_the_reboot_window() {
+    let h = Host::new();
+    let (actions, reboots) = h.new_kernel(1, reboot_policy(Some(window(2)))).await;
+    assert_eq!(actions, [Action::Boot]);
+    assert!(reboots.is_empty(), "outside the window: {reboots:?}");
+    let pending = h.status().reboot_pending.expect("a reboot is owed");
+    assert!(pending.requested_at.is_none());
+    assert!(pending.window.is_some());
+    // The next run, inside the window, makes it.
+    let mut cfg = h.config();
+    cfg.ports.booted_system = h.state.path().join("booted");
+    cfg.after.reboot = reboot_policy(Some(window(0)));
+    assert_eq!(h.run(&cfg).await.unwrap(), Outcome::Unchanged);
+    assert_eq!(*h.switch.reboots.lock().unwrap(), ["reboot now"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_kernel_is_never_rebooted_into_without_allow_reboot() {
+    let h = Host::new();
+    let (actions, reboots) = h.new_kernel(1, None).await;
+    assert_eq!(actions, [Action::Switch]);
+    assert!(reboots.is_empty());
+    assert!(h.status().reboot_pending.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_reboot_command_leaves_the_reboot_pending() {
+    let h = Host::new();
+    *h.switch.failing_reboot.lock().unwrap() = true;
+    let (_, reboots) = h.new_kernel(1, reboot_policy(None)).await;
+    assert_eq!(reboots, ["reboot now"]);
+    let pending = h.status().reboot_pending.expect("still owed");
+    assert!(pending.requested_at.is_none(), "tried again next run");
 }
 
 type Edit = Box<dyn Fn(&mut Pointer)>;
@@ -191,10 +333,8 @@ async fn pointers_against_the_policy_are_refused_before_the_store_is_asked() {
     // Signed by another key: refused too.
     let other = Cache::new();
     other.publish(6, &testing::closure("v2", 20));
-    let cfg = Config {
-        source: Source::dir(other.path()),
-        ..h.config()
-    };
+    let mut cfg = h.config();
+    cfg.ports.source = Source::dir(other.path());
     let err = h.run(&cfg).await.unwrap_err();
     assert_eq!(err.exit_code(), 3, "{err}");
     assert_eq!(h.store.lock().queries, queries);
@@ -237,15 +377,20 @@ async fn a_tampered_nar_or_manifest_is_refused_and_nothing_is_imported() {
 async fn a_dry_run_changes_nothing() {
     let h = Host::new();
     h.cache.publish(1, &testing::closure("v1", 10));
-    let cfg = Config {
-        dry_run: true,
-        ..h.config()
-    };
+    let mut cfg = h.config();
+    cfg.apply.dry_run = true;
     assert_eq!(h.run(&cfg).await.unwrap(), Outcome::Unchanged);
     assert!(h.store.lock().imported.is_empty());
     assert!(h.switch.activated().is_empty());
     assert!(!h.state.path().join(crate::state::STATUS_FILE).exists());
-    assert!(!h.state.path().join("staging").exists());
+    assert!(!cfg
+        .ports
+        .state
+        .staging()
+        .nar_dir()
+        .parent()
+        .unwrap()
+        .exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,17 +402,14 @@ async fn rollback_by_hand_goes_to_the_previous_generation_and_marks_the_applied_
     h.run(&h.config()).await.unwrap();
     assert_eq!(h.store.profile(), Some(new));
     let state = StateDir::new(h.state.path());
-    let msg = {
-        let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-        rollback_by_hand(
-            &*h.store,
-            &*h.switch,
-            &h.config().profile,
-            &state,
-            Action::Switch,
-        )
-        .unwrap()
-    };
+    let msg = rollback_by_hand(
+        &*h.store,
+        &*h.switch,
+        &h.config().ports.profile,
+        &state,
+        Action::Switch,
+    )
+    .unwrap();
     assert!(msg.contains("generation 1"), "{msg}");
     assert_eq!(h.store.profile(), Some(old.clone()));
     assert_eq!(h.switch.activated().last(), Some(&old));

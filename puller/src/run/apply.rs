@@ -1,0 +1,78 @@
+//! The steps of a run after the lock, in order, each in its module: the
+//! pointer (`pointer.rs`, `policy.rs`), the manifest (`manifest.rs`), what
+//! is missing (`missing.rs`), its import (`import.rs`), the switch
+//! (`switch.rs`), and what follows a switch (`after.rs`).
+
+use std::time::SystemTime;
+
+use nixcast_common::pointer::Timestamp;
+use nixcast_common::StorePath;
+
+use super::{after, import, manifest, missing, pointer, switch, Config, RunError};
+use crate::state::{Outcome, Status};
+
+/// Every `return` here is an outcome; a step that fails ends the run with
+/// its error.
+pub(super) async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
+    let t0 = SystemTime::now();
+    let Some((verified, validators)) = pointer::read_pointer(cfg, status, t0).await? else {
+        return Ok(Outcome::Unchanged);
+    };
+    let p = verified.get();
+    if status.bad_generations.contains(&p.generation) {
+        tracing::warn!(
+            generation = p.generation,
+            "this generation failed before; waiting for a newer one"
+        );
+        return Ok(Outcome::Unchanged);
+    }
+    if !cfg.apply.dry_run {
+        pointer::raise_floor(status, &verified);
+    }
+    let ids = manifest::identities_for(cfg, &verified)?;
+    // A sealed pointer names no store path: its manifest does.
+    let mut pinned = None;
+    let top = match &p.store_path {
+        Some(t) => t.clone(),
+        None => pinned
+            .insert(manifest::fetch_manifest(cfg, &verified, &ids).await?)
+            .top()
+            .clone(),
+    };
+    if already_running(cfg, status, &top) {
+        tracing::info!(store_path = %top, "already running this system");
+        if !cfg.apply.dry_run {
+            pointer::accept(status, &verified, validators);
+        }
+        return Ok(Outcome::Unchanged);
+    }
+    let manifest = match pinned {
+        Some(m) => m,
+        None => manifest::fetch_manifest(cfg, &verified, &ids).await?,
+    };
+    tracing::info!(generation = p.generation, store_path = %top, "manifest verified");
+    let todo = missing::what_is_missing(cfg, &manifest)?;
+    if cfg.apply.dry_run {
+        missing::print_plan(cfg, &manifest, &todo);
+        return Ok(Outcome::Unchanged);
+    }
+    missing::check_source_holds(cfg, &todo)?;
+    status.last_run_fetched_bytes = import::fetch_and_import(cfg, &manifest, &todo, &ids).await?;
+    import::check_imported(cfg, &manifest, &todo)?;
+    let action = switch::switch(cfg, status, &verified, &top)?;
+    tracing::info!(generation = p.generation, store_path = %top, action = action.as_str(), "applied");
+    crate::reboot::applied(cfg, status, &top, action);
+    after::keep_generations(cfg);
+    pointer::accept(status, &verified, validators);
+    status.applied_store_path = Some(top);
+    status.applied_at = Some(Timestamp::now());
+    Ok(Outcome::Applied)
+}
+
+/// Whether this host runs `top` already (and its profile holds it, for an
+/// action that sets the profile).
+fn already_running(cfg: &Config, status: &Status, top: &StorePath) -> bool {
+    status.applied_store_path.as_ref() == Some(top)
+        && (!cfg.apply.action.sets_profile()
+            || cfg.ports.store.profile_target(&cfg.ports.profile).as_ref() == Some(top))
+}

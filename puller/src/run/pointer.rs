@@ -1,0 +1,88 @@
+//! Step 1: the pointer, fetched (conditionally) and verified, held to this
+//! host's policy (`policy.rs`); the rollback floor raised to it before
+//! anything is downloaded, and the pointer accepted once handled.
+
+use std::time::SystemTime;
+
+use anyhow::Context;
+use nixcast_common::layout;
+use nixcast_common::pointer::{self, Pointer, Verified};
+
+use super::{fetch_error, policy, Config, RunError};
+use crate::source::{Fetched, Validators};
+use crate::state::Status;
+
+/// Step 1: the pointer, fetched (conditionally) and verified, and held to
+/// this host's policy. `None`: the server says it has not changed.
+pub(super) async fn read_pointer(
+    cfg: &Config,
+    status: &Status,
+    t0: SystemTime,
+) -> Result<Option<(Verified<Pointer>, Validators)>, RunError> {
+    let key = layout::pointer(&cfg.policy.host);
+    let validators = if cfg.apply.dry_run {
+        Default::default()
+    } else {
+        status.validators.clone()
+    };
+    let (bytes, new_validators) = match cfg
+        .ports
+        .source
+        .get_pointer(&key, pointer::MAX_ENVELOPE_SIZE as u64, &validators)
+        .await
+        .map_err(fetch_error)?
+    {
+        Fetched::NotModified => {
+            not_modified(status, t0).map_err(RunError::Refused)?;
+            tracing::info!(url = %cfg.ports.source.url_of(&key), "pointer not modified");
+            return Ok(None);
+        }
+        Fetched::Body(b, v) => (b, v),
+    };
+    let verified = pointer::verify(&bytes, &cfg.policy.trusted)
+        .with_context(|| format!("pointer {}", cfg.ports.source.url_of(&key)))
+        .map_err(RunError::Refused)?;
+    policy::check_policy(cfg, status, &verified, t0).map_err(RunError::Refused)?;
+    let p = verified.get();
+    tracing::info!(
+        generation = p.generation,
+        sealed = p.manifest.sealed.is_some(),
+        key = verified.key_name(),
+        "pointer verified"
+    );
+    Ok(Some((verified, new_validators)))
+}
+
+/// A `304 Not Modified` stands for the pointer whose validators were sent, so
+/// that pointer's time limits still apply: a path or a CDN that answers 304
+/// for ever must not keep a host on an expired pointer while it looks healthy.
+fn not_modified(status: &Status, t0: SystemTime) -> anyhow::Result<()> {
+    if let Some(exp) = status.pointer_expires_at {
+        anyhow::ensure!(
+            exp.system_time() > t0,
+            "the server answers 304 Not Modified, but the pointer it stands for (generation {}) \
+             expired at {exp}",
+            status.highest_generation
+        );
+    }
+    Ok(())
+}
+
+/// Raises the rollback floor to this pointer before anything is downloaded,
+/// as TUF does.
+pub(super) fn raise_floor(status: &mut Status, v: &Verified<Pointer>) {
+    let p = v.get();
+    status.highest_generation = p.generation;
+    status.highest_digest = Some(v.digest());
+    status.last_issued_at = Some(p.issued_at);
+    status.pointer_sealed = Some(p.manifest.sealed.is_some());
+}
+
+/// Records the pointer as handled to the end: its validators (for the next
+/// conditional request) and its expiry.
+pub(super) fn accept(status: &mut Status, v: &Verified<Pointer>, validators: Validators) {
+    let p = v.get();
+    status.applied_generation = Some(p.generation);
+    status.validators = validators;
+    status.pointer_expires_at = p.expires_at;
+}
