@@ -7,14 +7,16 @@
 //! and its plain bytes are held to the plain pin. A verified pointer gives
 //! a `Pinned` manifest (`Pinned::check`); a pointer the publisher only
 //! decodes, to look at its own cache, gives a plain `Manifest` checked the
-//! same way.
+//! same way. An agent that holds the manifest it verified last may rebuild
+//! the new one from it and the publisher's delta (`pinned_from`); only
+//! bytes that are exactly the pinned ones count, or it is fetched whole.
 
 use anyhow::anyhow;
-use nixcast_common::manifest::{Manifest, MAX_SIZE};
+use nixcast_common::manifest::{self, Delta, Manifest, MAX_SIZE};
 use nixcast_common::pinned::{self, Pinned};
-use nixcast_common::pointer::{self, Pointer, Verified};
+use nixcast_common::pointer::{self, ManifestRef, PlainRef, Pointer, Verified};
 use nixcast_common::seal::{self, Identity};
-use nixcast_common::PublicKey;
+use nixcast_common::{layout, PublicKey, Sha256Hash};
 
 use crate::{Cache, Error};
 
@@ -62,14 +64,9 @@ pub async fn manifest_bytes(
     ids: &[Identity],
 ) -> Result<(Vec<u8>, Vec<u8>), ReadError> {
     let m = &p.manifest;
-    let url = cache.url_of(&m.path);
+    let url = format!("manifest {}", cache.url_of(&m.path));
     let plain_pin = pinned::plain_pin(m);
-    if m.size > MAX_SIZE || plain_pin.size > MAX_SIZE {
-        return Err(ReadError::refused(
-            &url,
-            anyhow!("the manifest is {} bytes, over the limit", m.size),
-        ));
-    }
+    check_size(m)?;
     // The pointer says how large it is: nothing beyond that is read.
     let stored = cache.get_small(&m.path, m.size).await?;
     // Nothing is decrypted before the stored bytes are the pinned ones.
@@ -94,6 +91,16 @@ pub async fn manifest_bytes(
     Ok((stored, plain))
 }
 
+fn check_size(m: &ManifestRef) -> Result<(), ReadError> {
+    if m.size > MAX_SIZE || m.sealed.is_some_and(|s| s.size > MAX_SIZE) {
+        return Err(ReadError::Refused(anyhow!(
+            "the manifest is {} bytes, over the limit",
+            m.size
+        )));
+    }
+    Ok(())
+}
+
 /// The manifest a verified pointer pins, and its stored bytes.
 pub async fn pinned(
     cache: &Cache,
@@ -101,9 +108,91 @@ pub async fn pinned(
     ids: &[Identity],
 ) -> Result<(Vec<u8>, Pinned), ReadError> {
     let (stored, plain) = manifest_bytes(cache, v.get(), ids).await?;
-    let url = cache.url_of(&v.get().manifest.path);
-    let m = Pinned::check(v, &plain).map_err(|e| ReadError::refused(&url, e))?;
-    Ok((stored, m))
+    Ok((stored, check_pin(cache, v, &plain)?))
+}
+
+fn check_pin(cache: &Cache, v: &Verified<Pointer>, plain: &[u8]) -> Result<Pinned, ReadError> {
+    let url = format!("manifest {}", cache.url_of(&v.get().manifest.path));
+    Pinned::check(v, plain).map_err(|e| ReadError::refused(&url, e))
+}
+
+/// The manifest a verified pointer pins, in the clear: rebuilt from `base`
+/// (the plain manifest this host verified last) and the publisher's delta
+/// when that gives exactly the pinned bytes, else fetched whole.
+pub async fn pinned_from(
+    cache: &Cache,
+    v: &Verified<Pointer>,
+    ids: &[Identity],
+    base: Option<Vec<u8>>,
+) -> Result<(Vec<u8>, Pinned), ReadError> {
+    let m = &v.get().manifest;
+    check_size(m)?;
+    let rebuilt = match base {
+        Some(base) => from_delta(cache, m, &pinned::plain_pin(m), ids, base).await,
+        None => None,
+    };
+    let plain = match rebuilt {
+        Some(plain) => plain,
+        None => manifest_bytes(cache, v.get(), ids).await?.1,
+    };
+    let pinned = check_pin(cache, v, &plain)?;
+    Ok((plain, pinned))
+}
+
+/// The pinned manifest, rebuilt from `base` and the publisher's delta, if
+/// that gives exactly the pinned bytes; `None` sends the caller to fetch it
+/// whole (no delta, or a wrong one).
+async fn from_delta(
+    cache: &Cache,
+    m: &ManifestRef,
+    plain: &PlainRef,
+    ids: &[Identity],
+    base: Vec<u8>,
+) -> Option<Vec<u8>> {
+    let base_sha = Sha256Hash::digest(&base);
+    if base_sha == plain.sha256 {
+        return Some(base);
+    }
+    let key = match m.sealed {
+        None => manifest::delta_path(&m.sha256, &base_sha),
+        Some(_) => layout::sealed_delta(&m.sha256, &base_sha),
+    };
+    let url = cache.url_of(&key);
+    // A delta larger than the manifest would be no saving.
+    let delta = match cache.get_small(&key, m.size).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::debug!("no manifest delta: {e}");
+            return None;
+        }
+    };
+    let delta = match m.sealed {
+        None => delta,
+        Some(_) => match open_sealed(ids, &delta, plain.size) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(delta = %url, "unusable delta ({e:#}); fetching the manifest whole");
+                return None;
+            }
+        },
+    };
+    let rebuilt = Manifest::parse(&base)
+        .and_then(|old| Delta::parse(&delta)?.apply(&old))
+        .map(|new| new.to_json());
+    match rebuilt {
+        Ok(bytes) if pinned::check_bytes(&bytes, plain.sha256, plain.size).is_ok() => {
+            tracing::info!(delta = %url, bytes = delta.len(), "manifest rebuilt from a delta");
+            Some(bytes)
+        }
+        Ok(_) => {
+            tracing::warn!(delta = %url, "the delta does not make the pinned manifest; fetching it whole");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(delta = %url, "unusable delta ({e}); fetching the manifest whole");
+            None
+        }
+    }
 }
 
 /// The manifest a decoded pointer names, held to its pin in the same way

@@ -19,8 +19,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use nixcast_common::layout;
-use nixcast_common::manifest::Entry;
+use nixcast_common::layout::{self, Key};
+use nixcast_common::manifest::{Compression, Entry};
 use nixcast_common::narinfo::NarInfo;
 use nixcast_common::StorePath;
 
@@ -65,12 +65,12 @@ impl Staging {
 
     /// Where NARs are staged, and spooled and decoded first.
     pub fn nar_dir(&self) -> PathBuf {
-        self.dir.join("nar")
+        self.dir.join(layout::NAR_DIR)
     }
 
     /// Where the verified NAR of `e` is staged.
     pub fn nar(&self, e: &Entry) -> PathBuf {
-        self.nar_dir().join(nar_name(e))
+        self.dir.join(nar_key(e).to_string())
     }
 
     /// The narinfo of `p` in the staging cache.
@@ -113,17 +113,14 @@ impl Staging {
     /// Run before the free-space check too, so that a killed run's spooled
     /// NARs count as free.
     pub fn clear_leftovers(&self, entries: &[&Entry]) -> Result<()> {
-        let keep: std::collections::HashSet<_> = entries
-            .iter()
-            .map(|e| std::ffi::OsString::from(nar_name(e)))
-            .collect();
+        let keep: std::collections::HashSet<_> = entries.iter().map(|e| self.nar(e)).collect();
         let nar_dir = self.nar_dir();
         for (dir, keep) in [(self.dir.as_path(), None), (nar_dir.as_path(), Some(&keep))] {
             let listing =
                 std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
             for e in listing {
                 let e = e?;
-                if e.path() == nar_dir || keep.is_some_and(|k| k.contains(&e.file_name())) {
+                if e.path() == nar_dir || keep.is_some_and(|k| k.contains(&e.path())) {
                     continue;
                 }
                 let p = e.path();
@@ -151,7 +148,7 @@ impl Staging {
         for e in entries {
             let ni = NarInfo {
                 store_path: e.store_path.clone(),
-                url: format!("nar/{}", nar_name(e)),
+                url: nar_key(e).to_string(),
                 compression: Some("none".to_owned()),
                 file_hash: None,
                 file_size: None,
@@ -211,8 +208,13 @@ impl Staging {
 
 /// A staged NAR's file name: its NarHash, so two paths with the same NAR
 /// share it.
-fn nar_name(e: &Entry) -> String {
-    format!("{}.nar", e.nar_hash.to_nixbase32())
+/// A staged NAR is uncompressed, so its file hash is its NarHash: the key
+/// Nix itself would give it.
+fn nar_key(e: &Entry) -> Key {
+    Key::Nar {
+        file_hash: e.nar_hash,
+        compression: Compression::None,
+    }
 }
 
 /// Writes a staging file afresh. `create_new` (O_EXCL) follows no symlink:
