@@ -61,6 +61,7 @@ impl Dir {
         let dest = self.file(key);
         let parent = parent(&dest);
         fs::create_dir_all(parent)?;
+        self.no_links_below_root(parent)?;
         let tmp = match body {
             Body::File(tmp) => tmp,
             Body::Bytes(bytes) => {
@@ -74,6 +75,23 @@ impl Dir {
             .lock()
             .expect("not poisoned")
             .insert(parent.to_owned());
+        Ok(())
+    }
+
+    /// A directory below the root that is a symbolic link would carry a
+    /// write elsewhere: an agent writing its report as root into a
+    /// directory someone else can write must not follow one planted there.
+    fn no_links_below_root(&self, dir: &Path) -> anyhow::Result<()> {
+        let mut d = dir;
+        while d != self.root && d.starts_with(&self.root) {
+            if fs::symlink_metadata(d)?.file_type().is_symlink() {
+                anyhow::bail!(
+                    "refusing to write through the symbolic link {}",
+                    d.display()
+                );
+            }
+            d = parent(d);
+        }
         Ok(())
     }
 
@@ -296,6 +314,22 @@ mod tests {
         assert!(unsynced.contains(&d.path().join("hosts/web")));
         now(dir.sync()).unwrap();
         assert!(dir.unsynced().is_empty());
+    }
+
+    #[test]
+    fn no_write_follows_a_planted_link_below_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), d.path().join("reports")).unwrap();
+        let dir = Dir::new(d.path());
+        let err = now(dir.put("reports/web.json", Body::Bytes(b"{}".to_vec()))).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+        // The root itself may be a link: the operator chose it.
+        let link = elsewhere.path().join("root");
+        std::os::unix::fs::symlink(d.path().join("real"), &link).unwrap();
+        fs::create_dir(d.path().join("real")).unwrap();
+        now(Dir::new(&link).put("reports/web.json", Body::Bytes(b"{}".to_vec()))).unwrap();
     }
 
     #[test]

@@ -18,6 +18,9 @@ use std::path::Path;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
+/// Far above any real file of this kind.
+const MAX_FILE: u64 = 1 << 20;
+
 #[derive(Debug, Error)]
 pub enum NetrcError {
     #[error("cannot read the netrc file {path}: {source}")]
@@ -65,13 +68,12 @@ pub struct Netrc {
 
 impl Netrc {
     pub fn read(path: &Path) -> Result<Self, NetrcError> {
-        let text =
-            Zeroizing::new(
-                std::fs::read_to_string(path).map_err(|source| NetrcError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?,
-            );
+        let text = Zeroizing::new(nixcast_cli::fs::read_small_text(path, MAX_FILE).map_err(
+            |source| NetrcError::Read {
+                path: path.display().to_string(),
+                source,
+            },
+        )?);
         Self::parse(&text).map_err(|(line, what)| NetrcError::Syntax {
             path: path.display().to_string(),
             line,

@@ -11,6 +11,9 @@ use std::path::Path;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
+/// Far above any real file of this kind.
+const MAX_FILE: u64 = 1 << 20;
+
 use crate::netrc::Netrc;
 
 #[derive(Debug, Error)]
@@ -42,13 +45,12 @@ pub struct Secrets {
 /// `export ` prefix and one pair of surrounding quotes are dropped. Only
 /// `AWS_*` keys are accepted: this file configures buckets, nothing else.
 pub fn read_env_file(path: &Path) -> Result<AwsSettings, EnvFileError> {
-    let text =
-        Zeroizing::new(
-            std::fs::read_to_string(path).map_err(|source| EnvFileError::Read {
-                path: path.display().to_string(),
-                source,
-            })?,
-        );
+    let text = Zeroizing::new(nixcast_cli::fs::read_small_text(path, MAX_FILE).map_err(
+        |source| EnvFileError::Read {
+            path: path.display().to_string(),
+            source,
+        },
+    )?);
     parse_env(&text).map_err(|(line, what)| EnvFileError::Syntax {
         path: path.display().to_string(),
         line,

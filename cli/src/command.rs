@@ -25,9 +25,42 @@ pub fn run(cmd: &mut Command, stdin: Stdio) -> Result<String> {
     String::from_utf8(out.stdout).with_context(|| format!("{shown} printed non-UTF-8"))
 }
 
+/// Leaves out of a child's environment what opens the program's caches:
+/// `AWS_*` credentials and settings, and systemd's credentials directory
+/// (where the NixOS module hands over the netrc and environment files).
+/// The agent's children (Nix importing from a local directory, the switch,
+/// health checks, the reboot command) need none of it; everything else
+/// (`PATH`, locale, proxies a health check may use) is passed on.
+pub fn without_secrets(cmd: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        if is_secret(&name.to_string_lossy()) {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd
+}
+
+fn is_secret(name: &str) -> bool {
+    name.starts_with("AWS_") || name == "CREDENTIALS_DIRECTORY"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_opens_a_cache_is_not_passed_on() {
+        for name in [
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "CREDENTIALS_DIRECTORY",
+        ] {
+            assert!(is_secret(name), "{name}");
+        }
+        for name in ["PATH", "LANG", "https_proxy", "NIX_PATH", "HOME"] {
+            assert!(!is_secret(name), "{name}");
+        }
+    }
 
     #[test]
     fn output_status_and_error_text() {

@@ -14,6 +14,57 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use tempfile::NamedTempFile;
 
+/// Reads a small file the program was given (a key, an identity, a netrc
+/// or environment file, a state file): a regular file of at most `cap`
+/// bytes, or an error that says what it is instead (the caller names the
+/// file). It is opened without blocking, so that a FIFO named by mistake or
+/// malice neither hangs the program nor, like `/dev/zero`, fills its memory.
+pub fn read_small(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)?;
+    let md = file.metadata()?;
+    if !md.is_file() {
+        let what = format!("not a regular file ({})", kind_of(&md.file_type()));
+        return Err(Error::new(ErrorKind::InvalidInput, what));
+    }
+    let too_large = || Error::new(ErrorKind::InvalidData, format!("larger than {cap} bytes"));
+    if md.len() > cap {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(md.len() as usize);
+    // The file may grow while it is read: the cap holds anyway.
+    file.take(cap + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > cap {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+/// Like `read_small`, as UTF-8 text.
+pub fn read_small_text(path: &Path, cap: u64) -> std::io::Result<String> {
+    String::from_utf8(read_small(path, cap)?)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    }
+}
+
 /// Whether a file may replace one of the same name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replace {
@@ -74,6 +125,32 @@ pub fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_small_read_takes_only_a_regular_file_within_its_cap() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        write(&p, b"twelve bytes", 0o600).unwrap();
+        assert_eq!(read_small(&p, 12).unwrap(), b"twelve bytes");
+        let err = read_small(&p, 11).unwrap_err();
+        assert!(err.to_string().contains("larger than 11 bytes"), "{err}");
+        let fifo = d.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // No writer: a blocking open would never return.
+        let err = read_small(&fifo, 100).unwrap_err();
+        assert!(
+            err.to_string().contains("not a regular file (a FIFO)"),
+            "{err}"
+        );
+        let err = read_small(Path::new("/dev/zero"), 100).unwrap_err();
+        assert!(err.to_string().contains("(a device)"), "{err}");
+        let err = read_small(d.path(), 100).unwrap_err();
+        assert!(err.to_string().contains("(a directory)"), "{err}");
+    }
 
     #[test]
     fn writes_replace_whole_with_the_mode_given() {

@@ -36,9 +36,12 @@ pub fn read_public_keys(files: &[PathBuf]) -> Result<Vec<PublicKey>> {
     files.iter().map(|f| read_public_key(f)).collect()
 }
 
+/// Far above any key or identity file: an OpenSSH key is some hundred bytes.
+pub const MAX_KEY_FILE: u64 = 64 << 10;
+
 fn read_public_key(file: &Path) -> Result<PublicKey> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text = crate::fs::read_small_text(file, MAX_KEY_FILE)
+        .with_context(|| format!("cannot read {}", file.display()))?;
     public_key(&text, &format!("--trusted-key-file {}", file.display()))
 }
 
@@ -46,7 +49,8 @@ fn read_public_key(file: &Path) -> Result<PublicKey> {
 /// text read is zeroed once parsed.
 pub fn read_secret_key(file: &Path) -> Result<SecretKey> {
     let text = zeroize::Zeroizing::new(
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?,
+        crate::fs::read_small_text(file, MAX_KEY_FILE)
+            .with_context(|| format!("cannot read {}", file.display()))?,
     );
     SecretKey::parse(&text)
         .with_context(|| format!("cannot load the secret key {}", file.display()))
@@ -59,7 +63,7 @@ pub fn read_identities(files: &[PathBuf]) -> Result<Vec<Identity>> {
     let mut out = Vec::new();
     for f in files {
         let bytes = zeroize::Zeroizing::new(
-            std::fs::read(f)
+            crate::fs::read_small(f, MAX_KEY_FILE)
                 .with_context(|| format!("cannot read the identity {}", f.display()))?,
         );
         out.extend(Identity::from_file(&bytes, &f.display().to_string())?);
@@ -101,5 +105,24 @@ mod tests {
         );
         let err = read_secret_key(&d.path().join("none")).unwrap_err();
         assert!(format!("{err:#}").contains("cannot read"), "{err:#}");
+    }
+
+    #[test]
+    fn an_identity_that_is_no_file_is_refused_at_once() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("ssh_host_ed25519_key");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // With no writer, reading it as a file would never return.
+        let err = read_identities(&[fifo, "/dev/zero".into()]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("not a regular file (a FIFO)"),
+            "{err:#}"
+        );
+        let err = read_identities(&["/dev/zero".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("(a device)"), "{err:#}");
     }
 }

@@ -11,8 +11,10 @@
 
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use nixcast_cli::command::without_secrets;
 use nixcast_common::StorePath;
 
 use crate::lock::LockShare;
@@ -63,44 +65,71 @@ pub fn activate(top: &StorePath, action: Action, lock: &LockShare) -> Result<Exi
         Command::new(&script)
     };
     cmd.arg(action.as_str()).stdin(lock.stdin());
+    without_secrets(&mut cmd);
     tracing::info!(command = ?cmd, "activating");
     cmd.status().with_context(|| format!("cannot run {script}"))
 }
 
 /// Runs a health check with `sh -c`; a check that fails or outlives
 /// `timeout` is returned as an error.
-pub fn health_check(check: &str, timeout: std::time::Duration) -> Result<(), String> {
-    let mut child = Command::new("sh")
-        .args(["-c", check])
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot run health check {check:?}: {e}"))?;
-    let start = std::time::Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) if start.elapsed() >= timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "health check {check:?} did not finish within {timeout:?}"
-                ));
-            }
-            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(100)),
-            Err(e) => return Err(format!("health check {check:?}: {e}")),
-        }
-    };
+pub fn health_check(check: &str, timeout: Duration) -> Result<(), String> {
+    let status = bounded(check, timeout).map_err(|e| format!("health check {check:?}: {e}"))?;
     if !status.success() {
         return Err(format!("health check {check:?} exited with {status}"));
     }
     Ok(())
 }
 
-/// Runs `--reboot-command` with `sh -c`; its exit status.
+/// How long `--reboot-command` may take: it only asks for a reboot
+/// (`systemctl reboot` returns at once), and a run must not hold its lock
+/// on one that hangs.
+pub const REBOOT_TIMEOUT: Duration = Duration::from_secs(if cfg!(test) { 1 } else { 120 });
+
+/// Runs `--reboot-command` with `sh -c`; its exit status, or an error when
+/// it cannot run or outlives `REBOOT_TIMEOUT` (it is killed then).
 pub fn reboot(command: &str) -> Result<ExitStatus> {
-    Command::new("sh")
-        .args(["-c", command])
+    bounded(command, REBOOT_TIMEOUT)
+        .map_err(|e| anyhow::anyhow!("--reboot-command {command:?}: {e}"))
+}
+
+/// Runs `command` with `sh -c`, without the agent's credentials, and kills
+/// it (and waits for it) when it outlives `timeout`.
+fn bounded(command: &str, timeout: Duration) -> Result<ExitStatus, String> {
+    let mut child = without_secrets(Command::new("sh").args(["-c", command]))
         .stdin(Stdio::null())
-        .status()
-        .with_context(|| format!("cannot run --reboot-command {command:?}"))
+        .spawn()
+        .map_err(|e| format!("cannot run it: {e}"))?;
+    let start = std::time::Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return Ok(st),
+            Ok(None) if start.elapsed() >= timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("did not finish within {timeout:?}"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(100).min(timeout)),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reboot_command_that_hangs_is_killed_and_is_an_error() {
+        let err = reboot("sleep 60").unwrap_err();
+        assert!(err.to_string().contains("did not finish within"), "{err}");
+        assert!(reboot("exit 0").unwrap().success());
+        assert_eq!(reboot("exit 3").unwrap().code(), Some(3));
+    }
+
+    #[test]
+    fn a_health_check_that_hangs_fails() {
+        let err = health_check("sleep 60", Duration::from_millis(300)).unwrap_err();
+        assert!(err.contains("did not finish within"), "{err}");
+        assert!(health_check("true", Duration::from_secs(5)).is_ok());
+    }
 }

@@ -121,6 +121,6 @@ pub fn take(p: &Path, wait: bool, share: &LockShare) -> Result<Option<Lock>> {
 /// The run that holds the lock on `p` or held it last without releasing
 /// it, if any.
 pub fn running(p: &Path) -> Option<RunInfo> {
-    let text = std::fs::read(p).ok()?;
+    let text = nixcast_cli::fs::read_small(p, 64 << 10).ok()?;
     serde_json::from_slice(&text).ok()
 }

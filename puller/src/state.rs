@@ -36,6 +36,8 @@ use crate::source::Validators;
 use crate::staging::Staging;
 
 pub const STATUS_FILE: &str = "status.json";
+/// Far above any status file this agent writes.
+const MAX_STATE_FILE: u64 = 16 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -389,10 +391,11 @@ impl StateDir {
         lock::running(&self.dir.join(LOCK_FILE))
     }
 
-    /// The saved status; a missing file is a first run, a damaged one an error.
+    /// The saved status; a missing file is a first run, a damaged one (or
+    /// one that is not a small regular file) an error.
     pub fn load(&self) -> Result<Status> {
         let p = self.dir.join(STATUS_FILE);
-        let bytes = match fs::read(&p) {
+        let bytes = match nixcast_cli::fs::read_small(&p, MAX_STATE_FILE) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Status::default()),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", p.display())),

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
+use nixcast_cli::command::without_secrets;
 use nixcast_common::{PublicKey, StorePath};
 
 use crate::lock::LockShare;
@@ -31,7 +32,7 @@ pub const IMPORT_JOBS: usize = 16;
 
 /// A Nix command, holding the run lock until it exits (`LockShare::stdin`).
 pub fn run(cmd: &mut Command, lock: &LockShare) -> Result<String> {
-    nixcast_cli::command::run(cmd, lock.stdin())
+    nixcast_cli::command::run(without_secrets(cmd), lock.stdin())
 }
 
 /// The paths among `paths` that are not valid in the local store, in the

@@ -762,6 +762,27 @@ fn a_damaged_state_file_stops_the_agent_and_is_kept() {
 }
 
 #[test]
+fn the_agents_credentials_reach_none_of_its_children() {
+    let w = World::new("xz");
+    w.publish2("xz");
+    let seen = w._work.path().join("env");
+    let check = format!("env > {}", seen.display());
+    let out = w.vm.pull_after(
+        "export AWS_SECRET_ACCESS_KEY=hunter2 AWS_ACCESS_KEY_ID=AKIAEXAMPLE \
+         CREDENTIALS_DIRECTORY=/run/credentials/nixcast-pull.service KEEP_ME=1",
+        &w.server.url,
+        &w.keys,
+        &["--health-check", &check],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let env = std::fs::read_to_string(&seen).unwrap();
+    assert!(env.contains("KEEP_ME=1"), "{env}");
+    for secret in ["hunter2", "AKIAEXAMPLE", "CREDENTIALS_DIRECTORY"] {
+        assert!(!env.contains(secret), "{secret} reached a health check");
+    }
+}
+
+#[test]
 fn a_failing_health_check_rolls_back_and_rollback_by_hand_works() {
     let w = World::new("xz");
     w.publish2("xz");

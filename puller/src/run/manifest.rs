@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use nixcast_cache::reader::{self, ReadError};
+use nixcast_common::manifest::MAX_SIZE;
 use nixcast_common::pinned::Pinned;
 use nixcast_common::pointer::{Pointer, Verified};
 use nixcast_common::seal::Identity;
@@ -33,7 +34,8 @@ pub(super) async fn fetch_manifest(
     v: &Verified<Pointer>,
     ids: &[Identity],
 ) -> Result<Pinned, RunError> {
-    let base = std::fs::read(cfg.ports.state.manifest()).ok();
+    // The base is the agent's own file, bounded all the same.
+    let base = nixcast_cli::fs::read_small(&cfg.ports.state.manifest(), MAX_SIZE).ok();
     let (bytes, manifest) = reader::pinned_from(&cfg.ports.source, v, ids, base)
         .await
         .map_err(|e| match e {
