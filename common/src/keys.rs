@@ -159,6 +159,12 @@ impl PublicKey {
         &self.name
     }
 
+    /// The key's 32 bytes, without its name: two keys are the same key
+    /// when these are equal, whatever they are called.
+    pub fn bytes(&self) -> &[u8; 32] {
+        self.key.as_bytes()
+    }
+
     /// True when `sig` was made by this key (same name, valid strict ed25519) over `msg`.
     pub fn verifies(&self, msg: &[u8], sig: &Signature) -> bool {
         sig.key_name == self.name

@@ -4,6 +4,7 @@
 //!
 //! - [`nixbase32`], [`hash`], [`store_path`]: the names Nix gives things;
 //! - [`keys`]: Nix's `name:base64` ed25519 keys and signatures;
+//! - [`keylist`]: the signing keys a fleet trusts, signed by offline roots;
 //! - [`narinfo`]: `<hash>.narinfo` files and their signed fingerprint;
 //! - [`nar`]: the NAR archive format, a writer from a directory and a strict reader;
 //! - [`layout`]: where each object lives in a cache;
@@ -14,6 +15,7 @@
 //! - [`seal`]: age encryption of a sealed host's objects, recipients and identities.
 
 pub mod hash;
+pub mod keylist;
 pub mod keys;
 pub mod layout;
 pub mod manifest;
