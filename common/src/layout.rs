@@ -11,6 +11,8 @@
 //! hosts/<host>.json                       a host's current pointer
 //! hosts/<host>/<generation>.json          every pointer ever published
 //! reports/<host>.json                     a host's latest signed report
+//! keys.json                               the key list (signed by the roots)
+//! keys/<version>.json                     every key list ever signed
 //! ```
 //!
 //! [`Key`] is that table as a type: every key is built by `Display` and read
@@ -35,6 +37,8 @@ pub const MANIFESTS_DIR: &str = "manifests";
 pub const SEALED_DIR: &str = "sealed";
 pub const HOSTS_DIR: &str = "hosts";
 pub const REPORTS_DIR: &str = "reports";
+pub const KEY_LIST: &str = "keys.json";
+pub const KEY_LISTS_DIR: &str = "keys";
 
 /// An object of a cache, by what it is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -65,6 +69,11 @@ pub enum Key {
     History { host: String, generation: u64 },
     /// `reports/<host>.json`.
     Report(String),
+    /// `keys.json`: the current key list.
+    KeyList,
+    /// `keys/<version>.json`: a key list as it was signed, for hosts that
+    /// walk the versions they missed.
+    KeyListHistory(u64),
 }
 
 /// How long a copy of an object stays right, from what its name promises.
@@ -86,6 +95,10 @@ impl Key {
         let segments: Vec<&str> = key.split('/').collect();
         match segments.as_slice() {
             [NIX_CACHE_INFO] => Some(Key::CacheInfo),
+            [KEY_LIST] => Some(Key::KeyList),
+            [KEY_LISTS_DIR, name] => {
+                Some(Key::KeyListHistory(counter(name.strip_suffix(".json")?)?))
+            }
             [name] => {
                 let hash = name.strip_suffix(".narinfo")?;
                 (hash.len() == 32 && hash.bytes().all(nixbase32::is_valid_char))
@@ -122,15 +135,9 @@ impl Key {
             [HOSTS_DIR, name] => Some(Key::Pointer(host_json(name)?)),
             [HOSTS_DIR, host, name] => {
                 check_host(host).ok()?;
-                let generation = name.strip_suffix(".json")?;
-                // Only the form we write: no sign, no leading zero.
-                let canonical = generation == "0" || !generation.starts_with('0');
-                if !canonical || !generation.bytes().all(|c| c.is_ascii_digit()) {
-                    return None;
-                }
                 Some(Key::History {
                     host: (*host).to_owned(),
-                    generation: generation.parse().ok()?,
+                    generation: counter(name.strip_suffix(".json")?)?,
                 })
             }
             [REPORTS_DIR, name] => Some(Key::Report(host_json(name)?)),
@@ -148,6 +155,8 @@ impl Key {
             Key::Pointer(_) => HOSTS_DIR.to_owned(),
             Key::History { host, .. } => history_dir(host),
             Key::Report(_) => REPORTS_DIR.to_owned(),
+            Key::KeyList => String::new(),
+            Key::KeyListHistory(_) => KEY_LISTS_DIR.to_owned(),
         }
     }
 
@@ -158,9 +167,9 @@ impl Key {
             | Key::ManifestDelta { .. }
             | Key::Sealed(_)
             | Key::SealedDelta { .. } => Lifetime::Immutable,
-            Key::History { .. } => Lifetime::History,
+            Key::History { .. } | Key::KeyListHistory(_) => Lifetime::History,
             Key::Narinfo(_) => Lifetime::Narinfo,
-            Key::CacheInfo | Key::Pointer(_) | Key::Report(_) => Lifetime::Mutable,
+            Key::CacheInfo | Key::Pointer(_) | Key::Report(_) | Key::KeyList => Lifetime::Mutable,
         }
     }
 
@@ -208,6 +217,8 @@ impl fmt::Display for Key {
                 write!(f, "{HOSTS_DIR}/{host}/{generation}.json")
             }
             Key::Report(host) => write!(f, "{REPORTS_DIR}/{host}.json"),
+            Key::KeyList => f.write_str(KEY_LIST),
+            Key::KeyListHistory(v) => write!(f, "{KEY_LISTS_DIR}/{v}.json"),
         }
     }
 }
@@ -223,6 +234,15 @@ fn hex(s: &str) -> Option<Sha256Hash> {
         out[i] = digit(pair[0]) << 4 | digit(pair[1]);
     }
     Some(Sha256Hash(out))
+}
+
+/// A number in the only form we write: no sign, no leading zero.
+fn counter(s: &str) -> Option<u64> {
+    let canonical = s == "0" || !s.starts_with('0');
+    if !canonical || !s.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 fn host_json(name: &str) -> Option<String> {
@@ -349,6 +369,9 @@ mod tests {
             "hosts/.x.json".to_owned(),
             "hosts/a/017.json".to_owned(),
             "hosts/a/b/1.json".to_owned(),
+            "keys/01.json".to_owned(),
+            "keys/x.json".to_owned(),
+            "keys.json/1".to_owned(),
             "reports/a".to_owned(),
             "/nix-cache-info".to_owned(),
             "nix-cache-info/".to_owned(),
@@ -413,6 +436,8 @@ mod tests {
                 (host(), any::<u64>())
                     .prop_map(|(host, generation)| Key::History { host, generation }),
                 host().prop_map(Key::Report),
+                Just(Key::KeyList),
+                any::<u64>().prop_map(Key::KeyListHistory),
             ]
         }
 

@@ -9,6 +9,7 @@ pub mod diff;
 pub mod gc;
 pub mod hosts;
 pub mod keygen;
+pub mod keys;
 pub mod promote;
 pub mod publish;
 pub mod serve;

@@ -14,6 +14,7 @@ mod fleet;
 mod gc;
 mod inspect;
 mod keygen;
+mod keys;
 mod nix;
 mod promote;
 mod publish;
@@ -48,6 +49,9 @@ struct Cli {
 enum Cmd {
     /// Make a signing key pair in Nix's format (as `nix-store --generate-binary-cache-key`).
     Keygen(cmd::keygen::Args),
+    /// The key list: which keys may sign for the fleet, signed by offline root keys.
+    #[command(subcommand)]
+    Keys(cmd::keys::Args),
     /// Publish a host's system closure and a signed pointer to it.
     Publish(cmd::publish::Args),
     /// List every host in a cache: generation, store path, times, closure size.
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
 fn run(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Keygen(a) => cmd::keygen::run(a),
+        Cmd::Keys(a) => cmd::keys::run(a),
         Cmd::Publish(a) => cmd::publish::run(a),
         Cmd::Hosts(a) => cmd::hosts::run(a),
         Cmd::Promote(a) => cmd::promote::run(a),
