@@ -28,11 +28,34 @@ pub struct Config {
 pub struct Policy {
     pub host: String,
     pub system: String,
-    pub trusted: Vec<PublicKey>,
+    /// The keys pointers and narinfos must be signed by.
+    pub trusted: Trusted,
     /// What opens a sealed pointer's objects; empty: the SSH host key.
     pub identity_files: Vec<PathBuf>,
     /// The largest step up from the highest accepted generation.
     pub max_generation_jump: u64,
+}
+
+/// Where the keys a host trusts come from: pinned (`--trusted-key`), or
+/// the newest key list a threshold of its roots signed (`--root-key`),
+/// which each run reads before it verifies a pointer.
+pub enum Trusted {
+    Pinned(Vec<PublicKey>),
+    Roots {
+        roots: nixcast_common::keylist::Trust,
+        /// The signing keys of the key list the last run accepted.
+        current: std::sync::Mutex<Vec<PublicKey>>,
+    },
+}
+
+impl Trusted {
+    /// The keys that sign for this host now.
+    pub fn keys(&self) -> Vec<PublicKey> {
+        match self {
+            Trusted::Pinned(k) => k.clone(),
+            Trusted::Roots { current, .. } => current.lock().expect("not poisoned").clone(),
+        }
+    }
 }
 
 /// What a run reads and changes: the cache and its upstreams, the Nix

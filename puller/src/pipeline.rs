@@ -381,7 +381,7 @@ fn start_import(
     shared: &HashSet<Sha256Hash>,
     ready: &[&Entry],
 ) -> tokio::task::JoinHandle<anyhow::Result<Vec<StorePath>>> {
-    let (staging, trusted) = (staging.clone(), cfg.policy.trusted.clone());
+    let (staging, trusted) = (staging.clone(), cfg.policy.trusted.keys());
     let nix = cfg.ports.store.clone();
     let batch: Vec<StorePath> = ready.iter().map(|e| e.store_path.clone()).collect();
     let staged: Vec<PathBuf> = ready

@@ -15,6 +15,7 @@
 mod after;
 mod apply;
 mod import;
+mod keys;
 mod manifest;
 mod missing;
 mod pointer;

@@ -333,6 +333,11 @@ impl StateDir {
         Staging::in_state(&self.dir)
     }
 
+    /// The newest key list this agent accepted (`--root-key`).
+    pub fn key_list(&self) -> PathBuf {
+        self.dir.join("keys.json")
+    }
+
     /// The last manifest this agent verified: the base for a delta.
     pub fn manifest(&self) -> PathBuf {
         self.dir.join("manifest.json")

@@ -386,7 +386,7 @@ pub fn config(
         policy: Policy {
             host: HOST.into(),
             system: SYSTEM.into(),
-            trusted: vec![cache.public()],
+            trusted: crate::config::Trusted::Pinned(vec![cache.public()]),
             identity_files: vec![],
             max_generation_jump: 1000,
         },

@@ -11,6 +11,7 @@ mod fleet_host;
 mod gc;
 mod hardening;
 mod harness;
+mod keys;
 mod module;
 mod private;
 mod publish;

@@ -37,6 +37,21 @@ pub struct Args {
         value_delimiter = ' '
     )]
     trusted_key_files: Vec<PathBuf>,
+    /// A root key, `name:base64` (repeatable): trust the signing keys of
+    /// the newest key list the roots signed (`nixcast keys sign`) instead
+    /// of pinning one with --trusted-key.
+    #[arg(long = "root-key", env = "NIXCAST_ROOT_KEYS", value_delimiter = ' ')]
+    root_keys: Vec<String>,
+    /// A file holding a root key (repeatable).
+    #[arg(
+        long = "root-key-file",
+        env = "NIXCAST_ROOT_KEY_FILES",
+        value_delimiter = ' '
+    )]
+    root_key_files: Vec<PathBuf>,
+    /// How many of the roots must sign the first key list this host accepts.
+    #[arg(long, default_value_t = 1)]
+    root_threshold: u32,
     /// What opens a sealed host's objects (repeatable): an unencrypted OpenSSH ed25519 key or an
     /// age identity file [default when the pointer is sealed: /etc/ssh/ssh_host_ed25519_key].
     #[arg(long = "identity", env = "NIXCAST_IDENTITIES", value_delimiter = ' ')]
@@ -283,18 +298,44 @@ fn cache(
     })
 }
 
-/// The trusted keys, given and read from files; at least one.
-fn trusted_keys(a: &Args) -> Result<Vec<nixcast_common::PublicKey>> {
-    let mut trusted = Vec::new();
-    for (i, k) in a.trusted_keys.iter().filter(|k| !k.is_empty()).enumerate() {
-        trusted.push(keys::public_key(k, &format!("--trusted-key #{}", i + 1))?);
+/// The trusted keys, given and read from files: pinned signing keys, or
+/// root keys; one kind, at least one key.
+fn trusted_keys(a: &Args) -> Result<config::Trusted> {
+    let read = |given: &[String], files: &[PathBuf], flag: &str| -> Result<Vec<_>> {
+        let mut out = Vec::new();
+        for (i, k) in given.iter().filter(|k| !k.is_empty()).enumerate() {
+            out.push(keys::public_key(k, &format!("{flag} #{}", i + 1))?);
+        }
+        out.extend(keys::read_public_keys(files)?);
+        Ok(out)
+    };
+    let pinned = read(&a.trusted_keys, &a.trusted_key_files, "--trusted-key")?;
+    let roots = read(&a.root_keys, &a.root_key_files, "--root-key")?;
+    match (pinned.is_empty(), roots.is_empty()) {
+        (false, true) => Ok(config::Trusted::Pinned(pinned)),
+        (true, false) => {
+            anyhow::ensure!(
+                a.root_threshold >= 1 && a.root_threshold as usize <= roots.len(),
+                "--root-threshold {} is not between 1 and the {} root keys given",
+                a.root_threshold,
+                roots.len()
+            );
+            Ok(config::Trusted::Roots {
+                roots: nixcast_common::keylist::Trust {
+                    threshold: a.root_threshold,
+                    keys: roots,
+                },
+                current: Default::default(),
+            })
+        }
+        (true, true) => anyhow::bail!(
+            "no trusted key: pass --trusted-key or --trusted-key-file, or --root-key or \
+             --root-key-file"
+        ),
+        (false, false) => anyhow::bail!(
+            "give either pinned keys (--trusted-key) or root keys (--root-key), not both"
+        ),
     }
-    trusted.extend(keys::read_public_keys(&a.trusted_key_files)?);
-    anyhow::ensure!(
-        !trusted.is_empty(),
-        "no trusted key: pass --trusted-key or --trusted-key-file"
-    );
-    Ok(trusted)
 }
 
 /// What opens private caches: `--netrc-file`, `--environment-file`.

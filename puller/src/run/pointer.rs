@@ -39,7 +39,8 @@ pub(super) async fn read_pointer(
         }
         Fetched::Body(b, v) => (b, v),
     };
-    let verified = pointer::verify(&bytes, &cfg.policy.trusted)
+    let trusted = super::keys::trusted(cfg).await?;
+    let verified = pointer::verify(&bytes, &trusted)
         .with_context(|| format!("pointer {}", cfg.ports.source.url_of(&key)))
         .map_err(RunError::Refused)?;
     policy::check_policy(cfg, status, &verified, t0).map_err(RunError::Refused)?;

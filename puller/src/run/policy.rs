@@ -143,22 +143,24 @@ pub(super) fn check_signatures(cfg: &Config, entries: &[&manifest::Entry]) -> Re
     // gets no thread (a tasks limit) is checked here.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = entries.len().div_ceil(cpus).max(128);
+    let trusted = cfg.policy.trusted.keys();
+    let trusted = &trusted;
     let unsigned: Vec<&manifest::Entry> = std::thread::scope(|s| {
         let mut chunks = entries.chunks(chunk);
         let here = chunks.next().unwrap_or_default();
         let others: Vec<_> = chunks
             .map(|c| {
-                let check = move || unsigned_among(&cfg.policy.trusted, c);
+                let check = move || unsigned_among(trusted, c);
                 std::thread::Builder::new()
                     .spawn_scoped(s, check)
                     .map_err(|_| c)
             })
             .collect();
-        let mut out = unsigned_among(&cfg.policy.trusted, here);
+        let mut out = unsigned_among(trusted, here);
         for c in others {
             out.extend(match c {
                 Ok(thread) => thread.join().expect("a signature check does not panic"),
-                Err(c) => unsigned_among(&cfg.policy.trusted, c),
+                Err(c) => unsigned_among(trusted, c),
             });
         }
         out

@@ -1,0 +1,234 @@
+//! Key lists: a host configured with root keys only follows the signing
+//! keys the roots hand it (rotation), refuses what a revoked key signs
+//! (a leak), and walks a root rotation it slept through; lists that no
+//! threshold of roots signed, expired, rolled back or planted are refused
+//! and leave the host as it was.
+
+use std::path::Path;
+use std::process::Output;
+
+use nixcast_common::keylist::{KeyList, Roots, SigningKey};
+use nixcast_common::pointer::Timestamp;
+use nixcast_common::{PublicKey, SecretKey};
+
+use crate::harness::*;
+
+fn secret(k: &Keys) -> SecretKey {
+    SecretKey::parse(&std::fs::read_to_string(&k.secret).unwrap()).unwrap()
+}
+
+fn public(k: &Keys) -> PublicKey {
+    PublicKey::parse(&k.public_text).unwrap()
+}
+
+fn pub_file(k: &Keys) -> std::path::PathBuf {
+    k.secret.with_extension("pub")
+}
+
+/// `nixcast keys sign` with these roots signing and these signing keys.
+fn keys_sign(cache: &Path, signers: &[&Keys], signing: &[&Keys], extra: &[&str]) -> Output {
+    let mut cmd = nixcast();
+    cmd.args(["keys", "sign", "--cache"]).arg(cache);
+    for k in signers {
+        cmd.arg("--root-secret-key-file").arg(&k.secret);
+    }
+    for k in signing {
+        cmd.arg("--signing-key-file").arg(pub_file(k));
+    }
+    cmd.args(extra).output().unwrap()
+}
+
+/// The agent with root keys instead of a pinned signing key.
+fn pull_with_roots(vm: &Vm, url: &str, roots: &[&Keys], threshold: u32) -> Output {
+    let threshold = threshold.to_string();
+    let mut args = vec![
+        "run",
+        "--cache",
+        url,
+        "--host",
+        "foobar",
+        "--state-dir",
+        "/nix/var/nixcast",
+        "--allow-insecure-http",
+        "--root-threshold",
+        &threshold,
+    ];
+    for r in roots {
+        args.extend(["--root-key", r.public_text.trim()]);
+    }
+    vm.agent(&args).output().unwrap()
+}
+
+fn build(version: &'static str) -> String {
+    Fixture {
+        version,
+        ..Default::default()
+    }
+    .build()
+}
+
+#[test]
+fn a_host_that_trusts_only_roots_follows_a_rotation_and_refuses_a_revoked_key() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let root = keygen(work.path(), "root-1");
+    let fleet1 = keygen(work.path(), "fleet-1");
+    let fleet2 = keygen(work.path(), "fleet-2");
+    let vm = Vm::new();
+
+    // Generation 1, signed by fleet-1, the only key of list 1.
+    let gen1 = build("keys1");
+    publish(&cache, "foobar", &gen1, &fleet1, &[]);
+    let out = keys_sign(&cache, &[&root], &[&fleet1], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let server = Server::start(&cache);
+    let out = pull_with_roots(&vm, &server.url, &[&root], 1);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(vm.status()["appliedGeneration"], 1);
+
+    // List 2 adds fleet-2, which signs generation 2.
+    let out = keys_sign(&cache, &[&root], &[&fleet1, &fleet2], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let gen2 = build("keys2");
+    // Publishing under another key takes the host over (until publish
+    // reads the key list itself).
+    publish(&cache, "foobar", &gen2, &fleet2, &["--force"]);
+    let out = pull_with_roots(&vm, &server.url, &[&root], 1);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(vm.status()["appliedGeneration"], 2);
+
+    // List 3 drops fleet-1; generation 3 by fleet-2 applies.
+    let out = keys_sign(&cache, &[&root], &[&fleet2], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let gen3 = build("keys3");
+    publish(&cache, "foobar", &gen3, &fleet2, &[]);
+    let out = pull_with_roots(&vm, &server.url, &[&root], 1);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(vm.status()["appliedGeneration"], 3);
+
+    // The leak: whoever holds fleet-1 publishes generation 4.
+    let gen4 = build("keys4-attacker");
+    publish(&cache, "foobar", &gen4, &fleet1, &["--force"]);
+    let out = pull_with_roots(&vm, &server.url, &[&root], 1);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not signed by any trusted key (signed by: fleet-1)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(vm.status()["appliedGeneration"], 3);
+    assert_eq!(vm.switch_log().last().unwrap(), &format!("switch {gen3}"));
+    assert!(!vm.valid(&[&gen4]));
+}
+
+/// Roots 1-3 with a threshold of 2 rotate to roots 2-4; a host that slept
+/// through the rotation walks it. Lists signed by one root, by a key that
+/// is no root, expired, or older than the one held are refused, and the
+/// host's system and state stay as they were.
+#[test]
+fn a_root_rotation_is_walked_and_bad_lists_change_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let r: Vec<Keys> = (1..=4)
+        .map(|i| keygen(work.path(), &format!("root-{i}")))
+        .collect();
+    let fleet1 = keygen(work.path(), "fleet-1");
+    let fleet2 = keygen(work.path(), "fleet-2");
+    let vm = Vm::new();
+    let roots_args = |keys: &[&Keys]| -> Vec<String> {
+        keys.iter()
+            .flat_map(|k| {
+                [
+                    "--root-key-file".to_owned(),
+                    pub_file(k).display().to_string(),
+                ]
+            })
+            .collect()
+    };
+
+    let gen1 = build("rot1");
+    publish(&cache, "foobar", &gen1, &fleet1, &[]);
+    let mut extra = roots_args(&[&r[0], &r[1], &r[2]]);
+    extra.extend(["--threshold".to_owned(), "2".to_owned()]);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let out = keys_sign(&cache, &[&r[0], &r[1]], &[&fleet1], &extra);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let server = Server::start(&cache);
+    let out = pull_with_roots(&vm, &server.url, &[&r[0], &r[1], &r[2]], 2);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Version 2 hands the roots to 2, 3 and 4: two old roots and two new sign.
+    let extra = roots_args(&[&r[1], &r[2], &r[3]]);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let out = keys_sign(&cache, &[&r[0], &r[1], &r[3]], &[&fleet1], &extra);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Version 3, by the new roots 3 and 4 only, adds fleet-2.
+    let out = keys_sign(&cache, &[&r[2], &r[3]], &[&fleet1, &fleet2], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let gen2 = build("rot2");
+    publish(&cache, "foobar", &gen2, &fleet2, &["--force"]);
+    let out = pull_with_roots(&vm, &server.url, &[&r[0], &r[1], &r[2]], 2);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(vm.status()["appliedGeneration"], 2);
+    let held = std::fs::read(vm.nix().join("var/nixcast/keys.json")).unwrap();
+
+    // Version 4 candidates, planted as keys.json, each to be refused.
+    let now = Timestamp::now();
+    let list = |version: u64, expires: Timestamp| KeyList {
+        version,
+        issued_at: now,
+        expires_at: expires,
+        roots: Roots {
+            threshold: 2,
+            keys: vec![public(&r[1]), public(&r[2]), public(&r[3])],
+        },
+        signing: vec![SigningKey {
+            key: public(&fleet1),
+            hosts: vec![],
+        }],
+    };
+    let year = now.plus(std::time::Duration::from_secs(365 * 86_400));
+    let (s2, s3, s4, f1) = (secret(&r[1]), secret(&r[2]), secret(&r[3]), secret(&fleet1));
+    let expired =
+        Timestamp::from_system_time(now.system_time() + std::time::Duration::from_secs(1));
+    let planted: Vec<(&str, Vec<u8>)> = vec![
+        ("signed by 1 of the roots", list(4, year).sign(&[&s3])),
+        ("signed by 0 of the roots", list(4, year).sign(&[&f1])),
+        (
+            "older than version 3",
+            std::fs::read(cache.join("keys/2.json")).unwrap(),
+        ),
+        ("expired", list(4, expired).sign(&[&s2, &s4])),
+    ];
+    let gen3 = build("rot3");
+    publish(&cache, "foobar", &gen3, &fleet2, &[]);
+    let good = std::fs::read(cache.join("keys.json")).unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for (why, bytes) in planted {
+        std::fs::write(cache.join("keys.json"), &bytes).unwrap();
+        let before = std::fs::read(vm.nix().join("var/nixcast/status.json")).unwrap();
+        let out = pull_with_roots(&vm, &server.url, &[&r[0], &r[1], &r[2]], 2);
+        assert_eq!(out.status.code(), Some(3), "{why}: {}", stderr(&out));
+        assert!(stderr(&out).contains(why), "{why}: {}", stderr(&out));
+        assert_eq!(vm.status()["appliedGeneration"], 2, "{why}");
+        assert_eq!(
+            std::fs::read(vm.nix().join("var/nixcast/keys.json")).unwrap(),
+            held,
+            "{why}: the held key list changed"
+        );
+        let after = std::fs::read(vm.nix().join("var/nixcast/status.json")).unwrap();
+        let floor = |b: &[u8]| {
+            let v: serde_json::Value = serde_json::from_slice(b).unwrap();
+            (
+                v["highestGeneration"].clone(),
+                v["appliedGeneration"].clone(),
+            )
+        };
+        assert_eq!(floor(&before), floor(&after), "{why}");
+    }
+    // The real list back: generation 3 applies.
+    std::fs::write(cache.join("keys.json"), &good).unwrap();
+    let out = pull_with_roots(&vm, &server.url, &[&r[0], &r[1], &r[2]], 2);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(vm.status()["appliedGeneration"], 3);
+}
