@@ -60,6 +60,8 @@ let
   ]
   ++ lib.concatMap (k: [ "--trusted-key" k ]) cfg.trustedKeys
   ++ lib.concatMap (f: [ "--trusted-key-file" (keyFile f) ]) cfg.trustedKeyFiles
+  ++ lib.concatMap (k: [ "--root-key" k ]) cfg.trustedRoots
+  ++ lib.optionals (cfg.trustedRoots != [ ]) [ "--root-threshold" (toString cfg.rootThreshold) ]
   ++ lib.concatMap (f: [ "--identity" f ]) cfg.identityFiles
   ++ lib.concatMap (c: [ "--health-check" c ]) cfg.healthChecks
   ++ lib.optionals cfg.allowInsecureHttp [ "--allow-insecure-http" ]
@@ -123,6 +125,25 @@ in
         into the Nix store (fine: it is a public key); a string names a file
         on the host.
       '';
+    };
+
+    trustedRoots = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "root-1:pU4P0dlNtZrWozA5G9EHHkJx0U3po7IA0dchJAE6fzo=" ];
+      description = ''
+        Root keys (`name:base64`, kept offline) instead of trustedKeys: the
+        host trusts the signing keys of the newest key list
+        (`nixcast keys sign`) that these roots, and then each list's own
+        roots, signed, so that a signing key is rotated or revoked without
+        touching the host.
+      '';
+    };
+
+    rootThreshold = mkOption {
+      type = types.ints.positive;
+      default = 1;
+      description = "How many of trustedRoots must sign the first key list this host accepts.";
     };
 
     identityFiles = mkOption {
@@ -303,8 +324,12 @@ in
         message = "services.nixcast-pull.stateDir must lie under /var/lib/ (it is a StateDirectory=), not ${cfg.stateDir}";
       }
       {
-        assertion = cfg.trustedKeys != [ ] || cfg.trustedKeyFiles != [ ];
-        message = "services.nixcast-pull needs trustedKeys or trustedKeyFiles: without a trusted key nothing can be applied";
+        assertion = (cfg.trustedKeys != [ ] || cfg.trustedKeyFiles != [ ]) != (cfg.trustedRoots != [ ]);
+        message = "services.nixcast-pull needs trustedKeys or trustedKeyFiles (pinned signing keys), or trustedRoots (root keys of a key list), and not both";
+      }
+      {
+        assertion = cfg.trustedRoots == [ ] || cfg.rootThreshold <= builtins.length cfg.trustedRoots;
+        message = "services.nixcast-pull.rootThreshold is more than the number of trustedRoots";
       }
       {
         # The import goes through the nix-daemon (NIX_REMOTE below).

@@ -172,6 +172,8 @@ fn module_defaults_give_a_five_minute_switching_timer() {
             "host": "foobar",
             "trustedKeys": [],
             "trustedKeyFiles": [],
+            "trustedRoots": [],
+            "rootThreshold": 1,
             "action": "switch",
             "interval": "*:0/5",
             "randomizedDelaySec": "60s",
@@ -428,6 +430,50 @@ fn module_disabled_adds_nothing() {
         assert_eq!(v["config"], json!({}), "{s}");
         assert_eq!(v["failedAssertions"], json!([]), "{s}");
     }
+}
+
+#[test]
+fn module_passes_root_keys_instead_of_signing_keys() {
+    let v = eval(
+        &settings(json!({
+            "trustedKeys": [],
+            "trustedRoots": ["root-1:AAAA", "root-2:BBBB"],
+            "rootThreshold": 2,
+        })),
+        &["--argstr", "hostName", "vm-7"],
+    );
+    assert_eq!(v["failedAssertions"], json!([]));
+    let exec = service(&v)["serviceConfig"]["ExecStart"].clone();
+    let argv = exec_argv(exec.as_str().unwrap());
+    let at = argv
+        .iter()
+        .position(|a| a == "--root-key")
+        .expect("--root-key");
+    assert_eq!(
+        argv[at..at + 6],
+        strings(&[
+            "--root-key",
+            "root-1:AAAA",
+            "--root-key",
+            "root-2:BBBB",
+            "--root-threshold",
+            "2"
+        ])
+    );
+    assert!(!argv.contains(&"--trusted-key".to_owned()), "{argv:?}");
+    let failed = |more: Value| -> Vec<String> {
+        let v = eval(&settings(more), &[]);
+        serde_json::from_value(v["failedAssertions"].clone()).unwrap()
+    };
+    // Pinned keys and roots are one or the other.
+    let msgs = failed(json!({ "trustedRoots": ["root-1:AAAA"] }));
+    assert!(msgs.len() == 1 && msgs[0].contains("not both"), "{msgs:?}");
+    let msgs =
+        failed(json!({ "trustedKeys": [], "trustedRoots": ["root-1:AAAA"], "rootThreshold": 2 }));
+    assert!(
+        msgs.len() == 1 && msgs[0].contains("rootThreshold"),
+        "{msgs:?}"
+    );
 }
 
 #[test]
