@@ -105,6 +105,14 @@ fn a_host_that_trusts_only_roots_follows_a_rotation_and_refuses_a_revoked_key() 
     let out = pull_with_roots(&vm, &server.url, &[&root], 1);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(vm.status()["appliedGeneration"], 3);
+    // Publishing under fleet-2 signed every narinfo of the closure again,
+    // those generation 1 shared too: a new host that has seen only list 3
+    // imports the whole closure (Nix checks the narinfos' signatures too).
+    let fresh = Vm::new();
+    let out = pull_with_roots(&fresh, &server.url, &[&root], 1);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fresh.status()["appliedGeneration"], 3);
+    assert!(fresh.valid(&closure(&gen3)));
 
     // The leak: whoever holds fleet-1 publishes generation 4.
     let gen4 = build("keys4-attacker");
