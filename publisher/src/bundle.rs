@@ -14,7 +14,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use nixcast_cli::fmt::human_bytes;
-use nixcast_common::layout;
+use nixcast_common::keylist;
+use nixcast_common::layout::{self, Key};
 use nixcast_common::pointer;
 use nixcast_common::seal::Identity;
 use nixcast_common::StorePath;
@@ -66,6 +67,24 @@ fn base_paths(
     }
 }
 
+/// The key list and every version before it, when the cache has one: a
+/// host that trusts roots walks them from the bundle as from the cache.
+fn key_lists(target: &Target) -> Result<Vec<(String, Vec<u8>)>> {
+    let cap = keylist::MAX_ENVELOPE_SIZE as u64;
+    let Some(current) = target.get_at_most(layout::KEY_LIST, cap)? else {
+        return Ok(Vec::new());
+    };
+    let mut out = vec![(layout::KEY_LIST.to_owned(), current)];
+    for k in target.list(layout::KEY_LISTS_DIR)? {
+        if matches!(Key::parse(&k), Some(Key::KeyListHistory(_))) {
+            if let Some(bytes) = target.get_at_most(&k, cap)? {
+                out.push((k, bytes));
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn header(size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_size(size);
@@ -105,7 +124,12 @@ pub fn bundle(
     let dir = nixcast_cli::fs::dir_of(output);
     let tmp = nixcast_cli::fs::temp_in(dir)?;
     let mut tar = tar::Builder::new(std::io::BufWriter::new(tmp));
-    for (name, bytes) in [(&key, &pointer_bytes), (&p.manifest.path, &manifest_bytes)] {
+    let mut small = vec![
+        (key, pointer_bytes),
+        (p.manifest.path.clone(), manifest_bytes),
+    ];
+    small.extend(key_lists(target)?);
+    for (name, bytes) in &small {
         tar.append_data(&mut header(bytes.len() as u64), name, bytes.as_slice())
             .with_context(|| format!("cannot add {name} to the bundle"))?;
     }

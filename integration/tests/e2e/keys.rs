@@ -113,6 +113,30 @@ fn a_host_that_trusts_only_roots_follows_a_rotation_and_refuses_a_revoked_key() 
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(fresh.status()["appliedGeneration"], 3);
     assert!(fresh.valid(&closure(&gen3)));
+    // A bundle carries the key lists: an air-gapped host walks them too.
+    let file = work.path().join("gen3.tar");
+    ok(nixcast()
+        .args(["bundle", "--host", "foobar", "--cache"])
+        .arg(&cache)
+        .arg("--output")
+        .arg(&file));
+    let gapped = Vm::new();
+    let out = gapped
+        .agent(&[
+            "run",
+            "--bundle",
+            file.to_str().unwrap(),
+            "--host",
+            "foobar",
+            "--root-key",
+            root.public_text.trim(),
+            "--state-dir",
+            "/nix/var/nixcast",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(gapped.status()["appliedGeneration"], 3);
 
     // The leak: whoever holds fleet-1 publishes generation 4.
     let gen4 = build("keys4-attacker");
