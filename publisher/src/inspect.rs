@@ -68,16 +68,7 @@ pub fn hosts(
         };
         let (columns, history) = match fleet {
             Some(f) => {
-                let (c, h) = crate::fleet::columns(
-                    target,
-                    &p.host,
-                    p.generation,
-                    keys,
-                    f,
-                    ids,
-                    now,
-                    timeline,
-                )?;
+                let (c, h) = crate::fleet::columns(target, &p, keys, f, ids, now, timeline)?;
                 (Some(c), h)
             }
             None if html.is_some() => (
@@ -126,7 +117,9 @@ pub fn hosts(
         };
         println!(
             "{}\tgeneration {}\t{what}\tissued {}\texpires {}{}",
-            r.host,
+            // Without --trusted-key-file a pointer is only decoded: its host
+            // name is anyone's text.
+            nixcast_cli::text::clean(&r.host),
             r.generation,
             r.issued_at,
             r.expires_at.as_deref().unwrap_or("never"),
