@@ -90,6 +90,13 @@ pub fn age(t: Timestamp, now: SystemTime) -> Duration {
     now.duration_since(t.system_time()).unwrap_or_default()
 }
 
+/// An error whose text may quote what anyone wrote into the cache (a
+/// pointer's key ids, serde naming a field of a planted file), escaped for
+/// the terminal: the error printer writes chains as they are.
+pub fn untrusted(e: anyhow::Error) -> anyhow::Error {
+    anyhow::anyhow!(nixcast_cli::text::clean(&format!("{e:#}")))
+}
+
 /// Characters shown of one field a host wrote (its error's kind or message).
 pub const MAX_FIELD: usize = 200;
 
@@ -217,7 +224,7 @@ pub fn current(target: &Target, host: &str, keys: &[PublicKey]) -> Result<Option
     {
         return Ok(None);
     }
-    let p = read_pointer(target, &key, keys)?;
+    let p = read_pointer(target, &key, keys).map_err(untrusted)?;
     anyhow::ensure!(
         p.host == host,
         "{}/{key} names host {:?}",

@@ -213,7 +213,7 @@ fn staged_pointer(target: &Target, host: &str, opts: &Options) -> Result<Pointer
     Ok(match opts.generation {
         Some(n) => {
             let key = layout::history(host, n);
-            let p = crate::cache::read_pointer(target, &key, &keys)?;
+            let p = crate::cache::read_pointer(target, &key, &keys).map_err(fleet::untrusted)?;
             ensure!(
                 p.host == host && p.generation == n,
                 "{}/{key} names another host or generation",
