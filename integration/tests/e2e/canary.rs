@@ -280,6 +280,22 @@ fn report_times_are_bounded_and_what_is_refused_is_shown_escaped() {
         !last["kind"].as_str().unwrap().contains('\u{202e}'),
         "{last}"
     );
+
+    // A planted pointer: `hosts` stops on it, and says why escaped.
+    std::fs::write(
+        f.cache.join("hosts/evil.json"),
+        br#"{"\u001b[2J\u202e": 1}"#,
+    )
+    .unwrap();
+    let out = nixcast()
+        .args(["hosts", "--cache"])
+        .arg(&f.cache)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("\\u{1b}[2J"), "{err}");
+    assert!(!err.contains(['\x1b', '\u{202e}']), "{err:?}");
 }
 
 #[test]
