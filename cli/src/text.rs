@@ -36,9 +36,11 @@ fn push_escaped(out: &mut String, c: char) {
         '\n' => out.push_str("\\n"),
         '\r' => out.push_str("\\r"),
         '\t' => out.push_str("\\t"),
-        // Bidirectional overrides and isolates reorder what a terminal shows.
+        // Bidirectional marks, overrides and isolates reorder what a
+        // terminal or a page shows; line and paragraph separators break a
+        // line where no newline is.
         c if c.is_control()
-            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
         {
             let _ = write!(out, "\\u{{{:x}}}", c as u32);
         }
@@ -86,5 +88,9 @@ mod tests {
         assert!(c.starts_with(&"x".repeat(MAX_CHARS)));
         assert!(c.ends_with("… (5 more characters)"), "{c}");
         assert_eq!(bounded("ab\x1bcd", 3), "ab\\u{1b}… (2 more characters)");
+        assert_eq!(
+            clean("a\u{2067}b\u{061c}c\u{2028}d"),
+            "a\\u{2067}b\\u{61c}c\\u{2028}d"
+        );
     }
 }

@@ -5,6 +5,13 @@
 //! (a sealed one is then opened with `--identity`). Anyone who can write to
 //! the cache can put bytes there, so a report that does not verify is shown
 //! as such and never counts: not for `hosts`' flags, not for `promote --after`.
+//! Nor does one whose times are not believed ([`Report::check_times`]: made
+//! ahead of this machine's clock, an absurd interval, applied before its
+//! pointer was issued): it is shown with the reason.
+//!
+//! Everything a report says is the host's word, and everything read from
+//! the cache (errors quoting it included) is escaped by `nixcast_cli::text`
+//! before it reaches a terminal, a log or the page.
 
 use std::time::{Duration, SystemTime};
 
@@ -30,24 +37,42 @@ pub enum Seen {
     Unverifiable(String),
 }
 
-/// Reads and checks `host`'s report.
-pub fn read_report(target: &Target, host: &str, fleet: &Recipients, ids: &[Identity]) -> Seen {
+/// Reads and checks `host`'s report: its signature, then its times against
+/// `now` and, when it says it applied the generation of `current` (the
+/// host's verified pointer), against that pointer's issue time. The reason
+/// a report is not trusted is escaped text.
+pub fn read_report(
+    target: &Target,
+    host: &str,
+    fleet: &Recipients,
+    ids: &[Identity],
+    current: Option<&Pointer>,
+    now: SystemTime,
+) -> Seen {
+    let untrusted = |why: String| Seen::Unverifiable(nixcast_cli::text::clean(&why));
     let key = layout::report(host);
     let bytes = match target.get_at_most(&key, report::MAX_REPORT_SIZE as u64) {
         Ok(Some(b)) => b,
         Ok(None) => return Seen::Missing,
-        Err(e) => return Seen::Unverifiable(format!("{e:#}")),
+        Err(e) => return untrusted(format!("{e:#}")),
     };
     let keys = fleet.signers_of(host);
     if keys.is_empty() {
-        return Seen::Unverifiable(format!(
+        return untrusted(format!(
             "the recipients file lists no ssh-ed25519 key for {host}"
         ));
     }
     let opened = report::verify(&bytes, host, &keys).and_then(|s| s.open(host, ids));
-    match opened {
-        Ok(r) => Seen::Verified(Box::new(r)),
-        Err(e) => Seen::Unverifiable(e.to_string()),
+    let r = match opened {
+        Ok(r) => r,
+        Err(e) => return untrusted(e.to_string()),
+    };
+    let issued = current
+        .filter(|p| r.applied_generation == Some(p.generation))
+        .map(|p| p.issued_at);
+    match r.check_times(now, issued) {
+        Ok(()) => Seen::Verified(Box::new(r)),
+        Err(e) => untrusted(format!("its times are not believed: {e}")),
     }
 }
 
@@ -63,6 +88,13 @@ pub fn is_stale(r: &Report, now: SystemTime) -> bool {
 /// How long ago `t` was (zero for a time in the future).
 pub fn age(t: Timestamp, now: SystemTime) -> Duration {
     now.duration_since(t.system_time()).unwrap_or_default()
+}
+
+/// An error whose text may quote what anyone wrote into the cache (a
+/// pointer's key ids, serde naming a field of a planted file), escaped for
+/// the terminal: the error printer writes chains as they are.
+pub fn untrusted(e: anyhow::Error) -> anyhow::Error {
+    anyhow::anyhow!(nixcast_cli::text::clean(&format!("{e:#}")))
 }
 
 /// Characters shown of one field a host wrote (its error's kind or message).
@@ -81,8 +113,13 @@ pub fn human(d: Duration) -> String {
 
 /// Why a canary does not let a rollout go on, or `None` when it does: its
 /// latest verified report shows its newest published generation (`current`)
-/// applied with outcome ok for at least `healthy_for`, no failure since, and
-/// the report itself is not stale.
+/// applied with outcome ok, running (no reboot into it pending), healthy for
+/// at least `healthy_for` *by the report itself* (from `appliedAt` to the
+/// report's `at`, both the canary's own clock: a report made a minute after
+/// the switch says nothing of the ten minutes after it, and a wrong clock on
+/// this machine cannot shorten the time), with no failure since, and the
+/// report itself is not stale. Whether the canary runs the release being
+/// promoted is the caller's check.
 pub fn canary_refusal(
     current: Option<u64>,
     seen: &Seen,
@@ -110,6 +147,13 @@ pub fn canary_refusal(
             None => format!("it has applied no generation (its newest is {current})"),
         });
     }
+    if let Some(pending) = &r.reboot_pending {
+        return Some(format!(
+            "it has installed generation {current} for its next boot and waits to reboot into \
+             it ({}): it does not run it yet",
+            clean(pending)
+        ));
+    }
     let Some(applied_at) = r.applied_at else {
         return Some("its report does not say when it applied its generation".into());
     };
@@ -121,10 +165,12 @@ pub fn canary_refusal(
             clean(&f.message)
         ));
     }
-    let healthy = age(applied_at, now);
+    let healthy = age(applied_at, r.at.system_time());
     if healthy < healthy_for {
         return Some(format!(
-            "generation {current} was applied at {applied_at}, {} ago, less than --healthy-for {}",
+            "generation {current} was applied at {applied_at}, and its latest report ({}) shows \
+             it running for {}, less than --healthy-for {} (wait for a later report)",
+            r.at,
             human(healthy),
             human(healthy_for)
         ));
@@ -178,7 +224,7 @@ pub fn current(target: &Target, host: &str, keys: &[PublicKey]) -> Result<Option
     {
         return Ok(None);
     }
-    let p = read_pointer(target, &key, keys)?;
+    let p = read_pointer(target, &key, keys).map_err(untrusted)?;
     anyhow::ensure!(
         p.host == host,
         "{}/{key} names host {:?}",
@@ -228,14 +274,14 @@ pub struct Summary {
 #[allow(clippy::too_many_arguments)]
 pub fn columns(
     target: &Target,
-    host: &str,
-    generation: u64,
+    pointer: &Pointer,
     keys: &[PublicKey],
     fleet: &Recipients,
     ids: &[Identity],
     now: SystemTime,
     timeline: usize,
 ) -> Result<(Columns, Vec<Pointer>)> {
+    let (host, generation) = (pointer.host.as_str(), pointer.generation);
     let history = history(target, host, keys, timeline.max(1))?;
     let staged_generation = history
         .first()
@@ -245,9 +291,9 @@ pub fn columns(
         staged_generation,
         ..Columns::default()
     };
-    match read_report(target, host, fleet, ids) {
+    match read_report(target, host, fleet, ids, Some(pointer), now) {
         Seen::Missing => {}
-        Seen::Unverifiable(why) => c.report_problem = Some(nixcast_cli::text::clean(&why)),
+        Seen::Unverifiable(why) => c.report_problem = Some(why),
         Seen::Verified(r) => {
             c.behind = r.applied_generation.is_none_or(|g| g < generation);
             c.failed = r.outcome == Outcome::Failed;
@@ -262,7 +308,11 @@ pub fn columns(
                     message: clean(&e.message),
                 }),
                 applied_at: r.applied_at,
-                last_failure: r.last_failure,
+                last_failure: r.last_failure.map(|f| report::LastFailure {
+                    kind: clean(&f.kind),
+                    message: clean(&f.message),
+                    ..f
+                }),
                 interval: r.interval,
             });
         }
@@ -295,6 +345,7 @@ mod tests {
             }),
             last_failure: None,
             at: now,
+            seq: Some(1),
             interval: 60,
             booted_system: None,
             current_system: None,
@@ -348,6 +399,34 @@ mod tests {
         let r = canary_refusal(Some(3), &bad, Duration::ZERO, SystemTime::now()).unwrap();
         assert!(r.contains("not trusted"), "{r}");
         assert!(canary_refusal(None, &bad, Duration::ZERO, SystemTime::now()).is_some());
+    }
+
+    #[test]
+    fn a_canary_is_healthy_only_running_its_generation_for_long_enough_by_its_own_report() {
+        // Installed for the next boot, the reboot pending: not running it.
+        let mut pending = report(Some(3), 3600, Outcome::Ok);
+        pending.reboot_pending = Some("a new kernel (in the window 02:00-05:00)".into());
+        let why = refusal(Some(3), pending, 0).unwrap();
+        assert!(why.contains("waits to reboot"), "{why}");
+        // Applied an hour ago, but its last word came a minute after the
+        // switch: that says nothing of the ten minutes asked for, whatever
+        // this machine's clock says.
+        let mut early = report(Some(3), 3600, Outcome::Ok);
+        early.at = Timestamp::from_system_time(
+            early.applied_at.unwrap().system_time() + Duration::from_secs(60),
+        );
+        early.interval = 86_400;
+        let why = refusal(Some(3), early.clone(), 600).unwrap();
+        assert!(why.contains("shows it running for 1m"), "{why}");
+        let far_ahead = SystemTime::now() + Duration::from_secs(7 * 86_400);
+        let why = canary_refusal(
+            Some(3),
+            &Seen::Verified(Box::new(early)),
+            Duration::from_secs(600),
+            far_ahead,
+        )
+        .unwrap();
+        assert!(why.contains("less than --healthy-for"), "{why}");
     }
 
     #[test]

@@ -9,6 +9,15 @@
 //! narinfos, NARs): no reader ever sees an object that names a missing one.
 //! Sealed manifests are opened with `--identity`; without one, nothing under
 //! `sealed/` is deleted.
+//!
+//! Which generations are kept is read from pointers anyone who can write
+//! the cache could plant. With `--trusted-key-file`, a host's current
+//! pointer must verify (else gc stops and deletes nothing: a pointer
+//! signed by a key not given may be a host's real one) and a history entry
+//! that does not verify is neither kept nor deleted, so it cannot take a
+//! kept generation's place. Without keys the pointers are only decoded, as
+//! for a look at one's own directory, and gc says so: a planted entry under
+//! a high number would then count as a kept generation.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
@@ -20,18 +29,26 @@ use nixcast_common::seal::Identity;
 
 use nixcast_common::pointer::Pointer;
 
-use crate::cache::{decode_pointer, read_manifest};
+use crate::cache::{read_manifest, read_pointer};
 use crate::target::Target;
+use nixcast_common::PublicKey;
 
 pub fn gc(
     target: &Target,
     keep: usize,
     grace: Duration,
     ids: &[Identity],
+    keys: &[PublicKey],
     dry_run: bool,
 ) -> Result<()> {
     anyhow::ensure!(keep >= 1, "--keep must be at least 1");
-    let live = live_objects(target, keep, ids)?;
+    if keys.is_empty() {
+        tracing::warn!(
+            "no --trusted-key-file: pointers are only decoded, so a history entry planted in \
+             the cache could take the place of a kept generation"
+        );
+    }
+    let live = live_objects(target, keep, ids, keys)?;
     let now = SystemTime::now();
     let old = |t: SystemTime| now.duration_since(t).unwrap_or_default() >= grace;
     let doomed = doomed_objects(target, live, old)?;
@@ -51,7 +68,12 @@ struct Live {
     dropped_pointers: Vec<Object>,
 }
 
-fn live_objects(target: &Target, keep: usize, ids: &[Identity]) -> Result<Live> {
+fn live_objects(
+    target: &Target,
+    keep: usize,
+    ids: &[Identity],
+    keys: &[PublicKey],
+) -> Result<Live> {
     let mut live = Live {
         keys: BTreeSet::new(),
         sealed_unknown: false,
@@ -61,7 +83,7 @@ fn live_objects(target: &Target, keep: usize, ids: &[Identity]) -> Result<Live> 
         let Some(Key::Pointer(host)) = Key::parse(&key) else {
             continue;
         };
-        for p in kept_pointers(target, &host, &key, keep, &mut live.dropped_pointers)? {
+        for p in kept_pointers(target, &host, &key, keep, keys, &mut live.dropped_pointers)? {
             live.keys.extend(Key::parse(&p.manifest.path));
             if p.manifest.sealed.is_some() && ids.is_empty() {
                 live.sealed_unknown = true;
@@ -79,16 +101,19 @@ fn live_objects(target: &Target, keep: usize, ids: &[Identity]) -> Result<Live> 
     Ok(live)
 }
 
-/// The current pointer of `host` and its last `keep` history pointers;
-/// the history pointers of other generations go to `dropped`.
+/// The current pointer of `host` and its last `keep` history pointers
+/// (verified with `keys`, or only decoded without); the history pointers
+/// of other generations go to `dropped`.
 fn kept_pointers(
     target: &Target,
     host: &str,
     key: &str,
     keep: usize,
+    keys: &[PublicKey],
     dropped: &mut Vec<Object>,
 ) -> Result<Vec<Pointer>> {
-    let current = decode_pointer(target, key)?;
+    let current = read_pointer(target, key, keys)
+        .with_context(|| format!("the pointer of {host} is not readable: nothing is deleted"))?;
     let mut history: BTreeMap<u64, Object> = BTreeMap::new();
     for (k, size, mtime) in target.entries(&layout::history_dir(host))? {
         let g = match Key::parse(&k) {
@@ -101,7 +126,7 @@ fn kept_pointers(
         // A name is anyone's word: a file planted under a high number
         // must not take the place of a kept generation. What is not this
         // host's pointer of that generation is neither kept nor deleted.
-        match decode_pointer(target, &k) {
+        match read_pointer(target, &k, keys) {
             Ok(p) if p.host == host && p.generation == g => {
                 history.insert(g, (k, size, mtime));
             }
@@ -119,7 +144,7 @@ fn kept_pointers(
     let mut pointers = vec![current];
     for (g, entry) in history {
         if kept.contains(&g) {
-            pointers.push(decode_pointer(target, &entry.0)?);
+            pointers.push(read_pointer(target, &entry.0, keys)?);
         } else {
             dropped.push(entry);
         }
@@ -235,7 +260,15 @@ mod tests {
         // The manifest, old-lib and system-1 (narinfo and NAR each).
         assert_eq!(only_first.len(), 5, "{only_first:?}");
 
-        gc(&cache.target, 1, Duration::ZERO, &[], false).unwrap();
+        gc(
+            &cache.target,
+            1,
+            Duration::ZERO,
+            &[],
+            &[cache.key.public()],
+            false,
+        )
+        .unwrap();
         for key in &needed {
             assert!(
                 cache.exists(key),
@@ -249,5 +282,40 @@ mod tests {
             assert!(!cache.exists(key), "{key} was kept");
         }
         assert!(!cache.exists(&layout::history(HOST, 1)));
+    }
+
+    /// A history entry signed by another key, under a high number: with the
+    /// trusted key it takes no kept generation's place.
+    #[test]
+    fn an_unverified_history_entry_displaces_no_kept_generation() {
+        let cache = Cache::new();
+        let mut store = FakeStore::new();
+        let base = store.add("base", "base", &[]);
+        for n in 1..=3 {
+            let top = store.add(&format!("system-{n}"), &n.to_string(), &[&base]);
+            cache.publish(&store, &top, n == 3);
+        }
+        let mut planted = cache.pointer(&layout::history(HOST, 1));
+        planted.generation = 99;
+        let other = nixcast_common::SecretKey::generate("other-1").unwrap();
+        let planted_key = layout::history(HOST, 99);
+        cache
+            .target
+            .put(&planted_key, &planted.sign(&other))
+            .unwrap();
+        let keys = [cache.key.public()];
+        gc(&cache.target, 1, Duration::ZERO, &[], &keys, false).unwrap();
+        // Kept: the current pointer (2) and the last history entry (3).
+        for g in [2, 3] {
+            let p = cache.pointer(&layout::history(HOST, g));
+            for key in cache.needed_by(&p) {
+                assert!(cache.exists(&key), "{key} of generation {g} was deleted");
+            }
+        }
+        assert!(!cache.exists(&layout::history(HOST, 1)));
+        assert!(
+            cache.exists(&planted_key),
+            "an unverified entry is left alone"
+        );
     }
 }

@@ -56,7 +56,7 @@ pub fn hosts(
         if !key.ends_with(".json") {
             continue;
         }
-        let p = read_pointer(target, &key, keys)?;
+        let p = read_pointer(target, &key, keys).map_err(crate::fleet::untrusted)?;
         let sealed = p.manifest.sealed.is_some();
         let m = match read_manifest(target, &p, ids) {
             Ok((_, m)) => Some(m),
@@ -68,16 +68,7 @@ pub fn hosts(
         };
         let (columns, history) = match fleet {
             Some(f) => {
-                let (c, h) = crate::fleet::columns(
-                    target,
-                    &p.host,
-                    p.generation,
-                    keys,
-                    f,
-                    ids,
-                    now,
-                    timeline,
-                )?;
+                let (c, h) = crate::fleet::columns(target, &p, keys, f, ids, now, timeline)?;
                 (Some(c), h)
             }
             None if html.is_some() => (
@@ -126,7 +117,9 @@ pub fn hosts(
         };
         println!(
             "{}\tgeneration {}\t{what}\tissued {}\texpires {}{}",
-            r.host,
+            // Without --trusted-key-file a pointer is only decoded: its host
+            // name is anyone's text.
+            nixcast_cli::text::clean(&r.host),
             r.generation,
             r.issued_at,
             r.expires_at.as_deref().unwrap_or("never"),
@@ -233,11 +226,13 @@ pub fn diff(
     ids: &[Identity],
     json: bool,
 ) -> Result<()> {
-    let latest = read_pointer(target, &layout::pointer(host), keys)?;
+    let latest =
+        read_pointer(target, &layout::pointer(host), keys).map_err(crate::fleet::untrusted)?;
     let to = to.unwrap_or(latest.generation);
     let from = from.unwrap_or(to.saturating_sub(1));
     let load = |g: u64| -> Result<Manifest> {
-        let p = read_pointer(target, &layout::history(host, g), keys)?;
+        let p = read_pointer(target, &layout::history(host, g), keys)
+            .map_err(crate::fleet::untrusted)?;
         Ok(read_manifest(target, &p, ids)?.1)
     };
     let a = if from == 0 { None } else { Some(load(from)?) };

@@ -8,8 +8,26 @@
 //!
 //! With `--after`, nothing is promoted unless every canary named is healthy
 //! on its newest published generation, by its latest verified report (see
-//! [`crate::fleet::canary_refusal`]), and has no newer generation staged
-//! (it would not have tried that one yet).
+//! [`crate::fleet::canary_refusal`]), has no newer generation staged (it
+//! would not have tried that one yet), and that generation is of the same
+//! *release* as each generation promoted.
+//!
+//! **A release** is one `publish` command: every host it publishes gets the
+//! same issue time, which its history entry `hosts/HOST/N.json` keeps (a
+//! promoted pointer is issued anew, its history entry is not). Two hosts'
+//! generations are of the same release when their history entries were
+//! issued at the same second. A canary whose build failed in `publish --all
+//! --stage`, or that the release left unchanged, runs an older release and
+//! does not let it through.
+//!
+//! **Clocks.** Like `publish`, `promote` refuses to sign when this
+//! machine's clock is behind the issue time of any pointer it read (the
+//! hosts', the staged entries', the canaries'): it would sign a pointer that
+//! agents refuse as older. A clock ahead is caught by the agents (they
+//! refuse a pointer issued more than five minutes ahead of theirs) and by
+//! the canaries' reports (a report applied before its pointer was issued is
+//! not believed); it cannot shorten `--healthy-for`, which is read from the
+//! canary's own report.
 
 use std::time::{Duration, SystemTime};
 
@@ -48,7 +66,28 @@ pub enum Done {
 
 /// Checks the canaries, then promotes each host; prints what it did for each.
 pub fn promote(target: &Target, hosts: &[String], opts: &Options) -> Result<()> {
-    check_canaries(target, opts)?;
+    if !opts.after.is_empty() {
+        // The release of each generation to promote; a host that cannot be
+        // read fails below, on its own, and one with nothing to promote
+        // needs no canary.
+        let keys = [opts.key.public()];
+        let releases: Vec<Release> = hosts
+            .iter()
+            .filter_map(|h| {
+                let p = staged_pointer(target, h, opts).ok()?;
+                let at = fleet::current(target, h, &keys).ok()?.map(|c| c.generation);
+                if at >= Some(p.generation) {
+                    return None;
+                }
+                Some(Release {
+                    host: h.clone(),
+                    generation: p.generation,
+                    issued_at: p.issued_at,
+                })
+            })
+            .collect();
+        check_canaries(target, opts, &releases)?;
+    }
     let mut failed = Vec::new();
     for host in hosts {
         match promote_host(target, host, opts) {
@@ -75,8 +114,27 @@ pub fn promote(target: &Target, hosts: &[String], opts: &Options) -> Result<()> 
     Ok(())
 }
 
-/// Refuses, naming each canary and why, unless all of them are healthy.
-fn check_canaries(target: &Target, opts: &Options) -> Result<()> {
+/// A generation to promote, and the release it belongs to (its history
+/// entry's issue time).
+struct Release {
+    host: String,
+    generation: u64,
+    issued_at: Timestamp,
+}
+
+/// Refuses like `publish` when this machine's clock is behind `issued`, the
+/// issue time of a pointer read (`what`).
+fn check_clock(now: Timestamp, issued: Timestamp, what: &str) -> Result<()> {
+    ensure!(
+        issued <= now,
+        "this machine's clock ({now}) is behind the time {what} was issued ({issued}); fix the clock"
+    );
+    Ok(())
+}
+
+/// Refuses, naming each canary and why, unless all of them are healthy on
+/// the release of every generation to promote.
+fn check_canaries(target: &Target, opts: &Options, releases: &[Release]) -> Result<()> {
     let keys = [opts.key.public()];
     let now = SystemTime::now();
     let mut refusals = Vec::new();
@@ -85,23 +143,59 @@ fn check_canaries(target: &Target, opts: &Options) -> Result<()> {
         let current =
             fleet::current(target, canary, &keys).with_context(|| format!("canary {canary}"))?;
         let generation = current.as_ref().map(|p| p.generation);
+        if let Some(p) = &current {
+            let what = format!("the pointer of canary {canary}");
+            check_clock(Timestamp::from_system_time(now), p.issued_at, &what)?;
+        }
         // A canary with a newer generation staged has not tried it yet.
-        let newest = fleet::history(target, canary, &keys, 1)?
-            .pop()
-            .map(|p| p.generation);
-        if let Some(staged) = newest.filter(|n| Some(*n) > generation) {
+        let newest = fleet::history(target, canary, &keys, 1)?.pop();
+        if let Some(staged) = newest
+            .as_ref()
+            .map(|p| p.generation)
+            .filter(|n| Some(*n) > generation)
+        {
             refusals.push(format!(
                 "canary {canary}: its generation {staged} is staged, not promoted"
             ));
             continue;
         }
-        let seen = fleet::read_report(target, canary, &opts.fleet, &opts.ids);
-        match fleet::canary_refusal(generation, &seen, opts.healthy_for, now) {
-            Some(why) => refusals.push(format!("canary {canary}: {why}")),
-            None => {
-                if let Seen::Verified(r) = &seen {
-                    tracing::info!(canary, generation, at = %r.at, "canary is healthy");
-                }
+        let seen = fleet::read_report(
+            target,
+            canary,
+            &opts.fleet,
+            &opts.ids,
+            current.as_ref(),
+            now,
+        );
+        if let Some(why) = fleet::canary_refusal(generation, &seen, opts.healthy_for, now) {
+            refusals.push(format!("canary {canary}: {why}"));
+            continue;
+        }
+        // Healthy: on the release promoted?
+        let release = newest
+            .filter(|p| Some(p.generation) == generation)
+            .map(|p| p.issued_at);
+        let mut same = true;
+        for r in releases {
+            if release != Some(r.issued_at) {
+                same = false;
+                refusals.push(format!(
+                    "canary {canary}: it runs generation {}{}, not the release of {} generation {} \
+                     (published at {})",
+                    generation.unwrap_or(0),
+                    release.map_or_else(
+                        || " (its history entry is missing)".to_owned(),
+                        |t| format!(" of the release published at {t}")
+                    ),
+                    r.host,
+                    r.generation,
+                    r.issued_at
+                ));
+            }
+        }
+        if same {
+            if let Seen::Verified(r) = &seen {
+                tracing::info!(canary, generation, at = %r.at, "canary is healthy");
             }
         }
     }
@@ -111,20 +205,15 @@ fn check_canaries(target: &Target, opts: &Options) -> Result<()> {
     Ok(())
 }
 
-fn promote_host(target: &Target, host: &str, opts: &Options) -> Result<Done> {
+/// The history entry of the generation to promote: `--generation`, or the
+/// highest.
+fn staged_pointer(target: &Target, host: &str, opts: &Options) -> Result<Pointer> {
     crate::cache::check_host(host)?;
     let keys = [opts.key.public()];
-    let current = fleet::current(target, host, &keys).with_context(|| {
-        format!(
-            "the current pointer of {host} does not verify with key {}",
-            opts.key.name()
-        )
-    })?;
-    let at = current.as_ref().map(|p| p.generation);
-    let staged: Pointer = match opts.generation {
+    Ok(match opts.generation {
         Some(n) => {
             let key = layout::history(host, n);
-            let p = crate::cache::read_pointer(target, &key, &keys)?;
+            let p = crate::cache::read_pointer(target, &key, &keys).map_err(fleet::untrusted)?;
             ensure!(
                 p.host == host && p.generation == n,
                 "{}/{key} names another host or generation",
@@ -139,7 +228,20 @@ fn promote_host(target: &Target, host: &str, opts: &Options) -> Result<Done> {
                 opts.key.name()
             ),
         },
-    };
+    })
+}
+
+fn promote_host(target: &Target, host: &str, opts: &Options) -> Result<Done> {
+    crate::cache::check_host(host)?;
+    let keys = [opts.key.public()];
+    let current = fleet::current(target, host, &keys).with_context(|| {
+        format!(
+            "the current pointer of {host} does not verify with key {}",
+            opts.key.name()
+        )
+    })?;
+    let at = current.as_ref().map(|p| p.generation);
+    let staged = staged_pointer(target, host, opts)?;
     if let Some(at) = at {
         if staged.generation == at {
             return Ok(Done::AlreadyAt(at));
@@ -155,12 +257,10 @@ fn promote_host(target: &Target, host: &str, opts: &Options) -> Result<Done> {
     }
     let issued_at = Timestamp::now();
     if let Some(last) = current.as_ref().map(|p| p.issued_at) {
-        ensure!(
-            last <= issued_at,
-            "this machine's clock ({issued_at}) is behind the time the current pointer of \
-             {host} was issued ({last}); fix the clock"
-        );
+        check_clock(issued_at, last, &format!("the current pointer of {host}"))?;
     }
+    let what = format!("generation {} of {host}", staged.generation);
+    check_clock(issued_at, staged.issued_at, &what)?;
     let pointer = Pointer {
         issued_at,
         expires_at: opts.expires_in.map(|d| issued_at.plus(d)),

@@ -36,6 +36,10 @@ pub struct Options {
     /// Write everything but the host's pointer: the history entry is the
     /// staged pointer, which `nixcast promote` makes current.
     pub stage: bool,
+    /// The issue time of every pointer of this command, which makes its
+    /// hosts' generations one release (`promote --after` compares it);
+    /// `None`: each host's own time.
+    pub release: Option<Timestamp>,
 }
 
 #[derive(Debug)]
@@ -217,7 +221,7 @@ fn next_pointer_time(
     let generation = last_generation.checked_add(1).with_context(|| {
         format!("{host} is at generation {last_generation}, the last there can be")
     })?;
-    let issued_at = Timestamp::now();
+    let issued_at = opts.release.unwrap_or_else(Timestamp::now);
     if let Some(last) = prev.last_issued.filter(|t| *t > issued_at) {
         ensure!(
             opts.force,

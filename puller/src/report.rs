@@ -50,7 +50,7 @@ pub async fn after_run(cfg: &Config, status: &mut Status, result: &Result<Outcom
     let Some(to) = &cfg.after.report else {
         return;
     };
-    let report = make(cfg, to, status, result);
+    let mut report = make(cfg, to, status, result);
     let sent = ReportSent {
         at: report.at,
         outcome: report.outcome,
@@ -66,6 +66,7 @@ pub async fn after_run(cfg: &Config, status: &mut Status, result: &Result<Outcom
         tracing::debug!("nothing new to report");
         return;
     }
+    report.seq = Some(next_seq(status));
     let key = layout::report(&cfg.policy.host);
     let url = to.target.url_of(&key);
     match deliver(cfg, to, &report, &key).await {
@@ -78,6 +79,20 @@ pub async fn after_run(cfg: &Config, status: &mut Status, result: &Result<Outcom
             tracing::warn!(%url, "cannot send the report (the next run tries again): {e:#}");
         }
     }
+}
+
+/// Where the count of reports made is kept in `status.json`: a field the
+/// status type does not know, which it writes back as it is.
+const SEQ_FIELD: &str = "reportSeq";
+
+/// The next number of the counter that orders this host's reports (a report
+/// store keeps the one with the highest `(at, seq)`), raised for every
+/// report made, delivered or not, and kept with the status saved after the run.
+fn next_seq(status: &mut Status) -> u64 {
+    let last = status.unknown.get(SEQ_FIELD).and_then(|v| v.as_u64());
+    let next = last.unwrap_or(0).saturating_add(1);
+    status.unknown.insert(SEQ_FIELD.to_owned(), next.into());
+    next
 }
 
 /// Whether `now` needs a report, the last delivered one being `last`.
@@ -177,6 +192,7 @@ fn make(
         error,
         last_failure,
         at: Timestamp::now(),
+        seq: None,
         interval: to.interval.as_secs(),
         booted_system: paths(link(&cfg.ports.booted_system)),
         current_system: paths(link(Path::new("/run/current-system"))),
@@ -220,5 +236,15 @@ mod tests {
         // A clock set back: the last report is "in the future".
         let earlier = t0 - Duration::from_secs(60);
         assert!(due(Some(&last), &sent(ok, 3, earlier), hour, earlier));
+    }
+
+    #[test]
+    fn the_report_counter_rises_and_survives_a_save() {
+        let mut status = Status::default();
+        assert_eq!(next_seq(&mut status), 1);
+        assert_eq!(next_seq(&mut status), 2);
+        let saved = serde_json::to_string(&status).unwrap();
+        let mut read: Status = serde_json::from_str(&saved).unwrap();
+        assert_eq!(next_seq(&mut read), 3);
     }
 }

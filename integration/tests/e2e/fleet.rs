@@ -17,23 +17,23 @@ use nixcast_common::seal::{Identity, Recipient};
 use crate::harness::*;
 
 /// An SSH host key made by `ssh-keygen`, and its public line.
-struct SshKey {
-    private: PathBuf,
-    public: String,
+pub(crate) struct SshKey {
+    pub(crate) private: PathBuf,
+    pub(crate) public: String,
 }
 
-fn ssh_keygen(dir: &Path, host: &str) -> SshKey {
+pub(crate) fn ssh_keygen(dir: &Path, host: &str) -> SshKey {
     let (private, public) = ssh_key(dir, host);
     SshKey { private, public }
 }
 
 impl SshKey {
-    fn host_key(&self) -> HostKey {
+    pub(crate) fn host_key(&self) -> HostKey {
         HostKey::from_openssh(&std::fs::read(&self.private).unwrap(), "test").unwrap()
     }
 }
 
-fn report(host: &str, applied: u64, applied_at: Timestamp) -> Report {
+pub(crate) fn report(host: &str, applied: u64, applied_at: Timestamp) -> Report {
     Report {
         host: host.into(),
         pointer_generation: Some(applied),
@@ -44,6 +44,7 @@ fn report(host: &str, applied: u64, applied_at: Timestamp) -> Report {
         error: None,
         last_failure: None,
         at: Timestamp::now(),
+        seq: None,
         interval: 3600,
         booted_system: None,
         current_system: None,
@@ -53,7 +54,7 @@ fn report(host: &str, applied: u64, applied_at: Timestamp) -> Report {
 }
 
 /// `PUT path` with `body` to the server at `url` (http://HOST:PORT); the status.
-fn put(url: &str, path: &str, body: &[u8]) -> u16 {
+pub(crate) fn put(url: &str, path: &str, body: &[u8]) -> u16 {
     let addr = url.trim_start_matches("http://").trim_end_matches('/');
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(
@@ -72,7 +73,7 @@ fn put(url: &str, path: &str, body: &[u8]) -> u16 {
         .unwrap_or_else(|| panic!("no status in {answer:?}"))
 }
 
-fn hosts_json(cache: &Path, keys: &Keys, fleet: &Path) -> serde_json::Value {
+pub(crate) fn hosts_json(cache: &Path, keys: &Keys, fleet: &Path) -> serde_json::Value {
     let out = ok(nixcast()
         .args(["hosts", "--json", "--cache"])
         .arg(cache)
@@ -83,7 +84,7 @@ fn hosts_json(cache: &Path, keys: &Keys, fleet: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn row<'a>(rows: &'a serde_json::Value, host: &str) -> &'a serde_json::Value {
+pub(crate) fn row<'a>(rows: &'a serde_json::Value, host: &str) -> &'a serde_json::Value {
     rows.as_array()
         .unwrap()
         .iter()
@@ -91,14 +92,14 @@ fn row<'a>(rows: &'a serde_json::Value, host: &str) -> &'a serde_json::Value {
         .unwrap_or_else(|| panic!("no row for {host} in {rows}"))
 }
 
-fn pointer_generation(cache: &Path, host: &str) -> u64 {
+pub(crate) fn pointer_generation(cache: &Path, host: &str) -> u64 {
     let bytes = std::fs::read(cache.join(format!("hosts/{host}.json"))).unwrap();
     nixcast_common::pointer::decode_unverified(&bytes)
         .unwrap()
         .generation
 }
 
-fn promote(cache: &Path, keys: &Keys, fleet: &Path, args: &[&str]) -> Command {
+pub(crate) fn promote(cache: &Path, keys: &Keys, fleet: &Path, args: &[&str]) -> Command {
     let mut c = nixcast();
     c.args(["promote", "--cache"])
         .arg(cache)
@@ -193,11 +194,18 @@ fn a_staged_generation_reaches_web_only_after_the_canary_applied_it_healthy() {
     );
     std::fs::write(cache.join("reports/web.json"), &stored).unwrap();
 
-    // Generation 2 is staged for both: it reaches neither until promoted.
+    // Generation 2 is staged for both, one release (one command): it
+    // reaches neither until promoted.
     let canary2 = build("canary", "f2", 0);
     let web2 = build("web", "f2", 0);
-    for (host, top) in [("canary", &canary2), ("web", &web2)] {
-        let out = publish(&cache, host, top, &keys, &["--stage"]);
+    let out = publish(
+        &cache,
+        "canary",
+        &canary2,
+        &keys,
+        &["--host", "web", "--path", &web2, "--stage"],
+    );
+    for host in ["canary", "web"] {
         assert!(
             stdout(&out).contains(&format!("staged {host} generation 2")),
             "{}",
@@ -433,26 +441,27 @@ fn promote_on_a_bucket_gates_on_a_sealed_canarys_report_opened_with_the_publishe
             (h, b("b1"), b("b2"))
         })
         .collect();
-    for (host, one, two) in &tops {
+    // Each generation of both hosts in one command: one release. canary
+    // is sealed (the recipients file lists it), web is not.
+    for (generation, stage) in [(1, false), (2, true)] {
         let mut args = vec![
             "publish",
-            "--host",
-            host,
-            "--path",
-            one,
             "--cache",
             &target,
             "--secret-key-file",
             secret,
+            "--recipients-file",
+            fleet_s,
         ];
-        if *host == "canary" {
-            args.extend(["--recipients-file", fleet_s]);
+        for (host, one, two) in &tops {
+            let path = if generation == 1 { one } else { two };
+            args.extend(["--host", host, "--path", path]);
         }
-        ok(&mut s3(&args));
-        args[4] = two;
-        args.push("--stage");
+        if stage {
+            args.push("--stage");
+        }
         let out = ok(&mut s3(&args));
-        assert!(stdout(&out).contains("staged"), "{}", stdout(&out));
+        assert!(stage == stdout(&out).contains("staged"), "{}", stdout(&out));
     }
     let promote = |args: &[&str]| {
         let mut all = vec![

@@ -6,6 +6,7 @@
 //! without them the tests fail and say so, they never skip.
 
 mod bundle;
+mod canary;
 mod fleet;
 mod fleet_host;
 mod gc;

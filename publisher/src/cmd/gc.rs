@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::args::{CacheArg, IdentityArgs};
+use super::args::{CacheArg, IdentityArgs, TrustArgs};
 use crate::target::Target;
 
 #[derive(clap::Args)]
@@ -24,6 +24,10 @@ pub struct Args {
     dry_run: bool,
     #[command(flatten)]
     identities: IdentityArgs,
+    // Pointers must verify with these keys: an unverified history entry is
+    // neither kept nor deleted.
+    #[command(flatten)]
+    trust: TrustArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -32,6 +36,7 @@ pub fn run(a: Args) -> Result<()> {
         a.keep,
         a.grace,
         &a.identities.read()?,
+        &a.trust.read()?,
         a.dry_run,
     )
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use nixcast_cli::keys;
 use nixcast_common::manifest::Compression;
+use nixcast_common::pointer::Timestamp;
 use nixcast_common::seal::{self, Recipients};
 use nixcast_common::StorePath;
 
@@ -27,9 +28,10 @@ pub struct Args {
     all: bool,
     #[command(flatten)]
     cache: CacheArg,
-    /// An already-built system (a store path or a symlink to one, such as ./result).
+    /// An already-built system (a store path or a symlink to one, such as ./result); repeatable,
+    /// the Nth for the Nth --host, so that one command (one release) publishes several hosts.
     #[arg(long)]
-    path: Option<PathBuf>,
+    path: Vec<PathBuf>,
     /// Build REF#nixosConfigurations.HOST.config.system.build.toplevel.
     #[arg(long)]
     flake: Option<String>,
@@ -106,6 +108,8 @@ pub fn run(a: Args) -> Result<()> {
         )?,
         sealing,
         stage: a.stage,
+        // One time for every host of this command: one release.
+        release: Some(Timestamp::now()),
     };
     publish_each(&store, &target, &tops, &opts)
 }
@@ -129,16 +133,22 @@ fn recipients(a: &Args, hosts: &[String]) -> Result<Recipients> {
 /// Each host's system: the path given, or built from the flake (a host
 /// that fails to build fails alone).
 fn tops(a: &Args, hosts: &[String]) -> Result<Vec<(String, Result<StorePath>)>> {
-    Ok(match (&a.path, &a.flake) {
-        (Some(p), _) => {
+    Ok(match (a.path.as_slice(), &a.flake) {
+        ([], Some(f)) => nix::build_flake_hosts(f, hosts),
+        ([], None) => unreachable!("clap requires --path or --flake"),
+        (paths, _) => {
             anyhow::ensure!(
-                hosts.len() == 1,
-                "--path publishes one host: give one --host"
+                hosts.len() == paths.len(),
+                "--path and --host go in pairs (the Nth path for the Nth host): {} hosts, {} paths",
+                hosts.len(),
+                paths.len()
             );
-            vec![(hosts[0].clone(), nix::resolve_store_path(p))]
+            hosts
+                .iter()
+                .zip(paths)
+                .map(|(h, p)| (h.clone(), nix::resolve_store_path(p)))
+                .collect()
         }
-        (None, Some(f)) => nix::build_flake_hosts(f, hosts),
-        (None, None) => unreachable!("clap requires --path or --flake"),
     })
 }
 

@@ -44,8 +44,11 @@ tr.failed td { background: #ffd0d0; }
 code { font-size: .9em; }
 ";
 
-/// Escapes text for HTML content and attribute values.
+/// Escapes text for HTML content and attribute values, after
+/// `nixcast_cli::text::clean` (control and direction-changing characters,
+/// which would reorder what the page shows, written as escapes).
 pub fn escape(text: &str) -> String {
+    let text = nixcast_cli::text::clean(text);
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

@@ -2,21 +2,33 @@
 //!
 //! `PUT /reports/HOST.json` is stored when its body (at most
 //! [`report::MAX_REPORT_SIZE`] bytes, read within the header timeout) is a
-//! report signed by an ssh-ed25519 key the recipients file lists for HOST,
-//! and is not older than the plain report stored there; the file appears
-//! atomically (through [`Target::put`]). Every other PUT, and every report
-//! that does not verify, gets 403 and writes nothing. A sealed report is
-//! checked for its signature only: the server cannot read it.
+//! report signed by an ssh-ed25519 key the recipients file lists for HOST
+//! (at most [`report::MAX_SIGNATURES`] signatures, counted before any is
+//! verified), not made more than [`report::MAX_CLOCK_SKEW`] ahead of this
+//! server's clock, and comes after the report stored there in its host's
+//! order (`(at, seq)`, signed, and in the clear for a sealed report too);
+//! the file appears atomically (through [`Target::put`]). Every other PUT,
+//! and every report that does not verify, gets 403 and writes nothing; one
+//! that does not come after the stored one (a replay) gets 409. A sealed
+//! report is otherwise checked for its signature only: the server cannot
+//! read it. A sealed report of an older agent, without the clear header,
+//! cannot be ordered: it is taken only when the stored one cannot be
+//! ordered either.
+//!
+//! Verifying is the costly part of a request, and it runs on tokio's
+//! blocking threads, a few at a time ([`Reports::new`]), so that a flood of
+//! bogus reports neither stalls the workers that answer GETs nor takes
+//! every CPU.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use nixcast_common::layout;
-use nixcast_common::report::{self, Signed};
+use nixcast_common::report::{self, Order, Signed};
 use nixcast_common::seal::Recipients;
 
 use crate::target::Target;
@@ -29,14 +41,18 @@ pub struct Reports {
     pub body_timeout: Duration,
     /// One report is checked against the stored one and written at a time.
     lock: tokio::sync::Mutex<()>,
+    /// Reports verified at once: one CPU is left to the rest of the server.
+    verifying: Arc<tokio::sync::Semaphore>,
 }
 
 impl Reports {
     pub fn new(fleet: Recipients, body_timeout: Duration) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             fleet,
             body_timeout,
             lock: tokio::sync::Mutex::new(()),
+            verifying: Arc::new(tokio::sync::Semaphore::new(cpus.saturating_sub(1).max(1))),
         }
     }
 }
@@ -88,15 +104,31 @@ pub async fn put(
         Ok(Err(_)) => return too_large(),
         Ok(Ok(b)) => b,
     };
-    let signed = match report::verify(&bytes, host, &keys) {
-        Ok(s) => s,
-        Err(e) => return refuse(host, e.to_string()),
+    let verified = {
+        let Ok(_permit) = reports.verifying.acquire().await else {
+            return refuse(host, "the server is shutting down".into());
+        };
+        let (host, keys, bytes) = (host.to_owned(), keys.clone(), bytes.clone());
+        tokio::task::spawn_blocking(move || report::verify(&bytes, &host, &keys)).await
     };
+    let signed = match verified {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return refuse(host, e.to_string()),
+        Err(e) => return refuse(host, format!("cannot verify: {e}")),
+    };
+    let now = SystemTime::now();
+    let times = match &signed {
+        Signed::Plain(r) => r.check_times(now, None),
+        Signed::Sealed(s) => s.header.map_or(Ok(()), |o| report::check_at(o.at, now)),
+    };
+    if let Err(e) = times {
+        return refuse(host, format!("its times are not believed: {e}"));
+    }
     let _one_at_a_time = reports.lock.lock().await;
     let host_owned = host.to_owned();
     let stored = tokio::task::spawn_blocking(move || {
         let verify = |b: &[u8]| report::verify(b, &host_owned, &keys).ok();
-        store(&root, &host_owned, &bytes, &signed, verify)
+        store(&root, &host_owned, &bytes, &signed, verify, now)
     })
     .await
     .unwrap_or_else(|e| Err(Stored::Failed(e.to_string())));
@@ -105,10 +137,12 @@ pub async fn put(
             tracing::info!(host, "accepted a report");
             answer(StatusCode::NO_CONTENT, String::new())
         }
-        Err(Stored::Older) => answer(
-            StatusCode::CONFLICT,
-            format!("{host}: this report is older than the one stored\n"),
-        ),
+        Err(Stored::Older { stored, got }) => {
+            let why =
+                format!("{host}: {got} does not come after the {stored} stored (a replay?)\n");
+            tracing::info!(host, "refused a report: {}", why.trim_end());
+            answer(StatusCode::CONFLICT, why)
+        }
         Err(Stored::Failed(e)) => {
             tracing::warn!(host, "cannot store a report: {e}");
             answer(
@@ -121,8 +155,24 @@ pub async fn put(
 
 enum Stored {
     /// A replayed report would hide a newer one (a failure since, say).
-    Older,
+    Older {
+        stored: String,
+        got: String,
+    },
     Failed(String),
+}
+
+/// Whether a report ordered `new` may replace the stored one, ordered
+/// `old` (`None`: a sealed report of an older agent, which has no order).
+/// Only a later report replaces an ordered one: an equal order is a
+/// replay unless the bytes are the same (a retry); an unordered report
+/// replaces only an unordered one.
+fn replaces(new: Option<Order>, old: Option<Order>, same_bytes: bool) -> bool {
+    match (new, old) {
+        (Some(n), Some(o)) => n > o || (n == o && same_bytes),
+        (None, Some(_)) => false,
+        (_, None) => true,
+    }
 }
 
 fn store(
@@ -131,20 +181,33 @@ fn store(
     bytes: &[u8],
     signed: &Signed,
     verify: impl Fn(&[u8]) -> Option<Signed>,
+    now: SystemTime,
 ) -> Result<(), Stored> {
     let target = Target::open_existing(&root.to_string_lossy())
         .map_err(|e| Stored::Failed(format!("{e:#}")))?;
     let key = layout::report(host);
-    // Only a plain report can be compared; a sealed one says nothing to us.
-    if let Signed::Plain(new) = signed {
-        let old = target
-            .get_at_most(&key, report::MAX_REPORT_SIZE as u64)
-            .ok()
-            .flatten();
-        if let Some(Signed::Plain(old)) = old.and_then(|b| verify(&b)) {
-            if old.at > new.at {
-                return Err(Stored::Older);
-            }
+    let old = target
+        .get_at_most(&key, report::MAX_REPORT_SIZE as u64)
+        .ok()
+        .flatten();
+    // A stored report that does not verify (planted behind our back) has no
+    // place in the order; nor has one from beyond the clock skew, which
+    // would otherwise lock its host out until that time.
+    let stored = old.as_deref().and_then(|b| Some((verify(b)?, b)));
+    if let Some((stored, old_bytes)) = stored {
+        let old_order = stored.order();
+        let believed = old_order.is_none_or(|o| report::check_at(o.at, now).is_ok());
+        if believed && !replaces(signed.order(), old_order, old_bytes == bytes) {
+            let show = |o: Option<Order>| {
+                o.map_or_else(
+                    || "sealed report of an older agent".into(),
+                    |o| o.to_string(),
+                )
+            };
+            return Err(Stored::Older {
+                stored: show(old_order),
+                got: show(signed.order()),
+            });
         }
     }
     target
@@ -159,7 +222,10 @@ fn too_large() -> Response {
     )
 }
 
+/// 403 with why; `why` may quote the sender's bytes (serde names the
+/// field it did not expect), so it is escaped for the log and the answer.
 fn refuse(host: &str, why: String) -> Response {
+    let why = nixcast_cli::text::clean(&why);
     tracing::info!(host, "refused a report: {why}");
     answer(StatusCode::FORBIDDEN, format!("{host}: {why}\n"))
 }
@@ -177,4 +243,32 @@ fn answer(status: StatusCode, text: String) -> Response {
         axum::http::HeaderValue::from_static("no-store"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nixcast_common::pointer::Timestamp;
+
+    #[test]
+    fn only_a_later_report_replaces_an_ordered_one() {
+        let t = Timestamp::now();
+        let at = |secs: u64, seq: u64| {
+            Some(Order {
+                at: t.plus(Duration::from_secs(secs)),
+                seq,
+            })
+        };
+        assert!(replaces(at(1, 0), at(0, 9), false));
+        assert!(replaces(at(0, 2), at(0, 1), false));
+        assert!(!replaces(at(0, 1), at(0, 2), false));
+        assert!(!replaces(at(0, 9), at(1, 0), false));
+        // The same order: a retry of the same bytes, or a replay.
+        assert!(replaces(at(0, 1), at(0, 1), true));
+        assert!(!replaces(at(0, 1), at(0, 1), false));
+        // A sealed report of an older agent has no order.
+        assert!(!replaces(None, at(0, 1), false));
+        assert!(replaces(None, None, false));
+        assert!(replaces(at(0, 1), None, false));
+    }
 }

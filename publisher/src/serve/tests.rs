@@ -844,6 +844,7 @@ fn a_report(host: &str, at: nixcast_common::pointer::Timestamp) -> nixcast_commo
         error: None,
         last_failure: None,
         at,
+        seq: None,
         interval: 3600,
         booted_system: None,
         current_system: None,
@@ -986,4 +987,112 @@ async fn without_accept_reports_a_put_is_not_allowed() {
     let (status, _) = server.put_report("/reports/web.json", body).await;
     assert_eq!(status, 405);
     assert!(!server.root().join("reports").exists());
+}
+
+/// Reports of `web` made at `at` with counter `seq`, plain or sealed to an operator.
+fn ordered(at: nixcast_common::pointer::Timestamp, seq: u64, sealed: bool) -> Vec<u8> {
+    use nixcast_common::report::{HostKey, Outcome};
+    let key = HostKey::from_openssh(WEB_KEY.as_bytes(), "test").unwrap();
+    let op = nixcast_common::seal::Identity::of_publisher(
+        &nixcast_common::SecretKey::generate("op-1").unwrap(),
+    );
+    let mut r = a_report("web", at);
+    r.seq = Some(seq);
+    // Two reports of one second that differ: ok, then failed.
+    if seq.is_multiple_of(2) {
+        r.outcome = Outcome::Failed;
+    }
+    let to = if sealed { vec![op.recipient()] } else { vec![] };
+    r.sign(&key, &to).unwrap()
+}
+
+#[tokio::test]
+async fn replays_never_replace_a_later_report_sealed_or_plain_same_second_included() {
+    use nixcast_common::pointer::Timestamp;
+    let server = accepting().await;
+    let stored = server.root().join("reports/web.json");
+    let now = Timestamp::now();
+    let minute_ago = Timestamp::from_system_time(now.system_time() - Duration::from_secs(60));
+    for sealed in [false, true] {
+        std::fs::remove_file(&stored).ok();
+        let first = ordered(minute_ago, 1, sealed);
+        let ok_now = ordered(now, 3, sealed);
+        let failed_now = ordered(now, 4, sealed);
+        for (body, status) in [(&first, 204), (&ok_now, 204), (&failed_now, 204)] {
+            let (got, text) = server.put_report("/reports/web.json", body.clone()).await;
+            assert_eq!(got, status, "sealed {sealed}: {text}");
+        }
+        // The earlier "ok" of the same second, and the older one: 409.
+        for replay in [&ok_now, &first] {
+            let (got, text) = server.put_report("/reports/web.json", replay.clone()).await;
+            assert_eq!(got, 409, "sealed {sealed}: {text}");
+            assert!(text.contains("does not come after"), "{text}");
+        }
+        // The stored report again (a retry) is no conflict.
+        let (got, _) = server
+            .put_report("/reports/web.json", failed_now.clone())
+            .await;
+        assert_eq!(got, 204);
+        assert_eq!(std::fs::read(&stored).unwrap(), failed_now);
+    }
+}
+
+#[tokio::test]
+async fn a_report_from_the_future_is_refused_and_locks_no_one_out() {
+    use nixcast_common::pointer::Timestamp;
+    let server = accepting().await;
+    let stored = server.root().join("reports/web.json");
+    let year = Duration::from_secs(365 * 86_400);
+    let future = Timestamp::now().plus(year);
+    for sealed in [false, true] {
+        let (status, text) = server
+            .put_report("/reports/web.json", ordered(future, 9, sealed))
+            .await;
+        assert_eq!(status, 403, "{text}");
+        assert!(text.contains("ahead of this machine's clock"), "{text}");
+        assert!(!stored.exists());
+    }
+    // One stored before this server checked: the next report replaces it.
+    std::fs::create_dir_all(stored.parent().unwrap()).unwrap();
+    std::fs::write(&stored, ordered(future, 9, false)).unwrap();
+    let now = ordered(Timestamp::now(), 1, false);
+    assert_eq!(
+        server.put_report("/reports/web.json", now.clone()).await.0,
+        204
+    );
+    assert_eq!(std::fs::read(&stored).unwrap(), now);
+    // An absurd interval is refused too.
+    let key = nixcast_common::report::HostKey::from_openssh(WEB_KEY.as_bytes(), "t").unwrap();
+    let mut r = a_report("web", Timestamp::now());
+    r.interval = u64::MAX;
+    let (status, text) = server
+        .put_report("/reports/web.json", r.sign(&key, &[]).unwrap())
+        .await;
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("interval"), "{text}");
+}
+
+#[tokio::test]
+async fn an_envelope_of_many_signatures_is_refused_before_any_is_verified() {
+    use nixcast_common::pointer::Timestamp;
+    let server = accepting().await;
+    let good = signed("web", WEB_KEY, Timestamp::now());
+    let mut env: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    let sig = env["signatures"][0].clone();
+    // The good signature last, after bogus ones: still too many.
+    let mut sigs = vec![sig.clone(); nixcast_common::report::MAX_SIGNATURES];
+    sigs.push(sig);
+    env["signatures"] = serde_json::Value::Array(sigs);
+    let (status, text) = server
+        .put_report("/reports/web.json", serde_json::to_vec(&env).unwrap())
+        .await;
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("signatures, more than the limit"), "{text}");
+    // A sender's bytes in the refusal come back escaped.
+    let (status, text) = server
+        .put_report("/reports/web.json", br#"{"\u001b[2J\u202e":2}"#.to_vec())
+        .await;
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("unknown field"), "{text:?}");
+    assert!(!text.contains(['\x1b', '\u{202e}']), "{text:?}");
 }
