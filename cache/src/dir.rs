@@ -28,6 +28,8 @@ pub struct Dir {
     root: PathBuf,
     /// Directories that took a rename since the last `sync`.
     unsynced: Mutex<BTreeSet<PathBuf>>,
+    /// Refuse to write through a symbolic link below the root.
+    no_links: bool,
 }
 
 impl Dir {
@@ -35,6 +37,19 @@ impl Dir {
         Self {
             root: root.to_owned(),
             unsynced: Mutex::new(BTreeSet::new()),
+            no_links: false,
+        }
+    }
+
+    /// A directory someone else may write into (the agent's `--report-to`):
+    /// no write goes through a symbolic link below the root. (A publisher's
+    /// cache may well have `nar/` on another disk.) The check is by path,
+    /// before and after the directories are made; a link swapped in between
+    /// the check and the rename is not caught (an `openat` walk would be).
+    pub fn refusing_links(root: &Path) -> Self {
+        Self {
+            no_links: true,
+            ..Self::new(root)
         }
     }
 
@@ -60,8 +75,14 @@ impl Dir {
     fn write(&self, key: &str, body: Body, replace: Replace) -> anyhow::Result<()> {
         let dest = self.file(key);
         let parent = parent(&dest);
-        fs::create_dir_all(parent)?;
-        self.no_links_below_root(parent)?;
+        if self.no_links {
+            // Before any directory is made through a planted link, and after.
+            self.no_links_below_root(parent)?;
+            fs::create_dir_all(parent)?;
+            self.no_links_below_root(parent)?;
+        } else {
+            fs::create_dir_all(parent)?;
+        }
         let tmp = match body {
             Body::File(tmp) => tmp,
             Body::Bytes(bytes) => {
@@ -84,11 +105,15 @@ impl Dir {
     fn no_links_below_root(&self, dir: &Path) -> anyhow::Result<()> {
         let mut d = dir;
         while d != self.root && d.starts_with(&self.root) {
-            if fs::symlink_metadata(d)?.file_type().is_symlink() {
-                anyhow::bail!(
-                    "refusing to write through the symbolic link {}",
-                    d.display()
-                );
+            match fs::symlink_metadata(d) {
+                Ok(md) if md.file_type().is_symlink() => {
+                    anyhow::bail!(
+                        "refusing to write through the symbolic link {}",
+                        d.display()
+                    )
+                }
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
             }
             d = parent(d);
         }
@@ -202,7 +227,21 @@ impl Backend for Dir {
 
     fn sync(&self) -> BoxFuture<'_, Result<(), Error>> {
         async move {
-            let dirs = std::mem::take(&mut *self.unsynced.lock().expect("not poisoned"));
+            let mut dirs = std::mem::take(&mut *self.unsynced.lock().expect("not poisoned"));
+            // Renames an interrupted earlier run left unflushed are made
+            // durable too: a publish that finds a NAR there writes none.
+            for sub in [
+                layout::NAR_DIR,
+                layout::MANIFESTS_DIR,
+                layout::SEALED_DIR,
+                layout::HOSTS_DIR,
+            ] {
+                let d = self.root.join(sub);
+                if d.is_dir() {
+                    dirs.insert(d);
+                }
+            }
+            dirs.insert(self.root.clone());
             // Deepest first: a new directory's own entry is in its parent.
             for dir in dirs.iter().rev() {
                 let mut d = dir.as_path();
@@ -321,7 +360,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let elsewhere = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(elsewhere.path(), d.path().join("reports")).unwrap();
-        let dir = Dir::new(d.path());
+        // A publisher's cache may link a directory elsewhere.
+        now(Dir::new(d.path()).put("reports/a.json", Body::Bytes(b"{}".to_vec()))).unwrap();
+        std::fs::remove_file(elsewhere.path().join("a.json")).unwrap();
+        let dir = Dir::refusing_links(d.path());
         let err = now(dir.put("reports/web.json", Body::Bytes(b"{}".to_vec()))).unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
         assert_eq!(fs::read_dir(elsewhere.path()).unwrap().count(), 0);
@@ -329,7 +371,8 @@ mod tests {
         let link = elsewhere.path().join("root");
         std::os::unix::fs::symlink(d.path().join("real"), &link).unwrap();
         fs::create_dir(d.path().join("real")).unwrap();
-        now(Dir::new(&link).put("reports/web.json", Body::Bytes(b"{}".to_vec()))).unwrap();
+        now(Dir::refusing_links(&link).put("reports/web.json", Body::Bytes(b"{}".to_vec())))
+            .unwrap();
     }
 
     #[test]

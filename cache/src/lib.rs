@@ -193,6 +193,24 @@ impl Cache {
         Self::from(Arc::new(dir::Dir::new(path.as_ref())) as Arc<dyn Backend>)
     }
 
+    /// Like `new`, for a place others may write into too (the agent's
+    /// reports): a directory is never written through a link below it.
+    pub fn new_for_writes(
+        spec: &str,
+        opts: &HttpOptions,
+        secrets: &Secrets,
+    ) -> anyhow::Result<Self> {
+        let dir = spec
+            .strip_prefix("file://")
+            .or((!spec.contains("://")).then_some(spec));
+        match dir {
+            Some(d) => Ok(Self::from(
+                Arc::new(dir::Dir::refusing_links(Path::new(d))) as Arc<dyn Backend>
+            )),
+            None => Self::new(spec, opts, secrets),
+        }
+    }
+
     /// Indexes a bundle: one pass over its tar headers, no data read.
     pub fn bundle(file: &Path) -> anyhow::Result<Self> {
         Ok(Self {

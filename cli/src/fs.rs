@@ -24,7 +24,9 @@ pub fn read_small(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        // Not blocking on a FIFO; not becoming a terminal's controlling
+        // process by opening one.
+        .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32)
         .open(path)?;
     let md = file.metadata()?;
     if !md.is_file() {

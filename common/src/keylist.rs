@@ -177,6 +177,25 @@ impl Accepted {
         Trust::from(&self.list.roots)
     }
 
+    /// The list, if it is in force at `now`: not expired, and not issued
+    /// ahead of `now` by more than `CLOCK_SKEW`.
+    pub fn fresh(self, now: Timestamp) -> Result<Accepted, KeyListError> {
+        let l = &self.list;
+        if now >= l.expires_at {
+            return Err(KeyListError::Expired {
+                version: l.version,
+                expires: l.expires_at,
+            });
+        }
+        if l.issued_at > now.plus(CLOCK_SKEW) {
+            return Err(KeyListError::FromTheFuture {
+                version: l.version,
+                issued: l.issued_at,
+            });
+        }
+        Ok(self)
+    }
+
     /// The keys that may sign `host`'s pointers and narinfos.
     pub fn signing_keys_for(&self, host: &str) -> Vec<PublicKey> {
         self.list
@@ -249,22 +268,23 @@ fn distinct(keys: &[PublicKey]) -> bool {
 
 /// Accepts the key list in `bytes` as the next one after `held` (the list
 /// the host accepted last; `None` on a host that trusts only the roots it
-/// was given, `trust`), at `now`:
+/// was given, `trust`):
 ///
 /// - a threshold of the trusted roots signed it (each root counted once);
 /// - if it names other roots, a threshold of those signed it as well;
 /// - it is well formed (`KeyList::check`);
 /// - its version is `want` when one is asked for (a host walking the chain
 ///   asks for each version in turn), and not below the held one; the held
-///   version again must be the held list itself;
-/// - it has not expired and was not issued ahead of `now` (by more than
-///   `CLOCK_SKEW`).
+///   version again must be the held list itself.
+///
+/// Time is not looked at: a host walking versions it missed passes lists
+/// that have long expired, as TUF's clients do. The list it ends on must be
+/// [`Accepted::fresh`].
 pub fn accept(
     bytes: &[u8],
     trust: &Trust,
     held: Option<&Accepted>,
     want: Option<u64>,
-    now: Timestamp,
 ) -> Result<Accepted, KeyListError> {
     if bytes.len() > MAX_ENVELOPE_SIZE {
         return Err(KeyListError::TooLarge(bytes.len()));
@@ -310,23 +330,21 @@ pub fn accept(
             });
         }
     }
-    if now >= list.expires_at {
-        return Err(KeyListError::Expired {
-            version: list.version,
-            expires: list.expires_at,
-        });
-    }
-    if list.issued_at > now.plus(CLOCK_SKEW) {
-        return Err(KeyListError::FromTheFuture {
-            version: list.version,
-            issued: list.issued_at,
-        });
-    }
     Ok(Accepted { list, digest })
 }
 
-/// The distinct keys among `keys` whose signature on `message` is in `env`.
-fn signers<'a>(env: &Envelope, message: &[u8], keys: &'a [PublicKey]) -> Vec<&'a PublicKey> {
+/// The held list again, from the host's own state (or the publisher's own
+/// cache): held to the roots it names itself, which is all a file that was
+/// accepted when it was kept can be held to. Never for a list from the
+/// network.
+pub fn reload_own(bytes: &[u8]) -> Result<Accepted, KeyListError> {
+    let list = decode_unverified(bytes)?;
+    accept(bytes, &Trust::from(&list.roots), None, None)
+}
+
+/// The distinct keys among `keys` whose signature on `message` is in `env`:
+/// a key named twice (under two names, or given twice) counts once.
+fn signers<'a>(env: &Envelope, message: &[u8], keys: &'a [PublicKey]) -> Vec<&'a [u8; 32]> {
     let sigs: Vec<[u8; 64]> = env
         .signatures
         .iter()
@@ -334,16 +352,19 @@ fn signers<'a>(env: &Envelope, message: &[u8], keys: &'a [PublicKey]) -> Vec<&'a
         .collect();
     // keyid is unauthenticated (DSSE): every signature is tried with every
     // key; both are few (MAX_SIGNATURES, and a host's roots).
-    keys.iter()
+    let verified: BTreeSet<&[u8; 32]> = keys
+        .iter()
         .filter(|k| {
             sigs.iter()
                 .any(|raw| k.verifies(message, &Signature::from_parts(k.name(), *raw)))
         })
-        .collect()
+        .map(|k| k.bytes())
+        .collect();
+    verified.into_iter().collect()
 }
 
 fn check_threshold(
-    signers: &[&PublicKey],
+    signers: &[&[u8; 32]],
     threshold: u32,
     env: &Envelope,
 ) -> Result<(), KeyListError> {

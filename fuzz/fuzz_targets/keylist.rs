@@ -18,7 +18,8 @@ fuzz_target!(|data: &[u8]| {
         keys: vec![FUZZ_KEY.public()],
     };
     let now = pointer::Timestamp::now();
-    let _ = keylist::accept(data, &trust, None, None, now);
+    let _ = keylist::accept(data, &trust, None, None).map(|a| a.fresh(now));
+    let _ = keylist::reload_own(data);
     let _ = keylist::decode_unverified(data);
 
     let parsed = serde_json::from_slice::<KeyList>(data)
@@ -36,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
     let bytes = serde_json::to_vec(&env).expect("an envelope serialises");
     // At the list's own issue time, nothing but its content decides.
     let at = parsed.as_ref().map_or(now, |l| l.issued_at);
-    match (keylist::accept(&bytes, &trust, None, None, at), parsed) {
+    match (keylist::accept(&bytes, &trust, None, None).and_then(|a| a.fresh(at)), parsed) {
         (Ok(a), Some(l)) => assert_eq!(a.get(), &l),
         (Ok(a), None) => panic!("accepted a list that does not check: {:?}", a.get()),
         (Err(e), Some(l)) => {

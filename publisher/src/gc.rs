@@ -202,6 +202,26 @@ fn doomed_objects(
             }
         }
     }
+    // Writes elsewhere leave their temporary files beside their
+    // destination too: only those dot-files go from these directories.
+    let mut others = vec![
+        layout::HOSTS_DIR.to_owned(),
+        layout::KEY_LISTS_DIR.to_owned(),
+        layout::REPORTS_DIR.to_owned(),
+    ];
+    for (key, _, _) in target.entries(layout::HOSTS_DIR)? {
+        if let Some(Key::Pointer(host)) = Key::parse(&key) {
+            others.push(layout::history_dir(&host));
+        }
+    }
+    for dir in others {
+        for (key, size, mtime) in target.entries(&dir)? {
+            let temporary = key.rsplit('/').next().is_some_and(|n| n.starts_with('.'));
+            if temporary && old(mtime) {
+                doomed.push((key, size));
+            }
+        }
+    }
     Ok(doomed)
 }
 

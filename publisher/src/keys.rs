@@ -34,19 +34,47 @@ pub struct SignOptions {
     pub expires_in: Duration,
 }
 
-/// The current list, held to its own roots (an expired one too: renewing
-/// it is what `sign` is for), or `None` in a cache that has none yet.
+/// The current list, held to the roots it names itself (an expired one
+/// too: renewing it is what `sign` is for), or `None` in a cache that has
+/// none yet. Only the hosts hold it to their own roots: this says the file
+/// is whole and consistent, not that the fleet's roots signed it.
 pub fn current(target: &Target) -> Result<Option<Accepted>> {
     let Some(bytes) = target.get_at_most(layout::KEY_LIST, keylist::MAX_ENVELOPE_SIZE as u64)?
     else {
         return Ok(None);
     };
-    let shown = format!("{}/{}", target.describe(), layout::KEY_LIST);
-    let list = keylist::decode_unverified(&bytes).with_context(|| shown.clone())?;
-    let trust = Trust::from(&list.roots);
-    keylist::accept(&bytes, &trust, None, None, list.issued_at)
-        .map(Some)
-        .with_context(|| format!("{shown} is not signed by its own roots"))
+    keylist::reload_own(&bytes).map(Some).with_context(|| {
+        format!(
+            "{}/{} is not signed by its own roots",
+            target.describe(),
+            layout::KEY_LIST
+        )
+    })
+}
+
+/// A `keys sign` that stopped between `keys/<v>.json` and `keys.json`
+/// left the next version written: it is finished here (made current) if
+/// the current roots signed it, so that the version it took is not lost.
+fn finish_interrupted(target: &Target, held: Option<Accepted>) -> Result<Option<Accepted>> {
+    let Some(h) = held else {
+        return Ok(None);
+    };
+    let next = Key::KeyListHistory(h.get().version + 1).to_string();
+    let Some(bytes) = target.get_at_most(&next, keylist::MAX_ENVELOPE_SIZE as u64)? else {
+        return Ok(Some(h));
+    };
+    let done = keylist::accept(&bytes, &h.trust(), Some(&h), Some(h.get().version + 1))
+        .with_context(|| {
+            format!(
+                "{}/{next} exists but is not the next list the current roots signed; \
+                 remove it if an earlier `keys sign` did not finish",
+                target.describe()
+            )
+        })?;
+    tracing::warn!("{next} was written by a `keys sign` that did not finish: making it current");
+    target.put(layout::KEY_LIST, &bytes)?;
+    target.sync()?;
+    Ok(Some(done))
 }
 
 /// Signs and writes the next key list; returns it.
@@ -54,7 +82,7 @@ pub fn sign(target: &Target, o: SignOptions, now: Timestamp) -> Result<Accepted>
     if o.root_secrets.is_empty() {
         bail!("give the root keys that sign the list (--root-secret-key-file)");
     }
-    let held = current(target)?;
+    let held = finish_interrupted(target, current(target)?)?;
     let held_roots = held.as_ref().map(|h| h.get().roots.clone());
     let trust = match &held_roots {
         Some(r) => Trust::from(r),
@@ -84,7 +112,8 @@ pub fn sign(target: &Target, o: SignOptions, now: Timestamp) -> Result<Accepted>
     list.check()?;
     let signers: Vec<&SecretKey> = o.root_secrets.iter().collect();
     let bytes = list.sign(&signers);
-    let accepted = keylist::accept(&bytes, &trust, held.as_ref(), Some(version), now)
+    let accepted = keylist::accept(&bytes, &trust, held.as_ref(), Some(version))
+        .and_then(|a| a.fresh(now))
         .context("the new key list would be refused by the hosts")?;
     target.put_new(&Key::KeyListHistory(version).to_string(), &bytes)?;
     target.sync()?;
@@ -103,7 +132,7 @@ pub fn show(a: &Accepted, now: Timestamp) -> (String, Option<String>) {
         .ok();
     let days = |d: Duration| d.as_secs() / 86_400;
     let mut out = format!(
-        "key list version {}\nissued   {}\nexpires  {}{}\nroots    {} of {}:\n",
+        "key list version {} (signed by the roots it names; hosts hold it to theirs)\nissued   {}\nexpires  {}{}\nroots    {} of {}:\n",
         l.version,
         l.issued_at,
         l.expires_at,
@@ -191,9 +220,20 @@ mod tests {
         for v in [1, 2] {
             assert!(d.path().join(format!("keys/{v}.json")).exists());
         }
+        // A sign that stopped after keys/3.json: the next one finishes it.
+        let v3 = KeyList {
+            version: 3,
+            ..v2.get().clone()
+        };
+        std::fs::write(d.path().join("keys/3.json"), v3.sign(&[&r2, &r3])).unwrap();
+        let v4 = sign(&target, opts(&[&r2, &r3], &[&f2]), now).unwrap();
+        assert_eq!(v4.get().version, 4);
+        std::fs::write(d.path().join("keys/5.json"), b"{}").unwrap();
+        let err = sign(&target, opts(&[&r2, &r3], &[&f2]), now).unwrap_err();
+        assert!(format!("{err:#}").contains("remove it"), "{err:#}");
         let (text, warning) = show(&current(&target).unwrap().unwrap(), now);
         assert!(
-            text.contains("version 2") && text.contains("2 of 3"),
+            text.contains("version 4") && text.contains("2 of 3"),
             "{text}"
         );
         assert!(warning.is_none());

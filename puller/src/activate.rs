@@ -95,8 +95,12 @@ pub fn reboot(command: &str) -> Result<ExitStatus> {
 /// Runs `command` with `sh -c`, without the agent's credentials, and kills
 /// it (and waits for it) when it outlives `timeout`.
 fn bounded(command: &str, timeout: Duration) -> Result<ExitStatus, String> {
+    use std::os::unix::process::CommandExt;
+    // A group of its own, so that a timeout ends whatever the command
+    // started too, not only its shell.
     let mut child = without_secrets(Command::new("sh").args(["-c", command]))
         .stdin(Stdio::null())
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot run it: {e}"))?;
     let start = std::time::Instant::now();
@@ -104,6 +108,9 @@ fn bounded(command: &str, timeout: Duration) -> Result<ExitStatus, String> {
         match child.try_wait() {
             Ok(Some(st)) => return Ok(st),
             Ok(None) if start.elapsed() >= timeout => {
+                if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+                }
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!("did not finish within {timeout:?}"));
@@ -124,6 +131,26 @@ mod tests {
         assert!(err.to_string().contains("did not finish within"), "{err}");
         assert!(reboot("exit 0").unwrap().success());
         assert_eq!(reboot("exit 3").unwrap().code(), Some(3));
+    }
+
+    #[test]
+    fn a_timeout_ends_what_the_command_started_too() {
+        let d = tempfile::tempdir().unwrap();
+        let pid_file = d.path().join("pid");
+        let cmd = format!("sleep 60 & echo $! > {}; wait", pid_file.display());
+        let err = health_check(&cmd, Duration::from_millis(500)).unwrap_err();
+        assert!(err.contains("did not finish within"), "{err}");
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The background sleep is gone (a zombie at most, until init reaps it).
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            state.is_empty() || state.split_whitespace().nth(2) == Some("Z"),
+            "{state}"
+        );
     }
 
     #[test]

@@ -56,12 +56,16 @@ fn a_threshold_of_roots_makes_a_list_trusted() {
     let f = Fleet::new();
     let list = f.list(1, 2, &[&f.fleet1]);
     let two = list.sign(&[&f.roots[0], &f.roots[2]]);
-    let a = accept(&two, &f.trust(2), None, None, now()).unwrap();
+    let a = accept(&two, &f.trust(2), None, None)
+        .and_then(|a| a.fresh(now()))
+        .unwrap();
     assert_eq!(a.get(), &list);
     assert_eq!(a.signing_keys_for("web1"), [f.fleet1.public()]);
     // One root is not two, and one root twice is still one.
     let one = list.sign(&[&f.roots[0]]);
-    let err = accept(&one, &f.trust(2), None, None, now()).unwrap_err();
+    let err = accept(&one, &f.trust(2), None, None)
+        .and_then(|a| a.fresh(now()))
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -74,11 +78,48 @@ fn a_threshold_of_roots_makes_a_list_trusted() {
         "{err}"
     );
     let twice = list.sign(&[&f.roots[0], &f.roots[0]]);
-    let err = accept(&twice, &f.trust(2), None, None, now()).unwrap_err();
+    let err = accept(&twice, &f.trust(2), None, None)
+        .and_then(|a| a.fresh(now()))
+        .unwrap_err();
     assert!(
         matches!(err, KeyListError::Threshold { got: 1, .. }),
         "{err}"
     );
+}
+
+#[test]
+fn a_root_given_twice_counts_once() {
+    let f = Fleet::new();
+    let list = f.list(1, 2, &[&f.fleet1]);
+    let twice = Trust {
+        threshold: 2,
+        keys: vec![
+            f.roots[0].public(),
+            f.roots[0].public(),
+            f.roots[1].public(),
+        ],
+    };
+    let err = accept(&list.sign(&[&f.roots[0]]), &twice, None, None).unwrap_err();
+    assert!(
+        matches!(err, KeyListError::Threshold { got: 1, .. }),
+        "{err}"
+    );
+}
+
+/// A host that slept through versions walks lists that have expired since;
+/// only the one it ends on must be in force.
+#[test]
+fn a_walk_passes_expired_lists_and_ends_on_a_fresh_one() {
+    let f = Fleet::new();
+    let mut v1 = f.list(1, 1, &[&f.fleet1]);
+    v1.issued_at =
+        Timestamp::from_system_time(now().system_time() - Duration::from_secs(800 * 86_400));
+    v1.expires_at = v1.issued_at.plus(Duration::from_secs(365 * 86_400));
+    let a1 = accept(&v1.sign(&[&f.roots[0]]), &f.trust(1), None, Some(1)).unwrap();
+    assert!(a1.clone().fresh(now()).is_err());
+    let v2 = f.list(2, 1, &[&f.fleet2]);
+    let a2 = accept(&v2.sign(&[&f.roots[0]]), &a1.trust(), Some(&a1), Some(2)).unwrap();
+    assert_eq!(a2.fresh(now()).unwrap().get().version, 2);
 }
 
 #[test]
@@ -89,7 +130,9 @@ fn a_key_that_is_no_root_signs_nothing() {
     let impostor =
         SecretKey::parse(&f.fleet1.to_file_string().replacen("fleet-1", "root-1", 1)).unwrap();
     let env = list.sign(&[&f.fleet1, &impostor]);
-    let err = accept(&env, &f.trust(1), None, None, now()).unwrap_err();
+    let err = accept(&env, &f.trust(1), None, None)
+        .and_then(|a| a.fresh(now()))
+        .unwrap_err();
     assert!(
         matches!(err, KeyListError::Threshold { got: 0, .. }),
         "{err}"
@@ -101,57 +144,24 @@ fn a_host_never_goes_back_nor_accepts_a_fork() {
     let f = Fleet::new();
     let v1 = f.list(1, 1, &[&f.fleet1]);
     let v2 = f.list(2, 1, &[&f.fleet1, &f.fleet2]);
-    let a1 = accept(&v1.sign(&[&f.roots[0]]), &f.trust(1), None, None, now()).unwrap();
-    let a2 = accept(
-        &v2.sign(&[&f.roots[0]]),
-        &a1.trust(),
-        Some(&a1),
-        None,
-        now(),
-    )
-    .unwrap();
+    let a1 = accept(&v1.sign(&[&f.roots[0]]), &f.trust(1), None, None)
+        .and_then(|a| a.fresh(now()))
+        .unwrap();
+    let a2 = accept(&v2.sign(&[&f.roots[0]]), &a1.trust(), Some(&a1), None).unwrap();
     // The older file, planted again: refused, whoever signed it.
-    let err = accept(
-        &v1.sign(&[&f.roots[1]]),
-        &a2.trust(),
-        Some(&a2),
-        None,
-        now(),
-    )
-    .unwrap_err();
+    let err = accept(&v1.sign(&[&f.roots[1]]), &a2.trust(), Some(&a2), None).unwrap_err();
     assert!(
         matches!(err, KeyListError::RolledBack { got: 1, held: 2 }),
         "{err}"
     );
     // The held version again is fine as it is, refused as another list.
-    let again = accept(
-        &v2.sign(&[&f.roots[1]]),
-        &a2.trust(),
-        Some(&a2),
-        None,
-        now(),
-    )
-    .unwrap();
+    let again = accept(&v2.sign(&[&f.roots[1]]), &a2.trust(), Some(&a2), None).unwrap();
     assert_eq!(again.digest(), a2.digest());
     let fork = f.list(2, 1, &[&f.fleet1]);
-    let err = accept(
-        &fork.sign(&[&f.roots[0]]),
-        &a2.trust(),
-        Some(&a2),
-        None,
-        now(),
-    )
-    .unwrap_err();
+    let err = accept(&fork.sign(&[&f.roots[0]]), &a2.trust(), Some(&a2), None).unwrap_err();
     assert!(matches!(err, KeyListError::Forked { version: 2 }), "{err}");
     // A walk asks for each version: another one is no answer.
-    let err = accept(
-        &v2.sign(&[&f.roots[0]]),
-        &a1.trust(),
-        Some(&a1),
-        Some(3),
-        now(),
-    )
-    .unwrap_err();
+    let err = accept(&v2.sign(&[&f.roots[0]]), &a1.trust(), Some(&a1), Some(3)).unwrap_err();
     assert!(
         matches!(err, KeyListError::WrongVersion { got: 2, want: 3 }),
         "{err}"
@@ -165,15 +175,16 @@ fn expired_and_future_lists_are_refused_with_the_remedy() {
     let t0 = list.issued_at;
     list.expires_at = t0.plus(Duration::from_secs(60));
     let env = list.sign(&[&f.roots[0]]);
+    let a = accept(&env, &f.trust(1), None, None).unwrap();
     let later = t0.plus(Duration::from_secs(61));
-    let err = accept(&env, &f.trust(1), None, None, later).unwrap_err();
+    let err = a.clone().fresh(later).unwrap_err();
     assert!(err.to_string().contains("nixcast keys sign"), "{err}");
     let earlier = Timestamp::from_system_time(t0.system_time() - Duration::from_secs(3600));
-    let err = accept(&env, &f.trust(1), None, None, earlier).unwrap_err();
+    let err = a.clone().fresh(earlier).unwrap_err();
     assert!(matches!(err, KeyListError::FromTheFuture { .. }), "{err}");
     // Within the allowed skew, a list issued a moment ahead is fine.
     let skewed = Timestamp::from_system_time(t0.system_time() - Duration::from_secs(60));
-    accept(&env, &f.trust(1), None, None, skewed).unwrap();
+    a.fresh(skewed).unwrap();
 }
 
 /// A 2-of-3 root rotation: the list that replaces a root is signed by two
@@ -188,7 +199,6 @@ fn roots_rotate_only_with_both_thresholds_and_a_walk_follows() {
         &f.trust(2),
         None,
         None,
-        now(),
     )
     .unwrap();
     let root4 = key("root-4");
@@ -196,7 +206,9 @@ fn roots_rotate_only_with_both_thresholds_and_a_walk_follows() {
     v2.roots.keys = vec![f.roots[1].public(), f.roots[2].public(), root4.public()];
     // The old roots alone cannot hand the fleet over.
     let old_only = v2.sign(&[&f.roots[0], &f.roots[1]]);
-    let err = accept(&old_only, &a1.trust(), Some(&a1), Some(2), now()).unwrap_err();
+    let err = accept(&old_only, &a1.trust(), Some(&a1), Some(2))
+        .and_then(|a| a.fresh(now()))
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -210,7 +222,9 @@ fn roots_rotate_only_with_both_thresholds_and_a_walk_follows() {
     );
     // Nor the new ones alone.
     let new_only = v2.sign(&[&f.roots[2], &root4]);
-    let err = accept(&new_only, &a1.trust(), Some(&a1), Some(2), now()).unwrap_err();
+    let err = accept(&new_only, &a1.trust(), Some(&a1), Some(2))
+        .and_then(|a| a.fresh(now()))
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -223,15 +237,21 @@ fn roots_rotate_only_with_both_thresholds_and_a_walk_follows() {
         "{err}"
     );
     let both = v2.sign(&[&f.roots[0], &f.roots[1], &root4]);
-    let a2 = accept(&both, &a1.trust(), Some(&a1), Some(2), now()).unwrap();
+    let a2 = accept(&both, &a1.trust(), Some(&a1), Some(2))
+        .and_then(|a| a.fresh(now()))
+        .unwrap();
     // Version 3, signed by the new roots root-3 and root-4: a host on version
     // 1 must walk through 2 to trust it.
     let mut v3 = v2.clone();
     v3.version = 3;
     let env3 = v3.sign(&[&f.roots[2], &root4]);
-    let err = accept(&env3, &a1.trust(), Some(&a1), Some(3), now()).unwrap_err();
+    let err = accept(&env3, &a1.trust(), Some(&a1), Some(3))
+        .and_then(|a| a.fresh(now()))
+        .unwrap_err();
     assert!(matches!(err, KeyListError::Threshold { .. }), "{err}");
-    let a3 = accept(&env3, &a2.trust(), Some(&a2), Some(3), now()).unwrap();
+    let a3 = accept(&env3, &a2.trust(), Some(&a2), Some(3))
+        .and_then(|a| a.fresh(now()))
+        .unwrap();
     assert_eq!(a3.get().version, 3);
 }
 
@@ -244,7 +264,9 @@ fn revoked_keys_and_host_limits() {
         key: ci.public(),
         hosts: vec!["web1".into()],
     });
-    let a = accept(&list.sign(&[&f.roots[0]]), &f.trust(1), None, None, now()).unwrap();
+    let a = accept(&list.sign(&[&f.roots[0]]), &f.trust(1), None, None)
+        .and_then(|a| a.fresh(now()))
+        .unwrap();
     assert!(!a.signing_keys_for("web1").contains(&f.fleet1.public()));
     assert_eq!(a.signing_keys_for("web1"), [f.fleet2.public(), ci.public()]);
     assert_eq!(a.signing_keys_for("db1"), [f.fleet2.public()]);
@@ -255,7 +277,9 @@ fn malformed_lists_are_refused() {
     let f = Fleet::new();
     let sign = |l: &KeyList| l.sign(&[&f.roots[0]]);
     let check = |l: KeyList, what: &str| {
-        let err = accept(&sign(&l), &f.trust(1), None, None, now()).unwrap_err();
+        let err = accept(&sign(&l), &f.trust(1), None, None)
+            .and_then(|a| a.fresh(now()))
+            .unwrap_err();
         assert!(err.to_string().contains(what), "{what}: {err}");
     };
     let mut l = f.list(1, 1, &[&f.fleet1]);
@@ -275,12 +299,16 @@ fn malformed_lists_are_refused() {
     let one = env.signatures[0].clone();
     env.signatures = vec![one; MAX_SIGNATURES + 1];
     let bytes = serde_json::to_vec(&env).unwrap();
-    let err = accept(&bytes, &f.trust(1), None, None, now()).unwrap_err();
+    let err = accept(&bytes, &f.trust(1), None, None)
+        .and_then(|a| a.fresh(now()))
+        .unwrap_err();
     assert!(matches!(err, KeyListError::TooManySignatures(_)), "{err}");
     // A pointer's envelope is not a key list, even signed by a root.
     env.payload_type = crate::pointer::PAYLOAD_TYPE.into();
     let bytes = serde_json::to_vec(&env).unwrap();
-    let err = accept(&bytes, &f.trust(1), None, None, now()).unwrap_err();
+    let err = accept(&bytes, &f.trust(1), None, None)
+        .and_then(|a| a.fresh(now()))
+        .unwrap_err();
     assert!(matches!(err, KeyListError::PayloadType(_)), "{err}");
 }
 
@@ -301,7 +329,9 @@ fn unknown_fields_are_refused_after_the_signatures() {
         }],
     };
     let bytes = serde_json::to_vec(&env).unwrap();
-    let err = accept(&bytes, &f.trust(1), None, None, now()).unwrap_err();
+    let err = accept(&bytes, &f.trust(1), None, None)
+        .and_then(|a| a.fresh(now()))
+        .unwrap_err();
     assert!(matches!(err, KeyListError::Payload(_)), "{err}");
     assert_eq!(decode_unverified(&list.sign(&[&f.roots[0]])).unwrap(), list);
 }

@@ -373,7 +373,8 @@ fn report_to(
                 );
             }
             Some(config::ReportTo {
-                target: source::Source::new(spec, http, secrets).context("--report-to")?,
+                target: source::Source::new_for_writes(spec, http, secrets)
+                    .context("--report-to")?,
                 interval: a.report_interval,
                 recipients,
             })

@@ -66,7 +66,9 @@ async fn newest(cfg: &Config, roots: &Trust) -> Result<Accepted, RunError> {
         // hides no revocation the host has seen either).
         Err(FetchError::NotFound(_)) if held.is_some() => {
             let held = held.expect("checked");
-            return check_expiry(held, now).map_err(refused(layout::KEY_LIST.to_owned()));
+            return held
+                .fresh(now)
+                .map_err(refused(layout::KEY_LIST.to_owned()));
         }
         Err(FetchError::NotFound(url)) => {
             return Err(RunError::Refused(anyhow!(
@@ -81,52 +83,55 @@ async fn newest(cfg: &Config, roots: &Trust) -> Result<Accepted, RunError> {
     let target = keylist::decode_unverified(&latest)
         .map_err(refused(latest_url.clone()))?
         .version;
-    let from = held.as_ref().map_or(0, |h| h.get().version);
+    let mut list = match held {
+        Some(h) => h,
+        // A host set up after a root rotation holds the new roots: the
+        // newest list is all it needs. Otherwise it walks from version 1.
+        None => match keylist::accept(&latest, roots, None, Some(target)) {
+            Ok(first) => {
+                let first = first.fresh(now).map_err(refused(latest_url))?;
+                return keep(cfg, first, &latest);
+            }
+            Err(KeyListError::Threshold { .. }) if target > 1 => {
+                let bytes = history(cfg, 1).await?;
+                keylist::accept(&bytes, roots, None, Some(1))
+                    .map_err(refused(source.url_of(&Key::KeyListHistory(1).to_string())))?
+            }
+            Err(e) => return Err(refused(latest_url)(e)),
+        },
+    };
+    let from = list.get().version;
     if target < from {
         return Err(refused(latest_url)(KeyListError::RolledBack {
             got: target,
             held: from,
         }));
     }
-    if target.saturating_sub(from) > MAX_WALK {
+    if target == from {
+        // The same version again must be the same list, and in force.
+        let same = keylist::accept(&latest, &list.trust(), Some(&list), Some(target))
+            .and_then(|a| a.fresh(now))
+            .map_err(refused(latest_url))?;
+        return keep(cfg, same, &latest);
+    }
+    if target - from > MAX_WALK {
         return Err(RunError::Refused(anyhow!(
             "{latest_url}: key list version {target} is more than {MAX_WALK} versions past \
-             version {from}, which this host holds"
+             version {from}"
         )));
     }
-    let mut list = match held {
-        Some(h) => h,
-        None => match keylist::accept(&latest, roots, None, Some(target), now) {
-            Ok(first) => return keep(cfg, first, &latest),
-            Err(KeyListError::Threshold { .. }) if target > 1 => {
-                let bytes = history(cfg, 1).await?;
-                keylist::accept(&bytes, roots, None, Some(1), now)
-                    .map_err(refused(source.url_of(&Key::KeyListHistory(1).to_string())))?
-            }
-            Err(e) => return Err(refused(latest_url)(e)),
-        },
-    };
-    if list.get().version == target {
-        // The same version again must be the same list, and still valid.
-        keylist::accept(&latest, &list.trust(), Some(&list), Some(target), now)
-            .map_err(refused(latest_url))?;
-        return Ok(list);
+    // Every version in between, in order: lists that expired since are
+    // passed, as long as their roots signed the next; the last must be in force.
+    for v in from + 1..target {
+        let bytes = history(cfg, v).await?;
+        let url = source.url_of(&Key::KeyListHistory(v).to_string());
+        list =
+            keylist::accept(&bytes, &list.trust(), Some(&list), Some(v)).map_err(refused(url))?;
     }
-    for v in list.get().version + 1..=target {
-        let (bytes, url) = match v == target {
-            true => (latest.clone(), latest_url.clone()),
-            false => (
-                history(cfg, v).await?,
-                source.url_of(&Key::KeyListHistory(v).to_string()),
-            ),
-        };
-        list = keylist::accept(&bytes, &list.trust(), Some(&list), Some(v), now)
-            .map_err(refused(url))?;
-        if v == target {
-            return keep(cfg, list, &bytes);
-        }
-    }
-    unreachable!("the walk ends at the target version")
+    let last = keylist::accept(&latest, &list.trust(), Some(&list), Some(target))
+        .and_then(|a| a.fresh(now))
+        .map_err(refused(latest_url))?;
+    keep(cfg, last, &latest)
 }
 
 async fn history(cfg: &Config, version: u64) -> Result<Vec<u8>, RunError> {
@@ -148,38 +153,23 @@ fn held(cfg: &Config) -> Result<Option<Accepted>, RunError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(other(anyhow!("cannot read {}: {e}", path.display()))),
     };
-    let damaged = |e: KeyListError| {
+    keylist::reload_own(&bytes).map(Some).map_err(|e| {
         other(anyhow!(
             "the key list {} is damaged ({e}); refusing to run, since starting afresh would \
              forget which keys were revoked. Restore it from a backup",
             path.display()
         ))
-    };
-    let list = keylist::decode_unverified(&bytes).map_err(damaged)?;
-    keylist::accept(
-        &bytes,
-        &Trust::from(&list.roots),
-        None,
-        None,
-        list.issued_at,
-    )
-    .map(Some)
-    .map_err(damaged)
-}
-
-fn check_expiry(list: Accepted, now: Timestamp) -> Result<Accepted, KeyListError> {
-    if now >= list.get().expires_at {
-        return Err(KeyListError::Expired {
-            version: list.get().version,
-            expires: list.get().expires_at,
-        });
-    }
-    Ok(list)
+    })
 }
 
 /// Keeps an accepted list as the host's own (not on a dry run).
 fn keep(cfg: &Config, list: Accepted, bytes: &[u8]) -> Result<Accepted, RunError> {
-    if !cfg.apply.dry_run {
+    let held = read_small(
+        &cfg.ports.state.key_list(),
+        keylist::MAX_ENVELOPE_SIZE as u64,
+    )
+    .ok();
+    if !cfg.apply.dry_run && held.as_deref() != Some(bytes) {
         nixcast_cli::fs::write(&cfg.ports.state.key_list(), bytes, 0o644).map_err(other)?;
     }
     Ok(list)
