@@ -264,3 +264,103 @@ fn a_root_rotation_is_walked_and_bad_lists_change_nothing() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(vm.status()["appliedGeneration"], 3);
 }
+
+/// Roots with the rest of the product: a sealed host, published to an
+/// S3 bucket (moto), staged and then promoted, followed by a host that
+/// trusts only the root and opens its objects with its SSH key.
+#[test]
+fn roots_work_with_a_sealed_host_in_a_bucket_through_a_staged_rollout() {
+    use crate::s3::{s3_cmd, Moto};
+    let moto = Moto::start();
+    moto.public_bucket("fleet-keys");
+    let work = tempfile::tempdir().unwrap();
+    let root = keygen(work.path(), "root-1");
+    let fleet1 = keygen(work.path(), "fleet-1");
+    let (host_key, host_pub) = ssh_key(work.path(), "foobar");
+    let recipients = work.path().join("fleet.recipients");
+    std::fs::write(&recipients, format!("foobar {host_pub}\n")).unwrap();
+    let bucket = format!(
+        "s3://fleet-keys/prod?endpoint={}&region=us-east-1",
+        moto.endpoint()
+    );
+    let url = format!("{}/fleet-keys/prod", moto.endpoint());
+    let (rf, secret) = (
+        recipients.to_str().unwrap(),
+        fleet1.secret.to_str().unwrap(),
+    );
+    let publish_s3 = |top: &str, extra: &[&str]| {
+        let mut args = vec![
+            "publish",
+            "--host",
+            "foobar",
+            "--path",
+            top,
+            "--cache",
+            &bucket,
+            "--secret-key-file",
+            secret,
+            "--recipients-file",
+            rf,
+        ];
+        args.extend_from_slice(extra);
+        ok(&mut s3_cmd(&args))
+    };
+    let pull = |vm: &Vm| {
+        vm.agent(&[
+            "run",
+            "--cache",
+            &url,
+            "--host",
+            "foobar",
+            "--root-key",
+            root.public_text.trim(),
+            "--identity",
+            host_key.to_str().unwrap(),
+            "--state-dir",
+            "/nix/var/nixcast",
+            "--allow-insecure-http",
+        ])
+        .output()
+        .unwrap()
+    };
+
+    let gen1 = build("keys-s3-1");
+    publish_s3(&gen1, &[]);
+    let root_secret = root.secret.to_str().unwrap();
+    let fleet_pub = pub_file(&fleet1);
+    ok(&mut s3_cmd(&[
+        "keys",
+        "sign",
+        "--cache",
+        &bucket,
+        "--root-secret-key-file",
+        root_secret,
+        "--signing-key-file",
+        fleet_pub.to_str().unwrap(),
+    ]));
+    let vm = Vm::new();
+    let out = pull(&vm);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(vm.status()["appliedGeneration"], 1);
+    assert_eq!(vm.status()["pointerSealed"], true);
+
+    // Staged, then promoted: the promoted pointer is signed by a listed key.
+    let gen2 = build("keys-s3-2");
+    publish_s3(&gen2, &["--stage"]);
+    let out = pull(&vm);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(vm.status()["appliedGeneration"], 1, "staged is not current");
+    ok(&mut s3_cmd(&[
+        "promote",
+        "--cache",
+        &bucket,
+        "--secret-key-file",
+        secret,
+        "--host",
+        "foobar",
+    ]));
+    let out = pull(&vm);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(vm.status()["appliedGeneration"], 2);
+    assert!(vm.valid(&[&gen2]));
+}

@@ -14,7 +14,7 @@ pub(crate) struct Moto {
 }
 
 impl Moto {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::start_with(&[])
     }
 
@@ -65,7 +65,7 @@ impl Moto {
     /// Makes a bucket anyone may read, as one served to hosts would be.
     /// (Real S3 authorises HEAD as s3:GetObject; moto wants s3:HeadObject too,
     /// and Nix asks for narinfos with HEAD first.)
-    fn public_bucket(&self, name: &str) {
+    pub(crate) fn public_bucket(&self, name: &str) {
         let script = format!(
             r#"
 import boto3, json
@@ -100,7 +100,7 @@ impl Drop for Moto {
     }
 }
 
-fn s3_cmd(args: &[&str]) -> Command {
+pub(crate) fn s3_cmd(args: &[&str]) -> Command {
     let mut c = nixcast();
     c.args(args)
         .env("AWS_ACCESS_KEY_ID", "testing")
