@@ -145,6 +145,10 @@ pub struct Report {
     #[serde(default)]
     pub current_system: Option<String>,
     pub agent_version: String,
+    /// The version of the key list the agent holds, when it trusts roots
+    /// (`--root-key`); none with pinned keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_list_version: Option<u64>,
     /// A reboot the agent waits for a window to make, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reboot_pending: Option<String>,
@@ -520,6 +524,7 @@ mod tests {
             booted_system: None,
             current_system: None,
             agent_version: "0.1.0".into(),
+            key_list_version: None,
             reboot_pending: None,
         }
     }

@@ -266,6 +266,9 @@ pub struct Summary {
     pub applied_at: Option<Timestamp>,
     pub last_failure: Option<report::LastFailure>,
     pub interval: u64,
+    /// The key list version the host holds, when it trusts roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_list_version: Option<u64>,
 }
 
 /// A host's row additions and its history (highest generation first, at
@@ -314,6 +317,7 @@ pub fn columns(
                     ..f
                 }),
                 interval: r.interval,
+                key_list_version: r.key_list_version,
             });
         }
     }
@@ -350,6 +354,7 @@ mod tests {
             booted_system: None,
             current_system: None,
             agent_version: "0.1.0".into(),
+            key_list_version: None,
             reboot_pending: None,
         }
     }

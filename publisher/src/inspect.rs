@@ -153,6 +153,9 @@ fn fleet_text(c: &crate::fleet::Columns) -> String {
             out.push_str(&format!(
                 "\tapplied {applied} ({outcome}), reported {age} ago"
             ));
+            if let Some(v) = r.key_list_version {
+                out.push_str(&format!(", key list {v}"));
+            }
         }
         (None, Some(why)) => out.push_str(&format!("\treport NOT TRUSTED: {why}")),
         (None, None) => out.push_str("\tno report"),

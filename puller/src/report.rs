@@ -197,8 +197,20 @@ fn make(
         booted_system: paths(link(&cfg.ports.booted_system)),
         current_system: paths(link(Path::new("/run/current-system"))),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        key_list_version: key_list_version(cfg),
         reboot_pending,
     }
+}
+
+/// The version of the key list this host holds, when it trusts roots.
+fn key_list_version(cfg: &Config) -> Option<u64> {
+    if !matches!(cfg.policy.trusted, crate::config::Trusted::Roots { .. }) {
+        return None;
+    }
+    let cap = nixcast_common::keylist::MAX_ENVELOPE_SIZE as u64;
+    let bytes = nixcast_cli::fs::read_small(&cfg.ports.state.key_list(), cap).ok()?;
+    let held = nixcast_common::keylist::reload_own(&bytes).ok()?;
+    Some(held.get().version)
 }
 
 #[cfg(test)]

@@ -49,6 +49,7 @@ pub(crate) fn report(host: &str, applied: u64, applied_at: Timestamp) -> Report 
         booted_system: None,
         current_system: None,
         agent_version: "test".into(),
+        key_list_version: None,
         reboot_pending: None,
     }
 }

@@ -284,6 +284,8 @@ fn roots_work_with_a_sealed_host_in_a_bucket_through_a_staged_rollout() {
         moto.endpoint()
     );
     let url = format!("{}/fleet-keys/prod", moto.endpoint());
+    let reports = work.path().join("reports");
+    let report_to = reports.to_str().unwrap().to_owned();
     let (rf, secret) = (
         recipients.to_str().unwrap(),
         fleet1.secret.to_str().unwrap(),
@@ -319,6 +321,8 @@ fn roots_work_with_a_sealed_host_in_a_bucket_through_a_staged_rollout() {
             "--state-dir",
             "/nix/var/nixcast",
             "--allow-insecure-http",
+            "--report-to",
+            &report_to,
         ])
         .output()
         .unwrap()
@@ -363,4 +367,13 @@ fn roots_work_with_a_sealed_host_in_a_bucket_through_a_staged_rollout() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(vm.status()["appliedGeneration"], 2);
     assert!(vm.valid(&[&gen2]));
+    // The host's report says which key list it holds.
+    let env: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(reports.join("reports/foobar.json")).unwrap())
+            .unwrap();
+    let payload = data_encoding::BASE64
+        .decode(env["payload"].as_str().unwrap().as_bytes())
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(report["keyListVersion"], 1, "{report}");
 }

@@ -849,6 +849,7 @@ fn a_report(host: &str, at: nixcast_common::pointer::Timestamp) -> nixcast_commo
         booted_system: None,
         current_system: None,
         agent_version: "0.1.0".into(),
+        key_list_version: None,
         reboot_pending: None,
     }
 }
