@@ -148,14 +148,16 @@ impl Server {
     async fn get_response(&self, key: &str, v: &Validators) -> Result<reqwest::Response, Error> {
         let url = self.url(key);
         send_with_retries(&url, v.any(), self.auth.is_some(), || {
-            let mut req = with_auth(self.client.get(url.clone()), &self.auth);
-            if let Some(e) = &v.etag {
-                req = req.header(IF_NONE_MATCH, e);
+            let req = with_auth(self.client.get(url.clone()), &self.auth);
+            // The entity tag when there is one, alone: a date has whole
+            // seconds, and a server that weighs If-Modified-Since (against
+            // RFC 9110, 13.2.2) would answer 304 for a pointer rewritten
+            // within the second of the one the agent holds.
+            match (&v.etag, &v.last_modified) {
+                (Some(e), _) => req.header(IF_NONE_MATCH, e),
+                (None, Some(m)) => req.header(IF_MODIFIED_SINCE, m),
+                (None, None) => req,
             }
-            if let Some(m) = &v.last_modified {
-                req = req.header(IF_MODIFIED_SINCE, m);
-            }
-            req
         })
         .await
     }
@@ -631,6 +633,38 @@ mod tests {
         let msg = transport(src.get_small("stuck", 100).await);
         assert!(msg.contains("protocol error"), "{msg}");
         assert_eq!(seen.lock().unwrap().len(), 3, "none of these is retried");
+    }
+
+    /// A server that answers 304 to any If-Modified-Since (as some do,
+    /// whatever the entity tag says) must not hide a rewritten pointer.
+    #[tokio::test]
+    async fn an_entity_tag_is_sent_without_the_date() {
+        let (url, seen) = server(|head, _| {
+            if head.to_ascii_lowercase().contains("if-modified-since") {
+                reply("304 Not Modified", "", "")
+            } else {
+                reply("200 OK", "ETag: \"v2\"\r\n", "new pointer")
+            }
+        })
+        .await;
+        let v = Validators {
+            etag: Some("\"v1\"".into()),
+            last_modified: Some("Sun, 06 Dec 2026 07:00:00 GMT".into()),
+        };
+        let got = http(&url).get_pointer("p", 100, &v).await.unwrap();
+        assert!(
+            matches!(got, Fetched::Body(..)),
+            "a 304 hid the new pointer"
+        );
+        let head = seen.lock().unwrap()[0].to_ascii_lowercase();
+        assert!(
+            head.contains("if-none-match") && !head.contains("if-modified-since"),
+            "{head}"
+        );
+        // Without a tag, the date is what there is.
+        let v = Validators { etag: None, ..v };
+        let got = http(&url).get_pointer("p", 100, &v).await.unwrap();
+        assert!(matches!(got, Fetched::NotModified));
     }
 
     #[tokio::test]

@@ -365,7 +365,7 @@ fn roots_work_with_a_sealed_host_in_a_bucket_through_a_staged_rollout() {
     ]));
     let out = pull(&vm);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(vm.status()["appliedGeneration"], 2);
+    assert_eq!(vm.status()["appliedGeneration"], 2, "{}", stderr(&out));
     assert!(vm.valid(&[&gen2]));
     // The host's report says which key list it holds.
     let env: serde_json::Value =
