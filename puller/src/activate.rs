@@ -145,12 +145,19 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        // The background sleep is gone (a zombie at most, until init reaps it).
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        assert!(
-            state.is_empty() || state.split_whitespace().nth(2) == Some("Z"),
-            "{state}"
-        );
+        // The background sleep was killed too: it is gone (a zombie at most,
+        // until init reaps it) once the kernel has delivered the signal. Had
+        // it been spared, it would run for a minute.
+        let gone = || {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            state.is_empty() || state.split_whitespace().nth(2) == Some("Z")
+        };
+        let mut tries = 0;
+        while !gone() && tries < 200 {
+            std::thread::sleep(Duration::from_millis(50));
+            tries += 1;
+        }
+        assert!(gone(), "the command's background process outlived the timeout");
     }
 
     #[test]
