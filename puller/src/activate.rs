@@ -157,7 +157,10 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
             tries += 1;
         }
-        assert!(gone(), "the command's background process outlived the timeout");
+        assert!(
+            gone(),
+            "the command's background process outlived the timeout"
+        );
     }
 
     #[test]
