@@ -62,6 +62,27 @@ impl Dir {
         self.root.join(key)
     }
 
+    /// What `sync` flushes: the directory of every write since the last
+    /// one, and the cache's fixed directories, so that renames an
+    /// interrupted earlier run left unflushed are made durable too (a
+    /// publish that finds a NAR there writes none).
+    fn to_sync(&self) -> BTreeSet<PathBuf> {
+        let mut dirs = std::mem::take(&mut *self.unsynced.lock().expect("not poisoned"));
+        for sub in [
+            "",
+            layout::NAR_DIR,
+            layout::MANIFESTS_DIR,
+            layout::SEALED_DIR,
+            layout::HOSTS_DIR,
+        ] {
+            let d = self.root.join(sub);
+            if d.is_dir() {
+                dirs.insert(d);
+            }
+        }
+        dirs
+    }
+
     /// The directories a `sync` would flush now.
     pub fn unsynced(&self) -> Vec<PathBuf> {
         self.unsynced
@@ -227,21 +248,7 @@ impl Backend for Dir {
 
     fn sync(&self) -> BoxFuture<'_, Result<(), Error>> {
         async move {
-            let mut dirs = std::mem::take(&mut *self.unsynced.lock().expect("not poisoned"));
-            // Renames an interrupted earlier run left unflushed are made
-            // durable too: a publish that finds a NAR there writes none.
-            for sub in [
-                layout::NAR_DIR,
-                layout::MANIFESTS_DIR,
-                layout::SEALED_DIR,
-                layout::HOSTS_DIR,
-            ] {
-                let d = self.root.join(sub);
-                if d.is_dir() {
-                    dirs.insert(d);
-                }
-            }
-            dirs.insert(self.root.clone());
+            let dirs = self.to_sync();
             // Deepest first: a new directory's own entry is in its parent.
             for dir in dirs.iter().rev() {
                 let mut d = dir.as_path();
@@ -353,6 +360,13 @@ mod tests {
         assert!(unsynced.contains(&d.path().join("hosts/web")));
         now(dir.sync()).unwrap();
         assert!(dir.unsynced().is_empty());
+        // A later run that writes nothing there still flushes what an
+        // interrupted one may have left.
+        let later = Dir::new(d.path());
+        let flushed = later.to_sync();
+        for sub in ["", "nar", "manifests", "sealed", "hosts"] {
+            assert!(flushed.contains(&d.path().join(sub)), "{sub:?} not flushed");
+        }
     }
 
     #[test]

@@ -56,13 +56,30 @@ pub async fn pointer_unverified(cache: &Cache, key: &str) -> Result<Pointer, Rea
     pointer::decode_unverified(&bytes).map_err(|e| ReadError::refused(&cache.url_of(key), e))
 }
 
-/// The manifest `p` pins, as stored (sealed ones stay sealed: a bundle
-/// carries them as they are) and in the clear.
+/// A manifest as stored (sealed ones stay sealed: a bundle carries them as
+/// they are) and, for a sealed one, its plain bytes; a plain one is held
+/// once.
+pub struct ManifestBytes {
+    pub stored: Vec<u8>,
+    opened: Option<Vec<u8>>,
+}
+
+impl ManifestBytes {
+    pub fn plain(&self) -> &[u8] {
+        self.opened.as_deref().unwrap_or(&self.stored)
+    }
+
+    pub fn into_plain(self) -> Vec<u8> {
+        self.opened.unwrap_or(self.stored)
+    }
+}
+
+/// The manifest `p` pins, checked against the pin before anything else.
 pub async fn manifest_bytes(
     cache: &Cache,
     p: &Pointer,
     ids: &[Identity],
-) -> Result<(Vec<u8>, Vec<u8>), ReadError> {
+) -> Result<ManifestBytes, ReadError> {
     let m = &p.manifest;
     let url = format!("manifest {}", cache.url_of(&m.path));
     let plain_pin = pinned::plain_pin(m);
@@ -72,7 +89,10 @@ pub async fn manifest_bytes(
     // Nothing is decrypted before the stored bytes are the pinned ones.
     pinned::check_bytes(&stored, m.sha256, m.size).map_err(|e| ReadError::refused(&url, e))?;
     if m.sealed.is_none() {
-        return Ok((stored.clone(), stored));
+        return Ok(ManifestBytes {
+            stored,
+            opened: None,
+        });
     }
     if ids.is_empty() {
         return Err(ReadError::refused(
@@ -88,7 +108,10 @@ pub async fn manifest_bytes(
         open_sealed(ids, &stored, plain_pin.size).map_err(|e| ReadError::refused(&url, e))?;
     pinned::check_bytes(&plain, plain_pin.sha256, plain_pin.size)
         .map_err(|e| ReadError::refused(&url, e))?;
-    Ok((stored, plain))
+    Ok(ManifestBytes {
+        stored,
+        opened: Some(plain),
+    })
 }
 
 fn check_size(m: &ManifestRef) -> Result<(), ReadError> {
@@ -99,16 +122,6 @@ fn check_size(m: &ManifestRef) -> Result<(), ReadError> {
         )));
     }
     Ok(())
-}
-
-/// The manifest a verified pointer pins, and its stored bytes.
-pub async fn pinned(
-    cache: &Cache,
-    v: &Verified<Pointer>,
-    ids: &[Identity],
-) -> Result<(Vec<u8>, Pinned), ReadError> {
-    let (stored, plain) = manifest_bytes(cache, v.get(), ids).await?;
-    Ok((stored, check_pin(cache, v, &plain)?))
 }
 
 fn check_pin(cache: &Cache, v: &Verified<Pointer>, plain: &[u8]) -> Result<Pinned, ReadError> {
@@ -133,7 +146,7 @@ pub async fn pinned_from(
     };
     let plain = match rebuilt {
         Some(plain) => plain,
-        None => manifest_bytes(cache, v.get(), ids).await?.1,
+        None => manifest_bytes(cache, v.get(), ids).await?.into_plain(),
     };
     let pinned = check_pin(cache, v, &plain)?;
     Ok((plain, pinned))
@@ -202,16 +215,16 @@ pub async fn unpinned(
     p: &Pointer,
     ids: &[Identity],
 ) -> Result<(Vec<u8>, Manifest), ReadError> {
-    let (stored, plain) = manifest_bytes(cache, p, ids).await?;
+    let bytes = manifest_bytes(cache, p, ids).await?;
     let url = cache.url_of(&p.manifest.path);
-    let m = Manifest::parse(&plain).map_err(|e| ReadError::refused(&url, e))?;
+    let m = Manifest::parse(bytes.plain()).map_err(|e| ReadError::refused(&url, e))?;
     if p.store_path.as_ref().is_some_and(|t| *t != m.store_path) {
         return Err(ReadError::refused(
             &url,
             anyhow!("it is for {}, the pointer names another path", m.store_path),
         ));
     }
-    Ok((stored, m))
+    Ok((bytes.stored, m))
 }
 
 /// Opens a small sealed object; being sealed to none of `ids` is an error

@@ -304,6 +304,35 @@ mod tests {
         assert!(!cache.exists(&layout::history(HOST, 1)));
     }
 
+    /// Temporary files a cut-short write left beside pointers, history, key
+    /// lists and reports go; the files themselves stay.
+    #[test]
+    fn temporary_files_go_from_every_directory_writes_leave_them_in() {
+        let cache = Cache::new();
+        let mut store = FakeStore::new();
+        let top = store.add("system-1", "1", &[]);
+        cache.publish(&store, &top, false);
+        let leftovers = [
+            ".tmp-a".to_owned(),
+            format!("{}/.tmp-b", layout::HOSTS_DIR),
+            format!("{}/.tmp-c", layout::history_dir(HOST)),
+            format!("{}/.tmp-d", layout::KEY_LISTS_DIR),
+            format!("{}/.tmp-e", layout::REPORTS_DIR),
+        ];
+        for key in &leftovers {
+            cache.target.put(key, b"half").unwrap();
+        }
+        cache.target.put("reports/web.json", b"{}").unwrap();
+        let keys = [cache.key.public()];
+        gc(&cache.target, 1, Duration::ZERO, &[], &keys, false).unwrap();
+        for key in &leftovers {
+            assert!(!cache.exists(key), "{key} was left");
+        }
+        assert!(cache.exists("reports/web.json"));
+        assert!(cache.exists(&layout::pointer(HOST)));
+        assert!(cache.exists(&layout::history(HOST, 1)));
+    }
+
     /// A history entry signed by another key, under a high number: with the
     /// trusted key it takes no kept generation's place.
     #[test]

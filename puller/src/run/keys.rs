@@ -54,6 +54,7 @@ pub(super) async fn trusted(cfg: &Config) -> Result<Vec<PublicKey>, RunError> {
 async fn newest(cfg: &Config, roots: &Trust) -> Result<Accepted, RunError> {
     let now = Timestamp::now();
     let held = held(cfg)?;
+    let held_digest = held.as_ref().map(|h| h.digest());
     let source = &cfg.ports.source;
     let refused = |url: String| move |e: KeyListError| RunError::Refused(anyhow!(e).context(url));
     let latest = match source
@@ -90,7 +91,7 @@ async fn newest(cfg: &Config, roots: &Trust) -> Result<Accepted, RunError> {
         None => match keylist::accept(&latest, roots, None, Some(target)) {
             Ok(first) => {
                 let first = first.fresh(now).map_err(refused(latest_url))?;
-                return keep(cfg, first, &latest);
+                return keep(cfg, first, &latest, held_digest);
             }
             Err(KeyListError::Threshold { .. }) if target > 1 => {
                 let bytes = history(cfg, 1).await?;
@@ -112,7 +113,7 @@ async fn newest(cfg: &Config, roots: &Trust) -> Result<Accepted, RunError> {
         let same = keylist::accept(&latest, &list.trust(), Some(&list), Some(target))
             .and_then(|a| a.fresh(now))
             .map_err(refused(latest_url))?;
-        return keep(cfg, same, &latest);
+        return keep(cfg, same, &latest, held_digest);
     }
     if target - from > MAX_WALK {
         return Err(RunError::Refused(anyhow!(
@@ -131,7 +132,7 @@ async fn newest(cfg: &Config, roots: &Trust) -> Result<Accepted, RunError> {
     let last = keylist::accept(&latest, &list.trust(), Some(&list), Some(target))
         .and_then(|a| a.fresh(now))
         .map_err(refused(latest_url))?;
-    keep(cfg, last, &latest)
+    keep(cfg, last, &latest, held_digest)
 }
 
 async fn history(cfg: &Config, version: u64) -> Result<Vec<u8>, RunError> {
@@ -162,14 +163,15 @@ fn held(cfg: &Config) -> Result<Option<Accepted>, RunError> {
     })
 }
 
-/// Keeps an accepted list as the host's own (not on a dry run).
-fn keep(cfg: &Config, list: Accepted, bytes: &[u8]) -> Result<Accepted, RunError> {
-    let held = read_small(
-        &cfg.ports.state.key_list(),
-        keylist::MAX_ENVELOPE_SIZE as u64,
-    )
-    .ok();
-    if !cfg.apply.dry_run && held.as_deref() != Some(bytes) {
+/// Keeps an accepted list as the host's own (not on a dry run), unless it
+/// is the one held already.
+fn keep(
+    cfg: &Config,
+    list: Accepted,
+    bytes: &[u8],
+    held: Option<nixcast_common::Sha256Hash>,
+) -> Result<Accepted, RunError> {
+    if !cfg.apply.dry_run && held != Some(list.digest()) {
         nixcast_cli::fs::write(&cfg.ports.state.key_list(), bytes, 0o644).map_err(other)?;
     }
     Ok(list)
