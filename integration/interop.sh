@@ -7,6 +7,8 @@
 #  - the core cycle, crossed: publisher on one Nix, agent on the other
 #    (publish → pull → switch → publish a change → delta pull → failing
 #    switch → rollback), each in a fresh store;
+#  - an agent built from an earlier commit (before this round's format
+#    changes) updating from a cache this publisher writes;
 #  - current Nix's `nix copy --from` and `nix-store -r` on our cache, and
 #    `publish` onto a cache current Nix wrote;
 #  - the root booted with `systemd-nspawn -b`, the module's units rendered
@@ -36,6 +38,7 @@ command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 command -v nix-store >/dev/null || need+=(nix-bin)
 command -v python3 >/dev/null || need+=(python3)
 command -v pgrep >/dev/null || need+=(procps)
+command -v ssh-keygen >/dev/null || need+=(openssh-client)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -77,6 +80,18 @@ flock -s 9
 
 work=$(mktemp -d /var/tmp/nixcast-interop.XXXXXX)
 root=$work/root
+
+# The agent as it was before this round changed what the cache holds (a key
+# list beside the pointers; reports ordered): built from this repository's
+# own history, its target directory kept with the trixie root.
+old_agent_rev=293cab7b40ab844ee11962971129ba62147df2e9
+echo "== building the agent of ${old_agent_rev:0:7}"
+mkdir -p "$work/old-agent-src"
+git -C "$repo" archive "$old_agent_rev" | tar -x -C "$work/old-agent-src" ||
+  die "commit $old_agent_rev is not in this clone's history (a shallow clone?): fetch it"
+cargo build -q -p nixcast-pull --manifest-path "$work/old-agent-src/Cargo.toml" \
+  --target-dir "$cache_dir/old-agent-target" || die "building the agent of $old_agent_rev failed"
+old_agent=$cache_dir/old-agent-target/debug/nixcast-pull
 # Tests run in subshells: what outlives one is written down here.
 : >"$work/servers"
 : >"$work/boot.env"
@@ -226,6 +241,38 @@ cycle() {
   expect "profile" "$(profile "$as")" "system-2-link $gen2"
   expect "last switches" "$(tail -2 "$as/var/nixcast-test-switch.log" | tr '\n' ' ')" "switch $gen3 switch $gen2 "
   "$a" "$as" "$nbp" status --state-dir /nix/var/nixcast
+}
+# An agent built before this round keeps updating from a cache this
+# publisher writes, key list and all, and the trusted side reads its
+# (unordered, plain) reports.
+old_agent_updates() {
+  local ps as cache gen1 gen2 out
+  ps=$(store old-agent-pub) as=$(store old-agent) cache=$work/cache-old-agent
+  mkdir -p "$cache"
+  ssh-keygen -q -t ed25519 -N '' -C foobar -f "$work/old-agent-host"
+  echo "foobar $(cat "$work/old-agent-host.pub")" >"$work/old-agent.recipients"
+  "$bin/nixcast" keygen --name root-1 --secret-key-file "$work/root-1.sec" \
+    --public-key-file "$work/root-1.pub" >/dev/null
+  serve "$cache"
+  pull() {
+    old "$as" "$old_agent" run --cache "$url" --host foobar --trusted-key "$pub" \
+      --state-dir /nix/var/nixcast --allow-insecure-http \
+      --report-to "$cache" --identity "$work/old-agent-host"
+  }
+  gen1=$(build old "$ps" old-agent-1)
+  old "$ps" "$bin/nixcast" publish --host foobar --path "$gen1" --cache "$cache" --secret-key-file "$work/secret.key"
+  "$bin/nixcast" keys sign --cache "$cache" --root-secret-key-file "$work/root-1.sec" \
+    --signing-key-file "$work/public.key"
+  pull
+  expect "profile" "$(profile "$as")" "system-1-link $gen1"
+  gen2=$(build old "$ps" old-agent-2)
+  old "$ps" "$bin/nixcast" publish --host foobar --path "$gen2" --cache "$cache" --secret-key-file "$work/secret.key"
+  pull
+  expect "profile" "$(profile "$as")" "system-2-link $gen2"
+  out=$("$bin/nixcast" hosts --cache "$cache" --trusted-key-file "$work/public.key" \
+    --recipients-file "$work/old-agent.recipients")
+  echo "$out"
+  expect "its report" "$(echo "$out" | grep -o 'applied 2 (ok)')" "applied 2 (ok)"
 }
 cycle_old_new() { cycle old new; }
 cycle_new_old() { cycle new old; }
@@ -407,6 +454,7 @@ boot_security() {
 echo "== tests"
 t "cycle: publisher Nix $old_nix, agent Nix $new_nix" cycle_old_new
 t "cycle: publisher Nix $new_nix, agent Nix $old_nix" cycle_new_old
+t "an agent of ${old_agent_rev:0:7} updates from this cache, key list and all" old_agent_updates
 t "Nix $new_nix's nix copy --from and nix-store -r on our cache" nix_clients
 t "publish onto a cache Nix $new_nix wrote" publish_onto_new_cache
 # The boot tests share one booted root, in order.
