@@ -18,6 +18,7 @@ mod keys;
 mod nix;
 mod promote;
 mod publish;
+mod resign;
 mod sealing;
 mod serve;
 mod target;

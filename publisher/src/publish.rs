@@ -16,7 +16,7 @@ use nixcast_common::manifest::{self, Compression, Delta, Entry, Manifest};
 use nixcast_common::narinfo::NarInfo;
 use nixcast_common::pointer::{self, ManifestRef, Pointer, Timestamp};
 use nixcast_common::seal::{self, Identity, Recipient};
-use nixcast_common::{layout, SecretKey, Sha256Hash, StorePath};
+use nixcast_common::{layout, PublicKey, SecretKey, Sha256Hash, StorePath};
 
 use crate::nix::{PathInfo, Store};
 use crate::target::Target;
@@ -141,8 +141,10 @@ pub fn publish(
 
 /// What the target holds of a host already.
 struct Previous {
-    /// The current pointer, verified with our key.
+    /// The current pointer, verified with our key or, in a cache with a key
+    /// list, with another signing key it lists for the host (`ours` says which).
     pointer: Option<Pointer>,
+    ours: bool,
     /// The highest generation published, in the pointer or the history.
     last_generation: u64,
     last_issued: Option<Timestamp>,
@@ -155,9 +157,10 @@ impl Previous {
     /// The current pointer and the last generation; the manifest is read
     /// by `read_manifest` when it is needed.
     fn read(target: &Target, host: &str, opts: &Options) -> Result<Self> {
-        let (pointer, last_generation, last_issued) = previous_pointer(target, host, opts)?;
+        let (pointer, ours, last_generation, last_issued) = previous_pointer(target, host, opts)?;
         Ok(Previous {
             pointer,
+            ours,
             last_generation,
             last_issued,
             manifest: None,
@@ -178,11 +181,12 @@ impl Previous {
                 });
     }
 
-    /// The current pointer, if it needs no renewal (nor `--force`).
+    /// The current pointer, if it needs no renewal (nor `--force`): one
+    /// another listed key signed is signed again with ours.
     fn fresh(&self, opts: &Options) -> Option<&Pointer> {
         self.pointer
             .as_ref()
-            .filter(|p| !opts.force && !needs_renewal(p, opts.expires_in))
+            .filter(|p| self.ours && !opts.force && !needs_renewal(p, opts.expires_in))
     }
 
     /// `Unchanged` when the current plain pointer names `top` already.
@@ -478,7 +482,8 @@ fn write_delta(
     }
 }
 
-/// The current pointer (verified with our key), the last generation
+/// The current pointer (verified with our key, or with another key the
+/// cache's key list names for the host: then `false`), the last generation
 /// published for the host and the latest time one of them was issued. They
 /// come from the current pointer and the history pointers `hosts/HOST/N.json`
 /// that verify with our key and name this host and generation N. File names
@@ -489,16 +494,35 @@ fn previous_pointer(
     target: &Target,
     host: &str,
     opts: &Options,
-) -> Result<(Option<Pointer>, u64, Option<Timestamp>)> {
+) -> Result<(Option<Pointer>, bool, u64, Option<Timestamp>)> {
     let key = layout::pointer(host);
-    let history_last = last_verified_history(target, host, opts)?;
+    let ours = [opts.key.public()];
+    let listed = listed_keys(target, host, opts)?;
+    let history_keys = match listed.is_empty() {
+        true => &ours[..],
+        false => &listed[..],
+    };
+    let history_last = last_verified_history(target, host, history_keys)?;
     let history_generation = history_last.as_ref().map_or(0, |p| p.generation);
     let history_issued = history_last.as_ref().map(|p| p.issued_at);
     let Some(bytes) = target.get_at_most(&key, pointer::MAX_ENVELOPE_SIZE as u64)? else {
-        return Ok((None, history_generation, history_issued));
+        return Ok((None, true, history_generation, history_issued));
     };
-    match pointer::verify(&bytes, &[opts.key.public()]) {
-        Ok(v) => {
+    let verified = pointer::verify(&bytes, &ours)
+        .map(|v| (v, true))
+        .or_else(|e| match listed.is_empty() {
+            true => Err(e),
+            false => pointer::verify(&bytes, &listed).map(|v| (v, false)),
+        });
+    match verified {
+        Ok((v, is_ours)) => {
+            if !is_ours {
+                tracing::info!(
+                    "{key} is signed by {}, which the key list names beside {}: taking the host over",
+                    v.key_name(),
+                    opts.key.name()
+                );
+            }
             let p = v.into_inner();
             ensure!(
                 p.host == *host,
@@ -507,7 +531,7 @@ fn previous_pointer(
             );
             let generation = history_generation.max(p.generation);
             let issued = history_issued.max(Some(p.issued_at));
-            Ok((Some(p), generation, issued))
+            Ok((Some(p), is_ours, generation, issued))
         }
         Err(e) if opts.force => {
             tracing::warn!(error = %e, "previous pointer {key} does not verify with key {}; replacing it (--force)", opts.key.name());
@@ -524,22 +548,54 @@ fn previous_pointer(
                     "continuing after generation {claimed}, which the replaced pointer claims"
                 );
             }
-            Ok((None, history_generation.max(claimed), history_issued))
+            Ok((None, true, history_generation.max(claimed), history_issued))
         }
         Err(e) => bail!(
-            "the current pointer {} does not verify with key {}: {e}\n\
+            "the current pointer {} does not verify with key {}{}: {e}\n\
              another key published this host; use --force to take it over with this key",
             target.describe() + "/" + &key,
-            opts.key.name()
+            opts.key.name(),
+            match listed.is_empty() {
+                true => String::new(),
+                false => " nor with another key of the cache's key list".to_owned(),
+            }
         ),
     }
 }
 
-/// The highest history pointer of `host` that is ours. Names are tried from
-/// the highest number down, so only planted files and one real pointer are
-/// read; each planted one is ignored with a warning.
-fn last_verified_history(target: &Target, host: &str, opts: &Options) -> Result<Option<Pointer>> {
-    let public = opts.key.public();
+/// The signing keys the cache's key list names for `host` when it names
+/// ours among them; none without a list, or when ours is not listed (a key
+/// being rotated in is listed before it publishes). The list is held to the
+/// roots it names (`keys::current`): the publisher is not the place where a
+/// list is enforced, the hosts are; this only spares `--force` on a rotation.
+fn listed_keys(target: &Target, host: &str, opts: &Options) -> Result<Vec<PublicKey>> {
+    let Some(list) = crate::keys::current(target)? else {
+        return Ok(vec![]);
+    };
+    let keys = list.signing_keys_for(host);
+    match keys.contains(&opts.key.public()) {
+        true => Ok(keys),
+        false => {
+            tracing::warn!(
+                "the cache's key list (version {}) does not name {} for {host}: hosts that trust \
+                 roots will refuse this publish; list it with `nixcast keys sign`",
+                list.get().version,
+                opts.key.name()
+            );
+            Ok(vec![])
+        }
+    }
+}
+
+/// The highest history pointer of `host` that one of `keys` signed (ours,
+/// or those a key list names beside ours). Names are tried from the highest
+/// number down, so only planted files and one real pointer are read; each
+/// planted one is ignored with a warning.
+pub(crate) fn last_verified_history(
+    target: &Target,
+    host: &str,
+    keys: &[PublicKey],
+) -> Result<Option<Pointer>> {
     let mut numbered: Vec<(u64, String)> = target
         .list(&layout::history_dir(host))?
         .into_iter()
@@ -558,12 +614,12 @@ fn last_verified_history(target: &Target, host: &str, opts: &Options) -> Result<
                 continue;
             }
         };
-        let why = match pointer::verify(&bytes, std::slice::from_ref(&public)) {
+        let why = match pointer::verify(&bytes, keys) {
             Ok(v) if v.get().host == host && v.get().generation == n => {
                 return Ok(Some(v.into_inner()))
             }
             Ok(_) => "it names another host or generation".to_owned(),
-            Err(e) => format!("it does not verify with key {}: {e}", public.name()),
+            Err(e) => format!("it does not verify: {e}"),
         };
         tracing::warn!(
             "ignoring {k:?} in the history of {host}: {}",

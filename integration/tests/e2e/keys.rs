@@ -40,13 +40,17 @@ fn keys_sign(cache: &Path, signers: &[&Keys], signing: &[&Keys], extra: &[&str])
 
 /// The agent with root keys instead of a pinned signing key.
 fn pull_with_roots(vm: &Vm, url: &str, roots: &[&Keys], threshold: u32) -> Output {
+    pull_host_with_roots(vm, url, "foobar", roots, threshold)
+}
+
+fn pull_host_with_roots(vm: &Vm, url: &str, host: &str, roots: &[&Keys], threshold: u32) -> Output {
     let threshold = threshold.to_string();
     let mut args = vec![
         "run",
         "--cache",
         url,
         "--host",
-        "foobar",
+        host,
         "--state-dir",
         "/nix/var/nixcast",
         "--allow-insecure-http",
@@ -90,16 +94,81 @@ fn a_host_that_trusts_only_roots_follows_a_rotation_and_refuses_a_revoked_key() 
     let out = keys_sign(&cache, &[&root], &[&fleet1, &fleet2], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let gen2 = build("keys2");
-    // Publishing under another key takes the host over (until publish
-    // reads the key list itself).
-    publish(&cache, "foobar", &gen2, &fleet2, &["--force"]);
+    // The list names both keys: fleet-2 takes the host over without --force.
+    publish(&cache, "foobar", &gen2, &fleet2, &[]);
     let out = pull_with_roots(&vm, &server.url, &[&root], 1);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(vm.status()["appliedGeneration"], 2);
+    // A key the list does not name still needs --force.
+    let stranger = keygen(work.path(), "stranger");
+    let out = nixcast()
+        .args(["publish", "--host", "foobar", "--path", &gen2, "--cache"])
+        .arg(&cache)
+        .arg("--secret-key-file")
+        .arg(&stranger.secret)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("use --force"), "{}", stderr(&out));
+    // Another host, published by fleet-1 while the list still names it.
+    let web = Fixture {
+        host: "web",
+        version: "keys-web",
+        ..Default::default()
+    }
+    .build();
+    publish(&cache, "web", &web, &fleet1, &[]);
 
-    // List 3 drops fleet-1; generation 3 by fleet-2 applies.
+    // List 3 drops fleet-1. A new host for web, which has seen only list 3,
+    // refuses web's pointer (fleet-1 signed it) until `keys resign`.
     let out = keys_sign(&cache, &[&root], &[&fleet2], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let web_vm = Vm::new();
+    let out = pull_host_with_roots(&web_vm, &server.url, "web", &[&root], 1);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("fleet-1"), "{}", stderr(&out));
+    let out = nixcast()
+        .args(["keys", "resign", "--cache"])
+        .arg(&cache)
+        .arg("--secret-key-file")
+        .arg(&fleet2.secret)
+        .arg("--trusted-key-file")
+        .arg(pub_file(&fleet1))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("re-signed web as generation 2"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("foobar: signed by this key already"));
+    let out = pull_host_with_roots(&web_vm, &server.url, "web", &[&root], 1);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(web_vm.status()["appliedGeneration"], 2);
+    assert!(web_vm.valid(&closure(&web)));
+    // Nix given only fleet-2 reads web's closure from the cache, and no
+    // narinfo of what the hosts run carries fleet-1's signature any more
+    // (generation 1's own paths are nobody's now: gc's business).
+    let nix = Vm::new();
+    ok_output(nix.nix_copy_from(&server.url, fleet2.public_text.trim(), &web));
+    for p in closure(&web).iter().chain(&closure(&gen2)) {
+        let hash = &p["/nix/store/".len()..][..32];
+        let text = std::fs::read_to_string(cache.join(format!("{hash}.narinfo"))).unwrap();
+        assert!(!text.contains("fleet-1:"), "{text}");
+        assert!(text.contains("fleet-2:"), "{text}");
+    }
+    // A second resign finds nothing to do.
+    let out = nixcast()
+        .args(["keys", "resign", "--cache"])
+        .arg(&cache)
+        .arg("--secret-key-file")
+        .arg(&fleet2.secret)
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("web: signed by this key already"));
+
+    // Generation 3 by fleet-2 applies.
     let gen3 = build("keys3");
     publish(&cache, "foobar", &gen3, &fleet2, &[]);
     let out = pull_with_roots(&vm, &server.url, &[&root], 1);

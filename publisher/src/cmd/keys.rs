@@ -1,4 +1,4 @@
-//! `nixcast keys sign` and `nixcast keys show`'s command lines.
+//! `nixcast keys sign`, `keys show` and `keys resign`'s command lines.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use nixcast_common::keylist::SigningKey;
 use nixcast_common::pointer::Timestamp;
 use nixcast_common::PublicKey;
 
-use super::args::CacheArg;
+use super::args::{load_recipients, CacheArg, IdentityArgs, SigningKeyArg, TrustArgs};
 use crate::keys::SignOptions;
 use crate::target::Target;
 
@@ -19,6 +19,8 @@ pub enum Args {
     Sign(SignArgs),
     /// Show the cache's key list: version, expiry, roots and signing keys.
     Show(ShowArgs),
+    /// Sign what hosts read now again with a key of the list (after a rotation).
+    Resign(ResignArgs),
 }
 
 #[derive(clap::Args)]
@@ -53,11 +55,48 @@ pub struct ShowArgs {
     cache: CacheArg,
 }
 
+#[derive(clap::Args)]
+pub struct ResignArgs {
+    #[command(flatten)]
+    cache: CacheArg,
+    /// The key that signs now; the key list must name it.
+    #[command(flatten)]
+    key: SigningKeyArg,
+    /// A key being retired (repeatable): what it signed is trusted and
+    /// signed again, and its signatures are dropped once the list no longer names it.
+    #[command(flatten)]
+    retired: TrustArgs,
+    #[command(flatten)]
+    identities: IdentityArgs,
+    /// Sealed hosts' recipients, to seal their manifests again.
+    #[arg(long)]
+    recipients_file: Option<PathBuf>,
+}
+
 pub fn run(a: Args) -> Result<()> {
     match a {
         Args::Sign(a) => sign(a),
         Args::Show(a) => show(a),
+        Args::Resign(a) => resign(a),
     }
+}
+
+fn resign(a: ResignArgs) -> Result<()> {
+    let target = Target::open_existing(&a.cache.cache)?;
+    let recipients = match &a.recipients_file {
+        Some(f) => load_recipients(f)?,
+        None => Default::default(),
+    };
+    let opts = crate::resign::Options {
+        key: a.key.read()?,
+        retired: a.retired.read()?,
+        identities: a.identities.read()?,
+        sealing: crate::sealing::Sealing::new(recipients),
+    };
+    for d in crate::resign::resign(&target, &opts)? {
+        println!("{d}");
+    }
+    Ok(())
 }
 
 fn sign(a: SignArgs) -> Result<()> {
