@@ -118,6 +118,9 @@ fn a_host_that_trusts_only_roots_follows_a_rotation_and_refuses_a_revoked_key() 
     }
     .build();
     publish(&cache, "web", &web, &fleet1, &[]);
+    let web_before = Vm::new();
+    let out = pull_host_with_roots(&web_before, &server.url, "web", &[&root], 1);
+    assert!(out.status.success(), "{}", stderr(&out));
 
     // List 3 drops fleet-1. A new host for web, which has seen only list 3,
     // refuses web's pointer (fleet-1 signed it) until `keys resign`.
@@ -147,6 +150,20 @@ fn a_host_that_trusts_only_roots_follows_a_rotation_and_refuses_a_revoked_key() 
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(web_vm.status()["appliedGeneration"], 2);
     assert!(web_vm.valid(&closure(&web)));
+    // A host that ran web's system already takes the new generation
+    // without a download or a switch.
+    let switches = web_before.switch_log().len();
+    server.take_requests();
+    let out = pull_host_with_roots(&web_before, &server.url, "web", &[&root], 1);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(web_before.status()["appliedGeneration"], 2);
+    assert_eq!(web_before.switch_log().len(), switches);
+    let fetched: Vec<String> = server
+        .take_requests()
+        .into_iter()
+        .filter(|r| r.contains("/nar/") || r.contains("/manifests/"))
+        .collect();
+    assert!(fetched.is_empty(), "{fetched:?}");
     // Nix given only fleet-2 reads web's closure from the cache, and no
     // narinfo of what the hosts run carries fleet-1's signature any more
     // (generation 1's own paths are nobody's now: gc's business).
