@@ -463,3 +463,51 @@ fn roots_work_with_a_sealed_host_in_a_bucket_through_a_staged_rollout() {
     let report: serde_json::Value = serde_json::from_slice(&payload).unwrap();
     assert_eq!(report["keyListVersion"], 1, "{report}");
 }
+
+/// The version of the key list a host holds.
+fn held_version(vm: &Vm) -> u64 {
+    let bytes = std::fs::read(vm.nix().join("var/nixcast/keys.json")).unwrap();
+    nixcast_common::keylist::decode_unverified(&bytes)
+        .unwrap()
+        .version
+}
+
+/// A poll whose pointer did not change reads no key list, until the held
+/// one was last checked more than a day ago.
+#[test]
+fn an_unchanged_pointer_costs_no_key_list_request_until_a_day_has_passed() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let root = keygen(work.path(), "root-1");
+    let fleet1 = keygen(work.path(), "fleet-1");
+    let fleet2 = keygen(work.path(), "fleet-2");
+    let vm = Vm::new();
+    publish(&cache, "foobar", &build("recheck1"), &fleet1, &[]);
+    ok_output(keys_sign(&cache, &[&root], &[&fleet1], &[]));
+    let server = Server::start(&cache);
+    ok_output(pull_with_roots(&vm, &server.url, &[&root], 1));
+    assert_eq!(held_version(&vm), 1);
+
+    ok_output(keys_sign(&cache, &[&root], &[&fleet1, &fleet2], &[]));
+    server.take_requests();
+    ok_output(pull_with_roots(&vm, &server.url, &[&root], 1));
+    assert_eq!(server.take_requests(), ["/hosts/foobar.json"]);
+    assert_eq!(held_version(&vm), 1);
+
+    // Checked two days ago: this run reads the list, and holds version 2.
+    let held = vm.nix().join("var/nixcast/keys.json");
+    let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
+    std::fs::File::options()
+        .write(true)
+        .open(&held)
+        .unwrap()
+        .set_modified(two_days_ago)
+        .unwrap();
+    ok_output(pull_with_roots(&vm, &server.url, &[&root], 1));
+    let requests = server.take_requests();
+    assert!(requests.contains(&"/keys.json".to_owned()), "{requests:?}");
+    assert_eq!(held_version(&vm), 2);
+    // Checked now: the next poll is one request again.
+    ok_output(pull_with_roots(&vm, &server.url, &[&root], 1));
+    assert_eq!(server.take_requests(), ["/hosts/foobar.json"]);
+}

@@ -4,12 +4,15 @@
 //! list's own roots, signed in turn.
 //!
 //! The host keeps the list it accepted last in its state directory and
-//! never goes below its version. Each run reads `keys.json`; when it is
-//! newer, every version in between is read from `keys/<version>.json` and
+//! never goes below its version. A run reads `keys.json` when the pointer
+//! changed, and once a day when it did not (`recheck`); when it is newer,
+//! every version in between is read from `keys/<version>.json` and
 //! accepted in order, so that a change of roots is never skipped. A host
 //! with no list yet first tries the newest one with its configured roots
 //! (a host set up after a root rotation holds the new roots), and walks
 //! from version 1 when they did not sign it.
+
+use std::time::Duration;
 
 use anyhow::anyhow;
 use nixcast_cli::fs::read_small;
@@ -25,6 +28,28 @@ use crate::source::FetchError;
 /// Versions one run walks at most: a list planted with a huge version
 /// costs a bounded number of requests.
 const MAX_WALK: u64 = 1000;
+
+/// How long the held list goes unchecked while the pointer does not
+/// change: a revocation (or an expiry) reaches a host within a day even
+/// when no new generation is published, and a poll costs no extra request
+/// the rest of the time.
+pub const RECHECK_AFTER: Duration = Duration::from_secs(86_400);
+
+/// On a run whose pointer did not change: `keys.json` is read again when
+/// the held list was last checked (its file's time) more than
+/// `RECHECK_AFTER` ago, or at a time ahead of this host's clock.
+pub(super) async fn recheck(cfg: &Config) -> Result<(), RunError> {
+    if !matches!(cfg.policy.trusted, Trusted::Roots { .. }) {
+        return Ok(());
+    }
+    let checked = std::fs::metadata(cfg.ports.state.key_list()).and_then(|m| m.modified());
+    let stale = checked.map_or(true, |t| t.elapsed().map_or(true, |e| e > RECHECK_AFTER));
+    if stale {
+        tracing::info!("the key list was last checked more than a day ago: reading it again");
+        trusted(cfg).await?;
+    }
+    Ok(())
+}
 
 /// The keys that sign for this host now; with roots, after reading the
 /// cache's key list.
@@ -171,8 +196,19 @@ fn keep(
     bytes: &[u8],
     held: Option<nixcast_common::Sha256Hash>,
 ) -> Result<Accepted, RunError> {
-    if !cfg.apply.dry_run && held != Some(list.digest()) {
-        nixcast_cli::fs::write(&cfg.ports.state.key_list(), bytes, 0o644).map_err(other)?;
+    let path = cfg.ports.state.key_list();
+    if cfg.apply.dry_run {
+        return Ok(list);
+    }
+    if held != Some(list.digest()) {
+        nixcast_cli::fs::write(&path, bytes, 0o644).map_err(other)?;
+    } else {
+        // Checked now: the file's time says when (see `recheck`).
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+            .map_err(|e| other(anyhow!("cannot touch {}: {e}", path.display())))?;
     }
     Ok(list)
 }

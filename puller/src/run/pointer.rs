@@ -34,6 +34,7 @@ pub(super) async fn read_pointer(
     {
         Fetched::NotModified => {
             not_modified(status, t0).map_err(RunError::Refused)?;
+            super::keys::recheck(cfg).await?;
             tracing::info!(url = %cfg.ports.source.url_of(&key), "pointer not modified");
             return Ok(None);
         }
