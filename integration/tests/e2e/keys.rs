@@ -317,6 +317,11 @@ fn a_root_rotation_is_walked_and_bad_lists_change_nothing() {
             std::fs::read(cache.join("keys/2.json")).unwrap(),
         ),
         ("expired", list(4, expired).sign(&[&s2, &s4])),
+        // A version far ahead costs no walk: refused before any request.
+        (
+            "more than 1000 versions past",
+            list(100_000, year).sign(&[&f1]),
+        ),
     ];
     let gen3 = build("rot3");
     publish(&cache, "foobar", &gen3, &fleet2, &[]);
