@@ -189,9 +189,13 @@ async fn from_delta(
             }
         },
     };
+    // A sealed manifest is padded (`common::pad`): the rebuilt one is, too.
     let rebuilt = Manifest::parse(&base)
         .and_then(|old| Delta::parse(&delta)?.apply(&old))
-        .map(|new| new.to_json());
+        .map(|new| match m.sealed {
+            Some(_) => nixcast_common::pad::pad_json(new.to_json()),
+            None => new.to_json(),
+        });
     match rebuilt {
         Ok(bytes) if pinned::check_bytes(&bytes, plain.sha256, plain.size).is_ok() => {
             tracing::info!(delta = %url, bytes = delta.len(), "manifest rebuilt from a delta");

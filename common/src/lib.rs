@@ -22,6 +22,7 @@ pub mod manifest;
 pub mod nar;
 pub mod narinfo;
 pub mod nixbase32;
+pub mod pad;
 pub mod pinned;
 pub mod pointer;
 pub mod report;

@@ -16,6 +16,7 @@ mod inspect;
 mod keygen;
 mod keys;
 mod nix;
+mod pad;
 mod promote;
 mod publish;
 mod resign;

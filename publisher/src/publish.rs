@@ -14,6 +14,7 @@ use anyhow::{bail, ensure, Context, Result};
 use nixcast_common::hash::HashingCounter;
 use nixcast_common::manifest::{self, Compression, Delta, Entry, Manifest};
 use nixcast_common::narinfo::NarInfo;
+use nixcast_common::pad::pad_json;
 use nixcast_common::pointer::{self, ManifestRef, Pointer, Timestamp};
 use nixcast_common::seal::{self, Identity, Recipient};
 use nixcast_common::{layout, PublicKey, SecretKey, Sha256Hash, StorePath};
@@ -405,6 +406,7 @@ fn write_manifest(
     let manifest_bytes = manifest.to_json();
     let manifest_ref = if sealed {
         let to = opts.sealing.manifest_recipients(host, &opts.key);
+        let manifest_bytes = pad_json(manifest_bytes);
         let sealed_bytes = seal::seal_bytes(&to, &manifest_bytes)?;
         let r = ManifestRef::for_sealed(&sealed_bytes, &manifest_bytes);
         target.put(&r.path, &sealed_bytes)?;
@@ -469,7 +471,7 @@ fn write_delta(
         Some(_) => {
             let to = opts.sealing.manifest_recipients(host, &opts.key);
             let key = layout::sealed_delta(&new_ref.sha256, &old_plain);
-            target.put(&key, &seal::seal_bytes(&to, &delta)?)
+            target.put(&key, &seal::seal_bytes(&to, &pad_json(delta))?)
         }
         None if prev.manifest.sealed.is_some() => Ok(()),
         None => {

@@ -239,6 +239,7 @@ fn write_manifest(
         "{host} is sealed: give its recipients (--recipients-file) to seal its manifest again"
     );
     let to = opts.sealing.manifest_recipients(host, &opts.key);
+    let bytes = nixcast_common::pad::pad_json(bytes);
     let sealed_bytes = seal::seal_bytes(&to, &bytes)?;
     let r = ManifestRef::for_sealed(&sealed_bytes, &bytes);
     target.put(&r.path, &sealed_bytes)?;

@@ -22,6 +22,7 @@ use nixcast_common::seal::{self, Identity, Recipient, Recipients};
 use nixcast_common::{layout, SecretKey, StorePath};
 
 use crate::nix::PathInfo;
+use crate::pad::Padder;
 use crate::target::Target;
 
 /// Sealed objects known to be in the target: (path, NarHash, recipient set) → entry.
@@ -186,8 +187,10 @@ pub fn write_sealed_nar(
     set: Sha256Hash,
 ) -> Result<Entry> {
     let file = HashingCounter::new(BufWriter::with_capacity(256 * 1024, target.temp_file()?));
-    let sealed =
-        crate::compress::dump_compressed(files, info, compression, seal::seal(recipients, file)?)?;
+    // Padded inside the compressed stream (`pad.rs`): the sealed length
+    // says little about the content.
+    let padder = Padder::new(compression, seal::seal(recipients, file)?);
+    let sealed = crate::compress::dump_compressed(files, info, compression, padder)?.finish()?;
     let (buffered, file_hash, file_size) = sealed.finish()?.finish();
     let tmp = buffered.into_inner().map_err(|e| e.into_error())?;
     let url = layout::sealed(&file_hash);

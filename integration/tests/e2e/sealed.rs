@@ -310,6 +310,26 @@ fn the_trusted_side_reads_a_sealed_cache_with_an_operator_identity() {
     assert_eq!(reqs.len(), 4, "pointer, delta and two NARs: {reqs:?}");
     assert!(vm.valid(&[&web1b]));
 
+    // Every sealed object (NARs, manifests, the delta) holds a Padmé
+    // length inside: its size says little about what it holds.
+    let ids = nixcast_common::seal::Identity::from_file(
+        &std::fs::read(&f.operator_key).unwrap(),
+        "operator",
+    )
+    .unwrap();
+    let mut lengths = Vec::new();
+    for name in files(&f.cache, "sealed") {
+        let sealed = std::fs::read(f.cache.join("sealed").join(&name)).unwrap();
+        let inner = nixcast_common::seal::open_bytes(&ids, &sealed, 1 << 30).unwrap();
+        let len = inner.len() as u64;
+        assert!(
+            len < 128 || nixcast_common::pad::padme(len) == len,
+            "sealed/{name} holds {len} bytes, no Padmé length"
+        );
+        lengths.push(len);
+    }
+    assert!(lengths.len() >= 6, "{lengths:?}");
+
     let out = f.nixcast(&["diff", "--host", "web1", "--json", "--identity", op]);
     assert!(out.status.success(), "{}", stderr(&out));
     let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
