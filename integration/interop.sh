@@ -243,8 +243,8 @@ cycle() {
   "$a" "$as" "$nbp" status --state-dir /nix/var/nixcast
 }
 # An agent built before this round keeps updating from a cache this
-# publisher writes, key list and all, and the trusted side reads its
-# (unordered, plain) reports.
+# publisher writes, key list, padded sealed objects and all, and the
+# trusted side reads its (unordered, plain) reports.
 old_agent_updates() {
   local ps as cache gen1 gen2 out
   ps=$(store old-agent-pub) as=$(store old-agent) cache=$work/cache-old-agent
@@ -273,6 +273,16 @@ old_agent_updates() {
     --recipients-file "$work/old-agent.recipients")
   echo "$out"
   expect "its report" "$(echo "$out" | grep -o 'applied 2 (ok)')" "applied 2 (ok)"
+  # Sealed, and so padded (empty blocks inside the xz streams, newlines
+  # after the manifests' JSON): the old agent reads it unchanged, and
+  # fetches a manifest whole where it cannot rebuild the padded one.
+  for g in 3 4; do
+    gen=$(build old "$ps" "old-agent-$g")
+    old "$ps" "$bin/nixcast" publish --host foobar --path "$gen" --cache "$cache" \
+      --secret-key-file "$work/secret.key" --recipients-file "$work/old-agent.recipients"
+    pull
+    expect "profile" "$(profile "$as")" "system-$g-link $gen"
+  done
 }
 cycle_old_new() { cycle old new; }
 cycle_new_old() { cycle new old; }

@@ -263,11 +263,15 @@ if ("pull-zstd-sealed-cold", "nixcast") in rows and ("pull-zstd-unsealed-cold", 
     p("## Sealed hosts: what sealing costs a cold pull (zstd, nixcast only, alternating)\n")
     p("The same closure published twice, once sealed to an SSH host key (`--recipient`), once plain; the agent "
       "opens the sealed one with that key. Target: sealed ≤ 1.10 × unsealed.\n")
-    p("| work | seconds | CPU seconds | peak RSS |")
-    p("| --- | --- | --- | --- |")
+    sb, ub = med("pull-zstd-sealed-cold", "nixcast", "bytes"), med("pull-zstd-unsealed-cold", "nixcast", "bytes")
+    p("Sealed objects are padded to Padmé lengths (README, \"What a host, and a reader of the cache, can learn\"): "
+      "the bytes column shows what padding and age's framing add on the wire.\n")
+    p("| work | seconds | CPU seconds | peak RSS | bytes on the wire |")
+    p("| --- | --- | --- | --- | --- |")
     for w, label in (("pull-zstd-unsealed-cold", "unsealed"), ("pull-zstd-sealed-cold", "sealed")):
-        p(f"| {label} | {cell(w, 'nixcast')} | {med(w, 'nixcast', 'cpu'):.2f} | {med(w, 'nixcast', 'rss') / 1024:.0f} MiB |")
-    p(f"| **sealed / unsealed** | **{se / un:.2f}** | {sc / uc:.2f} | |")
+        p(f"| {label} | {cell(w, 'nixcast')} | {med(w, 'nixcast', 'cpu'):.2f} | {med(w, 'nixcast', 'rss') / 1024:.0f} MiB "
+          f"| {mib(med(w, 'nixcast', 'bytes'))} |")
+    p(f"| **sealed / unsealed** | **{se / un:.2f}** | {sc / uc:.2f} | | {sb / ub:.3f} |")
     if (f"publish-cold-zstd-sealed-n{N}", "nixcast") in rows:
         p(f"\nPublishing it sealed: {cell(f'publish-cold-zstd-sealed-n{N}', 'nixcast')}.")
     p("")

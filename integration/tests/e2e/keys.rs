@@ -467,6 +467,57 @@ fn roots_work_with_a_sealed_host_in_a_bucket_through_a_staged_rollout() {
         .unwrap();
     let report: serde_json::Value = serde_json::from_slice(&payload).unwrap();
     assert_eq!(report["keyListVersion"], 1, "{report}");
+
+    // fleet-1 leaves the list for fleet-2, and `keys resign` signs the
+    // sealed host again in the bucket: its manifest opened with fleet-1's
+    // secret key file, sealed again to its recipients.
+    let fleet2 = keygen(work.path(), "fleet-2");
+    let fleet2_pub = pub_file(&fleet2);
+    ok(&mut s3_cmd(&[
+        "keys",
+        "sign",
+        "--cache",
+        &bucket,
+        "--root-secret-key-file",
+        root_secret,
+        "--signing-key-file",
+        fleet2_pub.to_str().unwrap(),
+    ]));
+    let out = s3_cmd(&[
+        "keys",
+        "resign",
+        "--cache",
+        &bucket,
+        "--secret-key-file",
+        fleet2.secret.to_str().unwrap(),
+        "--trusted-key-file",
+        fleet_pub.to_str().unwrap(),
+        "--identity",
+        secret,
+        "--recipients-file",
+        rf,
+    ])
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("re-signed foobar as generation 3"),
+        "{}",
+        stdout(&out)
+    );
+    let switches = vm.switch_log().len();
+    let out = pull(&vm);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(vm.status()["appliedGeneration"], 3);
+    assert_eq!(
+        vm.switch_log().len(),
+        switches,
+        "the same system: no switch"
+    );
+    let fresh = Vm::new();
+    let out = pull(&fresh);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(fresh.valid(&closure(&gen2)));
 }
 
 /// The version of the key list a host holds.
