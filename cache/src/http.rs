@@ -18,9 +18,11 @@ use reqwest::{StatusCode, Url};
 
 use crate::netrc::Credentials;
 use crate::secrets::Secrets;
-use crate::{error_chain, redact, Backend, Body, Entry, Error, Fetched, Validators};
+use crate::{error_chain, redact, Backend, Body, Entry, Error, Fetched, Validators, Waited};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest wait a long poll asks a server for.
+pub const MAX_WAIT: Duration = Duration::from_secs(120);
 /// Attempts at one request before a transient failure is final.
 pub const ATTEMPTS: u32 = 4;
 
@@ -61,6 +63,8 @@ struct Limits {
 
 pub struct Server {
     client: reqwest::Client,
+    /// For long polls: the same, with room for the server's wait between reads.
+    waiting: reqwest::Client,
     base: Url,
     /// From the netrc entry for `base`'s host.
     auth: Option<Arc<Credentials>>,
@@ -105,32 +109,44 @@ impl Server {
             .as_ref()
             .and_then(|n| n.lookup(host))
             .map(Arc::new);
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(opts.stall_timeout)
-            .redirect(same_origin_redirects())
-            .https_only(!allow_insecure_http)
-            .user_agent(opts.user_agent)
-            // reqwest reads http_proxy & co by default: a variable left in a
-            // service's environment would route the agent through a machine
-            // nobody chose for it. Only --proxy names one.
-            .no_proxy();
-        if let Some(p) = &opts.proxy {
-            let proxy = reqwest::Proxy::all(p.as_str())
-                .map_err(|e| anyhow::anyhow!("invalid --proxy: {}", error_chain(&e)))?;
-            let shown = Url::parse(p).map_or_else(
-                |_| "(unparsable)".to_owned(),
-                |u| {
-                    format!("{}://{}", u.scheme(), u.host_str().unwrap_or(""))
-                        + &u.port().map_or(String::new(), |p| format!(":{p}"))
-                },
-            );
-            tracing::info!(proxy = %shown, cache = %base, "using a proxy");
-            builder = builder.proxy(proxy);
-        }
-        let client = builder.build()?;
+        let proxy = match &opts.proxy {
+            None => None,
+            Some(p) => {
+                let proxy = reqwest::Proxy::all(p.as_str())
+                    .map_err(|e| anyhow::anyhow!("invalid --proxy: {}", error_chain(&e)))?;
+                let shown = Url::parse(p).map_or_else(
+                    |_| "(unparsable)".to_owned(),
+                    |u| {
+                        format!("{}://{}", u.scheme(), u.host_str().unwrap_or(""))
+                            + &u.port().map_or(String::new(), |p| format!(":{p}"))
+                    },
+                );
+                tracing::info!(proxy = %shown, cache = %base, "using a proxy");
+                Some(proxy)
+            }
+        };
+        let client = |read_timeout: Duration| {
+            let builder = reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .read_timeout(read_timeout)
+                .redirect(same_origin_redirects())
+                .https_only(!allow_insecure_http)
+                .user_agent(opts.user_agent)
+                // reqwest reads http_proxy & co by default: a variable left in a
+                // service's environment would route the agent through a machine
+                // nobody chose for it. Only --proxy names one.
+                .no_proxy();
+            match &proxy {
+                Some(p) => builder.proxy(p.clone()),
+                None => builder,
+            }
+            .build()
+        };
+        let waiting = client(MAX_WAIT + opts.stall_timeout)?;
+        let client = client(opts.stall_timeout)?;
         Ok(Server {
             client,
+            waiting,
             base,
             auth,
             limits: Limits {
@@ -169,6 +185,44 @@ impl Backend for Server {
             .join(key)
             .map(String::from)
             .unwrap_or_else(|_| key.to_owned())
+    }
+
+    fn wait_changed<'a>(
+        &'a self,
+        key: &'a str,
+        v: &'a Validators,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<Waited, Error>> {
+        async move {
+            let url = self.url(key);
+            let wait = wait.min(MAX_WAIT);
+            // One attempt: the caller's loop is the retry, with its backoff.
+            let mut req = with_auth(self.waiting.head(url.clone()), &self.auth)
+                .header("prefer", format!("wait={}", wait.as_secs()));
+            if let Some(e) = &v.etag {
+                req = req.header(IF_NONE_MATCH, e);
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| Error::other(&redact(url.as_str()), error_chain(&e)))?;
+            let applied = resp.headers().contains_key("preference-applied");
+            match resp.status() {
+                StatusCode::NOT_MODIFIED if applied => Ok(Waited::Unchanged),
+                StatusCode::NOT_MODIFIED => Ok(Waited::Unsupported),
+                // Changed when the server waited, or when it did not but
+                // its entity tag says so; else it neither waits nor tells.
+                s if s.is_success() => Ok(
+                    match applied || (v.etag.is_some() && changed_tag(&resp, v)) {
+                        true => Waited::Changed,
+                        false => Waited::Unsupported,
+                    },
+                ),
+                StatusCode::NOT_FOUND => Err(Error::NotFound(url.to_string())),
+                s => Err(Error::other(url.as_str(), format!("HTTP {s}"))),
+            }
+        }
+        .boxed()
     }
 
     fn get<'a>(
@@ -279,6 +333,12 @@ impl Backend for Server {
     fn sync(&self) -> BoxFuture<'_, Result<(), Error>> {
         async { Ok(()) }.boxed()
     }
+}
+
+/// Whether a response's entity tag differs from the one held.
+fn changed_tag(resp: &reqwest::Response, v: &Validators) -> bool {
+    let tag = resp.headers().get(ETAG).and_then(|t| t.to_str().ok());
+    tag != v.etag.as_deref()
 }
 
 fn with_auth(

@@ -159,6 +159,30 @@ pub trait Backend: Send + Sync {
     fn holds(&self, _key: &str) -> Option<bool> {
         None
     }
+
+    /// Waits up to `wait` for `key` to differ from `v` (a long poll, `Prefer:
+    /// wait=N`), where the backend and its server can: only `nixcast serve`
+    /// over HTTP. Others answer `Unsupported` at once.
+    fn wait_changed<'a>(
+        &'a self,
+        _key: &'a str,
+        _v: &'a Validators,
+        _wait: std::time::Duration,
+    ) -> BoxFuture<'a, Result<Waited, Error>> {
+        Box::pin(async { Ok(Waited::Unsupported) })
+    }
+}
+
+/// What a long poll learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    /// The object differs from the validators given (or they were none).
+    Changed,
+    /// Still the same when the server's wait ended.
+    Unchanged,
+    /// The server does not wait (it answered at once, without
+    /// `Preference-Applied`): poll instead.
+    Unsupported,
 }
 
 /// A cache, as both programs hold it: a shared backend.
@@ -234,6 +258,16 @@ impl Cache {
     /// The pointer, or `NotModified` when the validators still match.
     pub async fn get_pointer(&self, key: &str, cap: u64, v: &Validators) -> Result<Fetched, Error> {
         self.backend.get(key, cap, v).await
+    }
+
+    /// See [`Backend::wait_changed`].
+    pub async fn wait_changed(
+        &self,
+        key: &str,
+        v: &Validators,
+        wait: std::time::Duration,
+    ) -> Result<Waited, Error> {
+        self.backend.wait_changed(key, v, wait).await
     }
 
     /// A small object, read whole, refused beyond `cap` bytes.

@@ -85,6 +85,7 @@ const LATEST_HTTP_DATE: Duration = Duration::from_secs(253_402_300_799);
 struct Served {
     root: Arc<PathBuf>,
     reports: Option<Reports>,
+    changes: watch::Changes,
 }
 
 /// Builds the service for the directory `root`, taking hosts' reports when
@@ -107,6 +108,7 @@ pub fn router(root: PathBuf, reports: Option<Reports>) -> Router {
         }
     };
     let served = Served {
+        changes: watch::Changes::new(&root),
         root: Arc::new(root),
         reports,
     };
@@ -361,21 +363,58 @@ async fn handle(
         Some(reports) if method == Method::PUT => {
             accept::put(reports, served.root.clone(), uri.path(), &headers, body).await
         }
-        _ => respond(&served.root, &method, uri.path(), &headers).await,
+        _ => respond(&served, &method, uri.path(), &headers).await,
     };
     let status = response.status().as_u16();
     tracing::debug!(%method, path = uri.path(), status, "request");
     response
 }
 
-async fn respond(root: &Path, method: &Method, raw_path: &str, headers: &HeaderMap) -> Response {
+async fn respond(
+    served: &Served,
+    method: &Method,
+    raw_path: &str,
+    headers: &HeaderMap,
+) -> Response {
     if method != Method::GET && method != Method::HEAD {
         return Refusal::MethodNotAllowed.response();
     }
-    let file = match lookup(root, raw_path).await {
-        Ok(file) => file,
-        Err(refusal) => return refusal.response(),
-    };
+    // A long poll (`watch.rs`): subscribed before the file is looked at, so
+    // that no change between the look and the wait is missed.
+    let wait = relative_path(raw_path)
+        .ok()
+        .and_then(|name| watch::wanted(headers, &name));
+    let mut changes = wait.map(|w| (served.changes.subscribe(), tokio::time::Instant::now() + w));
+    loop {
+        let file = match lookup(&served.root, raw_path).await {
+            Ok(file) => file,
+            Err(refusal) => return refusal.response(),
+        };
+        let Some((rx, deadline)) = changes.as_mut() else {
+            return respond_with(file, method, raw_path, headers).await;
+        };
+        let wait = wait.expect("set with changes");
+        if !not_modified(headers, &file) {
+            return watch::applied(respond_with(file, method, raw_path, headers).await, wait);
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() {
+                return watch::applied(file.validated(StatusCode::NOT_MODIFIED), wait);
+            },
+            () = tokio::time::sleep_until(*deadline) => {
+                return watch::applied(file.validated(StatusCode::NOT_MODIFIED), wait);
+            }
+        }
+    }
+}
+
+/// The answer for a file found: 304, the whole file or a range.
+async fn respond_with(
+    file: Found,
+    method: &Method,
+    raw_path: &str,
+    headers: &HeaderMap,
+) -> Response {
     if not_modified(headers, &file) {
         return file.validated(StatusCode::NOT_MODIFIED);
     }
@@ -816,6 +855,7 @@ fn digits(text: &str) -> Option<u64> {
 }
 
 mod accept;
+mod watch;
 pub use accept::Reports;
 
 #[cfg(test)]

@@ -1,10 +1,16 @@
-//! `nixcast-pull run --schedule CRON`: the agent as a long-running process,
-//! for hosts without systemd timers.
+//! The agent as a long-running process: `nixcast-pull run --schedule CRON`
+//! for hosts without systemd timers, and `run --watch`, which runs as soon
+//! as the host's pointer changes.
 //!
-//! Each run starts at the schedule's next time plus a random delay of up to
-//! `--jitter`, so a fleet does not poll in lockstep. SIGTERM (or Ctrl-C)
-//! while waiting exits at once; during a run it lets the run finish first,
-//! so a profile is never left half set.
+//! On a schedule, each run starts at the schedule's next time plus a random
+//! delay of up to `--jitter`, so a fleet does not poll in lockstep. Watching,
+//! a run follows each change that a long poll of the pointer reports
+//! (`Backend::wait_changed`), never two within `--min-interval`; a server
+//! that does not hold the request is polled every `--poll-interval` (with
+//! jitter), and a failing one retried after a backoff that doubles to a
+//! minute, with jitter. SIGTERM (or Ctrl-C) while waiting exits at once;
+//! during a run it lets the run finish first, so a profile is never left
+//! half set.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -56,21 +62,104 @@ where
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
         }
-        let run = run();
-        tokio::pin!(run);
-        let mut stopping = false;
+        if finish(run(), &mut term, &mut int).await {
+            return Ok(());
+        }
+    }
+}
+
+/// What a watching agent learned from one long poll.
+pub use nixcast_cache::Waited;
+
+/// How a watching agent paces itself.
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    /// At least this long from one run's start to the next.
+    pub min_interval: Duration,
+    /// Between polls where the server does not hold requests.
+    pub poll_interval: Duration,
+    /// The longest backoff after a failed long poll.
+    pub max_backoff: Duration,
+}
+
+/// Runs `run`, then again each time `changed` reports a change, until
+/// SIGTERM or SIGINT. `changed` is one long poll.
+pub async fn watch_forever<F, Fut, C, CFut>(pace: Pace, mut run: F, mut changed: C) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+    C: FnMut() -> CFut,
+    CFut: std::future::Future<Output = Result<Waited, nixcast_cache::Error>>,
+{
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        let started = tokio::time::Instant::now();
+        if finish(run(), &mut term, &mut int).await {
+            return Ok(());
+        }
+        let mut backoff = Duration::from_secs(1);
         loop {
-            tokio::select! {
-                () = &mut run => break,
-                _ = term.recv(), if !stopping => {
-                    tracing::info!("SIGTERM: finishing the current run, then exiting");
-                    stopping = true;
+            let wait = tokio::select! {
+                w = changed() => w,
+                _ = term.recv() => return Ok(()),
+                _ = int.recv() => return Ok(()),
+            };
+            // How long to pause, and whether to run after it (a poll).
+            let (pause, then_run) = match wait {
+                Ok(Waited::Changed) => break,
+                Ok(Waited::Unchanged) => {
+                    backoff = Duration::from_secs(1);
+                    continue;
                 }
-                _ = int.recv(), if !stopping => stopping = true,
+                Ok(Waited::Unsupported) => {
+                    tracing::info!("the cache does not hold requests: polling");
+                    (pace.poll_interval + jitter(pace.poll_interval / 10), true)
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "waiting for the pointer failed: {e}; retrying in {backoff:.0?}"
+                    );
+                    let b = backoff + jitter(backoff);
+                    backoff = (backoff * 2).min(pace.max_backoff);
+                    (b, false)
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = term.recv() => return Ok(()),
+                _ = int.recv() => return Ok(()),
+            }
+            if then_run {
+                break;
             }
         }
-        if stopping {
-            return Ok(());
+        // A burst of changes makes one run per --min-interval at most.
+        tokio::select! {
+            _ = tokio::time::sleep_until(started + pace.min_interval) => {}
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+        }
+    }
+}
+
+/// Awaits `run` to its end; a signal meanwhile lets it finish. True when
+/// a signal came: stop.
+async fn finish<Fut: std::future::Future<Output = ()>>(
+    run: Fut,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) -> bool {
+    tokio::pin!(run);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            () = &mut run => return stopping,
+            _ = term.recv(), if !stopping => {
+                tracing::info!("SIGTERM: finishing the current run, then exiting");
+                stopping = true;
+            }
+            _ = int.recv(), if !stopping => stopping = true,
         }
     }
 }

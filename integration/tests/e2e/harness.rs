@@ -305,10 +305,15 @@ impl Server {
 
     /// `start` with more arguments to `nixcast serve`.
     pub fn start_with(dir: &Path, extra: &[&std::ffi::OsStr]) -> Self {
+        Self::start_listening(dir, "127.0.0.1:0", extra)
+    }
+
+    /// `start` on a given address (`127.0.0.1:PORT`: a server started again).
+    pub fn start_listening(dir: &Path, listen: &str, extra: &[&std::ffi::OsStr]) -> Self {
         let mut child = nixcast()
             .args(["serve", "--cache"])
             .arg(dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(extra)
             .env("NIXCAST_LOG", "nixcast=debug")
             .stderr(Stdio::piped())

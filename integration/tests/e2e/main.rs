@@ -23,3 +23,4 @@ mod safety;
 mod sealed;
 mod serve;
 mod upstream;
+mod watch;

@@ -1,5 +1,6 @@
 //! `nixcast-pull run`: the run's arguments turned once into its settings
-//! (`Config`), then one run, or runs on a schedule (`--schedule`).
+//! (`Config`), then one run, runs on a schedule (`--schedule`), or a run
+//! each time the pointer changes (`--watch`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -118,6 +119,16 @@ pub struct Args {
     /// With --schedule: a random delay of up to this much before each run.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, env = "NIXCAST_JITTER")]
     jitter: Duration,
+    /// Keep running and run as soon as the pointer changes: a long poll
+    /// against `nixcast serve`; other caches are polled every --poll-interval.
+    #[arg(long, conflicts_with_all = ["schedule", "bundle"], env = "NIXCAST_WATCH")]
+    watch: bool,
+    /// With --watch: at least this long from one run's start to the next.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, env = "NIXCAST_MIN_INTERVAL")]
+    min_interval: Duration,
+    /// With --watch, where the cache does not hold requests: poll this often.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, env = "NIXCAST_POLL_INTERVAL")]
+    poll_interval: Duration,
     /// Write Prometheus textfile-collector metrics here after each run.
     #[arg(long, env = "NIXCAST_METRICS_FILE")]
     metrics_file: Option<PathBuf>,
@@ -164,10 +175,16 @@ pub struct Args {
 /// Runs once, or on `--schedule` until stopped.
 pub fn run(args: Args) -> Result<(), Failure> {
     let (schedule, jitter) = (args.schedule.clone(), args.jitter);
+    let pace = args.watch.then_some(schedule::Pace {
+        min_interval: args.min_interval,
+        poll_interval: args.poll_interval,
+        max_backoff: Duration::from_secs(60),
+    });
     let done = match build_config(args) {
-        Ok(cfg) => match schedule {
-            None => run_once(&cfg),
-            Some(expr) => run_scheduled(&cfg, &expr, jitter),
+        Ok(cfg) => match (schedule, pace) {
+            (_, Some(pace)) => run_watching(&cfg, pace),
+            (None, None) => run_once(&cfg),
+            (Some(expr), None) => run_scheduled(&cfg, &expr, jitter),
         },
         Err(e) => Err((1, e)),
     };
@@ -221,6 +238,36 @@ fn run_scheduled(cfg: &Config, expr: &str, jitter: Duration) -> Result<(), Faile
                 }
             }))
         })
+        .map_err(|e| (1, e))
+}
+
+/// How long one long poll asks the server to hold it.
+const WATCH_WAIT: Duration = Duration::from_secs(60);
+
+fn run_watching(cfg: &Config, pace: schedule::Pace) -> Result<(), Failed> {
+    let key = nixcast_common::layout::pointer(&cfg.policy.host);
+    let run = || async {
+        match run::run(cfg).await {
+            Ok(outcome) => tracing::info!(outcome = outcome.as_str(), "run done"),
+            Err(e) => tracing::error!(exit_code = e.exit_code(), "{e}"),
+        }
+    };
+    // The validators of the pointer last handled: a change is anything else.
+    let changed = || async {
+        let validators = cfg
+            .ports
+            .state
+            .load()
+            .map(|s| s.validators)
+            .unwrap_or_default();
+        cfg.ports
+            .source
+            .wait_changed(&key, &validators, WATCH_WAIT)
+            .await
+    };
+    runtime()
+        .map_err(anyhow::Error::new)
+        .and_then(|rt| rt.block_on(schedule::watch_forever(pace, run, changed)))
         .map_err(|e| (1, e))
 }
 

@@ -1,0 +1,120 @@
+//! Long polls of a host's pointer: a `GET` or `HEAD` of `hosts/HOST.json`
+//! with `If-None-Match` and `Prefer: wait=N` (RFC 7240) is answered when the
+//! pointer changes, or with 304 after N seconds (at most [`MAX_WAIT`]), so
+//! that an agent run with `--watch` applies a release within a second of
+//! its publish, with no polling and no port open on the host. The answer
+//! says `Preference-Applied: wait=N`; where that is missing (nginx, a CDN,
+//! a bucket) the agent polls instead.
+//!
+//! One task notices changes for all waiting requests: while any waits, it
+//! reads the modification time of `hosts/` ten times a second (every
+//! pointer is written by a rename into it) and wakes them; each then looks
+//! at its own file again. A waiter costs a task and its connection: no
+//! open file and no timer but its deadline.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use axum::http::header::{HeaderMap, HeaderValue};
+use axum::response::Response;
+use nixcast_common::layout::{self, Key};
+use tokio::sync::watch;
+
+/// The longest a request is held: below the idle timeouts of common proxies.
+pub const MAX_WAIT: Duration = Duration::from_secs(120);
+const POLL: Duration = Duration::from_millis(100);
+
+pub struct Changes {
+    tx: watch::Sender<u64>,
+    dir: PathBuf,
+    started: OnceLock<()>,
+}
+
+impl Changes {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            tx: watch::Sender::new(0),
+            dir: root.join(layout::HOSTS_DIR),
+            started: OnceLock::new(),
+        }
+    }
+
+    /// A receiver woken by the next change (the watching task starts with
+    /// the first).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.started.get_or_init(|| {
+            tokio::spawn(notice(self.tx.clone(), self.dir.clone()));
+        });
+        self.tx.subscribe()
+    }
+}
+
+async fn notice(tx: watch::Sender<u64>, dir: PathBuf) {
+    let modified = |dir: &Path| {
+        std::fs::metadata(dir)
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    };
+    let mut last = modified(&dir);
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if tx.receiver_count() == 0 {
+            continue;
+        }
+        let now = modified(&dir);
+        if now != last {
+            last = now;
+            tx.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+/// How long the request asks to be held, if it asks (`Prefer: wait=N`) and
+/// names a host's pointer (`name`, relative to the root).
+pub fn wanted(headers: &HeaderMap, name: &str) -> Option<Duration> {
+    if !matches!(Key::parse(name), Some(Key::Pointer(_))) {
+        return None;
+    }
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .find_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            (k.trim().eq_ignore_ascii_case("wait"))
+                .then(|| v.trim().parse::<u64>().ok())
+                .flatten()
+        })
+        .map(|secs| Duration::from_secs(secs).min(MAX_WAIT))
+}
+
+/// Says the wait was honoured, so the client knows it may rely on it.
+pub fn applied(mut response: Response, wait: Duration) -> Response {
+    let value = HeaderValue::from_str(&format!("wait={}", wait.as_secs()))
+        .expect("digits are a header value");
+    response.headers_mut().insert("preference-applied", value);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_pointer_waits_and_never_past_the_bound() {
+        let mut h = HeaderMap::new();
+        h.insert("prefer", HeaderValue::from_static("respond-async, wait=30"));
+        assert_eq!(wanted(&h, "hosts/web.json"), Some(Duration::from_secs(30)));
+        assert_eq!(wanted(&h, "keys.json"), None);
+        assert_eq!(wanted(&h, "hosts/web/3.json"), None);
+        h.insert("prefer", HeaderValue::from_static("wait=99999"));
+        assert_eq!(wanted(&h, "hosts/web.json"), Some(MAX_WAIT));
+        h.insert("prefer", HeaderValue::from_static("wait=soon"));
+        assert_eq!(wanted(&h, "hosts/web.json"), None);
+        assert_eq!(wanted(&HeaderMap::new(), "hosts/web.json"), None);
+    }
+}
