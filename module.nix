@@ -72,6 +72,9 @@ let
   ++ lib.optionals cfg.allowReboot [ "--allow-reboot" ]
   ++ lib.optionals (cfg.rebootWindow != null) [ "--reboot-window" cfg.rebootWindow ]
   ++ lib.optionals (cfg.keepGenerations != null) [ "--keep-generations" (toString cfg.keepGenerations) ]
+  # Watching, the agent exits after it applied a generation, and systemd
+  # starts the new system's agent (the switch reloaded the unit).
+  ++ lib.optionals cfg.watch [ "--watch" "--exit-after-apply" ]
   ++ cfg.extraArgs;
 
   # A report written to a directory on this host needs it writable in the
@@ -173,6 +176,18 @@ in
       default = "*:0/5";
       example = "hourly";
       description = "When to check for a new system: a systemd calendar expression (systemd.time(7)).";
+    };
+
+    watch = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Keep the agent running and apply a release as soon as it is
+        published: a long poll of this host's pointer against `nixcast
+        serve` (elsewhere it polls every 5 minutes). The unit becomes a
+        long-running service restarted when it exits; the timer stays and
+        starts it again should it be down.
+      '';
     };
 
     randomizedDelaySec = mkOption {
@@ -392,7 +407,9 @@ in
       serviceConfig = {
         # One run per timer activation; a timer does not start a second run
         # while one is active (the agent's lock covers manual runs).
-        Type = "oneshot";
+        # Watching: one long-running agent, started again when it exits
+        # (after each switch, to run the new system's agent) or fails.
+        Type = if cfg.watch then "simple" else "oneshot";
         ExecStart = "${cfg.package}/bin/nixcast-pull ${escapeExecArgs args}";
 
         # A oneshot has no start timeout by default: a stalled run would keep
@@ -523,6 +540,9 @@ in
         # MemoryMax=: the agent bounds what it holds (a large NAR goes through a
         # file) and Nix's import streams every NAR; a limit would
         # only add a way for a large closure to fail.
+      } // lib.optionalAttrs cfg.watch {
+        Restart = "always";
+        RestartSec = "5s";
       } // (if credentials == [ ] then { } else {
         # See credentialsDir above.
         LoadCredential = credentials;

@@ -83,11 +83,12 @@ pub struct Pace {
 }
 
 /// Runs `run`, then again each time `changed` reports a change, until
-/// SIGTERM or SIGINT. `changed` is one long poll.
+/// SIGTERM or SIGINT, or until `run` says to stop (true). `changed` is one
+/// long poll.
 pub async fn watch_forever<F, Fut, C, CFut>(pace: Pace, mut run: F, mut changed: C) -> Result<()>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
+    Fut: std::future::Future<Output = bool>,
     C: FnMut() -> CFut,
     CFut: std::future::Future<Output = Result<Waited, nixcast_cache::Error>>,
 {
@@ -95,7 +96,9 @@ where
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         let started = tokio::time::Instant::now();
-        if finish(run(), &mut term, &mut int).await {
+        let mut stop = false;
+        let run = async { stop = run().await };
+        if finish(run, &mut term, &mut int).await || stop {
             return Ok(());
         }
         let mut backoff = Duration::from_secs(1);

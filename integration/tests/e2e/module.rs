@@ -173,6 +173,7 @@ fn module_defaults_give_a_five_minute_switching_timer() {
             "trustedKeys": [],
             "trustedKeyFiles": [],
             "trustedRoots": [],
+            "watch": false,
             "rootThreshold": 1,
             "action": "switch",
             "interval": "*:0/5",
@@ -474,6 +475,26 @@ fn module_passes_root_keys_instead_of_signing_keys() {
         msgs.len() == 1 && msgs[0].contains("rootThreshold"),
         "{msgs:?}"
     );
+}
+
+#[test]
+fn module_watching_makes_a_long_running_agent_restarted_after_each_switch() {
+    let v = eval(&settings(json!({ "watch": true })), &[]);
+    assert_eq!(v["failedAssertions"], json!([]));
+    let s = service(&v);
+    assert_eq!(s["serviceConfig"]["Type"], "simple");
+    assert_eq!(s["serviceConfig"]["Restart"], "always");
+    let argv = exec_argv(s["serviceConfig"]["ExecStart"].as_str().unwrap());
+    assert!(
+        argv.ends_with(&strings(&["--watch", "--exit-after-apply"])),
+        "{argv:?}"
+    );
+    // The switch must not restart it while its run waits for the switch.
+    assert_eq!(s["restartIfChanged"], false);
+    assert!(timer(&v)["wantedBy"].to_string().contains("timers.target"));
+    let plain = eval(&settings(json!({})), &[]);
+    assert_eq!(service(&plain)["serviceConfig"]["Type"], "oneshot");
+    assert!(service(&plain)["serviceConfig"].get("Restart").is_none());
 }
 
 #[test]

@@ -129,6 +129,10 @@ pub struct Args {
     /// With --watch, where the cache does not hold requests: poll this often.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, env = "NIXCAST_POLL_INTERVAL")]
     poll_interval: Duration,
+    /// With --watch: exit after a run that applied a generation, so that a
+    /// supervisor (the NixOS module's unit) starts the new system's agent.
+    #[arg(long, requires = "watch")]
+    exit_after_apply: bool,
     /// Write Prometheus textfile-collector metrics here after each run.
     #[arg(long, env = "NIXCAST_METRICS_FILE")]
     metrics_file: Option<PathBuf>,
@@ -175,6 +179,7 @@ pub struct Args {
 /// Runs once, or on `--schedule` until stopped.
 pub fn run(args: Args) -> Result<(), Failure> {
     let (schedule, jitter) = (args.schedule.clone(), args.jitter);
+    let exit_after_apply = args.exit_after_apply;
     let pace = args.watch.then_some(schedule::Pace {
         min_interval: args.min_interval,
         poll_interval: args.poll_interval,
@@ -182,7 +187,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     });
     let done = match build_config(args) {
         Ok(cfg) => match (schedule, pace) {
-            (_, Some(pace)) => run_watching(&cfg, pace),
+            (_, Some(pace)) => run_watching(&cfg, pace, exit_after_apply),
             (None, None) => run_once(&cfg),
             (Some(expr), None) => run_scheduled(&cfg, &expr, jitter),
         },
@@ -244,12 +249,24 @@ fn run_scheduled(cfg: &Config, expr: &str, jitter: Duration) -> Result<(), Faile
 /// How long one long poll asks the server to hold it.
 const WATCH_WAIT: Duration = Duration::from_secs(60);
 
-fn run_watching(cfg: &Config, pace: schedule::Pace) -> Result<(), Failed> {
+fn run_watching(cfg: &Config, pace: schedule::Pace, exit_after_apply: bool) -> Result<(), Failed> {
     let key = nixcast_common::layout::pointer(&cfg.policy.host);
     let run = || async {
         match run::run(cfg).await {
-            Ok(outcome) => tracing::info!(outcome = outcome.as_str(), "run done"),
-            Err(e) => tracing::error!(exit_code = e.exit_code(), "{e}"),
+            Ok(outcome) => {
+                tracing::info!(outcome = outcome.as_str(), "run done");
+                let applied = matches!(outcome, state::Outcome::Applied);
+                if applied && exit_after_apply {
+                    tracing::info!(
+                        "applied: exiting for the new system's agent (--exit-after-apply)"
+                    );
+                }
+                applied && exit_after_apply
+            }
+            Err(e) => {
+                tracing::error!(exit_code = e.exit_code(), "{e}");
+                false
+            }
         }
     };
     // The validators of the pointer last handled: a change is anything else.
