@@ -381,10 +381,12 @@ async fn respond(
     }
     // A long poll (`watch.rs`): subscribed before the file is looked at, so
     // that no change between the look and the wait is missed.
-    let wait = relative_path(raw_path)
-        .ok()
-        .and_then(|name| watch::wanted(headers, &name));
-    let mut changes = wait.map(|w| (served.changes.subscribe(), tokio::time::Instant::now() + w));
+    let name = relative_path(raw_path).ok();
+    let wait = name.as_ref().and_then(|n| watch::wanted(headers, n));
+    let mut changes = wait.zip(name).map(|(w, n)| {
+        let deadline = tokio::time::Instant::now() + w;
+        (served.changes.subscribe(&n), deadline)
+    });
     loop {
         let file = match lookup(&served.root, raw_path).await {
             Ok(file) => file,
@@ -397,13 +399,15 @@ async fn respond(
         if !not_modified(headers, &file) {
             return watch::applied(respond_with(file, method, raw_path, headers).await, wait);
         }
+        // Not held open while waiting: a waiter costs no descriptor but its
+        // connection's.
+        let unchanged = watch::applied(file.validated(StatusCode::NOT_MODIFIED), wait);
+        drop(file);
         tokio::select! {
             changed = rx.changed() => if changed.is_err() {
-                return watch::applied(file.validated(StatusCode::NOT_MODIFIED), wait);
+                return unchanged;
             },
-            () = tokio::time::sleep_until(*deadline) => {
-                return watch::applied(file.validated(StatusCode::NOT_MODIFIED), wait);
-            }
+            () = tokio::time::sleep_until(*deadline) => return unchanged,
         }
     }
 }

@@ -6,14 +6,17 @@
 //! says `Preference-Applied: wait=N`; where that is missing (nginx, a CDN,
 //! a bucket) the agent polls instead.
 //!
-//! One task notices changes for all waiting requests: while any waits, it
-//! reads the modification time of `hosts/` ten times a second (every
-//! pointer is written by a rename into it) and wakes them; each then looks
-//! at its own file again. A waiter costs a task and its connection: no
-//! open file and no timer but its deadline.
+//! One task notices changes for all waiting requests: it reads the
+//! modification time of `hosts/` ten times a second (every pointer is
+//! written by a rename into it), and when that changed, the files waited
+//! for; the waiters of a file that changed look at it again. A waiter
+//! costs a task and its connection: no open file and no timer but its
+//! deadline.
 
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use axum::http::header::{HeaderMap, HeaderValue};
@@ -25,49 +28,76 @@ use tokio::sync::watch;
 pub const MAX_WAIT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(100);
 
+/// A file as `stat` sees it: a rename (as publish writes) changes the
+/// inode, a rewrite the time or size.
+type Seen = Option<(u64, SystemTime, u64)>;
+
+/// Per pointer file with waiters: who to wake, and the file as last seen.
+type Waiting = Arc<Mutex<HashMap<String, (watch::Sender<u64>, Seen)>>>;
+
 pub struct Changes {
-    tx: watch::Sender<u64>,
     dir: PathBuf,
+    waiting: Waiting,
     started: OnceLock<()>,
 }
 
 impl Changes {
     pub fn new(root: &Path) -> Self {
         Self {
-            tx: watch::Sender::new(0),
             dir: root.join(layout::HOSTS_DIR),
+            waiting: Arc::default(),
             started: OnceLock::new(),
         }
     }
 
-    /// A receiver woken by the next change (the watching task starts with
-    /// the first).
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    /// A receiver woken when `name` (a pointer, relative to the root)
+    /// changes; the watching task starts with the first.
+    pub fn subscribe(&self, name: &str) -> watch::Receiver<u64> {
         self.started.get_or_init(|| {
-            tokio::spawn(notice(self.tx.clone(), self.dir.clone()));
+            tokio::spawn(notice(self.dir.clone(), self.waiting.clone()));
         });
-        self.tx.subscribe()
+        let file = name.rsplit('/').next().unwrap_or(name).to_owned();
+        let mut waiting = self.waiting.lock().expect("no panics while held");
+        match waiting.get(&file) {
+            Some((tx, _)) => tx.subscribe(),
+            None => {
+                let seen = stat(&self.dir.join(&file));
+                let (tx, rx) = watch::channel(0);
+                waiting.insert(file, (tx, seen));
+                rx
+            }
+        }
     }
 }
 
-async fn notice(tx: watch::Sender<u64>, dir: PathBuf) {
-    let modified = |dir: &Path| {
-        std::fs::metadata(dir)
-            .and_then(|m| m.modified())
-            .unwrap_or(SystemTime::UNIX_EPOCH)
-    };
+fn stat(path: &Path) -> Seen {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.modified().ok()?, m.len()))
+}
+
+/// While anyone waits, looks at `hosts/` ten times a second; when it
+/// changed, at each file waited for, and wakes the waiters of those that
+/// changed: a release wakes its host's waiters, not every host's.
+async fn notice(dir: PathBuf, waiting: Waiting) {
+    let modified = |dir: &Path| std::fs::metadata(dir).and_then(|m| m.modified()).ok();
     let mut last = modified(&dir);
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if tx.receiver_count() == 0 {
+        let now = modified(&dir);
+        if now == last {
             continue;
         }
-        let now = modified(&dir);
-        if now != last {
-            last = now;
-            tx.send_modify(|n| *n += 1);
+        last = now;
+        let mut waiting = waiting.lock().expect("no panics while held");
+        waiting.retain(|_, (tx, _)| tx.receiver_count() > 0);
+        for (file, (tx, seen)) in waiting.iter_mut() {
+            let now = stat(&dir.join(file));
+            if now != *seen {
+                *seen = now;
+                tx.send_modify(|n| *n += 1);
+            }
         }
     }
 }
