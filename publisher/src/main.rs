@@ -18,8 +18,10 @@ mod keys;
 mod nix;
 mod promote;
 mod publish;
+mod retire;
 mod sealing;
 mod serve;
+mod table;
 mod target;
 #[cfg(test)]
 mod testing;
@@ -62,6 +64,8 @@ enum Cmd {
     Diff(cmd::diff::Args),
     /// Write a host's pointer, manifest and the NARs a base lacks into one file.
     Bundle(cmd::bundle::Args),
+    /// Retire a host: a signed tombstone replaces its pointer, its key leaves the recipients file.
+    Retire(cmd::retire::Args),
     /// Delete what no kept generation of any host needs.
     Gc(cmd::gc::Args),
     /// Serve a cache directory over HTTP, read-only.
@@ -94,6 +98,7 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Promote(a) => cmd::promote::run(a),
         Cmd::Diff(a) => cmd::diff::run(a),
         Cmd::Bundle(a) => cmd::bundle::run(a),
+        Cmd::Retire(a) => cmd::retire::run(a),
         Cmd::Gc(a) => cmd::gc::run(a),
         Cmd::Serve(a) => cmd::serve::run(a),
     }

@@ -14,9 +14,9 @@ use anyhow::{bail, ensure, Context, Result};
 use nixcast_common::hash::HashingCounter;
 use nixcast_common::manifest::{self, Compression, Delta, Entry, Manifest};
 use nixcast_common::narinfo::NarInfo;
-use nixcast_common::pointer::{self, ManifestRef, Pointer, Timestamp};
+use nixcast_common::pointer::{self, Head, ManifestRef, Pointer, Timestamp};
 use nixcast_common::seal::{self, Identity, Recipient};
-use nixcast_common::{layout, SecretKey, Sha256Hash, StorePath};
+use nixcast_common::{layout, PublicKey, SecretKey, Sha256Hash, StorePath};
 
 use crate::nix::{PathInfo, Store};
 use crate::target::Target;
@@ -491,14 +491,30 @@ fn previous_pointer(
     opts: &Options,
 ) -> Result<(Option<Pointer>, u64, Option<Timestamp>)> {
     let key = layout::pointer(host);
-    let history_last = last_verified_history(target, host, opts)?;
+    let history_last = last_verified_history(target, host, &opts.key.public())?;
     let history_generation = history_last.as_ref().map_or(0, |p| p.generation);
     let history_issued = history_last.as_ref().map(|p| p.issued_at);
     let Some(bytes) = target.get_at_most(&key, pointer::MAX_ENVELOPE_SIZE as u64)? else {
         return Ok((None, history_generation, history_issued));
     };
-    match pointer::verify(&bytes, &[opts.key.public()]) {
-        Ok(v) => {
+    match pointer::verify_head(&bytes, &[opts.key.public()]) {
+        Ok(Head::Retired(t)) => {
+            let t = t.into_inner();
+            ensure!(
+                opts.force,
+                "{host} is retired (generation {}, since {}): adding it back is an explicit act, \
+                 use --force",
+                t.generation,
+                t.issued_at
+            );
+            tracing::warn!(
+                "{host} was retired at generation {}; adding it back (--force)",
+                t.generation
+            );
+            let issued = history_issued.max(Some(t.issued_at));
+            Ok((None, history_generation.max(t.generation), issued))
+        }
+        Ok(Head::Pointer(v)) => {
             let p = v.into_inner();
             ensure!(
                 p.host == *host,
@@ -515,10 +531,11 @@ fn previous_pointer(
             // key's generations, so numbering goes on after the one the
             // current pointer claims. Unverified, so it is the operator's
             // word (given with --force), and said.
-            let claimed = pointer::decode_unverified(&bytes)
-                .ok()
-                .filter(|p| p.host == host)
-                .map_or(0, |p| p.generation);
+            let claimed = match pointer::decode_head_unverified(&bytes) {
+                Ok(Head::Pointer(p)) if p.host == host => p.generation,
+                Ok(Head::Retired(t)) if t.host == host => t.generation,
+                _ => 0,
+            };
             if claimed > history_generation {
                 tracing::warn!(
                     "continuing after generation {claimed}, which the replaced pointer claims"
@@ -538,8 +555,11 @@ fn previous_pointer(
 /// The highest history pointer of `host` that is ours. Names are tried from
 /// the highest number down, so only planted files and one real pointer are
 /// read; each planted one is ignored with a warning.
-fn last_verified_history(target: &Target, host: &str, opts: &Options) -> Result<Option<Pointer>> {
-    let public = opts.key.public();
+pub fn last_verified_history(
+    target: &Target,
+    host: &str,
+    public: &PublicKey,
+) -> Result<Option<Pointer>> {
     let mut numbered: Vec<(u64, String)> = target
         .list(&layout::history_dir(host))?
         .into_iter()
@@ -558,7 +578,7 @@ fn last_verified_history(target: &Target, host: &str, opts: &Options) -> Result<
                 continue;
             }
         };
-        let why = match pointer::verify(&bytes, std::slice::from_ref(&public)) {
+        let why = match pointer::verify(&bytes, std::slice::from_ref(public)) {
             Ok(v) if v.get().host == host && v.get().generation == n => {
                 return Ok(Some(v.into_inner()))
             }

@@ -4,7 +4,8 @@
 //!
 //! Exit codes: 0 applied or nothing to do, 1 local error, 2 usage,
 //! 3 refused (verification failed), 4 fetch failed, 5 activation failed,
-//! 6 another run holds the lock.
+//! 6 another run holds the lock, 7 this host is retired (a verified
+//! tombstone in place of its pointer: nothing applied).
 
 mod activate;
 mod cmd;
