@@ -552,6 +552,25 @@ fn previous_pointer(
     }
 }
 
+/// Why `host` is not published without `--force`: a tombstone in place of
+/// its pointer (only decoded here; `publish` verifies what it replaces).
+pub fn retired(target: &Target, host: &str) -> Result<Option<anyhow::Error>> {
+    let Some(bytes) =
+        target.get_at_most(&layout::pointer(host), pointer::MAX_ENVELOPE_SIZE as u64)?
+    else {
+        return Ok(None);
+    };
+    Ok(match pointer::decode_head_unverified(&bytes) {
+        Ok(Head::Retired(t)) => Some(anyhow::anyhow!(
+            "{host} is retired (generation {}, since {}): adding it back is an explicit act, use \
+             --force",
+            t.generation,
+            t.issued_at
+        )),
+        _ => None,
+    })
+}
+
 /// The highest history pointer of `host` that is ours. Names are tried from
 /// the highest number down, so only planted files and one real pointer are
 /// read; each planted one is ignored with a warning.

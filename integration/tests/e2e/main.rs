@@ -18,6 +18,7 @@ mod private;
 mod publish;
 mod pull;
 mod recovery;
+mod retire;
 mod s3;
 mod safety;
 mod sealed;
