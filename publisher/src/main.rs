@@ -31,7 +31,8 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use nixcast_cli::docs;
 use nixcast_cli::logging::{self, LogArgs};
 
 #[derive(Parser)]
@@ -70,6 +71,11 @@ enum Cmd {
     Gc(cmd::gc::Args),
     /// Serve a cache directory over HTTP, read-only.
     Serve(cmd::serve::Args),
+    /// Print a shell completion script (`nixcast completions bash > /etc/bash_completion.d/nixcast`).
+    Completions(docs::CompletionsArgs),
+    /// Write the man pages of nixcast and its subcommands (for packaging).
+    #[command(hide = true)]
+    Man(docs::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -101,13 +107,23 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Retire(a) => cmd::retire::run(a),
         Cmd::Gc(a) => cmd::gc::run(a),
         Cmd::Serve(a) => cmd::serve::run(a),
+        Cmd::Completions(a) => {
+            use std::io::Write;
+            let script = docs::completions(Cli::command(), a.shell);
+            Ok(std::io::stdout().write_all(&script)?)
+        }
+        Cmd::Man(a) => {
+            for page in docs::man_pages(Cli::command(), &a.out)? {
+                println!("{}", page.display());
+            }
+            Ok(())
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn earlier_spellings_are_accepted_and_not_shown() {
