@@ -511,3 +511,73 @@ pub fn diff(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(host: &str, fleet: Option<crate::fleet::Columns>) -> HostRow {
+        HostRow {
+            host: host.into(),
+            generation: 12,
+            store_path: None,
+            sealed: true,
+            issued_at: "2026-12-06T10:00:00Z".into(),
+            expires_at: None,
+            paths: None,
+            closure_nar_size: None,
+            closure_file_size: None,
+            fleet,
+        }
+    }
+
+    /// A header over aligned columns, a host without a report flagged as
+    /// never reported, and the retired hosts in a table of their own.
+    #[test]
+    fn a_terminal_gets_aligned_tables_and_the_retired_apart() {
+        let never = crate::fleet::Columns {
+            never_reported: true,
+            ..Default::default()
+        };
+        let rows = [row("web1", Some(never)), row("database\x1b[2J", None)];
+        let retired = [RetiredRow {
+            host: "web3".into(),
+            retired: true,
+            generation: 4,
+            retired_at: "2026-12-06T11:00:00Z".into(),
+            last_report: Some("retired at 2026-12-06T11:05:00Z".into()),
+        }];
+        let t = tables(&rows, &retired, true);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "HOST                GEN   SYSTEM   PATHS   SIZE   ISSUED                 EXPIRES   \
+             STAGED   APPLIED   REPORTED         FLAGS"
+        );
+        assert_eq!(
+            lines[1],
+            "web1                12    sealed   -       -      2026-12-06T10:00:00Z   never     \
+             -        -         never reported"
+        );
+        assert!(
+            !t.contains('\x1b') && lines[2].starts_with("database\\u{1b}[2J   12"),
+            "{t}"
+        );
+        assert_eq!(lines[3], "");
+        assert_eq!(
+            lines[4],
+            "RETIRED HOST   GEN   SINCE                  LAST REPORT"
+        );
+        assert_eq!(
+            lines[5],
+            "web3           4     2026-12-06T11:00:00Z   retired at 2026-12-06T11:05:00Z"
+        );
+        // Piped: the tab-separated lines scripts read.
+        assert!(text_line(&rows[0]).ends_with("\tnever reported"));
+        assert_eq!(
+            retired_line(&retired[0]),
+            "web3\tRETIRED at generation 4\tsince 2026-12-06T11:00:00Z\treport: retired at \
+             2026-12-06T11:05:00Z"
+        );
+    }
+}

@@ -251,6 +251,23 @@ fn a_retired_host_applies_nothing_and_gc_frees_only_what_it_used() {
             && lines[1].contains("\treport: retired at "),
         "{text}"
     );
+    // On a terminal (a pty here): aligned tables with headers, the retired
+    // host in its own.
+    let bin = nixcast_pull_path().parent().unwrap().join("nixcast");
+    let shown = ok(std::process::Command::new("script").args([
+        "-qec",
+        &format!("{} hosts --cache {}", bin.display(), p.cache.display()),
+        "/dev/null",
+    ]));
+    let shown = stdout(&shown).replace('\r', "");
+    let lines: Vec<&str> = shown.lines().collect();
+    assert!(lines[0].starts_with("HOST   GEN   SYSTEM"), "{shown}");
+    assert!(lines[1].starts_with("web1   1     sealed"), "{shown}");
+    assert!(
+        lines[3].starts_with("RETIRED HOST   GEN   SINCE"),
+        "{shown}"
+    );
+    assert!(lines[4].starts_with("web3           2     "), "{shown}");
     let out = p.nixcast(&["hosts", "--json"]);
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows[1]["host"], "web3");
