@@ -104,6 +104,10 @@ pub(super) fn raise_floor_to_tombstone(status: &mut Status, t: &Verified<Tombsto
     status.highest_generation = t.get().generation;
     status.highest_digest = Some(t.digest());
     status.last_issued_at = Some(t.get().issued_at);
+    // Nor those of the pointer before it: a 304 for them stands for no
+    // tombstone.
+    status.validators = Default::default();
+    status.pointer_expires_at = None;
 }
 
 /// Records the pointer as handled to the end: its validators (for the next

@@ -527,6 +527,11 @@ async fn a_tombstone_retires_the_host_and_changes_nothing_else() {
         (st.applied_generation, st.highest_generation, st.last_result),
         (Some(1), 2, Some(Outcome::Retired))
     );
+    assert_eq!(
+        st.validators,
+        Default::default(),
+        "a 304 never stands for it"
+    );
     // The floor held: an older pointer, or a tombstone below it, is refused.
     h.cache.publish(1, &testing::closure("v1", 10));
     assert_eq!(h.run(&cfg).await.unwrap_err().exit_code(), 3);
