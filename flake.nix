@@ -43,10 +43,25 @@
           # sandbox does not give.
           cargoTestFlags = [ "-p" "nixcast-common" "-p" "nixcast-cli" "-p" "nixcast-cache" "-p" "nixcast" "-p" "nixcast-pull" ];
 
-          # No native inputs: liblzma-sys and zstd-sys compile their bundled
-          # C sources with the stdenv's cc (liblzma-sys looks for a system
-          # liblzma >= 5.8 through pkg-config first; without pkg-config it
-          # builds its own), and rustls needs no OpenSSL.
+          # No native inputs but installShellFiles: liblzma-sys and zstd-sys
+          # compile their bundled C sources with the stdenv's cc (liblzma-sys
+          # looks for a system liblzma >= 5.8 through pkg-config first;
+          # without pkg-config it builds its own), and rustls needs no OpenSSL.
+          nativeBuildInputs = [ pkgs.installShellFiles ];
+
+          # Shell completions and man pages, made by the binaries from their
+          # own clap definitions (`completions SHELL`, the hidden `man --out
+          # DIR`); skipped when cross-compiling, where they cannot run here.
+          postInstall = lib.optionalString (pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform) ''
+            for prog in nixcast nixcast-pull; do
+              installShellCompletion --cmd "$prog" \
+                --bash <("$out/bin/$prog" completions bash) \
+                --zsh <("$out/bin/$prog" completions zsh) \
+                --fish <("$out/bin/$prog" completions fish)
+              "$out/bin/$prog" man --out man-pages
+            done
+            installManPage man-pages/*.1
+          '';
 
           meta = {
             description = "Deploy NixOS hosts by pull from a signed static Nix binary cache";

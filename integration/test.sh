@@ -17,6 +17,9 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v chromium >/dev/null || need_apt+=(chromium)
 # ssh-keygen makes the test hosts' SSH keys, which sign their reports.
 command -v ssh-keygen >/dev/null || need_apt+=(openssh-client)
+# groff renders the man pages (tests/e2e/docs.rs); script gives hosts a terminal (tests/e2e/retire.rs).
+command -v groff >/dev/null || need_apt+=(groff-base)
+command -v script >/dev/null || need_apt+=(bsdutils)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

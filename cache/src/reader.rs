@@ -1,6 +1,6 @@
 //! The one read path from a host's pointer to the manifest it pins.
 //!
-//! A pointer is read under a fixed cap and verified before any byte of its
+//! A pointer (or the tombstone of a retired host, `head`) is read under a fixed cap and verified before any byte of its
 //! payload is parsed (`pointer::verify`). Its manifest is read under the
 //! size the pointer pins; the stored bytes must be the pinned ones before
 //! anything else happens to them: a sealed manifest is opened only then,
@@ -14,7 +14,7 @@
 use anyhow::anyhow;
 use nixcast_common::manifest::{self, Delta, Manifest, MAX_SIZE};
 use nixcast_common::pinned::{self, Pinned};
-use nixcast_common::pointer::{self, ManifestRef, PlainRef, Pointer, Verified};
+use nixcast_common::pointer::{self, Head, ManifestRef, PlainRef, Pointer, Verified, VerifiedHead};
 use nixcast_common::seal::{self, Identity};
 use nixcast_common::{layout, PublicKey, Sha256Hash};
 
@@ -54,6 +54,23 @@ pub async fn pointer_unverified(cache: &Cache, key: &str) -> Result<Pointer, Rea
         .get_small(key, pointer::MAX_ENVELOPE_SIZE as u64)
         .await?;
     pointer::decode_unverified(&bytes).map_err(|e| ReadError::refused(&cache.url_of(key), e))
+}
+
+/// What `key` (a host's `hosts/<host>.json`) holds, a pointer or a
+/// tombstone, verified with `keys`.
+pub async fn head(cache: &Cache, key: &str, keys: &[PublicKey]) -> Result<VerifiedHead, ReadError> {
+    let bytes = cache
+        .get_small(key, pointer::MAX_ENVELOPE_SIZE as u64)
+        .await?;
+    pointer::verify_head(&bytes, keys).map_err(|e| ReadError::refused(&cache.url_of(key), e))
+}
+
+/// What `key` holds, only decoded: for a look at one's own cache.
+pub async fn head_unverified(cache: &Cache, key: &str) -> Result<Head, ReadError> {
+    let bytes = cache
+        .get_small(key, pointer::MAX_ENVELOPE_SIZE as u64)
+        .await?;
+    pointer::decode_head_unverified(&bytes).map_err(|e| ReadError::refused(&cache.url_of(key), e))
 }
 
 /// A manifest as stored (sealed ones stay sealed: a bundle carries them as

@@ -10,12 +10,14 @@
 //! - `logging`: `--log-format` and `NIXCAST_LOG`, and the one way an
 //!   error is told;
 //! - `text`: text from outside escaped for a terminal or a log;
-//! - `fmt`: sizes for people (`4.0 MiB`).
+//! - `fmt`: sizes for people (`4.0 MiB`);
+//! - `docs`: shell completions and man pages from a program's clap definition.
 //!
 //! `nixcast-common` stays pure (formats only); this crate is where the
 //! binaries' shared I/O lives. Neither binary depends on the other.
 
 pub mod command;
+pub mod docs;
 pub mod fmt;
 pub mod fs;
 pub mod keys;

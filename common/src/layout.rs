@@ -8,7 +8,8 @@
 //! sealed/<sha256>                         a sealed NAR, manifest or delta,
 //!                                         named by the sha256 of its bytes
 //! sealed/<new>.from-<old>                 a sealed manifest delta
-//! hosts/<host>.json                       a host's current pointer
+//! hosts/<host>.json                       a host's current pointer (a retired
+//!                                         host's tombstone)
 //! hosts/<host>/<generation>.json          every pointer ever published
 //! reports/<host>.json                     a host's latest signed report
 //! keys.json                               the key list (signed by the roots)
@@ -63,7 +64,7 @@ pub enum Key {
         new: Sha256Hash,
         old_plain: Sha256Hash,
     },
-    /// `hosts/<host>.json`.
+    /// `hosts/<host>.json`: the host's pointer, or its tombstone.
     Pointer(String),
     /// `hosts/<host>/<generation>.json`.
     History { host: String, generation: u64 },

@@ -27,6 +27,9 @@
 //! {"sha256": …, "size": …}` pins the manifest's plain bytes too, so that an
 //! agent can rebuild it from a delta, or keep the one it holds. The store
 //! path is the sealed manifest's `storePath`.
+//!
+//! A retired host's `hosts/<host>.json` holds a tombstone instead
+//! (`tombstone.rs`, its own payload type); [`verify_head`] reads either.
 
 use std::time::{Duration, SystemTime};
 
@@ -38,6 +41,9 @@ use crate::hash::Sha256Hash;
 use crate::keys::{PublicKey, SecretKey, Signature};
 use crate::layout;
 use crate::store_path::StorePath;
+
+mod tombstone;
+pub use tombstone::{Tombstone, TOMBSTONE_PAYLOAD_TYPE};
 
 pub const PAYLOAD_TYPE: &str = "application/vnd.nixcast.pointer.v1+json";
 /// A pointer is a few hundred bytes; anything beyond this is refused unread.
@@ -311,31 +317,89 @@ impl Pointer {
     /// Signs the pointer into an envelope's JSON bytes.
     pub fn sign(&self, key: &SecretKey) -> Vec<u8> {
         let body = serde_json::to_vec(self).expect("a pointer always serialises");
-        let sig = key.sign(&pae(PAYLOAD_TYPE, &body));
-        let env = Envelope {
-            payload_type: PAYLOAD_TYPE.to_owned(),
-            payload: BASE64.encode(&body),
-            signatures: vec![EnvelopeSignature {
-                keyid: key.name().to_owned(),
-                sig: BASE64.encode(sig.bytes()),
-            }],
-        };
-        let mut v = serde_json::to_vec_pretty(&env).expect("an envelope always serialises");
-        v.push(b'\n');
-        v
+        sign_envelope(PAYLOAD_TYPE, &body, key)
     }
 }
 
 /// Verifies an envelope's signature with the trusted keys, then parses the
 /// payload. Nothing of the payload is read before a signature verified.
 pub fn verify(bytes: &[u8], trusted: &[PublicKey]) -> Result<Verified<Pointer>, PointerError> {
-    if bytes.len() > MAX_ENVELOPE_SIZE {
-        return Err(PointerError::TooLarge(bytes.len()));
-    }
-    let env: Envelope = serde_json::from_slice(bytes).map_err(PointerError::Envelope)?;
+    let env = envelope(bytes)?;
     if env.payload_type != PAYLOAD_TYPE {
         return Err(PointerError::PayloadType(env.payload_type));
     }
+    verify_pointer(&env, trusted)
+}
+
+/// What `hosts/<host>.json` holds: the host's pointer, or the tombstone
+/// `nixcast retire` wrote in its place. `Head` is the decoded form (for a
+/// look at one's own cache); [`VerifiedHead`] the form an agent acts on.
+#[derive(Debug, Clone)]
+pub enum Head<P = Pointer, T = Tombstone> {
+    Pointer(P),
+    Retired(T),
+}
+
+pub type VerifiedHead = Head<Verified<Pointer>, Verified<Tombstone>>;
+
+/// Verifies what a host's `hosts/<host>.json` holds, a pointer or a
+/// tombstone, by its payload type; the signature covers the type (PAE), so
+/// one cannot pass for the other. Nothing of the payload is read before a
+/// signature verified.
+pub fn verify_head(bytes: &[u8], trusted: &[PublicKey]) -> Result<VerifiedHead, PointerError> {
+    let env = envelope(bytes)?;
+    match env.payload_type.as_str() {
+        PAYLOAD_TYPE => verify_pointer(&env, trusted).map(Head::Pointer),
+        TOMBSTONE_PAYLOAD_TYPE => tombstone::verify(&env, trusted).map(Head::Retired),
+        _ => Err(PointerError::PayloadType(env.payload_type)),
+    }
+}
+
+/// `hosts/<host>.json` decoded without any signature verified: for the
+/// publisher's own tools, like [`decode_unverified`].
+pub fn decode_head_unverified(bytes: &[u8]) -> Result<Head, PointerError> {
+    let env: Envelope = serde_json::from_slice(bytes).map_err(PointerError::Envelope)?;
+    let body = BASE64
+        .decode(env.payload.as_bytes())
+        .map_err(|_| PointerError::Base64)?;
+    match env.payload_type.as_str() {
+        TOMBSTONE_PAYLOAD_TYPE => serde_json::from_slice(&body)
+            .map(Head::Retired)
+            .map_err(PointerError::Payload),
+        _ => serde_json::from_slice(&body)
+            .map(Head::Pointer)
+            .map_err(PointerError::Payload),
+    }
+}
+
+/// The envelope, under the size limit.
+fn envelope(bytes: &[u8]) -> Result<Envelope, PointerError> {
+    if bytes.len() > MAX_ENVELOPE_SIZE {
+        return Err(PointerError::TooLarge(bytes.len()));
+    }
+    serde_json::from_slice(bytes).map_err(PointerError::Envelope)
+}
+
+fn verify_pointer(
+    env: &Envelope,
+    trusted: &[PublicKey],
+) -> Result<Verified<Pointer>, PointerError> {
+    let (body, key_name) = verify_signature(env, trusted)?;
+    let value: Pointer = serde_json::from_slice(&body).map_err(PointerError::Payload)?;
+    value.check()?;
+    Ok(Verified {
+        value,
+        key_name,
+        digest: Sha256Hash::digest(&body),
+    })
+}
+
+/// The payload bytes of an envelope one of `trusted` signed (over its
+/// payload type and payload), and that key's name.
+fn verify_signature(
+    env: &Envelope,
+    trusted: &[PublicKey],
+) -> Result<(Vec<u8>, String), PointerError> {
     if env.signatures.is_empty() {
         return Err(PointerError::Unsigned);
     }
@@ -355,13 +419,23 @@ pub fn verify(bytes: &[u8], trusted: &[PublicKey]) -> Result<Verified<Pointer>, 
         let ids: Vec<&str> = env.signatures.iter().map(|s| s.keyid.as_str()).collect();
         return Err(PointerError::Untrusted(ids.join(", ")));
     };
-    let value: Pointer = serde_json::from_slice(&body).map_err(PointerError::Payload)?;
-    value.check()?;
-    Ok(Verified {
-        value,
-        key_name,
-        digest: Sha256Hash::digest(&body),
-    })
+    Ok((body, key_name))
+}
+
+/// Signs `body` under `payload_type` into an envelope's JSON bytes.
+fn sign_envelope(payload_type: &str, body: &[u8], key: &SecretKey) -> Vec<u8> {
+    let sig = key.sign(&pae(payload_type, body));
+    let env = Envelope {
+        payload_type: payload_type.to_owned(),
+        payload: BASE64.encode(body),
+        signatures: vec![EnvelopeSignature {
+            keyid: key.name().to_owned(),
+            sig: BASE64.encode(sig.bytes()),
+        }],
+    };
+    let mut v = serde_json::to_vec_pretty(&env).expect("an envelope always serialises");
+    v.push(b'\n');
+    v
 }
 
 #[cfg(test)]

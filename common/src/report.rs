@@ -85,11 +85,30 @@ pub const MAX_REPORT_SIZE: usize = 64 * 1024;
 /// Messages in a report are cut to this many bytes.
 pub const MAX_MESSAGE: usize = 4096;
 
+/// What the run that made the report ended with. Publishers before
+/// `retired` refuse a report that names it (an unknown variant); from it on,
+/// an outcome a newer agent adds reads as `other`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Ok,
     Failed,
+    /// The host read its tombstone: it applies nothing any more.
+    Retired,
+    /// An outcome this reader does not know.
+    #[serde(other)]
+    Other,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::Retired => "retired",
+            Outcome::Other => "other",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -682,8 +701,14 @@ mod tests {
     fn unknown_fields_are_ignored_and_messages_are_cut() {
         let mut v = serde_json::to_value(sample("web1")).unwrap();
         v["futureField"] = serde_json::json!(1);
-        let r: Report = serde_json::from_value(v).unwrap();
+        let r: Report = serde_json::from_value(v.clone()).unwrap();
         assert_eq!(r.host, "web1");
+        v["outcome"] = serde_json::json!("retired");
+        let r: Report = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(r.outcome, Outcome::Retired);
+        v["outcome"] = serde_json::json!("sleeping");
+        let r: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(r.outcome, Outcome::Other);
         let long = "é".repeat(MAX_MESSAGE);
         assert!(Report::cut(&long).len() <= MAX_MESSAGE);
     }

@@ -251,6 +251,46 @@ impl Recipients {
     }
 }
 
+/// A recipients file's text without `host`: a line that names only `host`
+/// goes, one that names it among others loses that name, and every other
+/// byte (comments, blank lines, other hosts' lines, `*`) stays as it was.
+/// Also returns how many lines named `host`.
+pub fn without_host(text: &str, host: &str) -> (String, usize) {
+    let mut out = String::with_capacity(text.len());
+    let mut changed = 0;
+    for line in text.split_inclusive('\n') {
+        let body = line.trim_start();
+        let indent = &line[..line.len() - body.len()];
+        let Some((names, rest)) = body
+            .split_once(char::is_whitespace)
+            .filter(|_| !body.starts_with('#'))
+            .map(|(n, _)| (n, &body[n.len()..]))
+        else {
+            out.push_str(line);
+            continue;
+        };
+        let named = |h: &str| {
+            let h = h
+                .strip_prefix('[')
+                .and_then(|h| h.split_once("]:"))
+                .map_or(h, |(h, _)| h);
+            h == host
+        };
+        if !names.split(',').any(named) {
+            out.push_str(line);
+            continue;
+        }
+        changed += 1;
+        let kept: Vec<&str> = names.split(',').filter(|h| !named(h)).collect();
+        if !kept.is_empty() {
+            out.push_str(indent);
+            out.push_str(&kept.join(","));
+            out.push_str(rest);
+        }
+    }
+    (out, changed)
+}
+
 /// What decrypts: an age X25519 identity, with where it came from.
 #[derive(Clone)]
 pub struct Identity {
@@ -430,6 +470,25 @@ fn map_decrypt_error(e: age::DecryptError) -> SealError {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_leaves_a_recipients_file_and_nothing_else_changes() {
+        let k = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEXAMPLE";
+        let text = format!(
+            "# the fleet\n\nweb1 {k} web1\nweb3 {k} web3\n  [web3]:2222 {k}\n\
+             web2,web3,web4 {k} shared\n* age1xyz\n# web3 {k}\nweb30 {k}"
+        );
+        let (out, n) = without_host(&text, "web3");
+        assert_eq!(n, 3);
+        assert_eq!(
+            out,
+            format!(
+                "# the fleet\n\nweb1 {k} web1\nweb2,web4 {k} shared\n* age1xyz\n# web3 {k}\n\
+                 web30 {k}"
+            )
+        );
+        assert_eq!(without_host(&out, "web3"), (out.clone(), 0));
+    }
 
     // Made with `ssh-keygen -t ed25519 -N '' -C test`.
     pub(crate) const SSH_PRIVATE: &str = "-----BEGIN OPENSSH PRIVATE KEY-----

@@ -2,12 +2,13 @@
 //! the agent does with `hosts/<host>.json`), as an envelope or payload parsed
 //! without verifying (what display tools do), and as a payload behind a valid
 //! signature (the bytes signed with a fixed test key), which is how the
-//! fuzzer reaches the code only a key holder could otherwise reach.
+//! fuzzer reaches the code only a key holder could otherwise reach. The
+//! same for a retired host's tombstone, read by `verify_head`.
 #![no_main]
 
 use data_encoding::BASE64;
 use libfuzzer_sys::fuzz_target;
-use nixcast_common::pointer::{self, Envelope, EnvelopeSignature, Pointer};
+use nixcast_common::pointer::{self, Envelope, EnvelopeSignature, Head, Pointer, Tombstone};
 use nixcast_common::Sha256Hash;
 use nixcast_fuzz::FUZZ_KEY;
 
@@ -50,6 +51,36 @@ fuzz_target!(|data: &[u8]| {
         }
         (Ok(v), None) => panic!(
             "verify accepted a payload that does not parse: {:?}",
+            v.get()
+        ),
+    }
+
+    let _ = pointer::verify_head(data, &trusted);
+    let _ = pointer::decode_head_unverified(data);
+    let tombstone = serde_json::from_slice::<Tombstone>(data)
+        .ok()
+        .filter(|t| t.generation != 0);
+    let sig = FUZZ_KEY.sign(&pointer::pae(pointer::TOMBSTONE_PAYLOAD_TYPE, data));
+    let env = Envelope {
+        payload_type: pointer::TOMBSTONE_PAYLOAD_TYPE.to_owned(),
+        payload: BASE64.encode(data),
+        signatures: vec![EnvelopeSignature {
+            keyid: FUZZ_KEY.name().to_owned(),
+            sig: BASE64.encode(sig.bytes()),
+        }],
+    };
+    let bytes = serde_json::to_vec(&env).expect("an envelope serialises");
+    // A signed tombstone payload is a tombstone exactly when it parses.
+    match (pointer::verify_head(&bytes, &trusted), tombstone) {
+        (Ok(Head::Retired(v)), Some(t)) => assert_eq!(v.get(), &t),
+        (Err(_), None) => {}
+        (Err(e), Some(_)) => assert!(
+            matches!(e, pointer::PointerError::TooLarge(_)),
+            "a signed, well-formed tombstone was refused: {e}"
+        ),
+        (Ok(Head::Pointer(_)), _) => panic!("a tombstone's envelope verified as a pointer"),
+        (Ok(Head::Retired(v)), None) => panic!(
+            "verify_head accepted a tombstone that does not parse: {:?}",
             v.get()
         ),
     }

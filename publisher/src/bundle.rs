@@ -105,7 +105,12 @@ pub fn bundle(
     let pointer_bytes = target
         .get_at_most(&key, pointer::MAX_ENVELOPE_SIZE as u64)?
         .with_context(|| format!("{}/{key} does not exist", target.describe()))?;
-    let p = pointer::decode_unverified(&pointer_bytes).with_context(|| format!("reading {key}"))?;
+    let p = match pointer::decode_head_unverified(&pointer_bytes)
+        .with_context(|| format!("reading {key}"))?
+    {
+        pointer::Head::Pointer(p) => p,
+        pointer::Head::Retired(t) => return Err(crate::cache::retired(&t)),
+    };
     let (manifest_bytes, m) = read_manifest(target, &p, ids)?;
     let have = base_paths(target, host, base, ids)?;
     let needed: Vec<_> = m

@@ -5,28 +5,52 @@
 use anyhow::Result;
 use nixcast_cache::reader::{self, ReadError};
 use nixcast_common::manifest::Manifest;
-use nixcast_common::pointer::Pointer;
+use nixcast_common::pointer::{Head, Pointer, Tombstone};
 use nixcast_common::seal::Identity;
 use nixcast_common::{layout, PublicKey};
 
 use crate::target::Target;
 
 /// Reads a pointer; with keys it must verify, without them its payload is
-/// only decoded (for a look at one's own cache).
+/// only decoded (for a look at one's own cache). A retired host's tombstone
+/// is an error that says so.
 pub fn read_pointer(target: &Target, key: &str, keys: &[PublicKey]) -> Result<Pointer> {
+    match read_head(target, key, keys)? {
+        Head::Pointer(p) => Ok(p),
+        Head::Retired(t) => Err(retired(&t)),
+    }
+}
+
+/// What a host's `hosts/<host>.json` holds: its pointer, or the tombstone
+/// `nixcast retire` left; verified with keys, else only decoded.
+pub fn read_head(target: &Target, key: &str, keys: &[PublicKey]) -> Result<Head> {
     let cache = target.cache();
-    let p = match keys.is_empty() {
+    let head = match keys.is_empty() {
         false => target
-            .block_on(reader::pointer(cache, key, keys))
-            .map(|v| v.into_inner()),
-        true => target.block_on(reader::pointer_unverified(cache, key)),
+            .block_on(reader::head(cache, key, keys))
+            .map(|h| match h {
+                Head::Pointer(v) => Head::Pointer(v.into_inner()),
+                Head::Retired(v) => Head::Retired(v.into_inner()),
+            }),
+        true => target.block_on(reader::head_unverified(cache, key)),
     };
-    p.map_err(|e| match e {
+    head.map_err(|e| match e {
         ReadError::Fetch(nixcast_cache::Error::NotFound(_)) => {
             anyhow::anyhow!("{}/{key} does not exist", target.describe())
         }
         e => e.into(),
     })
+}
+
+/// The error of a command that needs a pointer and finds a tombstone.
+pub fn retired(t: &Tombstone) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} is retired (generation {}, since {}): `nixcast retire` replaced its pointer; \
+         `nixcast publish --force` adds it again",
+        nixcast_cli::text::clean(&t.host),
+        t.generation,
+        t.issued_at
+    )
 }
 
 /// The manifest a pointer pins, checked against the pin, with the bytes

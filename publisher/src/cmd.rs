@@ -12,4 +12,5 @@ pub mod keygen;
 pub mod keys;
 pub mod promote;
 pub mod publish;
+pub mod retire;
 pub mod serve;

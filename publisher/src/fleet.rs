@@ -134,12 +134,19 @@ pub fn canary_refusal(
         Seen::Unverifiable(why) => return Some(format!("its report is not trusted: {why}")),
         Seen::Verified(r) => r,
     };
-    if r.outcome == Outcome::Failed {
-        let why = r.error.as_ref().map_or_else(
-            || "no reason given".to_owned(),
-            |e| format!("{}: {}", clean(&e.kind), clean(&e.message)),
-        );
-        return Some(format!("its last run failed ({why})"));
+    match r.outcome {
+        Outcome::Ok => {}
+        Outcome::Failed => {
+            let why = r.error.as_ref().map_or_else(
+                || "no reason given".to_owned(),
+                |e| format!("{}: {}", clean(&e.kind), clean(&e.message)),
+            );
+            return Some(format!("its last run failed ({why})"));
+        }
+        Outcome::Retired => return Some("it reports that it is retired".into()),
+        Outcome::Other => {
+            return Some("its last run ended with an outcome this publisher does not know".into())
+        }
     }
     if r.applied_generation != Some(current) {
         return Some(match r.applied_generation {
@@ -253,6 +260,8 @@ pub struct Columns {
     pub failed: bool,
     /// No report for [`STALE_INTERVALS`] of its interval.
     pub stale: bool,
+    /// It has no report at all: its agent never reported (or reports elsewhere).
+    pub never_reported: bool,
 }
 
 /// The parts of a report `hosts` shows.
@@ -295,7 +304,7 @@ pub fn columns(
         ..Columns::default()
     };
     match read_report(target, host, fleet, ids, Some(pointer), now) {
-        Seen::Missing => {}
+        Seen::Missing => c.never_reported = true,
         Seen::Unverifiable(why) => c.report_problem = Some(why),
         Seen::Verified(r) => {
             c.behind = r.applied_generation.is_none_or(|g| g < generation);

@@ -10,6 +10,12 @@
 //! Sealed manifests are opened with `--identity`; without one, nothing under
 //! `sealed/` is deleted.
 //!
+//! A retired host (a tombstone in place of its pointer, `nixcast retire`)
+//! keeps no generation: its history and whatever only it reached go. Its
+//! tombstone stays, so that its agent keeps learning that it is retired;
+//! `--forget-retired` deletes tombstones (and those hosts' reports) too,
+//! once past the grace period.
+//!
 //! Which generations are kept is read from pointers anyone who can write
 //! the cache could plant. With `--trusted-key-file`, a host's current
 //! pointer must verify (else gc stops and deletes nothing: a pointer
@@ -27,9 +33,9 @@ use nixcast_cli::fmt::human_bytes;
 use nixcast_common::layout::{self, Key, Lifetime};
 use nixcast_common::seal::Identity;
 
-use nixcast_common::pointer::Pointer;
+use nixcast_common::pointer::{Head, Pointer};
 
-use crate::cache::{read_manifest, read_pointer};
+use crate::cache::{read_head, read_manifest, read_pointer};
 use crate::target::Target;
 use nixcast_common::PublicKey;
 
@@ -40,6 +46,7 @@ pub fn gc(
     ids: &[Identity],
     keys: &[PublicKey],
     dry_run: bool,
+    forget_retired: bool,
 ) -> Result<()> {
     anyhow::ensure!(keep >= 1, "--keep must be at least 1");
     if keys.is_empty() {
@@ -51,7 +58,11 @@ pub fn gc(
     let live = live_objects(target, keep, ids, keys)?;
     let now = SystemTime::now();
     let old = |t: SystemTime| now.duration_since(t).unwrap_or_default() >= grace;
-    let doomed = doomed_objects(target, live, old)?;
+    let mut doomed = match forget_retired {
+        true => forgotten(target, &live.retired, &old)?,
+        false => Vec::new(),
+    };
+    doomed.extend(doomed_objects(target, live, old)?);
     delete(target, &doomed, dry_run)
 }
 
@@ -66,6 +77,8 @@ struct Live {
     /// sealed is known to be dead, so nothing sealed is deleted.
     sealed_unknown: bool,
     dropped_pointers: Vec<Object>,
+    /// The tombstones of retired hosts, with the host's name.
+    retired: Vec<(String, Object)>,
 }
 
 fn live_objects(
@@ -78,12 +91,35 @@ fn live_objects(
         keys: BTreeSet::new(),
         sealed_unknown: false,
         dropped_pointers: Vec::new(),
+        retired: Vec::new(),
     };
-    for (key, _, _) in target.entries(layout::HOSTS_DIR)? {
+    for (key, size, mtime) in target.entries(layout::HOSTS_DIR)? {
         let Some(Key::Pointer(host)) = Key::parse(&key) else {
             continue;
         };
-        for p in kept_pointers(target, &host, &key, keep, keys, &mut live.dropped_pointers)? {
+        let current = match read_head(target, &key, keys)
+            .with_context(|| format!("the pointer of {host} is not readable: nothing is deleted"))?
+        {
+            Head::Pointer(p) => Some(p),
+            Head::Retired(t) => {
+                anyhow::ensure!(
+                    t.host == host,
+                    "{key} is the tombstone of another host: nothing is deleted"
+                );
+                tracing::info!("{host} is retired: none of its generations is kept");
+                live.retired
+                    .push((host.clone(), (key.clone(), size, mtime)));
+                None
+            }
+        };
+        for p in kept_pointers(
+            target,
+            &host,
+            current,
+            keep,
+            keys,
+            &mut live.dropped_pointers,
+        )? {
             live.keys.extend(Key::parse(&p.manifest.path));
             if p.manifest.sealed.is_some() && ids.is_empty() {
                 live.sealed_unknown = true;
@@ -103,17 +139,16 @@ fn live_objects(
 
 /// The current pointer of `host` and its last `keep` history pointers
 /// (verified with `keys`, or only decoded without); the history pointers
-/// of other generations go to `dropped`.
+/// of other generations go to `dropped`. A retired host (no `current`)
+/// keeps none.
 fn kept_pointers(
     target: &Target,
     host: &str,
-    key: &str,
+    current: Option<Pointer>,
     keep: usize,
     keys: &[PublicKey],
     dropped: &mut Vec<Object>,
 ) -> Result<Vec<Pointer>> {
-    let current = read_pointer(target, key, keys)
-        .with_context(|| format!("the pointer of {host} is not readable: nothing is deleted"))?;
     let mut history: BTreeMap<u64, Object> = BTreeMap::new();
     for (k, size, mtime) in target.entries(&layout::history_dir(host))? {
         let g = match Key::parse(&k) {
@@ -134,14 +169,17 @@ fn kept_pointers(
             Err(e) => tracing::warn!("leaving {k:?} alone: {e:#}"),
         }
     }
-    let kept: BTreeSet<u64> = history
-        .keys()
-        .rev()
-        .take(keep)
-        .copied()
-        .chain([current.generation])
-        .collect();
-    let mut pointers = vec![current];
+    let kept: BTreeSet<u64> = match &current {
+        Some(current) => history
+            .keys()
+            .rev()
+            .take(keep)
+            .copied()
+            .chain([current.generation])
+            .collect(),
+        None => BTreeSet::new(),
+    };
+    let mut pointers: Vec<Pointer> = current.into_iter().collect();
     for (g, entry) in history {
         if kept.contains(&g) {
             pointers.push(read_pointer(target, &entry.0, keys)?);
@@ -150,6 +188,28 @@ fn kept_pointers(
         }
     }
     Ok(pointers)
+}
+
+/// `--forget-retired`: the tombstones past the grace period, and their
+/// hosts' reports.
+fn forgotten(
+    target: &Target,
+    retired: &[(String, Object)],
+    old: &impl Fn(SystemTime) -> bool,
+) -> Result<Vec<(String, u64)>> {
+    let reports = target.entries(layout::REPORTS_DIR)?;
+    let mut doomed = Vec::new();
+    for (host, (key, size, _)) in retired.iter().filter(|(_, o)| old(o.2)) {
+        doomed.push((key.clone(), *size));
+        let report = Key::Report(host.clone()).to_string();
+        doomed.extend(
+            reports
+                .iter()
+                .filter(|(k, _, _)| *k == report)
+                .map(|(k, s, _)| (k.clone(), *s)),
+        );
+    }
+    Ok(doomed)
 }
 
 /// What no kept generation reaches and `old` says is past the grace
@@ -287,6 +347,7 @@ mod tests {
             &[],
             &[cache.key.public()],
             false,
+            false,
         )
         .unwrap();
         for key in &needed {
@@ -324,7 +385,7 @@ mod tests {
         }
         cache.target.put("reports/web.json", b"{}").unwrap();
         let keys = [cache.key.public()];
-        gc(&cache.target, 1, Duration::ZERO, &[], &keys, false).unwrap();
+        gc(&cache.target, 1, Duration::ZERO, &[], &keys, false, false).unwrap();
         for key in &leftovers {
             assert!(!cache.exists(key), "{key} was left");
         }
@@ -353,7 +414,7 @@ mod tests {
             .put(&planted_key, &planted.sign(&other))
             .unwrap();
         let keys = [cache.key.public()];
-        gc(&cache.target, 1, Duration::ZERO, &[], &keys, false).unwrap();
+        gc(&cache.target, 1, Duration::ZERO, &[], &keys, false, false).unwrap();
         // Kept: the current pointer (2) and the last history entry (3).
         for g in [2, 3] {
             let p = cache.pointer(&layout::history(HOST, g));
@@ -366,5 +427,46 @@ mod tests {
             cache.exists(&planted_key),
             "an unverified entry is left alone"
         );
+    }
+
+    /// A retired host keeps nothing: its history and what only it reached
+    /// go, what another host shares stays, and its tombstone stays unless
+    /// `--forget-retired`.
+    #[test]
+    fn a_retired_host_keeps_no_generation_and_its_tombstone() {
+        let cache = Cache::new();
+        let mut store = FakeStore::new();
+        let base = store.add("base", "base", &[]);
+        let mine = store.add("system-web1", "1", &[&base]);
+        let theirs = store.add("system-web3", "3", &[&base]);
+        cache.publish(&store, &mine, false);
+        let opts = cache.options(false);
+        crate::publish::publish(&store, &cache.target, "web3", &theirs, &opts).unwrap();
+        let web3 = cache.pointer(&layout::pointer("web3"));
+        crate::retire::retire(&cache.target, "web3", &cache.key, None).unwrap();
+        let keys = [cache.key.public()];
+        gc(&cache.target, 1, Duration::ZERO, &[], &keys, false, false).unwrap();
+        let web1 = cache.pointer(&layout::pointer(HOST));
+        for key in cache.needed_by(&web1) {
+            assert!(cache.exists(&key), "{key}, which web1 needs, was deleted");
+        }
+        let only_web3 = [
+            web3.manifest.path.clone(),
+            layout::narinfo(&theirs),
+            layout::history("web3", 1),
+        ];
+        for key in &only_web3 {
+            assert!(!cache.exists(key), "{key} was kept");
+        }
+        assert!(cache.exists(&layout::narinfo(&base)));
+        assert!(
+            cache.exists(&layout::pointer("web3")),
+            "the tombstone stays"
+        );
+        cache.target.put(&layout::report("web3"), b"{}").unwrap();
+        gc(&cache.target, 1, Duration::ZERO, &[], &keys, false, true).unwrap();
+        assert!(!cache.exists(&layout::pointer("web3")));
+        assert!(!cache.exists(&layout::report("web3")));
+        assert!(cache.exists(&layout::pointer(HOST)));
     }
 }

@@ -20,8 +20,10 @@ mod pad;
 mod promote;
 mod publish;
 mod resign;
+mod retire;
 mod sealing;
 mod serve;
+mod table;
 mod target;
 #[cfg(test)]
 mod testing;
@@ -31,7 +33,8 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use nixcast_cli::docs;
 use nixcast_cli::logging::{self, LogArgs};
 
 #[derive(Parser)]
@@ -64,10 +67,17 @@ enum Cmd {
     Diff(cmd::diff::Args),
     /// Write a host's pointer, manifest and the NARs a base lacks into one file.
     Bundle(cmd::bundle::Args),
+    /// Retire a host: a signed tombstone replaces its pointer, its key leaves the recipients file.
+    Retire(cmd::retire::Args),
     /// Delete what no kept generation of any host needs.
     Gc(cmd::gc::Args),
     /// Serve a cache directory over HTTP, read-only.
     Serve(cmd::serve::Args),
+    /// Print a shell completion script (`nixcast completions bash > /etc/bash_completion.d/nixcast`).
+    Completions(docs::CompletionsArgs),
+    /// Write the man pages of nixcast and its subcommands (for packaging).
+    #[command(hide = true)]
+    Man(docs::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -96,15 +106,26 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Promote(a) => cmd::promote::run(a),
         Cmd::Diff(a) => cmd::diff::run(a),
         Cmd::Bundle(a) => cmd::bundle::run(a),
+        Cmd::Retire(a) => cmd::retire::run(a),
         Cmd::Gc(a) => cmd::gc::run(a),
         Cmd::Serve(a) => cmd::serve::run(a),
+        Cmd::Completions(a) => {
+            use std::io::Write;
+            let script = docs::completions(Cli::command(), a.shell);
+            Ok(std::io::stdout().write_all(&script)?)
+        }
+        Cmd::Man(a) => {
+            for page in docs::man_pages(Cli::command(), &a.out)? {
+                println!("{}", page.display());
+            }
+            Ok(())
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn earlier_spellings_are_accepted_and_not_shown() {

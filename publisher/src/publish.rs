@@ -15,7 +15,7 @@ use nixcast_common::hash::HashingCounter;
 use nixcast_common::manifest::{self, Compression, Delta, Entry, Manifest};
 use nixcast_common::narinfo::NarInfo;
 use nixcast_common::pad::pad_json;
-use nixcast_common::pointer::{self, ManifestRef, Pointer, Timestamp};
+use nixcast_common::pointer::{self, Head, ManifestRef, Pointer, Timestamp};
 use nixcast_common::seal::{self, Identity, Recipient};
 use nixcast_common::{layout, PublicKey, SecretKey, Sha256Hash, StorePath};
 
@@ -510,14 +510,30 @@ fn previous_pointer(
     let Some(bytes) = target.get_at_most(&key, pointer::MAX_ENVELOPE_SIZE as u64)? else {
         return Ok((None, true, history_generation, history_issued));
     };
-    let verified = pointer::verify(&bytes, &ours)
+    let verified = pointer::verify_head(&bytes, &ours)
         .map(|v| (v, true))
         .or_else(|e| match listed.is_empty() {
             true => Err(e),
-            false => pointer::verify(&bytes, &listed).map(|v| (v, false)),
+            false => pointer::verify_head(&bytes, &listed).map(|v| (v, false)),
         });
     match verified {
-        Ok((v, is_ours)) => {
+        Ok((Head::Retired(t), _)) => {
+            let t = t.into_inner();
+            ensure!(
+                opts.force,
+                "{host} is retired (generation {}, since {}): adding it back is an explicit act, \
+                 use --force",
+                t.generation,
+                t.issued_at
+            );
+            tracing::warn!(
+                "{host} was retired at generation {}; adding it back (--force)",
+                t.generation
+            );
+            let issued = history_issued.max(Some(t.issued_at));
+            Ok((None, true, history_generation.max(t.generation), issued))
+        }
+        Ok((Head::Pointer(v), is_ours)) => {
             if !is_ours {
                 tracing::info!(
                     "{key} is signed by {}, which the key list names beside {}: taking the host over",
@@ -541,10 +557,11 @@ fn previous_pointer(
             // key's generations, so numbering goes on after the one the
             // current pointer claims. Unverified, so it is the operator's
             // word (given with --force), and said.
-            let claimed = pointer::decode_unverified(&bytes)
-                .ok()
-                .filter(|p| p.host == host)
-                .map_or(0, |p| p.generation);
+            let claimed = match pointer::decode_head_unverified(&bytes) {
+                Ok(Head::Pointer(p)) if p.host == host => p.generation,
+                Ok(Head::Retired(t)) if t.host == host => t.generation,
+                _ => 0,
+            };
             if claimed > history_generation {
                 tracing::warn!(
                     "continuing after generation {claimed}, which the replaced pointer claims"
@@ -589,11 +606,30 @@ fn listed_keys(target: &Target, host: &str, opts: &Options) -> Result<Vec<Public
     }
 }
 
+/// Why `host` is not published without `--force`: a tombstone in place of
+/// its pointer (only decoded here; `publish` verifies what it replaces).
+pub fn retired(target: &Target, host: &str) -> Result<Option<anyhow::Error>> {
+    let Some(bytes) =
+        target.get_at_most(&layout::pointer(host), pointer::MAX_ENVELOPE_SIZE as u64)?
+    else {
+        return Ok(None);
+    };
+    Ok(match pointer::decode_head_unverified(&bytes) {
+        Ok(Head::Retired(t)) => Some(anyhow::anyhow!(
+            "{host} is retired (generation {}, since {}): adding it back is an explicit act, use \
+             --force",
+            t.generation,
+            t.issued_at
+        )),
+        _ => None,
+    })
+}
+
 /// The highest history pointer of `host` that one of `keys` signed (ours,
 /// or those a key list names beside ours). Names are tried from the highest
 /// number down, so only planted files and one real pointer are read; each
 /// planted one is ignored with a warning.
-pub(crate) fn last_verified_history(
+pub fn last_verified_history(
     target: &Target,
     host: &str,
     keys: &[PublicKey],

@@ -25,7 +25,7 @@ use anyhow::{bail, ensure, Context, Result};
 use nixcast_common::keylist::Accepted;
 use nixcast_common::manifest::{Entry, Manifest};
 use nixcast_common::narinfo::{self, NarInfo};
-use nixcast_common::pointer::{self, ManifestRef, Pointer, Timestamp};
+use nixcast_common::pointer::{self, Head, ManifestRef, Pointer, Timestamp};
 use nixcast_common::seal::{self, Identity};
 use nixcast_common::{layout, PublicKey, SecretKey};
 
@@ -54,6 +54,10 @@ pub enum Done {
     Ours {
         host: String,
     },
+    /// Its tombstone, signed again.
+    Retired {
+        host: String,
+    },
 }
 
 impl std::fmt::Display for Done {
@@ -63,6 +67,7 @@ impl std::fmt::Display for Done {
                 write!(f, "re-signed {host} as generation {generation}")
             }
             Done::Ours { host } => write!(f, "{host}: signed by this key already"),
+            Done::Retired { host } => write!(f, "re-signed {host}'s tombstone (retired)"),
         }
     }
 }
@@ -108,6 +113,11 @@ fn resign_host(target: &Target, list: &Accepted, host: &str, opts: &Options) -> 
     };
     let mut ids = opts.identities.clone();
     ids.push(Identity::of_publisher(&opts.key));
+    if let Ok(Head::Retired(_)) = pointer::verify_head(&bytes, &[opts.key.public()]) {
+        return Ok(Done::Ours {
+            host: host.to_owned(),
+        });
+    }
     if let Ok(v) = pointer::verify(&bytes, &[opts.key.public()]) {
         // Our manifest carries our signatures; its narinfos may still
         // carry a retired key's beside ours (publish adds, never drops).
@@ -120,11 +130,20 @@ fn resign_host(target: &Target, list: &Accepted, host: &str, opts: &Options) -> 
         });
     }
     let trusted: Vec<PublicKey> = listed.iter().chain(&opts.retired).cloned().collect();
-    let old = pointer::verify(&bytes, &trusted)
-        .with_context(|| {
-            format!("{key} is signed by no key of the list nor by a --trusted-key-file")
-        })?
-        .into_inner();
+    let old = match pointer::verify_head(&bytes, &trusted).with_context(|| {
+        format!("{key} is signed by no key of the list nor by a --trusted-key-file")
+    })? {
+        Head::Pointer(v) => v.into_inner(),
+        // A retired host's tombstone: the same statement under our key
+        // (the same payload, so agents that read it see no change).
+        Head::Retired(t) => {
+            target.put(&key, &t.get().sign(&opts.key))?;
+            target.sync()?;
+            return Ok(Done::Retired {
+                host: host.to_owned(),
+            });
+        }
+    };
     ensure!(old.host == host, "{key} names host {:?}", old.host);
     let (_, manifest) = crate::cache::read_manifest(target, &old, &ids)
         .context("reading its manifest (a sealed one needs --identity)")?;

@@ -4,7 +4,8 @@
 //!
 //! Exit codes: 0 applied or nothing to do, 1 local error, 2 usage,
 //! 3 refused (verification failed), 4 fetch failed, 5 activation failed,
-//! 6 another run holds the lock.
+//! 6 another run holds the lock, 7 this host is retired (a verified
+//! tombstone in place of its pointer: nothing applied).
 
 mod activate;
 mod cmd;
@@ -29,7 +30,8 @@ mod window;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use nixcast_cli::docs;
 use nixcast_cli::logging::{self, LogArgs, LogFormat};
 use nixcast_cli::text;
 
@@ -55,6 +57,11 @@ enum Cmd {
     Rollback(cmd::rollback::Args),
     /// Show what the agent last did.
     Status(cmd::status::Args),
+    /// Print a shell completion script (`nixcast-pull completions bash > …`).
+    Completions(docs::CompletionsArgs),
+    /// Write the man pages of nixcast-pull and its subcommands (for packaging).
+    #[command(hide = true)]
+    Man(docs::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +77,17 @@ fn main() -> ExitCode {
         Cmd::Run(args) => cmd::run::run(*args),
         Cmd::Rollback(args) => cmd::rollback::rollback(&args),
         Cmd::Status(args) => cmd::status::status(&args),
+        Cmd::Completions(a) => {
+            use std::io::Write;
+            let script = docs::completions(Cli::command(), a.shell);
+            std::io::stdout()
+                .write_all(&script)
+                .map_err(|e| cmd::Failure {
+                    code: 1,
+                    message: e.to_string(),
+                })
+        }
+        Cmd::Man(a) => man(&a.out),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,
@@ -83,4 +101,16 @@ fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+/// `man --out DIR`: the pages written, one path a line.
+fn man(out: &std::path::Path) -> Result<(), cmd::Failure> {
+    let pages = docs::man_pages(Cli::command(), out).map_err(|e| cmd::Failure {
+        code: 1,
+        message: format!("{e:#}"),
+    })?;
+    for page in pages {
+        println!("{}", page.display());
+    }
+    Ok(())
 }

@@ -2,7 +2,7 @@
 //! its SSH host key (`nixcast_common::report` has the format), written as
 //! `reports/HOST.json` to a directory, an HTTP server (`PUT`) or a bucket.
 //!
-//! A report goes out when the run's outcome (`ok` or `failed`), the applied
+//! A report goes out when the run's outcome (`ok`, `failed` or `retired`), the applied
 //! generation or a pending reboot changed since the last one delivered, and
 //! otherwise once `--report-interval` has passed: a quiet poll stays one
 //! request. A report that cannot be delivered never fails the run: it is
@@ -186,6 +186,7 @@ fn make(
         applied_store_path: paths(status.applied_store_path.as_ref().map(|p| p.to_string())),
         applied_at: status.applied_at,
         outcome: match result {
+            Ok(Outcome::Retired) => report::Outcome::Retired,
             Ok(_) => report::Outcome::Ok,
             Err(_) => report::Outcome::Failed,
         },

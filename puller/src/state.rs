@@ -51,6 +51,8 @@ pub enum Outcome {
     RolledBack,
     /// This host failed: its state directory, its disk, its Nix.
     LocalError,
+    /// A tombstone in place of the pointer: the host applies nothing.
+    Retired,
 }
 
 /// The `version` this agent writes in `status.json`.
@@ -224,6 +226,7 @@ impl Outcome {
             Outcome::ActivationFailed => "activation-failed",
             Outcome::RolledBack => "rolled-back",
             Outcome::LocalError => "local-error",
+            Outcome::Retired => "retired",
         }
     }
 }
@@ -274,6 +277,11 @@ pub fn metrics(s: &Status) -> String {
         "nixcast_last_report_timestamp_seconds",
         "When the last report was delivered (--report-to).",
         secs(s.last_report.as_ref().map(|r| r.at)).to_string(),
+    );
+    gauge(
+        "nixcast_retired",
+        "1 once the last run read a tombstone: the host applies nothing any more.",
+        u8::from(s.last_result == Some(Outcome::Retired)).to_string(),
     );
     gauge(
         "nixcast_reboot_pending",

@@ -7,6 +7,7 @@
 
 mod bundle;
 mod canary;
+mod docs;
 mod fleet;
 mod fleet_host;
 mod gc;
@@ -18,6 +19,7 @@ mod private;
 mod publish;
 mod pull;
 mod recovery;
+mod retire;
 mod s3;
 mod safety;
 mod sealed;

@@ -670,10 +670,15 @@ let
       };
       licenses = { mit = "mit"; asl20 = "asl20"; };
       platforms.linux = [ "linux" ];
+      optionalString = cond: s: if cond then s else "";
     };
     legacyPackages = builtins.listToAttrs (map (system: {
       name = system;
-      value.rustPlatform.buildRustPackage = args: args // { inherit system; };
+      value = {
+        rustPlatform.buildRustPackage = args: args // { inherit system; };
+        installShellFiles = "installShellFiles";
+        stdenv = { buildPlatform.canExecute = _: true; hostPlatform = system; };
+      };
     }) [ "x86_64-linux" "aarch64-linux" ]);
   };
   self = flake.outputs { inherit self nixpkgs; };
@@ -689,7 +694,7 @@ in
   inputs = flake.inputs;
   systems = builtins.attrNames self.packages;
   package = {
-    inherit (pkg) pname version cargoBuildFlags cargoTestFlags meta system;
+    inherit (pkg) pname version cargoBuildFlags cargoTestFlags meta system nativeBuildInputs postInstall;
     lockFile = toString pkg.cargoLock.lockFile;
     srcRoot = toString pkg.src.root;
     srcFiles = map toString pkg.src.fileset;
@@ -742,6 +747,8 @@ fn flake_outputs_evaluate_with_a_stub_nixpkgs() {
         ])
     );
     assert_eq!(p["meta"]["mainProgram"], "nixcast");
+    assert_eq!(p["nativeBuildInputs"], json!(["installShellFiles"]));
+    post_install_installs_completions_and_pages(p["postInstall"].as_str().unwrap());
     // The source holds the workspace manifest, the lock file and every
     // member, and nothing it names is missing.
     let files: Vec<String> = serde_json::from_value(p["srcFiles"].clone()).unwrap();
@@ -772,6 +779,56 @@ fn flake_outputs_evaluate_with_a_stub_nixpkgs() {
             "packageSystem": "aarch64-linux",
         })
     );
+}
+
+/// The package's `postInstall`, run with the binaries built here and
+/// stand-ins for nixpkgs' `installShellCompletion` and `installManPage`
+/// that install where those do: each program's bash, zsh and fish
+/// completion and its man pages land in `$out/share`.
+fn post_install_installs_completions_and_pages(script: &str) {
+    let out = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir(out.path().join("bin")).unwrap();
+    let bins = nixcast_pull_path().parent().unwrap().to_owned();
+    for prog in ["nixcast", "nixcast-pull"] {
+        std::os::unix::fs::symlink(bins.join(prog), out.path().join("bin").join(prog)).unwrap();
+    }
+    let stubs = r#"
+installShellCompletion() {
+  local cmd
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --cmd) cmd=$2 ;;
+      --bash) d=bash-completion/completions; f=$cmd ;;
+      --zsh) d=zsh/site-functions; f=_$cmd ;;
+      --fish) d=fish/vendor_completions.d; f=$cmd.fish ;;
+    esac
+    if [ "$1" != --cmd ]; then mkdir -p "$out/share/$d" && cat "$2" > "$out/share/$d/$f"; fi
+    shift 2
+  done
+}
+installManPage() { mkdir -p "$out/share/man/man1" && cp "$@" "$out/share/man/man1/"; }
+set -eu
+"#;
+    ok(Command::new("bash")
+        .args(["-c", &format!("{stubs}{script}")])
+        .env("out", out.path())
+        .current_dir(work.path()));
+    let share = out.path().join("share");
+    for prog in ["nixcast", "nixcast-pull"] {
+        for f in [
+            format!("bash-completion/completions/{prog}"),
+            format!("zsh/site-functions/_{prog}"),
+            format!("fish/vendor_completions.d/{prog}.fish"),
+            format!("man/man1/{prog}.1"),
+            format!("man/man1/{prog}-completions.1"),
+        ] {
+            let text = std::fs::read_to_string(share.join(&f)).unwrap_or_default();
+            assert!(text.contains(prog), "{f} is missing or empty");
+        }
+    }
+    assert!(share.join("man/man1/nixcast-retire.1").exists());
+    assert!(share.join("man/man1/nixcast-pull-run.1").exists());
 }
 
 /// The units as NixOS would write them, closely enough for systemd to judge:

@@ -22,6 +22,10 @@ pub struct Args {
     grace: Duration,
     #[arg(long)]
     dry_run: bool,
+    /// Delete the tombstones of retired hosts (and their reports) too: their agents then find no
+    /// pointer at all.
+    #[arg(long)]
+    forget_retired: bool,
     #[command(flatten)]
     identities: IdentityArgs,
     // Pointers must verify with these keys: an unverified history entry is
@@ -38,5 +42,6 @@ pub fn run(a: Args) -> Result<()> {
         &a.identities.read()?,
         &a.trust.read()?,
         a.dry_run,
+        a.forget_retired,
     )
 }

@@ -79,7 +79,16 @@ pub fn run(a: Args) -> Result<()> {
     }
     let recipients = recipients(&a, &hosts)?;
     let target = Target::open(&a.cache.cache)?;
-    let tops = tops(&a, &hosts)?;
+    let mut tops = tops(&a, &hosts)?;
+    if !a.force {
+        // A retired host is refused before its closure counts for the
+        // sealing: no path is sealed to its keys for its sake.
+        for (host, top) in &mut tops {
+            if let Some(why) = publish::retired(&target, host)? {
+                *top = Err(why);
+            }
+        }
+    }
     let store = nix::Nix;
     let mut sealing = Sealing::new(recipients);
     // A path is sealed to every sealed host of this command that holds it,

@@ -8,7 +8,6 @@ use std::fmt::Write;
 use std::time::SystemTime;
 
 use nixcast_common::pointer::{Pointer, Timestamp};
-use nixcast_common::report::Outcome;
 
 use super::{human, Columns};
 
@@ -23,6 +22,15 @@ pub struct Row<'a> {
     pub history: &'a [Pointer],
 }
 
+/// A retired host as the page shows it, apart from the others.
+pub struct Retired<'a> {
+    pub host: &'a str,
+    pub generation: u64,
+    pub since: &'a str,
+    /// With the recipients file: its latest report's outcome.
+    pub last_report: Option<&'a str>,
+}
+
 const STYLE: &str = "
 body { font-family: sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; }
@@ -35,6 +43,8 @@ tr.failed td { background: #ffd0d0; }
 .flag.failed { background: #c0392b; }
 .flag.stale { background: #777; }
 .flag.untrusted { background: #6c3483; }
+.flag.never { background: #555; }
+table#retired td { color: #777; }
 .timeline { display: flex; flex-wrap: wrap; gap: .3em; margin: .3em 0 1.2em; }
 .gen { border: 1px solid #999; padding: .2em .5em; border-radius: .3em; background: #fafafa; }
 .gen.current { border: 2px solid #1f4e9c; font-weight: bold; }
@@ -63,7 +73,7 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-pub fn page(rows: &[Row<'_>], now: SystemTime) -> String {
+pub fn page(rows: &[Row<'_>], retired: &[Retired<'_>], now: SystemTime) -> String {
     let mut h = String::new();
     let generated = Timestamp::from_system_time(now);
     let _ = write!(
@@ -91,11 +101,7 @@ pub fn page(rows: &[Row<'_>], now: SystemTime) -> String {
         let applied = report
             .and_then(|s| s.applied_generation)
             .map_or_else(|| "-".to_owned(), |g| g.to_string());
-        let outcome = match report.map(|s| s.outcome) {
-            Some(Outcome::Ok) => "ok",
-            Some(Outcome::Failed) => "failed",
-            None => "-",
-        };
+        let outcome = report.map_or("-", |s| s.outcome.as_str());
         let error = report
             .and_then(|s| s.error.as_ref())
             .map_or_else(String::new, |e| format!("{}: {}", e.kind, e.message));
@@ -108,6 +114,9 @@ pub fn page(rows: &[Row<'_>], now: SystemTime) -> String {
             .iter()
             .map(|f| format!("<span class=\"flag {f}\">{f}</span>"))
             .collect();
+        if c.never_reported {
+            flags.push_str("<span class=\"flag never\">never reported</span>");
+        }
         if let Some(why) = &c.report_problem {
             let _ = write!(
                 flags,
@@ -132,8 +141,10 @@ pub fn page(rows: &[Row<'_>], now: SystemTime) -> String {
             host = escape(r.host),
         );
     }
+    h.push_str("</table>\n");
+    retired_table(&mut h, retired);
     h.push_str(
-        "</table>\n<h2>Generations</h2>\n<p class=\"legend\">\
+        "<h2>Generations</h2>\n<p class=\"legend\">\
          <span class=\"gen current\">current pointer</span> \
          <span class=\"gen staged\">staged</span> \
          <span class=\"gen applied\">applied</span> \
@@ -184,6 +195,28 @@ pub fn page(rows: &[Row<'_>], now: SystemTime) -> String {
     h
 }
 
+/// The retired hosts, in a table of their own (none: nothing).
+fn retired_table(h: &mut String, retired: &[Retired<'_>]) {
+    if retired.is_empty() {
+        return;
+    }
+    h.push_str(
+        "<h2>Retired hosts</h2>\n<table id=\"retired\">\n<tr><th>host</th>\
+         <th>tombstone generation</th><th>since</th><th>last report</th></tr>\n",
+    );
+    for r in retired {
+        let _ = writeln!(
+            h,
+            "<tr id=\"retired-{host}\"><td>{host}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            r.generation,
+            escape(r.since),
+            escape(r.last_report.unwrap_or("-")),
+            host = escape(r.host),
+        );
+    }
+    h.push_str("</table>\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +235,7 @@ mod tests {
             behind: false,
             failed: false,
             stale: false,
+            never_reported: true,
         };
         let page = page(
             &[Row {
@@ -212,9 +246,17 @@ mod tests {
                 columns: &c,
                 history: &[],
             }],
+            &[Retired {
+                host: "old<b>",
+                generation: 4,
+                since: "2026-12-06T10:00:00Z",
+                last_report: Some("retired at 2026-12-06T10:05:00Z"),
+            }],
             SystemTime::now(),
         );
         assert!(!page.contains("<img"), "{page}");
+        assert!(page.contains("never reported"), "{page}");
+        assert!(page.contains("<td>old&lt;b&gt;</td><td>4</td>"), "{page}");
         assert!(page.contains("report not trusted"));
         assert!(!page.contains("<script") && !page.contains("src=\"http"));
     }

@@ -225,6 +225,13 @@ fn run_once(cfg: &Config) -> Result<(), Failed> {
     // still do does not matter, and the exit stays bounded.
     rt.shutdown_timeout(Duration::from_secs(5));
     match result {
+        Ok(state::Outcome::Retired) => Err((
+            RETIRED_EXIT_CODE,
+            anyhow::anyhow!(
+                "this host is retired (its pointer is a tombstone): nothing was applied; \
+                 remove nixcast-pull from it, or publish it again (`nixcast publish --force`)"
+            ),
+        )),
         Ok(outcome) => {
             tracing::info!(?outcome, "done");
             Ok(())
@@ -232,6 +239,9 @@ fn run_once(cfg: &Config) -> Result<(), Failed> {
         Err(e) => Err((e.exit_code(), e.into())),
     }
 }
+
+/// The exit code of a run that read a verified tombstone (see the README).
+pub const RETIRED_EXIT_CODE: u8 = 7;
 
 fn run_scheduled(cfg: &Config, expr: &str, jitter: Duration) -> Result<(), Failed> {
     schedule::parse(expr)

@@ -5,7 +5,7 @@
 
 use std::time::SystemTime;
 
-use nixcast_common::pointer::Timestamp;
+use nixcast_common::pointer::{Timestamp, Tombstone, Verified};
 use nixcast_common::StorePath;
 
 use super::{after, import, manifest, missing, pointer, switch, Config, RunError};
@@ -15,8 +15,10 @@ use crate::state::{Outcome, Status};
 /// its error.
 pub(super) async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, RunError> {
     let t0 = SystemTime::now();
-    let Some((verified, validators)) = pointer::read_pointer(cfg, status, t0).await? else {
-        return Ok(Outcome::Unchanged);
+    let (verified, validators) = match pointer::read_pointer(cfg, status, t0).await? {
+        pointer::Read::NotModified => return Ok(Outcome::Unchanged),
+        pointer::Read::Retired(t) => return Ok(retired(cfg, status, &t)),
+        pointer::Read::Pointer(read) => *read,
     };
     let p = verified.get();
     if status.bad_generations.contains(&p.generation) {
@@ -67,6 +69,21 @@ pub(super) async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, 
     status.applied_store_path = Some(top);
     status.applied_at = Some(Timestamp::now());
     Ok(Outcome::Applied)
+}
+
+/// A verified tombstone for this host: nothing is applied or changed but
+/// the floor (`raise_floor_to_tombstone`); the outcome is `retired`.
+fn retired(cfg: &Config, status: &mut Status, t: &Verified<Tombstone>) -> Outcome {
+    tracing::warn!(
+        generation = t.get().generation,
+        issued_at = %t.get().issued_at,
+        key = t.key_name(),
+        "this host is retired: nothing is applied; it keeps the system it runs"
+    );
+    if !cfg.apply.dry_run {
+        pointer::raise_floor_to_tombstone(status, t);
+    }
+    Outcome::Retired
 }
 
 /// Whether this host runs `top` already (and its profile holds it, for an

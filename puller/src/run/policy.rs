@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use anyhow::anyhow;
 use nixcast_common::manifest;
-use nixcast_common::pointer::{Pointer, Timestamp, Verified};
+use nixcast_common::pointer::{Pointer, Timestamp, Tombstone, Verified};
 
 use super::{Config, RunError};
 use crate::state::Status;
@@ -51,16 +51,43 @@ fn check_for_now_and_here(cfg: &Config, p: &Pointer, t0: SystemTime) -> anyhow::
             p.generation
         );
     }
+    check_issued(p.generation, p.issued_at, t0)
+}
+
+/// Not issued in the future (beyond the clock skew allowed).
+fn check_issued(generation: u64, issued_at: Timestamp, t0: SystemTime) -> anyhow::Result<()> {
     anyhow::ensure!(
-        p.issued_at.system_time() <= t0 + MAX_CLOCK_SKEW,
-        "the pointer (generation {}) was issued at {}, in the future (this host's clock says {}): \
-         a publisher with a wrong clock? It would keep this host from accepting any pointer \
-         issued before then",
-        p.generation,
-        p.issued_at,
+        issued_at.system_time() <= t0 + MAX_CLOCK_SKEW,
+        "the pointer (generation {generation}) was issued at {issued_at}, in the future (this \
+         host's clock says {}): a publisher with a wrong clock? It would keep this host from \
+         accepting any pointer issued before then",
         Timestamp::from_system_time(t0)
     );
     Ok(())
+}
+
+/// The checks of a verified tombstone: those of a pointer that apply to
+/// it (for this host, not issued in the future, not below the floor).
+pub(super) fn check_tombstone(
+    cfg: &Config,
+    status: &Status,
+    v: &Verified<Tombstone>,
+    t0: SystemTime,
+) -> anyhow::Result<()> {
+    let t = v.get();
+    anyhow::ensure!(
+        t.host == cfg.policy.host,
+        "the tombstone is for host {:?}, not {:?}",
+        t.host,
+        cfg.policy.host
+    );
+    check_issued(t.generation, t.issued_at, t0)?;
+    let floor = Floor {
+        generation: t.generation,
+        issued_at: t.issued_at,
+        digest: v.digest(),
+    };
+    check_floor(cfg, status, &floor)
 }
 
 /// The pointer's generation against the highest accepted: not lower, not
@@ -68,6 +95,22 @@ fn check_for_now_and_here(cfg: &Config, p: &Pointer, t0: SystemTime) -> anyhow::
 /// content, and not issued before the last accepted one.
 fn check_generation(cfg: &Config, status: &Status, v: &Verified<Pointer>) -> anyhow::Result<()> {
     let p = v.get();
+    let floor = Floor {
+        generation: p.generation,
+        issued_at: p.issued_at,
+        digest: v.digest(),
+    };
+    check_floor(cfg, status, &floor)
+}
+
+/// What a pointer or a tombstone is held to the floor by.
+struct Floor {
+    generation: u64,
+    issued_at: Timestamp,
+    digest: nixcast_common::Sha256Hash,
+}
+
+fn check_floor(cfg: &Config, status: &Status, p: &Floor) -> anyhow::Result<()> {
     anyhow::ensure!(
         p.generation >= status.highest_generation,
         "the pointer has generation {}, lower than the highest accepted ({}): a rollback attack, or a restored cache",
@@ -95,7 +138,7 @@ fn check_generation(cfg: &Config, status: &Status, v: &Verified<Pointer>) -> any
     }
     if p.generation == status.highest_generation {
         anyhow::ensure!(
-            status.highest_digest.is_none() || status.highest_digest == Some(v.digest()),
+            status.highest_digest.is_none() || status.highest_digest == Some(p.digest),
             "the pointer has generation {} with other content than the one accepted before",
             p.generation
         );

@@ -475,3 +475,66 @@ async fn a_failed_import_is_tried_once_more_from_an_empty_staging_directory() {
     assert!(h.switch.activated().is_empty());
     assert_eq!(h.status().failures.get("import-failed"), Some(&1));
 }
+
+/// A verified tombstone: nothing is applied or switched, the floor rises
+/// to it and the outcome is `retired`; one for another host, below the
+/// floor or signed by another key is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tombstone_retires_the_host_and_changes_nothing_else() {
+    use nixcast_common::pointer::Tombstone;
+    let h = Host::new();
+    let (top, _) = h.cache.publish(1, &testing::closure("v1", 10));
+    let cfg = h.config();
+    assert_eq!(h.run(&cfg).await.unwrap(), Outcome::Applied);
+    let imported = h.store.lock().imported.len();
+    let put = |t: &Tombstone, key: &nixcast_common::SecretKey| {
+        std::fs::write(
+            h.cache.path().join(layout::pointer(testing::HOST)),
+            t.sign(key),
+        )
+        .unwrap();
+    };
+    let t = |host: &str, generation| Tombstone {
+        host: host.into(),
+        generation,
+        issued_at: Timestamp::now(),
+    };
+    for (bad, why) in [
+        (t("other", 2), "is for host \"other\""),
+        (t(testing::HOST, 0), "generation is 0"),
+    ] {
+        put(&bad, &h.cache.key);
+        let err = h.run(&cfg).await.unwrap_err();
+        assert_eq!(err.exit_code(), 3, "{err}");
+        assert!(err.to_string().contains(why), "{err}");
+    }
+    let stranger = nixcast_common::SecretKey::generate("test-1").unwrap();
+    put(&t(testing::HOST, 2), &stranger);
+    let err = h.run(&cfg).await.unwrap_err();
+    assert!(
+        err.to_string().contains("not signed by any trusted key"),
+        "{err}"
+    );
+
+    put(&t(testing::HOST, 2), &h.cache.key);
+    assert_eq!(h.run(&cfg).await.unwrap(), Outcome::Retired);
+    assert_eq!(h.run(&cfg).await.unwrap(), Outcome::Retired, "read again");
+    assert_eq!(h.store.profile(), Some(top.clone()));
+    assert_eq!(h.switch.activated(), [top]);
+    assert_eq!(h.store.lock().imported.len(), imported);
+    let st = h.status();
+    assert_eq!(
+        (st.applied_generation, st.highest_generation, st.last_result),
+        (Some(1), 2, Some(Outcome::Retired))
+    );
+    assert_eq!(
+        st.validators,
+        Default::default(),
+        "a 304 never stands for it"
+    );
+    // The floor held: an older pointer, or a tombstone below it, is refused.
+    h.cache.publish(1, &testing::closure("v1", 10));
+    assert_eq!(h.run(&cfg).await.unwrap_err().exit_code(), 3);
+    put(&t(testing::HOST, 1), &h.cache.key);
+    assert_eq!(h.run(&cfg).await.unwrap_err().exit_code(), 3);
+}
