@@ -158,14 +158,13 @@ impl Previous {
     /// The current pointer and the last generation; the manifest is read
     /// by `read_manifest` when it is needed.
     fn read(target: &Target, host: &str, opts: &Options) -> Result<Self> {
-        let (pointer, ours, last_generation, last_issued) = previous_pointer(target, host, opts)?;
-        Ok(Previous {
-            pointer,
-            ours,
-            last_generation,
-            last_issued,
-            manifest: None,
-        })
+        previous_pointer(target, host, opts)
+    }
+
+    /// Counts a generation issued at `issued` as published.
+    fn after(&mut self, generation: u64, issued: Timestamp) {
+        self.last_generation = self.last_generation.max(generation);
+        self.last_issued = self.last_issued.max(Some(issued));
     }
 
     fn read_manifest(&mut self, target: &Target, opts: &Options) {
@@ -485,30 +484,30 @@ fn write_delta(
 }
 
 /// The current pointer (verified with our key, or with another key the
-/// cache's key list names for the host: then `false`), the last generation
-/// published for the host and the latest time one of them was issued. They
-/// come from the current pointer and the history pointers `hosts/HOST/N.json`
-/// that verify with our key and name this host and generation N. File names
-/// alone count for nothing: anyone who can write to the bucket could
-/// otherwise plant `hosts/HOST/18446744073709551614.json` and make us sign a
-/// generation no agent can ever move past.
-fn previous_pointer(
-    target: &Target,
-    host: &str,
-    opts: &Options,
-) -> Result<(Option<Pointer>, bool, u64, Option<Timestamp>)> {
+/// cache's key list names for the host: then not `ours`), the last
+/// generation published for the host and the latest time one of them was
+/// issued. They come from the current pointer (or tombstone) and the history
+/// pointers `hosts/HOST/N.json` that verify and name this host and
+/// generation N. File names alone count for nothing: anyone who can write to
+/// the bucket could otherwise plant `hosts/HOST/18446744073709551614.json`
+/// and make us sign a generation no agent can ever move past.
+fn previous_pointer(target: &Target, host: &str, opts: &Options) -> Result<Previous> {
     let key = layout::pointer(host);
     let ours = [opts.key.public()];
     let listed = listed_keys(target, host, opts)?;
-    let history_keys = match listed.is_empty() {
-        true => &ours[..],
-        false => &listed[..],
+    let history = match listed.is_empty() {
+        true => last_verified_history(target, host, &ours)?,
+        false => last_verified_history(target, host, &listed)?,
     };
-    let history_last = last_verified_history(target, host, history_keys)?;
-    let history_generation = history_last.as_ref().map_or(0, |p| p.generation);
-    let history_issued = history_last.as_ref().map(|p| p.issued_at);
+    let mut prev = Previous {
+        pointer: None,
+        ours: true,
+        last_generation: history.as_ref().map_or(0, |p| p.generation),
+        last_issued: history.as_ref().map(|p| p.issued_at),
+        manifest: None,
+    };
     let Some(bytes) = target.get_at_most(&key, pointer::MAX_ENVELOPE_SIZE as u64)? else {
-        return Ok((None, true, history_generation, history_issued));
+        return Ok(prev);
     };
     let verified = pointer::verify_head(&bytes, &ours)
         .map(|v| (v, true))
@@ -530,8 +529,7 @@ fn previous_pointer(
                 "{host} was retired at generation {}; adding it back (--force)",
                 t.generation
             );
-            let issued = history_issued.max(Some(t.issued_at));
-            Ok((None, true, history_generation.max(t.generation), issued))
+            prev.after(t.generation, t.issued_at);
         }
         Ok((Head::Pointer(v), is_ours)) => {
             if !is_ours {
@@ -547,27 +545,13 @@ fn previous_pointer(
                 "{key} names host {:?}, not {host:?}; refusing to overwrite it",
                 p.host
             );
-            let generation = history_generation.max(p.generation);
-            let issued = history_issued.max(Some(p.issued_at));
-            Ok((Some(p), is_ours, generation, issued))
+            prev.after(p.generation, p.issued_at);
+            prev.pointer = Some(p);
+            prev.ours = is_ours;
         }
         Err(e) if opts.force => {
             tracing::warn!(error = %e, "previous pointer {key} does not verify with key {}; replacing it (--force)", opts.key.name());
-            // Taking a host over from another key: its agents hold that
-            // key's generations, so numbering goes on after the one the
-            // current pointer claims. Unverified, so it is the operator's
-            // word (given with --force), and said.
-            let claimed = match pointer::decode_head_unverified(&bytes) {
-                Ok(Head::Pointer(p)) if p.host == host => p.generation,
-                Ok(Head::Retired(t)) if t.host == host => t.generation,
-                _ => 0,
-            };
-            if claimed > history_generation {
-                tracing::warn!(
-                    "continuing after generation {claimed}, which the replaced pointer claims"
-                );
-            }
-            Ok((None, true, history_generation.max(claimed), history_issued))
+            prev.last_generation = claimed_generation(&bytes, host, prev.last_generation);
         }
         Err(e) => bail!(
             "the current pointer {} does not verify with key {}{}: {e}\n\
@@ -580,6 +564,22 @@ fn previous_pointer(
             }
         ),
     }
+    Ok(prev)
+}
+
+/// Taking a host over from another key (`--force`): its agents hold that
+/// key's generations, so numbering goes on after the one the current
+/// pointer claims. Unverified, so it is the operator's word, and said.
+fn claimed_generation(bytes: &[u8], host: &str, history: u64) -> u64 {
+    let claimed = match pointer::decode_head_unverified(bytes) {
+        Ok(Head::Pointer(p)) if p.host == host => p.generation,
+        Ok(Head::Retired(t)) if t.host == host => t.generation,
+        _ => 0,
+    };
+    if claimed > history {
+        tracing::warn!("continuing after generation {claimed}, which the replaced pointer claims");
+    }
+    history.max(claimed)
 }
 
 /// The signing keys the cache's key list names for `host` when it names

@@ -113,21 +113,17 @@ fn resign_host(target: &Target, list: &Accepted, host: &str, opts: &Options) -> 
     };
     let mut ids = opts.identities.clone();
     ids.push(Identity::of_publisher(&opts.key));
-    if let Ok(Head::Retired(_)) = pointer::verify_head(&bytes, &[opts.key.public()]) {
-        return Ok(Done::Ours {
-            host: host.to_owned(),
-        });
-    }
-    if let Ok(v) = pointer::verify(&bytes, &[opts.key.public()]) {
+    let done = |d: fn(String) -> Done| Ok(d(host.to_owned()));
+    if let Ok(head) = pointer::verify_head(&bytes, &[opts.key.public()]) {
         // Our manifest carries our signatures; its narinfos may still
         // carry a retired key's beside ours (publish adds, never drops).
-        let (_, manifest) = crate::cache::read_manifest(target, v.get(), &ids)?;
-        for e in manifest.paths.iter().filter(|e| is_ours_plain(e)) {
-            resign_narinfo(target, e, &opts.key, keep)?;
+        if let Head::Pointer(v) = head {
+            let (_, manifest) = crate::cache::read_manifest(target, v.get(), &ids)?;
+            for e in manifest.paths.iter().filter(|e| is_ours_plain(e)) {
+                resign_narinfo(target, e, &opts.key, keep)?;
+            }
         }
-        return Ok(Done::Ours {
-            host: host.to_owned(),
-        });
+        return done(|host| Done::Ours { host });
     }
     let trusted: Vec<PublicKey> = listed.iter().chain(&opts.retired).cloned().collect();
     let old = match pointer::verify_head(&bytes, &trusted).with_context(|| {
@@ -139,9 +135,7 @@ fn resign_host(target: &Target, list: &Accepted, host: &str, opts: &Options) -> 
         Head::Retired(t) => {
             target.put(&key, &t.get().sign(&opts.key))?;
             target.sync()?;
-            return Ok(Done::Retired {
-                host: host.to_owned(),
-            });
+            return done(|host| Done::Retired { host });
         }
     };
     ensure!(old.host == host, "{key} names host {:?}", old.host);
@@ -155,32 +149,43 @@ fn resign_host(target: &Target, list: &Accepted, host: &str, opts: &Options) -> 
         }
     }
     let manifest = Manifest::new(manifest.store_path.clone(), entries)?;
-    let manifest_ref =
-        write_manifest(target, host, &manifest, old.manifest.sealed.is_some(), opts)?;
+    let sealed = old.manifest.sealed.is_some();
+    let manifest_ref = write_manifest(target, host, &manifest, sealed, opts)?;
     let generation = next_generation(target, host, &old, &trusted)?;
-    let issued_at = Timestamp::now();
-    let pointer = Pointer {
-        generation,
-        manifest: manifest_ref,
-        issued_at,
-        expires_at: old.expires_at.map(|e| {
-            let lifetime = e
-                .system_time()
-                .duration_since(old.issued_at.system_time())
-                .unwrap_or_default();
-            issued_at.plus(lifetime)
-        }),
-        ..old
-    };
-    let envelope = pointer.sign(&opts.key);
-    target.sync()?;
-    target.put_new(&layout::history(host, generation), &envelope)?;
-    target.put(&key, &envelope)?;
-    target.sync()?;
+    write_pointer(target, old, generation, manifest_ref, &opts.key)?;
     Ok(Done::Resigned {
         host: host.to_owned(),
         generation,
     })
+}
+
+/// `old` as generation `generation`, pinning `manifest`, issued now with
+/// the lifetime `old` had: into the history, then current.
+fn write_pointer(
+    target: &Target,
+    old: Pointer,
+    generation: u64,
+    manifest: ManifestRef,
+    key: &SecretKey,
+) -> Result<()> {
+    let issued_at = Timestamp::now();
+    let lifetime = |e: Timestamp| {
+        e.system_time()
+            .duration_since(old.issued_at.system_time())
+            .unwrap_or_default()
+    };
+    let pointer = Pointer {
+        generation,
+        manifest,
+        issued_at,
+        expires_at: old.expires_at.map(|e| issued_at.plus(lifetime(e))),
+        ..old
+    };
+    let envelope = pointer.sign(key);
+    target.sync()?;
+    target.put_new(&layout::history(&pointer.host, generation), &envelope)?;
+    target.put(&layout::pointer(&pointer.host), &envelope)?;
+    target.sync()
 }
 
 /// One entry's signatures: it must carry one of `trusted` (over its
@@ -286,4 +291,77 @@ fn next_generation(
         .max(current.generation)
         .checked_add(1)
         .with_context(|| format!("{host} has no generation left"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use nixcast_common::keylist::SigningKey;
+    use nixcast_common::pointer::{Tombstone, VerifiedHead};
+
+    use super::*;
+    use crate::keys::SignOptions;
+
+    /// A retired host's tombstone is signed again, and the same statement;
+    /// a pointer no trusted key signed stops the command.
+    #[test]
+    fn a_tombstone_is_signed_again_and_an_unknown_signer_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let target = Target::open(d.path().to_str().unwrap()).unwrap();
+        let key = |n: &str| SecretKey::generate(n).unwrap();
+        let (root, f1, f2, stranger) = (key("root-1"), key("fleet-1"), key("fleet-2"), key("x"));
+        let listing = |k: &SecretKey| SigningKey {
+            key: k.public(),
+            hosts: vec![],
+        };
+        let list = SignOptions {
+            root_secrets: vec![root.clone()],
+            signing: vec![listing(&f2)],
+            roots: None,
+            threshold: None,
+            expires_in: Duration::from_secs(86_400),
+        };
+        crate::keys::sign(&target, list, Timestamp::now()).unwrap();
+        let tomb = Tombstone {
+            host: "web3".into(),
+            generation: 4,
+            issued_at: Timestamp::now(),
+        };
+        target.put("hosts/web3.json", &tomb.sign(&f1)).unwrap();
+        let opts = Options {
+            key: f2.clone(),
+            retired: vec![f1.public()],
+            identities: vec![],
+            sealing: Sealing::default(),
+        };
+        let done = resign(&target, &opts).unwrap();
+        assert_eq!(
+            done,
+            [Done::Retired {
+                host: "web3".into()
+            }]
+        );
+        let bytes = target
+            .get_at_most("hosts/web3.json", 65536)
+            .unwrap()
+            .unwrap();
+        match pointer::verify_head(&bytes, &[f2.public()]).unwrap() {
+            VerifiedHead::Retired(t) => assert_eq!(*t.get(), tomb),
+            VerifiedHead::Pointer(_) => panic!("a pointer"),
+        }
+        // Again: ours already.
+        assert_eq!(
+            resign(&target, &opts).unwrap(),
+            [Done::Ours {
+                host: "web3".into()
+            }]
+        );
+        // A tombstone by a key neither listed nor retired is not vouched for.
+        target
+            .put("hosts/web3.json", &tomb.sign(&stranger))
+            .unwrap();
+        let err = resign(&target, &opts).unwrap_err();
+        assert!(format!("{err:#}").contains("signed by no key"), "{err:#}");
+    }
 }
