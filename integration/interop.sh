@@ -243,8 +243,8 @@ cycle() {
   "$a" "$as" "$nbp" status --state-dir /nix/var/nixcast
 }
 # An agent built before this round keeps updating from a cache this
-# publisher writes, key list, padded sealed objects and all, and the
-# trusted side reads its (unordered, plain) reports.
+# publisher writes, key list, padded sealed objects and all, the trusted
+# side reads its (unordered, plain) reports, and a tombstone stops it.
 old_agent_updates() {
   local ps as cache gen1 gen2 out
   ps=$(store old-agent-pub) as=$(store old-agent) cache=$work/cache-old-agent
@@ -283,6 +283,13 @@ old_agent_updates() {
     pull
     expect "profile" "$(profile "$as")" "system-$g-link $gen"
   done
+  # Retired: the old agent does not know the tombstone's payload type; it
+  # refuses it (exit 3) and stays on its system.
+  "$bin/nixcast" retire --cache "$cache" --host foobar --secret-key-file "$work/secret.key"
+  local rc=0
+  pull || rc=$?
+  expect "exit code" "$rc" 3
+  expect "profile" "$(profile "$as")" "system-4-link $gen"
 }
 cycle_old_new() { cycle old new; }
 cycle_new_old() { cycle new old; }
