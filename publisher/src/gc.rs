@@ -84,21 +84,38 @@ fn live_objects(
             continue;
         };
         for p in kept_pointers(target, &host, &key, keep, keys, &mut live.dropped_pointers)? {
-            live.keys.extend(Key::parse(&p.manifest.path));
-            if p.manifest.sealed.is_some() && ids.is_empty() {
-                live.sealed_unknown = true;
-                continue;
-            }
-            let (_, m) = read_manifest(target, &p, ids)
+            reach(target, &p, ids, &mut live)
                 .with_context(|| format!("generation {} of {host} is kept", p.generation))?;
-            for e in m.paths.iter().filter(|e| e.cache.is_none()) {
-                live.keys
-                    .insert(Key::Narinfo(e.store_path.hash_part().to_owned()));
-                live.keys.extend(Key::parse(&e.url));
-            }
+        }
+    }
+    // The agent of an open invitation (`nixcast invite`), until accepted.
+    for (key, _, _) in target.entries(layout::AGENTS_DIR)? {
+        if let Some(Key::Agent(host)) = Key::parse(&key) {
+            let p = read_pointer(target, &key, keys).with_context(|| {
+                format!("the agent invited {host} is not readable: nothing is deleted")
+            })?;
+            reach(target, &p, ids, &mut live)
+                .with_context(|| format!("the agent invited {host} is kept"))?;
         }
     }
     Ok(live)
+}
+
+/// Keeps what a kept pointer reaches: its manifest, and the narinfos and
+/// NARs the manifest lists.
+fn reach(target: &Target, p: &Pointer, ids: &[Identity], live: &mut Live) -> Result<()> {
+    live.keys.extend(Key::parse(&p.manifest.path));
+    if p.manifest.sealed.is_some() && ids.is_empty() {
+        live.sealed_unknown = true;
+        return Ok(());
+    }
+    let (_, m) = read_manifest(target, p, ids)?;
+    for e in m.paths.iter().filter(|e| e.cache.is_none()) {
+        live.keys
+            .insert(Key::Narinfo(e.store_path.hash_part().to_owned()));
+        live.keys.extend(Key::parse(&e.url));
+    }
+    Ok(())
 }
 
 /// The current pointer of `host` and its last `keep` history pointers

@@ -10,9 +10,11 @@ mod bundle;
 mod cache;
 mod cmd;
 mod compress;
+mod enroll;
 mod fleet;
 mod gc;
 mod inspect;
+mod invite;
 mod keygen;
 mod keys;
 mod nix;
@@ -66,6 +68,11 @@ enum Cmd {
     Gc(cmd::gc::Args),
     /// Serve a cache directory over HTTP, read-only.
     Serve(cmd::serve::Args),
+    /// Invite a new machine: publish the agent and print the one command that enrolls it.
+    Invite(cmd::invite::Args),
+    /// Enrollment requests of invited hosts.
+    #[command(subcommand)]
+    Enroll(cmd::enroll::Args),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +103,8 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Bundle(a) => cmd::bundle::run(a),
         Cmd::Gc(a) => cmd::gc::run(a),
         Cmd::Serve(a) => cmd::serve::run(a),
+        Cmd::Invite(a) => cmd::invite::run(a),
+        Cmd::Enroll(a) => cmd::enroll::run(a),
     }
 }
 

@@ -39,10 +39,13 @@ pub struct Reports {
     pub fleet: Recipients,
     /// How long a client has to send a report's body.
     pub body_timeout: Duration,
-    /// One report is checked against the stored one and written at a time.
-    lock: tokio::sync::Mutex<()>,
+    /// The fleet's signing keys, which sign enrollment tokens
+    /// (`serve/enroll.rs`); none: no enrollment requests are taken.
+    pub enroll_keys: Vec<nixcast_common::PublicKey>,
+    /// One report (or request) is checked against the stored one and written at a time.
+    pub(super) lock: tokio::sync::Mutex<()>,
     /// Reports verified at once: one CPU is left to the rest of the server.
-    verifying: Arc<tokio::sync::Semaphore>,
+    pub(super) verifying: Arc<tokio::sync::Semaphore>,
 }
 
 impl Reports {
@@ -51,6 +54,7 @@ impl Reports {
         Self {
             fleet,
             body_timeout,
+            enroll_keys: Vec::new(),
             lock: tokio::sync::Mutex::new(()),
             verifying: Arc::new(tokio::sync::Semaphore::new(cpus.saturating_sub(1).max(1))),
         }
@@ -230,7 +234,7 @@ fn refuse(host: &str, why: String) -> Response {
     answer(StatusCode::FORBIDDEN, format!("{host}: {why}\n"))
 }
 
-fn answer(status: StatusCode, text: String) -> Response {
+pub(super) fn answer(status: StatusCode, text: String) -> Response {
     let mut response = Response::new(Body::from(text));
     *response.status_mut() = status;
     let h = response.headers_mut();
