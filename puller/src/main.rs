@@ -4,11 +4,13 @@
 //!
 //! Exit codes: 0 applied or nothing to do, 1 local error, 2 usage,
 //! 3 refused (verification failed), 4 fetch failed, 5 activation failed,
-//! 6 another run holds the lock.
+//! 6 another run holds the lock, 7 (`enroll`) not published within
+//! `--enroll-timeout`.
 
 mod activate;
 mod cmd;
 mod config;
+mod enroll;
 mod fetch;
 mod generations;
 mod host;
@@ -55,6 +57,9 @@ enum Cmd {
     Rollback(cmd::rollback::Args),
     /// Show what the agent last did.
     Status(cmd::status::Args),
+    /// Join the fleet: send this host's SSH key with the token `nixcast invite` printed, wait
+    /// until the host is accepted and published, then apply it as `run` does.
+    Enroll(Box<cmd::enroll::Args>),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +75,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => cmd::run::run(*args),
         Cmd::Rollback(args) => cmd::rollback::rollback(&args),
         Cmd::Status(args) => cmd::status::status(&args),
+        Cmd::Enroll(args) => cmd::enroll::enroll(*args),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,

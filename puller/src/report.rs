@@ -119,8 +119,9 @@ async fn deliver(cfg: &Config, to: &ReportTo, report: &Report, key: &str) -> any
 }
 
 /// The first identity file that is an OpenSSH ed25519 key (age identities
-/// cannot sign), or the SSH host key.
-fn host_key(files: &[std::path::PathBuf]) -> anyhow::Result<HostKey> {
+/// cannot sign), or the SSH host key: what signs reports and enrollment
+/// requests.
+pub fn host_key(files: &[std::path::PathBuf]) -> anyhow::Result<HostKey> {
     let default = [std::path::PathBuf::from(DEFAULT_IDENTITY)];
     let files = if files.is_empty() {
         &default[..]
