@@ -7,6 +7,7 @@
 
 mod bundle;
 mod canary;
+mod enroll;
 mod fleet;
 mod fleet_host;
 mod gc;

@@ -15,6 +15,7 @@ use crate::{run, source};
 pub const TIMED_OUT: u8 = 7;
 
 #[derive(clap::Args)]
+#[group(id = "enroll_args")]
 pub struct Args {
     /// The token `nixcast invite` printed for this host.
     #[arg(long, env = "NIXCAST_ENROLL_TOKEN")]
