@@ -377,4 +377,19 @@ fn tokens_that_do_not_hold_are_refused_at_serve_and_at_accept_and_nothing_is_wri
     assert!(stderr(&out).contains("used already"), "{}", stderr(&out));
     assert_eq!(std::fs::read(&s.recipients).unwrap(), recipients_after);
     assert_eq!(files(&s.cache, "enrolled").len(), 1);
+
+    // At serve: the first request binds its token to its key; another
+    // key's is refused, and once accepted, the same key's too.
+    let token = Token::new("web5", "http://c", Duration::from_secs(3600)).sign(&fleet);
+    let first = request("web5", &web3, &token);
+    assert_eq!(put(&server.url, "/enroll/web5.json", &first), 204);
+    // The same host sending again (a restart) is taken.
+    assert_eq!(put(&server.url, "/enroll/web5.json", &first), 204);
+    let theirs = request("web5", &other, &token);
+    assert_eq!(put(&server.url, "/enroll/web5.json", &theirs), 403);
+    let pending = s.cache.join("enroll/web5.json");
+    assert_eq!(std::fs::read(&pending).unwrap(), first);
+    ok_output(s.accept("web5"));
+    assert_eq!(put(&server.url, "/enroll/web5.json", &first), 403);
+    assert!(!pending.exists());
 }
