@@ -106,7 +106,7 @@ pub fn build(attr: &str) -> Result<StorePath> {
     let mut cmd = Command::new("nix");
     cmd.args(FLAKES)
         .args(["build", "--no-link", "--json"])
-        .arg(&attr);
+        .arg(attr);
     // Build logs go to the user's terminal, not into our captured stderr.
     let out = cmd
         .stdin(Stdio::null())
