@@ -191,6 +191,9 @@ fn a_fresh_machine_joins_the_fleet_with_the_one_command_invite_prints() {
         s.keys.secret.to_str().unwrap(),
         "--agent-path",
         &agent,
+        // A debug build of the agent is large: xz would take minutes.
+        "--compression",
+        "zstd",
         &state,
         &identity,
     ]));
@@ -392,4 +395,143 @@ fn tokens_that_do_not_hold_are_refused_at_serve_and_at_accept_and_nothing_is_wri
     ok_output(s.accept("web5"));
     assert_eq!(put(&server.url, "/enroll/web5.json", &first), 403);
     assert!(!pending.exists());
+}
+
+#[test]
+fn a_host_enrolls_through_a_bucket() {
+    let moto = crate::s3::Moto::start();
+    moto.public_bucket("fleet-cache");
+    let s = scene_with_recipients();
+    let target = format!(
+        "s3://fleet-cache/prod?endpoint={}&region=us-east-1",
+        moto.endpoint()
+    );
+    let url = format!("{}/fleet-cache/prod", moto.endpoint());
+    let s3 = |args: &[&str]| crate::s3::s3_cmd(args).output().unwrap();
+    let secret = s.keys.secret.to_str().unwrap();
+    let agent = agent_package();
+    let out = ok_output(s3(&[
+        "invite",
+        "--cache",
+        &target,
+        "--url",
+        &url,
+        "--host",
+        "web3",
+        "--secret-key-file",
+        secret,
+        "--agent-path",
+        &agent,
+        // A debug build of the agent is large: xz would take minutes.
+        "--compression",
+        "zstd",
+    ]));
+    let token = token_in(&stdout(&out));
+
+    // The agent sends its request into the bucket (it may write there) and waits.
+    let (web3_key, _, _) = host_key(s.work.path(), "web3");
+    let vm = Vm::new();
+    let log = s.work.path().join("vm.log");
+    let mut child = vm
+        .agent(&[
+            "enroll",
+            "--cache",
+            &url,
+            "--host",
+            "web3",
+            "--trusted-key",
+            s.keys.public_text.trim(),
+            "--token",
+            &token,
+            "--allow-insecure-http",
+            "--state-dir",
+            "/nix/var/nixcast",
+            "--identity",
+            web3_key.to_str().unwrap(),
+            "--report-to",
+            &target,
+        ])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let fleet_pub = s.fleet_pub.to_str().unwrap();
+    let start = Instant::now();
+    let fingerprint = ssh_fingerprint(&web3_key);
+    loop {
+        let listed = stdout(&ok_output(s3(&[
+            "hosts",
+            "--enrollments",
+            "--cache",
+            &target,
+            "--trusted-key-file",
+            fleet_pub,
+        ])));
+        if listed.contains(&format!("web3\t{fingerprint}\t")) {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no request: {listed}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let rf = s.recipients.to_str().unwrap();
+    ok_output(s3(&[
+        "enroll",
+        "accept",
+        "--cache",
+        &target,
+        "--host",
+        "web3",
+        "--recipients-file",
+        rf,
+        "--trusted-key-file",
+        fleet_pub,
+    ]));
+    assert!(std::fs::read_to_string(&s.recipients)
+        .unwrap()
+        .contains("web3 ssh-ed25519 "));
+    let listed = stdout(&ok_output(s3(&[
+        "hosts",
+        "--enrollments",
+        "--cache",
+        &target,
+        "--trusted-key-file",
+        fleet_pub,
+    ])));
+    assert!(listed.is_empty(), "{listed}");
+
+    let system = Fixture {
+        host: "web3",
+        ..Default::default()
+    }
+    .build();
+    ok_output(s3(&[
+        "publish",
+        "--host",
+        "web3",
+        "--path",
+        &system,
+        "--cache",
+        &target,
+        "--secret-key-file",
+        secret,
+        "--recipients-file",
+        rf,
+    ]));
+    let st = wait_exit(&mut child, &log);
+    assert!(
+        st.success(),
+        "{st}\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    assert!(vm.valid(&[system.as_str()]));
 }

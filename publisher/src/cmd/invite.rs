@@ -10,7 +10,7 @@ use nixcast_common::enroll::MAX_TOKEN_LIFETIME;
 use nixcast_common::manifest::Compression;
 use nixcast_common::seal::Recipients;
 
-use super::args::{CacheArg, SigningKeyArg};
+use super::args::{parse_compression, CacheArg, SigningKeyArg};
 use crate::invite::{self, Invite};
 use crate::nix;
 use crate::publish::Options;
@@ -29,6 +29,9 @@ pub struct Args {
     url: String,
     #[command(flatten)]
     key: SigningKeyArg,
+    /// How the agent's NARs are compressed (xz, zstd or none).
+    #[arg(long, default_value = "xz", value_parser = parse_compression)]
+    compression: Compression,
     /// How long the token holds (at most 30d).
     #[arg(long, default_value = "24h", value_parser = parse_lifetime)]
     expires_in: Duration,
@@ -71,7 +74,7 @@ pub fn run(a: Args) -> Result<()> {
     let target = Target::open(&a.cache.cache)?;
     let opts = Options {
         key,
-        compression: Compression::Xz,
+        compression: a.compression,
         expires_in: None,
         jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
         force: false,
