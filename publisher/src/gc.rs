@@ -321,6 +321,48 @@ mod tests {
         assert!(!cache.exists(&layout::history(HOST, 1)));
     }
 
+    /// The agent `nixcast invite` published for a host is kept while the
+    /// invitation is open (`agents/HOST.json`), and freed once it is gone.
+    #[test]
+    fn an_invited_hosts_agent_is_kept_until_the_invitation_is_closed() {
+        let cache = Cache::new();
+        let mut store = FakeStore::new();
+        let system = store.add("system-1", "1", &[]);
+        let lib = store.add("agent-lib", "lib", &[]);
+        let agent = store.add("agent", "agent", &[&lib]);
+        cache.publish(&store, &system, false);
+        let opts = cache.options(false);
+        let (manifest, written, _) =
+            crate::publish::publish_closure(&store, &cache.target, &agent, &opts).unwrap();
+        assert_eq!(written, 2);
+        let p = Pointer {
+            host: "web3".into(),
+            system: "x86_64-linux".into(),
+            generation: 1,
+            store_path: Some(agent),
+            manifest,
+            issued_at: nixcast_common::pointer::Timestamp::now(),
+            expires_at: None,
+        };
+        let invitation = Key::Agent("web3".into()).to_string();
+        cache.target.put(&invitation, &p.sign(&cache.key)).unwrap();
+        let needed = cache.needed_by(&p);
+        assert_eq!(needed.len(), 5, "{needed:?}");
+        let keys = [cache.key.public()];
+        gc(&cache.target, 1, Duration::ZERO, &[], &keys, false).unwrap();
+        for key in &needed {
+            assert!(
+                cache.exists(key),
+                "{key} was deleted, the invited host needs it"
+            );
+        }
+        cache.target.delete(&invitation).unwrap();
+        gc(&cache.target, 1, Duration::ZERO, &[], &keys, false).unwrap();
+        for key in &needed {
+            assert!(!cache.exists(key), "{key} was kept");
+        }
+    }
+
     /// Temporary files a cut-short write left beside pointers, history, key
     /// lists and reports go; the files themselves stay.
     #[test]

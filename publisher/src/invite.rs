@@ -163,4 +163,15 @@ mod tests {
         assert_eq!(quote("it's"), r"'it'\''s'");
         assert_eq!(quote(""), "''");
     }
+
+    #[test]
+    fn user_data_runs_the_command_once_at_first_boot() {
+        let command =
+            "nix-store -r /nix/store/x && /nix/store/x/bin/nixcast-pull enroll --url 'a&b'";
+        let text = cloud_init(command);
+        assert!(text.starts_with("#cloud-config\n"), "{text}");
+        // One runcmd entry, a literal block: sh gets the command as it is.
+        let (_, entry) = text.split_once("runcmd:\n  - |\n").unwrap();
+        assert_eq!(entry, format!("    {command}\n"));
+    }
 }
