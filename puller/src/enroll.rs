@@ -99,7 +99,7 @@ fn signed_request(cfg: &Config, e: &Enroll) -> Result<Vec<u8>, Stop> {
     let key = crate::report::host_key(&cfg.policy.identity_files).map_err(|err| {
         Stop::Other(err.context(
             "enroll sends this host's SSH host key and never makes one: start sshd once (it \
-             makes its keys) or run `ssh-keygen -A`, or give the key with --identity",
+             makes its keys) or run `ssh-keygen -A`",
         ))
     })?;
     // With pinned keys, a token that cannot hold is refused here, before

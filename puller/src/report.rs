@@ -140,7 +140,7 @@ pub fn host_key(files: &[std::path::PathBuf]) -> anyhow::Result<HostKey> {
         }
     }
     Err(anyhow!(
-        "no SSH ed25519 key to sign the report with ({}); give one with --identity",
+        "no SSH ed25519 key to sign with ({}); give one with --identity",
         tried.join("; ")
     ))
 }

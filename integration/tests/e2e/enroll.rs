@@ -535,3 +535,75 @@ fn a_host_enrolls_through_a_bucket() {
     );
     assert!(vm.valid(&[system.as_str()]));
 }
+
+#[test]
+fn the_agent_stops_with_a_clear_error_and_its_own_exit_code() {
+    let s = scene_with_recipients();
+    let server = s.serve();
+    let (web3_key, _, _) = host_key(s.work.path(), "web3");
+    let fleet = s.secret();
+    let token = |host: &str| Token::new(host, &server.url, Duration::from_secs(3600)).sign(&fleet);
+    let vm = Vm::new();
+    let enroll = |token: &str, identity: &str, extra: &[&str]| {
+        let mut args = vec![
+            "enroll",
+            "--cache",
+            &server.url,
+            "--host",
+            "web3",
+            "--trusted-key",
+            s.keys.public_text.trim(),
+            "--token",
+            token,
+            "--allow-insecure-http",
+            "--state-dir",
+            "/nix/var/nixcast",
+            "--identity",
+            identity,
+        ];
+        args.extend_from_slice(extra);
+        vm.agent(&args).output().unwrap()
+    };
+    let key = web3_key.to_str().unwrap();
+
+    // A token for another host: refused here, before anything is sent.
+    let out = enroll(&token("web4"), key, &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("for host \"web4\""),
+        "{}",
+        stderr(&out)
+    );
+    assert!(s.enrollment_files().is_empty());
+
+    // No host key: enroll never makes one.
+    let missing = s.work.path().join("no-such-key");
+    let out = enroll(&token("web3"), missing.to_str().unwrap(), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("never makes one"), "{}", stderr(&out));
+    assert!(s.enrollment_files().is_empty());
+
+    // Sent, never accepted: exit 7 once --enroll-timeout passed.
+    let t = token("web3");
+    let started = Instant::now();
+    let out = enroll(&t, key, &["--enroll-timeout", "3s"]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(
+        stderr(&out).contains("waiting for web3"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(s.cache.join("enroll/web3.json").exists());
+
+    // The server refuses (the token is bound to another key now): exit 3, with its reason.
+    let (other_key, _, _) = host_key(s.work.path(), "other");
+    let out = enroll(&t, other_key.to_str().unwrap(), &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("403"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("bound to another key"),
+        "{}",
+        stderr(&out)
+    );
+}
