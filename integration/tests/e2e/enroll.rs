@@ -181,6 +181,7 @@ fn a_fresh_machine_joins_the_fleet_with_the_one_command_invite_prints() {
     let (web3_key, _, web3) = host_key(s.work.path(), "web3");
     let state = "--agent-arg=--state-dir=/nix/var/nixcast".to_owned();
     let identity = format!("--agent-arg=--identity={}", web3_key.display());
+    let report_to = format!("--agent-arg=--report-to={}", server.url);
     let out = ok_output(s.nixcast(&[
         "invite",
         "--host",
@@ -196,6 +197,7 @@ fn a_fresh_machine_joins_the_fleet_with_the_one_command_invite_prints() {
         "zstd",
         &state,
         &identity,
+        &report_to,
     ]));
     let command = stdout(&out);
     assert_eq!(command.lines().count(), 1, "{command}");
@@ -285,6 +287,8 @@ fn a_fresh_machine_joins_the_fleet_with_the_one_command_invite_prints() {
     assert!(!sealed.contains("/nix/store"), "a sealed pointer");
     let hosts = stdout(&ok_output(s.nixcast(&["hosts"])));
     assert!(hosts.contains("web3"), "{hosts}");
+    // Its first report, verified by serve with the key accepted while it ran.
+    assert!(s.cache.join("reports/web3.json").exists(), "{said}");
 }
 
 /// A request for `host` carrying `key`, with `token`, as an agent sends it.
