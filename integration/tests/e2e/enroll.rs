@@ -396,7 +396,23 @@ fn tokens_that_do_not_hold_are_refused_at_serve_and_at_accept_and_nothing_is_wri
     assert_eq!(put(&server.url, "/enroll/web5.json", &theirs), 403);
     let pending = s.cache.join("enroll/web5.json");
     assert_eq!(std::fs::read(&pending).unwrap(), first);
-    ok_output(s.accept("web5"));
+    // --all takes every pending request that verifies: web5's, not web3's
+    // (its token was used).
+    let all = ok_output(s.nixcast(&[
+        "enroll",
+        "accept",
+        "--all",
+        "--recipients-file",
+        s.recipients.to_str().unwrap(),
+        "--trusted-key-file",
+        s.fleet_pub.to_str().unwrap(),
+    ]));
+    assert_eq!(stdout(&all).lines().count(), 1, "{}", stdout(&all));
+    assert!(
+        stdout(&all).starts_with("accepted web5 "),
+        "{}",
+        stdout(&all)
+    );
     assert_eq!(put(&server.url, "/enroll/web5.json", &first), 403);
     assert!(!pending.exists());
 }
