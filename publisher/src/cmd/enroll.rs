@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::args::{CacheArg, TrustArgs};
+use super::args::CacheArg;
 use crate::target::Target;
 
 #[derive(clap::Subcommand)]
@@ -26,8 +26,13 @@ pub struct AcceptArgs {
     #[command(flatten)]
     cache: CacheArg,
     /// The fleet's public key, which signed the tokens (repeatable).
-    #[command(flatten)]
-    trust: TrustArgs,
+    #[arg(
+        long = "trusted-key-file",
+        required = true,
+        env = "NIXCAST_TRUSTED_KEY_FILES",
+        value_delimiter = ' '
+    )]
+    trusted_key_files: Vec<PathBuf>,
     /// The recipients file the host's `HOST ssh-ed25519 BASE64` line is added to.
     #[arg(long)]
     recipients_file: PathBuf,
@@ -35,11 +40,7 @@ pub struct AcceptArgs {
 
 pub fn run(a: Args) -> Result<()> {
     let Args::Accept(a) = a;
-    let keys = a.trust.read()?;
-    anyhow::ensure!(
-        !keys.is_empty(),
-        "give the fleet's public key with --trusted-key-file: tokens are checked against it"
-    );
+    let keys = nixcast_cli::keys::read_public_keys(&a.trusted_key_files)?;
     let target = Target::open_existing(&a.cache.cache)?;
     let hosts = match a.all {
         false => a.hosts,
