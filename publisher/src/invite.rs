@@ -17,7 +17,7 @@ use anyhow::{ensure, Result};
 use nixcast_common::enroll::Token;
 use nixcast_common::layout::Key;
 use nixcast_common::pointer::{Pointer, Timestamp};
-use nixcast_common::StorePath;
+use nixcast_common::{PublicKey, StorePath};
 
 use crate::nix::Store;
 use crate::publish::{self, Options};
@@ -34,6 +34,9 @@ pub struct Invite {
     pub agent: StorePath,
     /// More arguments for `nixcast-pull enroll`, given as they are.
     pub agent_args: Vec<String>,
+    /// The fleet's root keys and how many must sign (`--root-key`): the
+    /// host then trusts the key list they signed instead of the pinned key.
+    pub roots: Option<(Vec<PublicKey>, u32)>,
     pub cloud_init: bool,
 }
 
@@ -101,11 +104,18 @@ fn command(inv: &Invite, fleet_key: &str, token: &str) -> String {
         inv.url.clone(),
         "--host".into(),
         inv.host.clone(),
-        "--trusted-key".into(),
-        fleet_key.into(),
         "--token".into(),
         token.into(),
     ];
+    match &inv.roots {
+        None => enroll.extend(["--trusted-key".into(), fleet_key.into()]),
+        Some((roots, threshold)) => {
+            for r in roots {
+                enroll.extend(["--root-key".into(), r.to_string()]);
+            }
+            enroll.extend(["--root-threshold".into(), threshold.to_string()]);
+        }
+    }
     if inv.url.starts_with("http://") {
         enroll.push("--allow-insecure-http".into());
     }

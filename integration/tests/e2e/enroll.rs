@@ -627,3 +627,73 @@ fn the_agent_stops_with_a_clear_error_and_its_own_exit_code() {
         stderr(&out)
     );
 }
+
+/// The plain-host variant, on a fleet whose hosts trust root keys: the
+/// command carries the roots, and no accept is needed before a plain publish.
+#[test]
+fn a_plain_host_that_trusts_roots_joins_without_an_accept() {
+    let s = scene_with_recipients();
+    let root = keygen(s.work.path(), "root-1");
+    ok(nixcast()
+        .args(["keys", "sign", "--cache"])
+        .arg(&s.cache)
+        .arg("--root-secret-key-file")
+        .arg(&root.secret)
+        .arg("--signing-key-file")
+        .arg(&s.fleet_pub));
+    let server = s.serve();
+    let agent = agent_package();
+    let (web4_key, _, _) = host_key(s.work.path(), "web4");
+    let root_pub = s.work.path().join("root-1.pub");
+    let identity = format!("--agent-arg=--identity={}", web4_key.display());
+    let out = ok_output(s.nixcast(&[
+        "invite",
+        "--host",
+        "web4",
+        "--url",
+        &server.url,
+        "--secret-key-file",
+        s.keys.secret.to_str().unwrap(),
+        "--agent-path",
+        &agent,
+        "--compression",
+        "zstd",
+        "--root-key-file",
+        root_pub.to_str().unwrap(),
+        "--agent-arg=--state-dir=/nix/var/nixcast",
+        &identity,
+    ]));
+    let command = stdout(&out);
+    let enroll = command.split(" && ").nth(1).unwrap();
+    assert!(
+        enroll.contains(&format!("--root-key {}", root.public_text.trim())),
+        "{command}"
+    );
+    assert!(!enroll.contains("--trusted-key"), "{command}");
+
+    let vm = Vm::new();
+    let log = s.work.path().join("vm.log");
+    let nix_cache = tempfile::tempdir().unwrap();
+    let mut child = vm
+        .cmd(&["sh", "-c", command.trim()])
+        .env("XDG_CACHE_HOME", nix_cache.path())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for(&s.cache.join("enroll/web4.json"), &mut child, &log);
+    let system = Fixture {
+        host: "web4",
+        ..Default::default()
+    }
+    .build();
+    publish(&s.cache, "web4", &system, &s.keys, &[]);
+    let st = wait_exit(&mut child, &log);
+    assert!(
+        st.success(),
+        "{st}\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    assert!(vm.switch_log().iter().any(|l| l.ends_with(&system)));
+    assert_eq!(vm.status()["appliedGeneration"], 1);
+}

@@ -45,6 +45,13 @@ pub struct Args {
     /// The flake package that holds the agent.
     #[arg(long, default_value = ".#default")]
     agent_flake: String,
+    /// A root key of the fleet's key list (repeatable): the host trusts the list they sign
+    /// (`nixcast keys sign`) instead of the key --secret-key-file pins for the first fetch.
+    #[arg(long = "root-key-file")]
+    root_key_files: Vec<PathBuf>,
+    /// How many of the roots must sign the first key list the host accepts.
+    #[arg(long, default_value_t = 1, requires = "root_key_files")]
+    root_threshold: u32,
     /// One more argument for `nixcast-pull enroll` in the command (repeatable), such as
     /// --report-to=URL or --state-dir=DIR.
     #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
@@ -71,6 +78,20 @@ pub fn run(a: Args) -> Result<()> {
             a.agent_flake.clone(),
         ),
     };
+    let roots = match a.root_key_files.is_empty() {
+        true => None,
+        false => Some((
+            nixcast_cli::keys::read_public_keys(&a.root_key_files)?,
+            a.root_threshold,
+        )),
+    };
+    if let Some((keys, n)) = &roots {
+        anyhow::ensure!(
+            *n >= 1 && *n as usize <= keys.len(),
+            "--root-threshold {n} is not between 1 and the {} root keys given",
+            keys.len()
+        );
+    }
     let target = Target::open(&a.cache.cache)?;
     let opts = Options {
         key,
@@ -90,6 +111,7 @@ pub fn run(a: Args) -> Result<()> {
         lifetime: a.expires_in,
         agent,
         agent_args: a.agent_args,
+        roots,
         cloud_init: a.cloud_init,
     };
     let done = invite::invite(&nix::Nix, &target, &inv, &opts)?;
