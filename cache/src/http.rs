@@ -290,10 +290,7 @@ impl Backend for Server {
                 .body(body);
             match req.send().await {
                 Ok(r) if r.status().is_success() => Ok(()),
-                Ok(r) => Err(Error::other(
-                    &url,
-                    format!("server answered {}", r.status()),
-                )),
+                Ok(r) => Err(put_refused(&url, r).await),
                 Err(e) => Err(Error::other(&url, error_chain(&e))),
             }
         }
@@ -504,6 +501,29 @@ async fn read_capped(
         buf.extend_from_slice(&chunk);
     }
     Ok(buf)
+}
+
+/// What a failed PUT says: a 4xx answer (but 408 and 429, which pass) is a
+/// refusal, with the first KiB of the server's text, which says why.
+async fn put_refused(url: &str, r: reqwest::Response) -> Error {
+    let status = r.status();
+    let mut why = r.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+    why.truncate(1024);
+    let why = String::from_utf8_lossy(&why).trim().to_owned();
+    let msg = match why.is_empty() {
+        true => format!("server answered {status}"),
+        false => format!("server answered {status}: {why}"),
+    };
+    let transient = status.is_server_error()
+        || status == reqwest::StatusCode::REQUEST_TIMEOUT
+        || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
+    match transient {
+        true => Error::other(url, msg),
+        false => Error::Refused {
+            url: url.to_owned(),
+            msg,
+        },
+    }
 }
 
 #[cfg(test)]

@@ -51,6 +51,10 @@ pub enum Error {
     Transport { url: String, msg: String },
     #[error("{url}: more than {cap} bytes")]
     TooLarge { url: String, cap: u64 },
+    /// A server refused a write for good (a 4xx answer to a PUT other
+    /// than 408 and 429), saying why in `msg`.
+    #[error("{url}: refused: {msg}")]
+    Refused { url: String, msg: String },
 }
 
 /// The agent's name for it.

@@ -14,6 +14,9 @@
 //! reports/<host>.json                     a host's latest signed report
 //! keys.json                               the key list (signed by the roots)
 //! keys/<version>.json                     every key list ever signed
+//! enroll/<host>.json                      a host's pending enrollment request
+//! enrolled/<token id>.json                the request that used a token
+//! agents/<host>.json                      the agent an invited host installs
 //! ```
 //!
 //! [`Key`] is that table as a type: every key is built by `Display` and read
@@ -26,6 +29,7 @@
 
 use std::fmt;
 
+use crate::enroll::TokenId;
 use crate::hash::Sha256Hash;
 use crate::manifest::Compression;
 use crate::nixbase32;
@@ -40,6 +44,9 @@ pub const HOSTS_DIR: &str = "hosts";
 pub const REPORTS_DIR: &str = "reports";
 pub const KEY_LIST: &str = "keys.json";
 pub const KEY_LISTS_DIR: &str = "keys";
+pub const ENROLL_DIR: &str = "enroll";
+pub const ENROLLED_DIR: &str = "enrolled";
+pub const AGENTS_DIR: &str = "agents";
 
 /// An object of a cache, by what it is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -75,6 +82,14 @@ pub enum Key {
     /// `keys/<version>.json`: a key list as it was signed, for hosts that
     /// walk the versions they missed.
     KeyListHistory(u64),
+    /// `enroll/<host>.json`: a host's pending enrollment request.
+    EnrollRequest(String),
+    /// `enrolled/<token id>.json`: the accepted request that used a token,
+    /// which no other request may use again.
+    EnrollUsed(TokenId),
+    /// `agents/<host>.json`: a signed pointer to the agent's closure that
+    /// `nixcast invite` published for an invited host (kept by gc).
+    Agent(String),
 }
 
 /// How long a copy of an object stays right, from what its name promises.
@@ -142,6 +157,11 @@ impl Key {
                 })
             }
             [REPORTS_DIR, name] => Some(Key::Report(host_json(name)?)),
+            [ENROLL_DIR, name] => Some(Key::EnrollRequest(host_json(name)?)),
+            [ENROLLED_DIR, name] => Some(Key::EnrollUsed(TokenId::parse(
+                name.strip_suffix(".json")?,
+            )?)),
+            [AGENTS_DIR, name] => Some(Key::Agent(host_json(name)?)),
             _ => None,
         }
     }
@@ -158,6 +178,9 @@ impl Key {
             Key::Report(_) => REPORTS_DIR.to_owned(),
             Key::KeyList => String::new(),
             Key::KeyListHistory(_) => KEY_LISTS_DIR.to_owned(),
+            Key::EnrollRequest(_) => ENROLL_DIR.to_owned(),
+            Key::EnrollUsed(_) => ENROLLED_DIR.to_owned(),
+            Key::Agent(_) => AGENTS_DIR.to_owned(),
         }
     }
 
@@ -170,7 +193,13 @@ impl Key {
             | Key::SealedDelta { .. } => Lifetime::Immutable,
             Key::History { .. } | Key::KeyListHistory(_) => Lifetime::History,
             Key::Narinfo(_) => Lifetime::Narinfo,
-            Key::CacheInfo | Key::Pointer(_) | Key::Report(_) | Key::KeyList => Lifetime::Mutable,
+            Key::CacheInfo
+            | Key::Pointer(_)
+            | Key::Report(_)
+            | Key::KeyList
+            | Key::EnrollRequest(_)
+            | Key::EnrollUsed(_)
+            | Key::Agent(_) => Lifetime::Mutable,
         }
     }
 
@@ -220,6 +249,9 @@ impl fmt::Display for Key {
             Key::Report(host) => write!(f, "{REPORTS_DIR}/{host}.json"),
             Key::KeyList => f.write_str(KEY_LIST),
             Key::KeyListHistory(v) => write!(f, "{KEY_LISTS_DIR}/{v}.json"),
+            Key::EnrollRequest(host) => write!(f, "{ENROLL_DIR}/{host}.json"),
+            Key::EnrollUsed(id) => write!(f, "{ENROLLED_DIR}/{id}.json"),
+            Key::Agent(host) => write!(f, "{AGENTS_DIR}/{host}.json"),
         }
     }
 }
@@ -374,6 +406,11 @@ mod tests {
             "keys/x.json".to_owned(),
             "keys.json/1".to_owned(),
             "reports/a".to_owned(),
+            "enroll/a".to_owned(),
+            "enroll/a/b.json".to_owned(),
+            format!("enrolled/{}.json", "A".repeat(32)),
+            "enrolled/00.json".to_owned(),
+            "agents/.x.json".to_owned(),
             "/nix-cache-info".to_owned(),
             "nix-cache-info/".to_owned(),
             "0123456789abcdfghijklmnpqrsvwxye.narinfo".to_owned(),
@@ -439,6 +476,9 @@ mod tests {
                 host().prop_map(Key::Report),
                 Just(Key::KeyList),
                 any::<u64>().prop_map(Key::KeyListHistory),
+                host().prop_map(Key::EnrollRequest),
+                any::<[u8; 16]>().prop_map(|id| Key::EnrollUsed(TokenId(id))),
+                host().prop_map(Key::Agent),
             ]
         }
 

@@ -12,8 +12,10 @@
 //! - [`pointer`]: the signed DSSE envelope naming what a host should run;
 //! - [`pinned`]: a manifest held to the pin of a verified pointer;
 //! - [`report`]: a host's signed report of what its agent last did;
+//! - [`enroll`]: the token that invites a host, and the request it answers with;
 //! - [`seal`]: age encryption of a sealed host's objects, recipients and identities.
 
+pub mod enroll;
 pub mod hash;
 pub mod keylist;
 pub mod keys;

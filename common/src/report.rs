@@ -287,6 +287,18 @@ impl HostKey {
     pub fn public(&self) -> VerifyingKey {
         self.key.verifying_key()
     }
+
+    /// For the other statements a host signs (an enrollment request).
+    pub(crate) fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    #[cfg(test)]
+    pub(crate) fn from_seed(seed: &[u8; 32]) -> Self {
+        Self {
+            key: SigningKey::from_bytes(seed),
+        }
+    }
 }
 
 impl Report {

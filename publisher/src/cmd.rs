@@ -6,8 +6,10 @@
 pub mod args;
 pub mod bundle;
 pub mod diff;
+pub mod enroll;
 pub mod gc;
 pub mod hosts;
+pub mod invite;
 pub mod keygen;
 pub mod keys;
 pub mod promote;

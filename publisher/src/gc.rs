@@ -120,21 +120,38 @@ fn live_objects(
             keys,
             &mut live.dropped_pointers,
         )? {
-            live.keys.extend(Key::parse(&p.manifest.path));
-            if p.manifest.sealed.is_some() && ids.is_empty() {
-                live.sealed_unknown = true;
-                continue;
-            }
-            let (_, m) = read_manifest(target, &p, ids)
+            reach(target, &p, ids, &mut live)
                 .with_context(|| format!("generation {} of {host} is kept", p.generation))?;
-            for e in m.paths.iter().filter(|e| e.cache.is_none()) {
-                live.keys
-                    .insert(Key::Narinfo(e.store_path.hash_part().to_owned()));
-                live.keys.extend(Key::parse(&e.url));
-            }
+        }
+    }
+    // The agent of an open invitation (`nixcast invite`), until accepted.
+    for (key, _, _) in target.entries(layout::AGENTS_DIR)? {
+        if let Some(Key::Agent(host)) = Key::parse(&key) {
+            let p = read_pointer(target, &key, keys).with_context(|| {
+                format!("the agent invited {host} is not readable: nothing is deleted")
+            })?;
+            reach(target, &p, ids, &mut live)
+                .with_context(|| format!("the agent invited {host} is kept"))?;
         }
     }
     Ok(live)
+}
+
+/// Keeps what a kept pointer reaches: its manifest, and the narinfos and
+/// NARs the manifest lists.
+fn reach(target: &Target, p: &Pointer, ids: &[Identity], live: &mut Live) -> Result<()> {
+    live.keys.extend(Key::parse(&p.manifest.path));
+    if p.manifest.sealed.is_some() && ids.is_empty() {
+        live.sealed_unknown = true;
+        return Ok(());
+    }
+    let (_, m) = read_manifest(target, p, ids)?;
+    for e in m.paths.iter().filter(|e| e.cache.is_none()) {
+        live.keys
+            .insert(Key::Narinfo(e.store_path.hash_part().to_owned()));
+        live.keys.extend(Key::parse(&e.url));
+    }
+    Ok(())
 }
 
 /// The current pointer of `host` and its last `keep` history pointers
@@ -363,6 +380,48 @@ mod tests {
             assert!(!cache.exists(key), "{key} was kept");
         }
         assert!(!cache.exists(&layout::history(HOST, 1)));
+    }
+
+    /// The agent `nixcast invite` published for a host is kept while the
+    /// invitation is open (`agents/HOST.json`), and freed once it is gone.
+    #[test]
+    fn an_invited_hosts_agent_is_kept_until_the_invitation_is_closed() {
+        let cache = Cache::new();
+        let mut store = FakeStore::new();
+        let system = store.add("system-1", "1", &[]);
+        let lib = store.add("agent-lib", "lib", &[]);
+        let agent = store.add("agent", "agent", &[&lib]);
+        cache.publish(&store, &system, false);
+        let opts = cache.options(false);
+        let (manifest, written, _) =
+            crate::publish::publish_closure(&store, &cache.target, &agent, &opts).unwrap();
+        assert_eq!(written, 2);
+        let p = Pointer {
+            host: "web3".into(),
+            system: "x86_64-linux".into(),
+            generation: 1,
+            store_path: Some(agent),
+            manifest,
+            issued_at: nixcast_common::pointer::Timestamp::now(),
+            expires_at: None,
+        };
+        let invitation = Key::Agent("web3".into()).to_string();
+        cache.target.put(&invitation, &p.sign(&cache.key)).unwrap();
+        let needed = cache.needed_by(&p);
+        assert_eq!(needed.len(), 5, "{needed:?}");
+        let keys = [cache.key.public()];
+        gc(&cache.target, 1, Duration::ZERO, &[], &keys, false, false).unwrap();
+        for key in &needed {
+            assert!(
+                cache.exists(key),
+                "{key} was deleted, the invited host needs it"
+            );
+        }
+        cache.target.delete(&invitation).unwrap();
+        gc(&cache.target, 1, Duration::ZERO, &[], &keys, false, false).unwrap();
+        for key in &needed {
+            assert!(!cache.exists(key), "{key} was kept");
+        }
     }
 
     /// Temporary files a cut-short write left beside pointers, history, key

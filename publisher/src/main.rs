@@ -10,9 +10,11 @@ mod bundle;
 mod cache;
 mod cmd;
 mod compress;
+mod enroll;
 mod fleet;
 mod gc;
 mod inspect;
+mod invite;
 mod keygen;
 mod keys;
 mod nix;
@@ -78,6 +80,11 @@ enum Cmd {
     /// Write the man pages of nixcast and its subcommands (for packaging).
     #[command(hide = true)]
     Man(docs::ManArgs),
+    /// Invite a new machine: publish the agent and print the one command that enrolls it.
+    Invite(cmd::invite::Args),
+    /// Enrollment requests of invited hosts.
+    #[command(subcommand)]
+    Enroll(cmd::enroll::Args),
 }
 
 fn main() -> ExitCode {
@@ -120,6 +127,8 @@ fn run(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Invite(a) => cmd::invite::run(a),
+        Cmd::Enroll(a) => cmd::enroll::run(a),
     }
 }
 

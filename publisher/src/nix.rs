@@ -95,12 +95,18 @@ pub fn resolve_store_path(p: &Path) -> Result<StorePath> {
 
 /// Builds `REF#nixosConfigurations.HOST.config.system.build.toplevel` and returns its output.
 pub fn build_flake(flake: &str, host: &str) -> Result<StorePath> {
-    let attr = format!("{flake}#nixosConfigurations.\"{host}\".config.system.build.toplevel");
+    build(&format!(
+        "{flake}#nixosConfigurations.\"{host}\".config.system.build.toplevel"
+    ))
+}
+
+/// Builds one installable (`REF#ATTR`) and returns its output.
+pub fn build(attr: &str) -> Result<StorePath> {
     tracing::info!(%attr, "building");
     let mut cmd = Command::new("nix");
     cmd.args(FLAKES)
         .args(["build", "--no-link", "--json"])
-        .arg(&attr);
+        .arg(attr);
     // Build logs go to the user's terminal, not into our captured stderr.
     let out = cmd
         .stdin(Stdio::null())

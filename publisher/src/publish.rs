@@ -140,6 +140,30 @@ pub fn publish(
     }))
 }
 
+/// A plain closure that is no host's system (the agent `nixcast invite`
+/// hands an invited host): NARs, narinfos and its manifest, in that order,
+/// sealed to no one. Returns what a pointer to it pins, and the paths and
+/// bytes written.
+pub fn publish_closure(
+    store: &dyn Store,
+    target: &Target,
+    top: &StorePath,
+    opts: &Options,
+) -> Result<(ManifestRef, usize, u64)> {
+    let infos = store.closure(top)?;
+    let mut plan = plan_paths(target, "", false, &infos, opts)?;
+    let new_paths = plan.jobs.len();
+    let (plain, bytes_written) = write_nars(store, target, &mut plan, opts)?;
+    write_narinfos(target, plain, &mut plan.entries, opts)?;
+    let manifest_bytes = Manifest::new(top.clone(), plan.entries)?.to_json();
+    let r = ManifestRef::for_bytes(&manifest_bytes);
+    if !target.exists(&r.path)? {
+        target.put(&r.path, &manifest_bytes)?;
+    }
+    target.sync()?;
+    Ok((r, new_paths, bytes_written))
+}
+
 /// What the target holds of a host already.
 struct Previous {
     /// The current pointer, verified with our key or, in a cache with a key

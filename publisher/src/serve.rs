@@ -24,7 +24,8 @@
 //!   file, which HTTP allows;
 //! - no `If-Match` / `If-Unmodified-Since` (they guard writes, and there are
 //!   none), no compression, no TLS, no writes of any kind, except, with
-//!   `--accept-reports`, a host's signed report (`serve/accept.rs`).
+//!   `--accept-reports`, a host's signed report (`serve/accept.rs`) and an
+//!   invited host's enrollment request (`serve/enroll.rs`).
 
 use std::fs::Metadata;
 use std::future::Future;
@@ -360,6 +361,9 @@ async fn handle(
     body: Body,
 ) -> Response {
     let response = match &served.reports {
+        Some(reports) if method == Method::PUT && enroll::is_request(uri.path()) => {
+            enroll::put(reports, served.root.clone(), uri.path(), &headers, body).await
+        }
         Some(reports) if method == Method::PUT => {
             accept::put(reports, served.root.clone(), uri.path(), &headers, body).await
         }
@@ -859,6 +863,7 @@ fn digits(text: &str) -> Option<u64> {
 }
 
 mod accept;
+mod enroll;
 mod watch;
 pub use accept::Reports;
 

@@ -1,8 +1,10 @@
-//! The subcommands of `nixcast-pull`, one module each: `run`, `rollback`,
-//! `status`. `main.rs` parses the command line, sets up logging and hands
-//! each its arguments; a command returns how it failed, and main tells it
-//! once.
+//! The subcommands of `nixcast-pull`, one module each: `run`, `enroll`,
+//! `rollback`, `status`; `args` holds the flags `run` and `enroll` share.
+//! `main.rs` parses the command line, sets up logging and hands each its
+//! arguments; a command returns how it failed, and main tells it once.
 
+pub mod args;
+pub mod enroll;
 pub mod rollback;
 pub mod run;
 pub mod status;

@@ -69,7 +69,7 @@ impl NarError {
     fn from_fetch(path: &str, e: FetchError) -> Self {
         let (url, msg) = match e {
             FetchError::NotFound(u) => (u, "not found".to_owned()),
-            FetchError::Transport { url, msg } => (url, msg),
+            FetchError::Transport { url, msg } | FetchError::Refused { url, msg } => (url, msg),
             FetchError::TooLarge { url, cap } => (url, format!("more than {cap} bytes")),
         };
         NarError::Fetch {

@@ -5,11 +5,13 @@
 //! Exit codes: 0 applied or nothing to do, 1 local error, 2 usage,
 //! 3 refused (verification failed), 4 fetch failed, 5 activation failed,
 //! 6 another run holds the lock, 7 this host is retired (a verified
-//! tombstone in place of its pointer: nothing applied).
+//! tombstone in place of its pointer: nothing applied), 8 (`enroll`) not
+//! published within `--enroll-timeout`.
 
 mod activate;
 mod cmd;
 mod config;
+mod enroll;
 mod fetch;
 mod generations;
 mod host;
@@ -62,6 +64,9 @@ enum Cmd {
     /// Write the man pages of nixcast-pull and its subcommands (for packaging).
     #[command(hide = true)]
     Man(docs::ManArgs),
+    /// Join the fleet: send this host's SSH key with the token `nixcast invite` printed, wait
+    /// until the host is accepted and published, then apply it as `run` does.
+    Enroll(Box<cmd::enroll::Args>),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +93,7 @@ fn main() -> ExitCode {
                 })
         }
         Cmd::Man(a) => man(&a.out),
+        Cmd::Enroll(args) => cmd::enroll::enroll(*args),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,4 +119,15 @@ fn man(out: &std::path::Path) -> Result<(), cmd::Failure> {
         println!("{}", page.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
 }

@@ -119,8 +119,9 @@ async fn deliver(cfg: &Config, to: &ReportTo, report: &Report, key: &str) -> any
 }
 
 /// The first identity file that is an OpenSSH ed25519 key (age identities
-/// cannot sign), or the SSH host key.
-fn host_key(files: &[std::path::PathBuf]) -> anyhow::Result<HostKey> {
+/// cannot sign), or the SSH host key: what signs reports and enrollment
+/// requests.
+pub fn host_key(files: &[std::path::PathBuf]) -> anyhow::Result<HostKey> {
     let default = [std::path::PathBuf::from(DEFAULT_IDENTITY)];
     let files = if files.is_empty() {
         &default[..]
@@ -139,7 +140,7 @@ fn host_key(files: &[std::path::PathBuf]) -> anyhow::Result<HostKey> {
         }
     }
     Err(anyhow!(
-        "no SSH ed25519 key to sign the report with ({}); give one with --identity",
+        "no SSH ed25519 key to sign with ({}); give one with --identity",
         tried.join("; ")
     ))
 }

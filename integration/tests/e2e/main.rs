@@ -8,6 +8,7 @@
 mod bundle;
 mod canary;
 mod docs;
+mod enroll;
 mod fleet;
 mod fleet_host;
 mod gc;

@@ -23,9 +23,16 @@ pub struct Args {
     /// Also write the fleet as one self-contained HTML page to FILE.
     #[arg(long, value_name = "FILE")]
     html: Option<PathBuf>,
+    /// List pending enrollment requests instead (host, key fingerprint, token expiry, or why not).
+    #[arg(long, conflicts_with_all = ["json", "html"])]
+    enrollments: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.enrollments {
+        let target = Target::open_existing(&a.cache.cache)?;
+        return crate::enroll::print_pending(&target, &a.trust.read()?);
+    }
     crate::inspect::hosts(
         &Target::open_existing(&a.cache.cache)?,
         &a.trust.read()?,

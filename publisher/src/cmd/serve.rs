@@ -36,15 +36,24 @@ pub struct Args {
     /// Take `PUT /reports/HOST.json` when signed by a key --recipients-file lists for HOST.
     #[arg(long, requires = "recipients_file")]
     accept_reports: bool,
-    /// Lists each host's ssh-ed25519 keys (`HOST ssh-ed25519 BASE64`), which sign its reports.
+    /// Lists each host's ssh-ed25519 keys (`HOST ssh-ed25519 BASE64`), which sign its reports
+    /// (read again when it changes).
     #[arg(long, requires = "accept_reports")]
     recipients_file: Option<PathBuf>,
+    /// With --accept-reports: also take `PUT /enroll/HOST.json` from a host invited with a token
+    /// this fleet key signed (`nixcast invite`; repeatable).
+    #[arg(long = "trusted-key-file", requires = "accept_reports")]
+    trusted_key_files: Vec<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let dir = a.dir.or(a.dir_positional).expect("clap requires one");
     let reports = match (a.accept_reports, &a.recipients_file) {
-        (true, Some(f)) => Some(Reports::new(load_recipients(f)?, a.header_timeout)),
+        (true, Some(f)) => {
+            let mut r = Reports::new(load_recipients(f)?, a.header_timeout).reloading(f.clone());
+            r.enroll_keys = nixcast_cli::keys::read_public_keys(&a.trusted_key_files)?;
+            Some(r)
+        }
         _ => None,
     };
     let limits = Limits {

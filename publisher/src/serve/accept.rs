@@ -7,9 +7,12 @@
 //! verified), not made more than [`report::MAX_CLOCK_SKEW`] ahead of this
 //! server's clock, and comes after the report stored there in its host's
 //! order (`(at, seq)`, signed, and in the clear for a sealed report too);
-//! the file appears atomically (through [`Target::put`]). Every other PUT,
-//! and every report that does not verify, gets 403 and writes nothing; one
-//! that does not come after the stored one (a replay) gets 409. A sealed
+//! the file appears atomically (through [`Target::put`]). The recipients
+//! file is read again when its modification time or size changed
+//! ([`Reports::reloading`]): a host `enroll accept` added reports at once.
+//! Every other PUT, and every report that does not verify, gets 403 and
+//! writes nothing; one that does not come after the stored one (a replay)
+//! gets 409. A sealed
 //! report is otherwise checked for its signature only: the server cannot
 //! read it. A sealed report of an older agent, without the clear header,
 //! cannot be ordered: it is taken only when the stored one cannot be
@@ -36,25 +39,78 @@ use crate::target::Target;
 /// What `serve` needs to take reports.
 pub struct Reports {
     /// Lists each host's ssh-ed25519 keys.
-    pub fleet: Recipients,
+    fleet: std::sync::Mutex<Fleet>,
     /// How long a client has to send a report's body.
     pub body_timeout: Duration,
-    /// One report is checked against the stored one and written at a time.
-    lock: tokio::sync::Mutex<()>,
+    /// The fleet's signing keys, which sign enrollment tokens
+    /// (`serve/enroll.rs`); none: no enrollment requests are taken.
+    pub enroll_keys: Vec<nixcast_common::PublicKey>,
+    /// One report (or request) is checked against the stored one and written at a time.
+    pub(super) lock: tokio::sync::Mutex<()>,
     /// Reports verified at once: one CPU is left to the rest of the server.
-    verifying: Arc<tokio::sync::Semaphore>,
+    pub(super) verifying: Arc<tokio::sync::Semaphore>,
+}
+
+/// The recipients file as last read, and where it is read from again when
+/// it changed (`enroll accept` adds a host's line; retiring one removes it).
+struct Fleet {
+    recipients: Recipients,
+    file: Option<(PathBuf, Option<(SystemTime, u64)>)>,
 }
 
 impl Reports {
     pub fn new(fleet: Recipients, body_timeout: Duration) -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
-            fleet,
+            fleet: std::sync::Mutex::new(Fleet {
+                recipients: fleet,
+                file: None,
+            }),
             body_timeout,
+            enroll_keys: Vec::new(),
             lock: tokio::sync::Mutex::new(()),
             verifying: Arc::new(tokio::sync::Semaphore::new(cpus.saturating_sub(1).max(1))),
         }
     }
+
+    /// Reads the recipients file again whenever its modification time or
+    /// size changed, so that a host accepted (or removed) while the server
+    /// runs is known to it; a file that no longer parses keeps the last one.
+    pub fn reloading(self, file: PathBuf) -> Self {
+        let stamp = stamp(&file);
+        self.fleet.lock().expect("not poisoned").file = Some((file, stamp));
+        self
+    }
+
+    /// The recipients, from the file as it is now.
+    fn fleet(&self) -> Recipients {
+        let mut fleet = self.fleet.lock().expect("not poisoned");
+        let Fleet { recipients, file } = &mut *fleet;
+        if let Some((path, seen)) = file {
+            let now = stamp(path);
+            if now != *seen {
+                *seen = now;
+                match load(path) {
+                    Ok(r) => *recipients = r,
+                    Err(e) => tracing::warn!("keeping the recipients read before: {e:#}"),
+                }
+            }
+        }
+        recipients.clone()
+    }
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Recipients> {
+    use anyhow::Context;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Recipients::parse(&text).with_context(|| format!("recipients file {}", path.display()))
+}
+
+/// What tells a changed file: its modification time and size.
+fn stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }
 
 /// The host a PUT path names, if it is exactly `/reports/HOST.json` with a
@@ -82,7 +138,7 @@ pub async fn put(
             "only reports are writable: PUT /reports/HOST.json\n".into(),
         );
     };
-    let keys = reports.fleet.signers_of(host);
+    let keys = reports.fleet().signers_of(host);
     if keys.is_empty() {
         return refuse(host, "no ssh-ed25519 key is listed for this host".into());
     }
@@ -230,7 +286,7 @@ fn refuse(host: &str, why: String) -> Response {
     answer(StatusCode::FORBIDDEN, format!("{host}: {why}\n"))
 }
 
-fn answer(status: StatusCode, text: String) -> Response {
+pub(super) fn answer(status: StatusCode, text: String) -> Response {
     let mut response = Response::new(Body::from(text));
     *response.status_mut() = status;
     let h = response.headers_mut();

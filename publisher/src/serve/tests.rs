@@ -1097,3 +1097,35 @@ async fn an_envelope_of_many_signatures_is_refused_before_any_is_verified() {
     assert!(text.contains("unknown field"), "{text:?}");
     assert!(!text.contains(['\x1b', '\u{202e}']), "{text:?}");
 }
+
+#[tokio::test]
+async fn an_enrollment_request_is_taken_only_with_a_fleet_token_for_its_host() {
+    use nixcast_common::enroll::{Request, Token};
+    let fleet_key = nixcast_common::SecretKey::generate("fleet-1").unwrap();
+    let fleet = nixcast_common::seal::Recipients::parse(FLEET).unwrap();
+    let mut reports = Reports::new(fleet, Duration::from_secs(10));
+    reports.enroll_keys = vec![fleet_key.public()];
+    let server = Server::start_full(Limits::default(), Some(reports)).await;
+    let key = nixcast_common::report::HostKey::from_openssh(WEB_KEY.as_bytes(), "t").unwrap();
+    let token = Token::new("web3", "http://c", Duration::from_secs(60)).sign(&fleet_key);
+    let body = Request::new("web3", &key, &token).sign(&key);
+    // Only `enroll/HOST.json` of the token's host is a request's name.
+    for path in [
+        "/enroll/web4.json",
+        "/enroll/web3",
+        "/enroll/x/web3.json",
+        "/enroll/.x.json",
+    ] {
+        let (status, why) = server.put_report(path, body.clone()).await;
+        assert_eq!(status, 403, "{path}: {why}");
+    }
+    let big = vec![b' '; nixcast_common::enroll::MAX_REQUEST_SIZE + 1];
+    assert_eq!(server.put_report("/enroll/web3.json", big).await.0, 413);
+    assert!(!server.root().join("enroll").exists());
+    let (status, why) = server.put_report("/enroll/web3.json", body.clone()).await;
+    assert_eq!(status, 204, "{why}");
+    assert_eq!(
+        std::fs::read(server.root().join("enroll/web3.json")).unwrap(),
+        body
+    );
+}
