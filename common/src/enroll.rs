@@ -198,15 +198,9 @@ impl Token {
     /// The compact, signed form: one base64url word.
     pub fn sign(&self, key: &SecretKey) -> String {
         let body = serde_json::to_vec(self).expect("a token always serialises");
-        let sig = key.sign(&pae(TOKEN_PAYLOAD_TYPE, &body));
-        let env = Envelope {
-            payload_type: TOKEN_PAYLOAD_TYPE.to_owned(),
-            payload: BASE64.encode(&body),
-            signatures: vec![EnvelopeSignature {
-                keyid: key.name().to_owned(),
-                sig: BASE64.encode(sig.bytes()),
-            }],
-        };
+        let env = Envelope::signed(TOKEN_PAYLOAD_TYPE, &body, |m| {
+            vec![EnvelopeSignature::new(key.name(), key.sign(m).bytes())]
+        });
         BASE64URL_NOPAD.encode(&serde_json::to_vec(&env).expect("an envelope serialises"))
     }
 
@@ -406,18 +400,11 @@ impl Request {
     /// The envelope's JSON bytes, signed with `key` (the one it carries).
     pub fn sign(&self, key: &HostKey) -> Vec<u8> {
         let body = serde_json::to_vec(self).expect("a request always serialises");
-        let sig = key.signing_key().sign(&pae(REQUEST_PAYLOAD_TYPE, &body));
-        let env = Envelope {
-            payload_type: REQUEST_PAYLOAD_TYPE.to_owned(),
-            payload: BASE64.encode(&body),
-            signatures: vec![EnvelopeSignature {
-                keyid: self.host.clone(),
-                sig: BASE64.encode(&sig.to_bytes()),
-            }],
-        };
-        let mut v = serde_json::to_vec_pretty(&env).expect("an envelope always serialises");
-        v.push(b'\n');
-        v
+        Envelope::signed(REQUEST_PAYLOAD_TYPE, &body, |m| {
+            let sig = key.signing_key().sign(m);
+            vec![EnvelopeSignature::new(&self.host, &sig.to_bytes())]
+        })
+        .file_bytes()
     }
 }
 

@@ -243,21 +243,13 @@ impl KeyList {
     /// Signs the list with each of `roots` into an envelope's JSON bytes.
     pub fn sign(&self, roots: &[&SecretKey]) -> Vec<u8> {
         let body = serde_json::to_vec(self).expect("a key list always serialises");
-        let message = pae(PAYLOAD_TYPE, &body);
-        let env = Envelope {
-            payload_type: PAYLOAD_TYPE.to_owned(),
-            payload: BASE64.encode(&body),
-            signatures: roots
+        Envelope::signed(PAYLOAD_TYPE, &body, |m| {
+            roots
                 .iter()
-                .map(|k| EnvelopeSignature {
-                    keyid: k.name().to_owned(),
-                    sig: BASE64.encode(k.sign(&message).bytes()),
-                })
-                .collect(),
-        };
-        let mut v = serde_json::to_vec_pretty(&env).expect("an envelope always serialises");
-        v.push(b'\n');
-        v
+                .map(|k| EnvelopeSignature::new(k.name(), k.sign(m).bytes()))
+                .collect()
+        })
+        .file_bytes()
     }
 }
 

@@ -206,6 +206,38 @@ pub struct EnvelopeSignature {
     pub sig: String,
 }
 
+impl EnvelopeSignature {
+    pub fn new(keyid: &str, sig: &[u8; 64]) -> Self {
+        Self {
+            keyid: keyid.to_owned(),
+            sig: BASE64.encode(sig),
+        }
+    }
+}
+
+impl Envelope {
+    /// `body` of `payload_type`, with the signatures `sign` makes of its
+    /// PAE (every signed object of nixcast is made here).
+    pub fn signed(
+        payload_type: &str,
+        body: &[u8],
+        sign: impl FnOnce(&[u8]) -> Vec<EnvelopeSignature>,
+    ) -> Self {
+        Envelope {
+            payload_type: payload_type.to_owned(),
+            payload: BASE64.encode(body),
+            signatures: sign(&pae(payload_type, body)),
+        }
+    }
+
+    /// The bytes of a file holding it: pretty JSON and a final newline.
+    pub fn file_bytes(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("an envelope always serialises");
+        v.push(b'\n');
+        v
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum PointerError {
     #[error("pointer is {0} bytes, more than the limit of {MAX_ENVELOPE_SIZE}")]
@@ -424,18 +456,10 @@ fn verify_signature(
 
 /// Signs `body` under `payload_type` into an envelope's JSON bytes.
 fn sign_envelope(payload_type: &str, body: &[u8], key: &SecretKey) -> Vec<u8> {
-    let sig = key.sign(&pae(payload_type, body));
-    let env = Envelope {
-        payload_type: payload_type.to_owned(),
-        payload: BASE64.encode(body),
-        signatures: vec![EnvelopeSignature {
-            keyid: key.name().to_owned(),
-            sig: BASE64.encode(sig.bytes()),
-        }],
-    };
-    let mut v = serde_json::to_vec_pretty(&env).expect("an envelope always serialises");
-    v.push(b'\n');
-    v
+    Envelope::signed(payload_type, body, |m| {
+        vec![EnvelopeSignature::new(key.name(), key.sign(m).bytes())]
+    })
+    .file_bytes()
 }
 
 #[cfg(test)]

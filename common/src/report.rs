@@ -317,18 +317,13 @@ impl Report {
             body = serde_json::to_vec(&header).expect("a header always serialises");
             payload_type = SEALED_HEADER_PAYLOAD_TYPE;
         }
-        let sig = key.key.sign(&pae(payload_type, &body));
-        let env = Envelope {
-            payload_type: payload_type.to_owned(),
-            payload: BASE64.encode(&body),
-            signatures: vec![EnvelopeSignature {
-                keyid: self.host.clone(),
-                sig: BASE64.encode(&sig.to_bytes()),
-            }],
-        };
-        let mut v = serde_json::to_vec_pretty(&env).expect("an envelope always serialises");
-        v.push(b'\n');
-        Ok(v)
+        Ok(Envelope::signed(payload_type, &body, |m| {
+            vec![EnvelopeSignature::new(
+                &self.host,
+                &key.key.sign(m).to_bytes(),
+            )]
+        })
+        .file_bytes())
     }
 
     /// Cuts a message to [`MAX_MESSAGE`] bytes on a character boundary.
