@@ -10,6 +10,7 @@ mod bundle;
 mod cache;
 mod cmd;
 mod compress;
+mod delta;
 mod fleet;
 mod gc;
 mod inspect;

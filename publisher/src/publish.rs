@@ -61,6 +61,8 @@ pub struct Summary {
     pub reused_paths: usize,
     pub upstream_paths: usize,
     pub bytes_written: u64,
+    /// New paths that got a NAR delta against the previous generation.
+    pub deltas: usize,
     /// Only staged: the host's pointer was not written.
     pub staged: bool,
 }
@@ -78,7 +80,11 @@ impl std::fmt::Display for Summary {
             self.reused_paths,
             self.upstream_paths,
             nixcast_cli::fmt::human_bytes(self.bytes_written)
-        )
+        )?;
+        if self.deltas > 0 {
+            write!(f, "; {} NAR deltas", self.deltas)?;
+        }
+        Ok(())
     }
 }
 
@@ -112,7 +118,18 @@ pub fn publish(
     let new_paths = plan.jobs.len();
     let (plain, bytes_written) = write_nars(store, target, &mut plan, opts)?;
     write_narinfos(target, plain, &mut plan.entries, opts)?;
-    let manifest_ref = write_manifest(target, host, top, plan.entries, sealed, &prev, opts)?;
+    let (manifest_ref, manifest) =
+        write_manifest(target, host, top, plan.entries, sealed, &prev, opts)?;
+    let deltas = crate::delta::write_deltas(
+        store,
+        target,
+        host,
+        prev.pointer.as_ref(),
+        prev.manifest.as_ref(),
+        &manifest,
+        &manifest_ref,
+        opts,
+    )?;
 
     let pointer = Pointer {
         host: host.to_owned(),
@@ -135,6 +152,7 @@ pub fn publish(
         reused_paths: plan.reused_paths,
         upstream_paths: plan.upstream_paths,
         bytes_written,
+        deltas,
         staged: opts.stage,
     }))
 }
@@ -387,7 +405,7 @@ fn write_narinfos(
 }
 
 /// The manifest (sealed for a sealed host) and the delta from the previous
-/// one; returns what the pointer pins.
+/// one; returns what the pointer pins, and the manifest.
 fn write_manifest(
     target: &Target,
     host: &str,
@@ -396,7 +414,7 @@ fn write_manifest(
     sealed: bool,
     prev: &Previous,
     opts: &Options,
-) -> Result<ManifestRef> {
+) -> Result<(ManifestRef, Manifest)> {
     let manifest = Manifest::new(top.clone(), entries)?;
     let manifest_bytes = manifest.to_json();
     let manifest_ref = if sealed {
@@ -418,7 +436,7 @@ fn write_manifest(
             write_delta(target, host, p, old, &manifest, &manifest_ref, opts)?;
         }
     }
-    Ok(manifest_ref)
+    Ok((manifest_ref, manifest))
 }
 
 /// The signed pointer: into the host's history, then as its current one.
@@ -694,7 +712,7 @@ fn entry_of(ni: &NarInfo) -> Result<Entry> {
 }
 
 /// `f` on every item, `jobs` items at a time; stops at the first error.
-fn parallel<T: Sync, R: Send>(
+pub(crate) fn parallel<T: Sync, R: Send>(
     jobs: usize,
     items: &[T],
     f: impl Fn(&T) -> Result<R> + Sync,

@@ -9,6 +9,7 @@
 mod activate;
 mod cmd;
 mod config;
+mod delta;
 mod fetch;
 mod generations;
 mod host;
