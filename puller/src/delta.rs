@@ -109,7 +109,10 @@ impl Deltas {
             tried.push(*from);
             let key = layout::nar_deltas(&m.sha256, from, sealed);
             if let Some(index) = read_index(cfg, &key, m.sha256, *from, sealed, ids).await {
-                return Self::of(Some(usable(cfg, index, missing)), sealed);
+                let (index, absent) = usable(cfg, index, missing);
+                let deltas = Self::of(Some(index), sealed);
+                deltas.fallbacks.store(absent, Ordering::Relaxed);
+                return deltas;
             }
         }
         Self::none()
@@ -171,8 +174,8 @@ async fn read_index(
 }
 
 /// The entries of `index` for `missing` paths whose base is valid in the
-/// store; the others are counted as fallbacks once the run uses the index.
-fn usable(cfg: &Config, mut index: Index, missing: &[&Entry]) -> Index {
+/// store, and how many had a base that is not (fetched whole: fallbacks).
+fn usable(cfg: &Config, mut index: Index, missing: &[&Entry]) -> (Index, u64) {
     let wanted: std::collections::HashSet<&StorePath> =
         missing.iter().map(|e| &e.store_path).collect();
     index.deltas.retain(|d| wanted.contains(&d.store_path));
@@ -183,19 +186,22 @@ fn usable(cfg: &Config, mut index: Index, missing: &[&Entry]) -> Index {
             tracing::warn!(
                 "cannot ask Nix which delta bases are valid ({e:#}); fetching full NARs"
             );
+            let n = index.deltas.len() as u64;
             index.deltas.clear();
-            return index;
+            return (index, n);
         }
     };
-    if !absent.is_empty() {
-        tracing::info!(
-            bases = absent.len(),
-            "delta bases not in the store; their paths are fetched whole"
+    let before = index.deltas.len();
+    index.deltas.retain(|d| !absent.contains(&d.base));
+    let dropped = (before - index.deltas.len()) as u64;
+    if dropped > 0 {
+        tracing::warn!(
+            paths = dropped,
+            "delta bases not valid in the store (deleted?); those paths are fetched whole"
         );
     }
-    index.deltas.retain(|d| !absent.contains(&d.base));
     tracing::info!(deltas = index.deltas.len(), "NAR-delta index verified");
-    index
+    (index, dropped)
 }
 
 /// Why a delta was not used.
@@ -243,6 +249,8 @@ pub async fn rebuild(
     }
 }
 
+/// The base first (a damaged one costs no download), then the delta, then
+/// the NAR rebuilt from both.
 #[allow(clippy::too_many_arguments)]
 async fn rebuild_one(
     source: &Source,
@@ -260,6 +268,13 @@ async fn rebuild_one(
         .acquire_many(need)
         .await
         .expect("never closed");
+    let base = {
+        let _slot = slots.decoder().await;
+        let d2 = d.clone();
+        tokio::task::spawn_blocking(move || base_nar(&d2))
+            .await
+            .unwrap_or_else(|j| Err(Why::Base(j.to_string())))?
+    };
     let bytes = source
         .get_small(&d.url, d.file_size)
         .await
@@ -272,8 +287,8 @@ async fn rebuild_one(
     progress.fetch_add(bytes.len() as u64, Ordering::Relaxed);
     check_file(&bytes, d)?;
     let _slot = slots.decoder().await;
-    let (e2, d2, ids, sealed) = (e.clone(), d.clone(), ids.clone(), deltas.sealed);
-    tokio::task::spawn_blocking(move || decode(&bytes, &e2, &d2, &dest, &ids, sealed))
+    let (e2, ids, sealed) = (e.clone(), ids.clone(), deltas.sealed);
+    tokio::task::spawn_blocking(move || decode(&bytes, &base, &e2, &dest, &ids, sealed))
         .await
         .unwrap_or_else(|j| Err(Why::Decode(j.to_string())))?;
     Ok(d.file_size)
@@ -293,17 +308,16 @@ fn check_file(bytes: &[u8], d: &NarDelta) -> Result<(), Why> {
     Ok(())
 }
 
-/// The base's NAR from the store, then the delta decoded against it into a
+/// The delta (opened if sealed) decoded against the base's NAR into a
 /// verified staged NAR at `dest`.
 fn decode(
     delta: &[u8],
+    base: &[u8],
     e: &Entry,
-    d: &NarDelta,
     dest: &Path,
     ids: &[Identity],
     sealed: bool,
 ) -> Result<(), Why> {
-    let base = base_nar(d)?;
     if !sealed {
         return patch(delta, &base, e, dest);
     }

@@ -7,6 +7,7 @@
 
 mod bundle;
 mod canary;
+mod delta;
 mod fleet;
 mod fleet_host;
 mod gc;
