@@ -8,7 +8,9 @@
 //! Deletion runs in the reverse of the publish order (pointers, manifests,
 //! narinfos, NARs): no reader ever sees an object that names a missing one.
 //! Sealed manifests are opened with `--identity`; without one, nothing under
-//! `sealed/` is deleted.
+//! `sealed/` is deleted. A NAR-delta index lives as long as the manifest it
+//! is for, and the delta files a kept generation's index names stay with it;
+//! other files under `deltas/` go.
 //!
 //! Which generations are kept is read from pointers anyone who can write
 //! the cache could plant. With `--trusted-key-file`, a host's current
@@ -29,9 +31,9 @@ use nixcast_common::seal::Identity;
 
 use nixcast_common::pointer::Pointer;
 
-use crate::cache::{read_manifest, read_pointer};
+use crate::cache::{read_manifest, read_nar_deltas, read_pointer};
 use crate::target::Target;
-use nixcast_common::PublicKey;
+use nixcast_common::{PublicKey, Sha256Hash};
 
 pub fn gc(
     target: &Target,
@@ -79,6 +81,7 @@ fn live_objects(
         sealed_unknown: false,
         dropped_pointers: Vec::new(),
     };
+    let indexes = nar_delta_indexes(target)?;
     for (key, _, _) in target.entries(layout::HOSTS_DIR)? {
         let Some(Key::Pointer(host)) = Key::parse(&key) else {
             continue;
@@ -96,9 +99,41 @@ fn live_objects(
                     .insert(Key::Narinfo(e.store_path.hash_part().to_owned()));
                 live.keys.extend(Key::parse(&e.url));
             }
+            for index in indexes.get(&p.manifest.sha256).into_iter().flatten() {
+                live.keys.extend(delta_files(target, index, ids));
+            }
         }
     }
     Ok(live)
+}
+
+/// The NAR-delta indexes of the cache, by the manifest they are for (each
+/// lives as long as that manifest: `Key::owner`).
+fn nar_delta_indexes(target: &Target) -> Result<BTreeMap<Sha256Hash, Vec<Key>>> {
+    let mut out: BTreeMap<Sha256Hash, Vec<Key>> = BTreeMap::new();
+    for dir in [layout::MANIFESTS_DIR, layout::SEALED_DIR] {
+        for (key, _, _) in target.entries(dir)? {
+            match Key::parse(&key) {
+                Some(k @ Key::NarDeltas { new, .. })
+                | Some(k @ Key::SealedNarDeltas { new, .. }) => out.entry(new).or_default().push(k),
+                _ => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The delta files a kept generation's index names. One that cannot be
+/// read keeps none: agents then fetch full NARs.
+fn delta_files(target: &Target, index: &Key, ids: &[Identity]) -> Vec<Key> {
+    match read_nar_deltas(target, index, ids) {
+        Ok(Some((_, i))) => i.deltas.iter().filter_map(|d| Key::parse(&d.url)).collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            tracing::warn!("the deltas {index} names are not kept: {e:#}");
+            Vec::new()
+        }
+    }
 }
 
 /// The current pointer of `host` and its last `keep` history pointers
@@ -182,7 +217,7 @@ fn doomed_objects(
     for dir in [layout::MANIFESTS_DIR, ""]
         .into_iter()
         .chain(sealed_dirs.iter().copied())
-        .chain([layout::NAR_DIR])
+        .chain([layout::DELTAS_DIR, layout::NAR_DIR])
     {
         for (key, size, mtime) in target.entries(dir)? {
             let unreferenced = match Key::parse(&key) {
@@ -366,5 +401,45 @@ mod tests {
             cache.exists(&planted_key),
             "an unverified entry is left alone"
         );
+    }
+
+    /// Each generation's NAR-delta index lives as long as its manifest, and
+    /// the deltas it names with it; the rest goes.
+    #[test]
+    fn the_deltas_of_kept_generations_stay_and_the_others_go() {
+        let cache = Cache::new();
+        let mut store = FakeStore::new();
+        let text = |v: u32| -> String {
+            (0..500)
+                .map(|i| format!("line {i} of {}\n", if i == 7 { v } else { 0 }))
+                .collect()
+        };
+        for n in 1..=3 {
+            let lib = store.add(&format!("lib-{n}"), &text(n), &[]);
+            let top = store.add(&format!("system-{n}"), &n.to_string(), &[&lib]);
+            cache.publish(&store, &top, false);
+        }
+        let indexes: Vec<(u64, Key, Vec<String>)> = (2..=3)
+            .map(|g| {
+                let p = cache.pointer(&layout::history(HOST, g));
+                let prev = cache.pointer(&layout::history(HOST, g - 1));
+                let key = Key::NarDeltas {
+                    new: p.manifest.sha256,
+                    old: prev.manifest.sha256,
+                };
+                let (_, i) = read_nar_deltas(&cache.target, &key, &[]).unwrap().unwrap();
+                assert!(!i.deltas.is_empty());
+                (g, key, i.deltas.iter().map(|d| d.url.clone()).collect())
+            })
+            .collect();
+        let keys = [cache.key.public()];
+        gc(&cache.target, 1, Duration::ZERO, &[], &keys, false).unwrap();
+        for (g, key, urls) in &indexes {
+            let kept = *g == 3;
+            assert_eq!(cache.exists(&key.to_string()), kept, "{key}");
+            for url in urls {
+                assert_eq!(cache.exists(url), kept, "{url} of generation {g}");
+            }
+        }
     }
 }
