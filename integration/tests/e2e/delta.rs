@@ -279,3 +279,93 @@ fn an_index_that_does_not_verify_is_refused_and_full_nars_used() {
         serde_json::from_slice(&std::fs::read(u.index_file()).unwrap()).unwrap();
     assert_eq!(env.payload_type, nardelta::PAYLOAD_TYPE);
 }
+
+/// A sealed host's deltas are sealed to whom its NARs are, its index is
+/// signed and then sealed, and nothing of either generation is readable in
+/// the cache; its agent rebuilds its paths from them all the same.
+#[test]
+fn a_sealed_hosts_deltas_are_sealed() {
+    let (work, cache, keys) = scene();
+    let (identity, public) = ssh_key(work.path(), "web1");
+    let recipients = work.path().join("fleet.recipients");
+    std::fs::write(&recipients, format!("web1 {public}\n")).unwrap();
+    // Sixty packages make etc large enough that a sealed delta (with its
+    // age header) is worth it.
+    let build = |version| {
+        Fixture {
+            host: "web1",
+            version,
+            n: 60,
+            ..Default::default()
+        }
+        .build()
+    };
+    let (gen1, gen2) = (build("sealed-secret-1"), build("sealed-secret-2"));
+    let rf = ["--recipients-file", recipients.to_str().unwrap()];
+    publish(&cache, "web1", &gen1, &keys, &rf);
+    let server = Server::start(&cache);
+    let vm = Vm::new();
+    let pull = || {
+        let out = vm
+            .agent(&[
+                "run",
+                "--cache",
+                &server.url,
+                "--host",
+                "web1",
+                "--trusted-key",
+                &keys.public_text,
+                "--state-dir",
+                "/nix/var/nixcast",
+                "--allow-insecure-http",
+                "--identity",
+                identity.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        out
+    };
+    pull();
+    let summary = stdout(&publish(&cache, "web1", &gen2, &keys, &rf));
+    assert!(summary.contains("NAR deltas"), "{summary}");
+    server.take_requests();
+    let out = pull();
+    assert!(vm.valid(&closure(&gen2)));
+    let status = vm.status();
+    assert!(
+        status["lastRunDeltaPaths"].as_u64().unwrap() >= 1,
+        "{status}\n{}",
+        stderr(&out)
+    );
+    let reqs = server.take_requests();
+    assert!(nar_requests(&reqs).is_empty(), "{reqs:?}");
+    assert!(delta_requests(&reqs).is_empty(), "{reqs:?}");
+    assert!(
+        reqs.iter()
+            .any(|r| r.starts_with("/sealed/") && r.contains(".nars-from-")),
+        "{reqs:?}"
+    );
+    assert!(files(&cache, "deltas").is_empty(), "no plain delta");
+    assert!(
+        !files(&cache, "manifests")
+            .iter()
+            .any(|n| n.contains(".nars-from-")),
+        "no plain index"
+    );
+    let mut needles = vec!["sealed-secret".to_owned()];
+    for top in [&gen1, &gen2] {
+        for p in closure(top) {
+            needles.push(p.trim_start_matches("/nix/store/")[..32].to_owned());
+        }
+    }
+    for (file, bytes) in &crate::sealed::readable_contents(&cache) {
+        for n in &needles {
+            assert!(
+                !crate::sealed::contains(bytes, n),
+                "{} reveals {n:?}",
+                file.display()
+            );
+        }
+    }
+}
