@@ -59,7 +59,7 @@ pub fn write_deltas(
     new_ref: &ManifestRef,
     opts: &Options,
 ) -> Result<usize> {
-    let (Some(prev), Some(old)) = (prev, old) else {
+    let (Some(prev), Some(old), true) = (prev, old, opts.deltas) else {
         return Ok(0);
     };
     let sealed = new_ref.sealed.is_some();

@@ -36,6 +36,8 @@ pub struct Options {
     /// Write everything but the host's pointer: the history entry is the
     /// staged pointer, which `nixcast promote` makes current.
     pub stage: bool,
+    /// Write NAR deltas against the host's previous generation (`delta.rs`).
+    pub deltas: bool,
     /// The issue time of every pointer of this command, which makes its
     /// hosts' generations one release (`promote --after` compares it);
     /// `None`: each host's own time.
