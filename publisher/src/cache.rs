@@ -55,8 +55,9 @@ pub fn read_nar_deltas(
         return Ok(None);
     };
     let envelope = match key {
-        Key::SealedNarDeltas { .. } => reader::open_sealed(ids, &stored, nardelta::MAX_SIZE)
-            .with_context(|| format!("{name}"))?,
+        Key::SealedNarDeltas { .. } => {
+            reader::open_sealed(ids, &stored, nardelta::MAX_SIZE).with_context(|| name.clone())?
+        }
         _ => stored.clone(),
     };
     let index =

@@ -30,10 +30,11 @@ use nixcast_common::manifest::{Entry, Manifest};
 use nixcast_common::nardelta::{self, DeltaCompression, Index, NarDelta};
 use nixcast_common::pointer::{ManifestRef, Pointer};
 use nixcast_common::seal::{self, Recipient};
-use nixcast_common::{nar, Sha256Hash};
+use nixcast_common::{nar, SecretKey, Sha256Hash};
 
 use crate::nix::Store;
-use crate::publish::{parallel, Options};
+use crate::parallel::parallel;
+use crate::sealing::Sealing;
 use crate::target::Target;
 
 /// zstd level of a delta: most of a patch is long matches into the base,
@@ -44,24 +45,27 @@ pub const LEVEL: i32 = 9;
 /// A delta is kept when smaller than this share of the compressed NAR.
 const KEEP_BELOW_PERCENT: u64 = 50;
 
-/// Writes the deltas of `new` against the previous generation, then their
-/// index; returns how many paths got one. Called after the manifest and
-/// before the pointer: every delta is in place before the index that names
-/// it, and the index before the pointer that makes agents ask for it.
-#[allow(clippy::too_many_arguments)]
+/// What a publish gives the deltas: its key, its parallelism, its sealing.
+pub struct Settings<'a> {
+    pub key: &'a SecretKey,
+    pub jobs: usize,
+    pub sealing: &'a Sealing,
+}
+
+/// Writes the deltas of `new` against the previous generation (its pointer
+/// and manifest), then their index; returns how many paths got one. Called
+/// after the manifest and before the pointer: every delta is in place
+/// before the index that names it, and the index before the pointer that
+/// makes agents ask for it.
 pub fn write_deltas(
     store: &dyn Store,
     target: &Target,
     host: &str,
-    prev: Option<&Pointer>,
-    old: Option<&Manifest>,
+    (prev, old): (&Pointer, &Manifest),
     new: &Manifest,
     new_ref: &ManifestRef,
-    opts: &Options,
+    opts: &Settings,
 ) -> Result<usize> {
-    let (Some(prev), Some(old), true) = (prev, old, opts.deltas) else {
-        return Ok(0);
-    };
     let sealed = new_ref.sealed.is_some();
     if prev.manifest == *new_ref || (prev.manifest.sealed.is_some() && !sealed) {
         return Ok(0);
@@ -100,13 +104,13 @@ fn write_index(
     host: &str,
     index: &Index,
     sealed: bool,
-    opts: &Options,
+    opts: &Settings,
 ) -> Result<()> {
     target.sync()?;
     let key = layout::nar_deltas(&index.manifest, &index.from, sealed);
-    let signed = index.sign(&opts.key);
+    let signed = index.sign(opts.key);
     if sealed {
-        let to = opts.sealing.manifest_recipients(host, &opts.key);
+        let to = opts.sealing.manifest_recipients(host, opts.key);
         target.put(&key, &seal::seal_bytes(&to, &signed)?)
     } else {
         target.put(&key, &signed)

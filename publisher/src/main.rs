@@ -17,6 +17,7 @@ mod inspect;
 mod keygen;
 mod keys;
 mod nix;
+mod parallel;
 mod promote;
 mod publish;
 mod sealing;

@@ -6,8 +6,6 @@
 
 use std::io::BufWriter;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -19,6 +17,7 @@ use nixcast_common::seal::{self, Identity, Recipient};
 use nixcast_common::{layout, SecretKey, Sha256Hash, StorePath};
 
 use crate::nix::{PathInfo, Store};
+use crate::parallel::parallel;
 use crate::target::Target;
 
 pub const NIX_CACHE_INFO: &str = layout::NIX_CACHE_INFO_TEXT;
@@ -122,16 +121,25 @@ pub fn publish(
     write_narinfos(target, plain, &mut plan.entries, opts)?;
     let (manifest_ref, manifest) =
         write_manifest(target, host, top, plan.entries, sealed, &prev, opts)?;
-    let deltas = crate::delta::write_deltas(
-        store,
-        target,
-        host,
-        prev.pointer.as_ref(),
-        prev.manifest.as_ref(),
-        &manifest,
-        &manifest_ref,
-        opts,
-    )?;
+    let deltas = match (&prev.pointer, &prev.manifest, opts.deltas) {
+        (Some(p), Some(old), true) => {
+            let with = crate::delta::Settings {
+                key: &opts.key,
+                jobs: opts.jobs,
+                sealing: &opts.sealing,
+            };
+            crate::delta::write_deltas(
+                store,
+                target,
+                host,
+                (p, old),
+                &manifest,
+                &manifest_ref,
+                &with,
+            )?
+        }
+        _ => 0,
+    };
 
     let pointer = Pointer {
         host: host.to_owned(),
@@ -711,38 +719,6 @@ fn entry_of(ni: &NarInfo) -> Result<Entry> {
         cache: None,
         sealed_to: None,
     })
-}
-
-/// `f` on every item, `jobs` items at a time; stops at the first error.
-pub(crate) fn parallel<T: Sync, R: Send>(
-    jobs: usize,
-    items: &[T],
-    f: impl Fn(&T) -> Result<R> + Sync,
-) -> Result<Vec<R>> {
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let results = Mutex::new(Vec::with_capacity(items.len()));
-    std::thread::scope(|s| {
-        for _ in 0..jobs.max(1).min(items.len().max(1)) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= items.len() || failed.load(Ordering::Relaxed) {
-                    break;
-                }
-                let r = f(&items[i]);
-                failed.fetch_or(r.is_err(), Ordering::Relaxed);
-                results
-                    .lock()
-                    .expect("no worker panics while holding it")
-                    .push(r);
-            });
-        }
-    });
-    results
-        .into_inner()
-        .expect("workers are done")
-        .into_iter()
-        .collect()
 }
 
 /// Dumps, checks, compresses and stores the NAR of one path; returns its

@@ -319,13 +319,13 @@ fn decode(
     sealed: bool,
 ) -> Result<(), Why> {
     if !sealed {
-        return patch(delta, &base, e, dest);
+        return patch(delta, base, e, dest);
     }
     let opened =
         seal::open(ids, delta).map_err(|err| Why::Decode(format!("cannot open it: {err}")))?;
     patch(
         io::BufReader::with_capacity(64 << 10, opened),
-        &base,
+        base,
         e,
         dest,
     )

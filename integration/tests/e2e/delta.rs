@@ -369,3 +369,123 @@ fn a_sealed_hosts_deltas_are_sealed() {
         }
     }
 }
+
+fn bundle(cache: &Path, out: &Path, base: &[&str]) -> String {
+    stdout(&ok(nixcast()
+        .args(["bundle", "--host", "foobar", "--cache"])
+        .arg(cache)
+        .arg("--output")
+        .arg(out)
+        .args(base)))
+}
+
+fn pull_bundle(vm: &Vm, file: &Path, keys: &Keys) -> std::process::Output {
+    let out = vm
+        .agent(&[
+            "run",
+            "--bundle",
+            file.to_str().unwrap(),
+            "--host",
+            "foobar",
+            "--trusted-key",
+            &keys.public_text,
+            "--state-dir",
+            "/nix/var/nixcast",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    out
+}
+
+/// `bundle --base 1` carries generation 2's new paths as deltas with their
+/// index, and a host at generation 1 applies it offline.
+#[test]
+fn a_delta_bundle_applies_offline() {
+    let (work, cache, keys) = scene();
+    let gen1 = Fixture::default().build();
+    let gen2 = Fixture {
+        version: "2",
+        ..Default::default()
+    }
+    .build();
+    publish(&cache, "foobar", &gen1, &keys, &[]);
+    let (full1, full2, update) = (
+        work.path().join("full1.nixcast"),
+        work.path().join("full2.nixcast"),
+        work.path().join("update.nixcast"),
+    );
+    bundle(&cache, &full1, &[]);
+    publish(&cache, "foobar", &gen2, &keys, &[]);
+    bundle(&cache, &full2, &[]);
+    let text = bundle(&cache, &update, &["--base", "1"]);
+    assert!(
+        text.contains("2 NARs of") && text.contains("(2 of them as deltas)"),
+        "{text}"
+    );
+    let listing = stdout(&ok(std::process::Command::new("tar")
+        .arg("tf")
+        .arg(&update)));
+    assert!(!listing.contains("nar/"), "{listing}");
+    assert_eq!(listing.matches("deltas/").count(), 2, "{listing}");
+    assert!(listing.contains(".nars-from-"), "{listing}");
+
+    let vm = Vm::new();
+    pull_bundle(&vm, &full1, &keys);
+    pull_bundle(&vm, &update, &keys);
+    assert!(vm.valid(&closure(&gen2)));
+    assert_eq!(vm.switch_log().last().unwrap(), &format!("switch {gen2}"));
+    assert_eq!(vm.status()["lastRunDeltaPaths"], 2);
+    let size = |f: &Path| std::fs::metadata(f).unwrap().len();
+    assert!(
+        size(&update) < size(&full2),
+        "{} vs {}",
+        size(&update),
+        size(&full2)
+    );
+}
+
+/// gc keeps the index of a kept generation and the deltas it names, and
+/// deletes those of a generation no longer kept.
+#[test]
+fn gc_keeps_the_deltas_of_kept_generations_only() {
+    let (_work, cache, keys) = scene();
+    for v in ["1", "2", "3"] {
+        let top = Fixture {
+            version: v,
+            ..Default::default()
+        }
+        .build();
+        publish(&cache, "foobar", &top, &keys, &[]);
+    }
+    let indexes: Vec<(String, Index)> = files(&cache, "manifests")
+        .into_iter()
+        .filter(|n| n.contains(".nars-from-"))
+        .map(|n| {
+            let path = cache.join("manifests").join(&n);
+            (
+                n,
+                nardelta::decode_unverified(&std::fs::read(path).unwrap()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(indexes.len(), 2);
+    let public = cache.parent().unwrap().join("fleet-1.pub");
+    ok(nixcast()
+        .args(["gc", "--keep", "1", "--grace", "0s", "--cache"])
+        .arg(&cache)
+        .arg("--trusted-key-file")
+        .arg(&public));
+    let current =
+        pointer::decode_unverified(&std::fs::read(cache.join("hosts/foobar.json")).unwrap())
+            .unwrap();
+    let kept_manifest = current.manifest.sha256.to_hex();
+    for (name, index) in &indexes {
+        let kept = name.starts_with(&kept_manifest);
+        assert_eq!(cache.join("manifests").join(name).exists(), kept, "{name}");
+        for d in &index.deltas {
+            assert_eq!(cache.join(&d.url).exists(), kept, "{} of {name}", d.url);
+        }
+    }
+    assert_eq!(files(&cache, "deltas").len(), 2);
+}
