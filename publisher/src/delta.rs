@@ -266,6 +266,7 @@ fn plain_sha(p: &Pointer) -> Sha256Hash {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nixcast_common::manifest::Compression;
     use std::io::Read;
 
     #[test]
@@ -279,6 +280,73 @@ mod tests {
         assert_eq!(window_log(1 << 20), 20);
         assert_eq!(window_log((1 << 20) + 1), 21);
         assert_eq!(window_log(nardelta::MAX_NAR * 2), nardelta::WINDOW_LOG_MAX);
+    }
+
+    fn entry(name: &str, n: u8, nar_size: u64) -> Entry {
+        let h = nixcast_common::nixbase32::encode(&[n; 20]);
+        let store_path = format!("/nix/store/{h}-{name}").parse().unwrap();
+        let file_hash = Sha256Hash::digest(&[n]);
+        Entry {
+            store_path,
+            nar_hash: Sha256Hash::digest(name.as_bytes()),
+            nar_size,
+            references: vec![],
+            deriver: None,
+            sigs: vec![],
+            url: nixcast_common::manifest::nar_url(&file_hash, Compression::Xz),
+            compression: Compression::Xz,
+            file_hash,
+            file_size: nar_size / 2,
+            cache: None,
+            sealed_to: None,
+        }
+    }
+
+    fn manifest(entries: Vec<Entry>) -> Manifest {
+        let top = entries[0].store_path.clone();
+        Manifest::new(top, entries).unwrap()
+    }
+
+    /// The same name first, then the same name without its version, the
+    /// closest in size; nothing for a path the old generation holds, nor
+    /// beyond the size cap.
+    #[test]
+    fn bases_are_old_paths_of_the_same_name() {
+        let shared = entry("shared", 9, 100);
+        let old = manifest(vec![
+            entry("system-1", 1, 100),
+            entry("etc", 2, 1000),
+            entry("etc", 3, 5000),
+            entry("hello-2.12", 4, 800),
+            entry("huge", 5, nardelta::MAX_NAR + 1),
+            shared.clone(),
+        ]);
+        let new = manifest(vec![
+            entry("system-2", 11, 100),
+            entry("etc", 12, 4000),
+            entry("hello-2.13", 13, 900),
+            entry("huge", 14, 10),
+            entry("other", 15, 10),
+            shared,
+        ]);
+        let mut picked: Vec<(String, String)> = pick_bases(&old, &new)
+            .iter()
+            .map(|(e, b)| {
+                (
+                    e.store_path.name().to_owned(),
+                    b.store_path.hash_part().to_owned(),
+                )
+            })
+            .collect();
+        let hash_of = |n: u8| nixcast_common::nixbase32::encode(&[n; 20]);
+        let mut want = vec![
+            ("etc".to_owned(), hash_of(3)),
+            ("hello-2.13".to_owned(), hash_of(4)),
+            ("system-2".to_owned(), hash_of(1)),
+        ];
+        want.sort();
+        picked.sort();
+        assert_eq!(picked, want);
     }
 
     /// What the encoder writes decodes, with the same base as prefix, to the
