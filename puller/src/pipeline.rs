@@ -142,6 +142,7 @@ async fn attempt(
         slots: &slots,
         ids,
         deltas,
+        spooling: tokio::sync::Semaphore::new(spooled_at_once()),
     };
     let mut downloads = downloads(cfg, staging, order, &ports);
     loop {
@@ -171,6 +172,7 @@ struct Ports<'a> {
     slots: &'a fetch::Slots,
     ids: &'a Arc<[Identity]>,
     deltas: &'a Deltas,
+    spooling: tokio::sync::Semaphore,
 }
 
 /// The downloads of `order`, each NAR verified into staging as it comes;
@@ -195,8 +197,12 @@ fn downloads<'a>(
         Some(url) if !p.upstreams.is_empty() => &p.upstreams[url],
         _ => &cfg.ports.source,
     };
-    let (spooled, small): (Vec<&Entry>, Vec<&Entry>) =
-        order.into_iter().partition(|e| staging::spools(e));
+    // A path rebuilt from a delta spools nothing (the delta is in memory,
+    // the base bounded by `delta.rs`): it goes with the small ones, many
+    // round trips at once, whatever its size.
+    let (spooled, small): (Vec<&Entry>, Vec<&Entry>) = order
+        .into_iter()
+        .partition(|e| staging::spools(e) && p.deltas.get(e).is_none());
     let fetch = move |e: &'a Entry| {
         let progress = p.progress.clone();
         async move {
@@ -207,6 +213,12 @@ fn downloads<'a>(
             {
                 return Ok((e, n));
             }
+            // A large NAR fetched whole spools, at most `spooled_at_once`
+            // of them, whichever stream it came by.
+            let _spool = match staging::spools(e) {
+                true => Some(p.spooling.acquire().await.expect("never closed")),
+                false => None,
+            };
             fetch::fetch_one(source_of(e), staging, e, progress, p.slots, p.ids)
                 .await
                 .map(|n| (e, n))
