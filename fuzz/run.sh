@@ -22,7 +22,7 @@ case $seconds in
     exit 2
     ;;
 esac
-targets=(nar narinfo pointer manifest sealed keylist report enroll)
+targets=(nar narinfo pointer manifest sealed keylist report enroll nardelta)
 export RUSTC_BOOTSTRAP=1
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

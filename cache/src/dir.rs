@@ -71,6 +71,7 @@ impl Dir {
         for sub in [
             "",
             layout::NAR_DIR,
+            layout::DELTAS_DIR,
             layout::MANIFESTS_DIR,
             layout::SEALED_DIR,
             layout::HOSTS_DIR,
@@ -345,6 +346,8 @@ mod tests {
             },
             Key::Pointer("web".into()),
             Key::Report("web".into()),
+            Key::NarDelta(h),
+            Key::NarDeltas { new: h, old: h },
         ];
         for k in &keys {
             now(dir.put(&k.to_string(), Body::Bytes(b"x".to_vec()))).unwrap();
@@ -364,7 +367,7 @@ mod tests {
         // interrupted one may have left.
         let later = Dir::new(d.path());
         let flushed = later.to_sync();
-        for sub in ["", "nar", "manifests", "sealed", "hosts"] {
+        for sub in ["", "nar", "deltas", "manifests", "sealed", "hosts"] {
             assert!(flushed.contains(&d.path().join(sub)), "{sub:?} not flushed");
         }
     }

@@ -8,6 +8,9 @@
 //! sealed/<sha256>                         a sealed NAR, manifest or delta,
 //!                                         named by the sha256 of its bytes
 //! sealed/<new>.from-<old>                 a sealed manifest delta
+//! manifests/<new>.nars-from-<old>.json    the NAR-delta index between two manifests
+//! sealed/<new>.nars-from-<old>            a sealed host's NAR-delta index, sealed
+//! deltas/<filehash>.nar.zst-patch         a NAR as a zstd patch against another NAR
 //! hosts/<host>.json                       a host's current pointer (a retired
 //!                                         host's tombstone)
 //! hosts/<host>/<generation>.json          every pointer ever published
@@ -40,6 +43,9 @@ pub const NIX_CACHE_INFO_TEXT: &str = "StoreDir: /nix/store\nWantMassQuery: 1\nP
 pub const NAR_DIR: &str = "nar";
 pub const MANIFESTS_DIR: &str = "manifests";
 pub const SEALED_DIR: &str = "sealed";
+pub const DELTAS_DIR: &str = "deltas";
+/// The suffix of a NAR delta's name (`deltas/<filehash>.nar.zst-patch`).
+pub const DELTA_EXT: &str = ".nar.zst-patch";
 pub const HOSTS_DIR: &str = "hosts";
 pub const REPORTS_DIR: &str = "reports";
 pub const KEY_LIST: &str = "keys.json";
@@ -71,6 +77,17 @@ pub enum Key {
         new: Sha256Hash,
         old_plain: Sha256Hash,
     },
+    /// `manifests/<new>.nars-from-<old>.json`: the signed NAR-delta index
+    /// (see `nardelta`) for hosts that hold the manifest `old`.
+    NarDeltas { new: Sha256Hash, old: Sha256Hash },
+    /// `sealed/<new>.nars-from-<old_plain>`: a sealed host's index, sealed.
+    SealedNarDeltas {
+        new: Sha256Hash,
+        old_plain: Sha256Hash,
+    },
+    /// `deltas/<filehash>.nar.zst-patch`: a NAR as a zstd patch against
+    /// another NAR, named by the sha256 of its bytes.
+    NarDelta(Sha256Hash),
     /// `hosts/<host>.json`: the host's pointer, or its tombstone.
     Pointer(String),
     /// `hosts/<host>/<generation>.json`.
@@ -133,6 +150,12 @@ impl Key {
             }
             [MANIFESTS_DIR, name] => {
                 let name = name.strip_suffix(".json")?;
+                if let Some((new, old)) = name.split_once(".nars-from-") {
+                    return Some(Key::NarDeltas {
+                        new: hex(new)?,
+                        old: hex(old)?,
+                    });
+                }
                 match name.split_once(".from-") {
                     None => Some(Key::Manifest(hex(name)?)),
                     Some((new, old)) => Some(Key::ManifestDelta {
@@ -141,13 +164,27 @@ impl Key {
                     }),
                 }
             }
-            [SEALED_DIR, name] => match name.split_once(".from-") {
-                None => Some(Key::Sealed(hex(name)?)),
-                Some((new, old)) => Some(Key::SealedDelta {
-                    new: hex(new)?,
-                    old_plain: hex(old)?,
-                }),
-            },
+            [SEALED_DIR, name] => {
+                if let Some((new, old)) = name.split_once(".nars-from-") {
+                    return Some(Key::SealedNarDeltas {
+                        new: hex(new)?,
+                        old_plain: hex(old)?,
+                    });
+                }
+                match name.split_once(".from-") {
+                    None => Some(Key::Sealed(hex(name)?)),
+                    Some((new, old)) => Some(Key::SealedDelta {
+                        new: hex(new)?,
+                        old_plain: hex(old)?,
+                    }),
+                }
+            }
+            [DELTAS_DIR, name] => {
+                let hash = name.strip_suffix(DELTA_EXT)?;
+                Some(Key::NarDelta(Sha256Hash(
+                    nixbase32::decode::<32>(hash.as_bytes()).ok()?,
+                )))
+            }
             [HOSTS_DIR, name] => Some(Key::Pointer(host_json(name)?)),
             [HOSTS_DIR, host, name] => {
                 check_host(host).ok()?;
@@ -171,8 +208,13 @@ impl Key {
         match self {
             Key::CacheInfo | Key::Narinfo(_) => String::new(),
             Key::Nar { .. } => NAR_DIR.to_owned(),
-            Key::Manifest(_) | Key::ManifestDelta { .. } => MANIFESTS_DIR.to_owned(),
-            Key::Sealed(_) | Key::SealedDelta { .. } => SEALED_DIR.to_owned(),
+            Key::Manifest(_) | Key::ManifestDelta { .. } | Key::NarDeltas { .. } => {
+                MANIFESTS_DIR.to_owned()
+            }
+            Key::Sealed(_) | Key::SealedDelta { .. } | Key::SealedNarDeltas { .. } => {
+                SEALED_DIR.to_owned()
+            }
+            Key::NarDelta(_) => DELTAS_DIR.to_owned(),
             Key::Pointer(_) => HOSTS_DIR.to_owned(),
             Key::History { host, .. } => history_dir(host),
             Key::Report(_) => REPORTS_DIR.to_owned(),
@@ -190,7 +232,10 @@ impl Key {
             | Key::Manifest(_)
             | Key::ManifestDelta { .. }
             | Key::Sealed(_)
-            | Key::SealedDelta { .. } => Lifetime::Immutable,
+            | Key::SealedDelta { .. }
+            | Key::NarDeltas { .. }
+            | Key::SealedNarDeltas { .. }
+            | Key::NarDelta(_) => Lifetime::Immutable,
             Key::History { .. } | Key::KeyListHistory(_) => Lifetime::History,
             Key::Narinfo(_) => Lifetime::Narinfo,
             Key::CacheInfo
@@ -203,12 +248,12 @@ impl Key {
         }
     }
 
-    /// What must stay for this object to be of use: a delta lives as long
-    /// as the manifest it makes.
+    /// What must stay for this object to be of use: a delta, or a NAR-delta
+    /// index, lives as long as the manifest it is for.
     pub fn owner(&self) -> Key {
         match self {
-            Key::ManifestDelta { new, .. } => Key::Manifest(*new),
-            Key::SealedDelta { new, .. } => Key::Sealed(*new),
+            Key::ManifestDelta { new, .. } | Key::NarDeltas { new, .. } => Key::Manifest(*new),
+            Key::SealedDelta { new, .. } | Key::SealedNarDeltas { new, .. } => Key::Sealed(*new),
             k => k.clone(),
         }
     }
@@ -242,6 +287,19 @@ impl fmt::Display for Key {
                 new.to_hex(),
                 old_plain.to_hex()
             ),
+            Key::NarDeltas { new, old } => write!(
+                f,
+                "{MANIFESTS_DIR}/{}.nars-from-{}.json",
+                new.to_hex(),
+                old.to_hex()
+            ),
+            Key::SealedNarDeltas { new, old_plain } => write!(
+                f,
+                "{SEALED_DIR}/{}.nars-from-{}",
+                new.to_hex(),
+                old_plain.to_hex()
+            ),
+            Key::NarDelta(h) => write!(f, "{DELTAS_DIR}/{}{DELTA_EXT}", h.to_nixbase32()),
             Key::Pointer(host) => write!(f, "{HOSTS_DIR}/{host}.json"),
             Key::History { host, generation } => {
                 write!(f, "{HOSTS_DIR}/{host}/{generation}.json")
@@ -340,6 +398,20 @@ pub fn sealed_delta(new: &Sha256Hash, old_plain: &Sha256Hash) -> String {
     }
     .to_string()
 }
+/// Where a NAR-delta index for hosts holding the (plain) manifest `old` is
+/// stored: beside the manifest delta, sealed for a sealed manifest `new`.
+pub fn nar_deltas(new: &Sha256Hash, old: &Sha256Hash, sealed: bool) -> String {
+    let (new, old) = (*new, *old);
+    match sealed {
+        false => Key::NarDeltas { new, old },
+        true => Key::SealedNarDeltas {
+            new,
+            old_plain: old,
+        },
+    }
+    .to_string()
+}
+
 /// A host name becomes part of object keys, so it is held to DNS-like
 /// characters and length; `None` says what is wrong.
 pub fn check_host(host: &str) -> Result<(), String> {
@@ -417,6 +489,16 @@ mod tests {
             "0123456789abcdfghijklmnpqrsvwxy.narinfo".to_owned(),
             ".tmp-abc".to_owned(),
             "nar/.tmp-abc".to_owned(),
+            format!("deltas/{}.nar.zst", h.to_nixbase32()),
+            format!("deltas/{}.nar.zst-patch", h.to_hex()),
+            format!("manifests/{}.nars-from-{}", h.to_hex(), h.to_hex()),
+            format!(
+                "manifests/{}.nars-from-{}.nars-from-{}.json",
+                h.to_hex(),
+                h.to_hex(),
+                h.to_hex()
+            ),
+            format!("sealed/{}.nars-from-{}.json", h.to_hex(), h.to_hex()),
         ] {
             assert_eq!(Key::parse(&bad), None, "{bad}");
         }
@@ -470,6 +552,9 @@ mod tests {
                 (sha(), sha()).prop_map(|(new, old)| Key::ManifestDelta { new, old }),
                 sha().prop_map(Key::Sealed),
                 (sha(), sha()).prop_map(|(new, old_plain)| Key::SealedDelta { new, old_plain }),
+                (sha(), sha()).prop_map(|(new, old)| Key::NarDeltas { new, old }),
+                (sha(), sha()).prop_map(|(new, old_plain)| Key::SealedNarDeltas { new, old_plain }),
+                sha().prop_map(Key::NarDelta),
                 host().prop_map(Key::Pointer),
                 (host(), any::<u64>())
                     .prop_map(|(host, generation)| Key::History { host, generation }),

@@ -10,6 +10,7 @@
 //! - [`layout`]: where each object lives in a cache;
 //! - [`manifest`]: the closure of a host in one file;
 //! - [`pointer`]: the signed DSSE envelope naming what a host should run;
+//! - [`nardelta`]: the signed index of a generation's NAR deltas against the last;
 //! - [`pinned`]: a manifest held to the pin of a verified pointer;
 //! - [`report`]: a host's signed report of what its agent last did;
 //! - [`enroll`]: the token that invites a host, and the request it answers with;
@@ -22,6 +23,7 @@ pub mod keys;
 pub mod layout;
 pub mod manifest;
 pub mod nar;
+pub mod nardelta;
 pub mod narinfo;
 pub mod nixbase32;
 pub mod pad;

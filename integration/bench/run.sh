@@ -4,7 +4,8 @@
 #
 #   integration/bench/run.sh            # everything; writes integration/bench/RESULTS.md
 #   REPS=1 ONLY=pull-zstd run.sh        # one stage, for development (writes $WORK/RESULTS.partial.md)
-#     stages: publish-zstd publish-xz publish-xz-full pull-zstd pull-xz pull-small pull-delay pull-sealed floor (comma-separated)
+#     stages: publish-zstd publish-xz publish-xz-full pull-zstd pull-xz pull-small pull-delay pull-sealed floor
+#             pull-update (comma-separated)
 #   RESULTS=$PWD/integration/bench/RESULTS.md ONLY=… run.sh  # some stages, written to RESULTS.md all the same
 #   CPUS="2 1" run.sh                   # the cold pulls also on one core (taskset -c 0 for every process of
 #                                       # every tool; the server is not pinned); default: all cores only
@@ -45,6 +46,12 @@
 #   pull after one path changed, and a no-op poll: seconds, requests and bytes (from nginx's access log);
 #   pull cold, zstd, sealed (publish --recipient, the agent opens with an SSH host key) vs the same
 #     closure unsealed, nixcast only, alternating: what sealing costs;
+#   the update (pull-update): the 1000-path closure, then the same with its root library changed
+#     (--arg bumpNode 0 --argstr bump v2: nearly every path gets a new hash, its contents change only in
+#     the references it embeds), pulled into a store holding the first: nixcast-pull with NAR deltas,
+#     nixcast-pull from a cache published --no-deltas, nix copy and nix-store -r -j16; on loopback and
+#     through delayproxy.py at 20 ms round trip and 100 Mbit/s (UPDATE_DELAY=0 skips that row); with the
+#     update bundle (bundle --base 1) against the full bundle of the second closure (update-bundles.txt);
 #   peak memory: /usr/bin/time %M, the largest resident set of the command or of any descendant it waited for;
 #   floors: single-core `xz -d` / `zstd -d` of the largest NAR and of all NARs.
 set -euo pipefail
@@ -416,6 +423,75 @@ if want pull-sealed; then
       fi
     done
   done
+fi
+if want pull-update; then
+  TOPU=$(build full-u2 --arg n "$N" --arg bumpNode 0 --argstr bump v2)
+  echo "update: $(comm -13 <(nix-store -qR "$TOP" | sort) <(nix-store -qR "$TOPU" | sort) | wc -l) of $N paths new"
+  # Two caches of the same two generations: with NAR deltas, and --no-deltas (the agent's own full pull).
+  for kind in delta full; do
+    c=update-$kind
+    CTOP[$c]=$TOP; CTOP2[$c]=$TOPU
+    if [ "$(cat "$WORK/srv/$c.top2" 2>/dev/null)" != "$TOPU" ]; then
+      say "publish the update, zstd, $kind"
+      d=$WORK/pub/$c
+      rm -rf "$d"
+      "$BIN/nixcast" publish --host vm --path "$TOP" --cache "$d" --secret-key-file "$SEC" --compression zstd >/dev/null
+      cp "$d/hosts/vm.json" "$WORK/ptr/$c-v1.json"
+      extra=(); [ "$kind" = full ] && extra=(--no-deltas)
+      measure "publish-update-zstd-$kind" nixcast 1 \
+        "$BIN/nixcast" publish --host vm --path "$TOPU" --cache "$d" --secret-key-file "$SEC" --compression zstd "${extra[@]}"
+      cp "$d/hosts/vm.json" "$WORK/ptr/$c-v2.json"
+      rm -rf "$WORK/srv/$c"; mv "$d" "$WORK/srv/$c"; echo "$TOPU" > "$WORK/srv/$c.top2"
+    fi
+  done
+  set_pointer update-delta v2
+  "$BIN/nixcast" bundle --host vm --cache "$WORK/srv/update-delta" --output "$WORK/pub/update.bundle" --base 1
+  "$BIN/nixcast" bundle --host vm --cache "$WORK/srv/update-delta" --output "$WORK/pub/full2.bundle"
+  echo "update bundle $(stat -c %s "$WORK/pub/update.bundle") full bundle $(stat -c %s "$WORK/pub/full2.bundle")" \
+    | tee "$WORK/update-bundles.txt"
+  rm -f "$WORK/pub/update.bundle" "$WORK/pub/full2.bundle"
+  UPORT=$((PORT + 2))
+  if [ "${UPDATE_DELAY:-1}" = 1 ]; then
+    python3 "$HERE/delayproxy.py" "$UPORT" "$PORT" 10 100 &
+    pids+=($!)
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$UPORT") 2>/dev/null && break; sleep 0.1; done
+  fi
+  # update_one TOOL REP URL WORK: a fresh store that the agent brought to the first closure (not
+  # measured), then the second closure pulled by TOOL.
+  update_one() {
+    local tool=$1 r=$2 url=$3 w=$4 c=update-delta
+    [ "$tool" = nixcast-full ] && c=update-full
+    local d=$WORK/vm/$w-$tool-$r
+    mkvm "$d"
+    vmcmd "$d"
+    local agent=(env MALLOC_ARENA_MAX=1 "$BIN/nixcast-pull" run --cache "$url/$c" --allow-insecure-http --host vm
+                 --trusted-key "$PUB" --state-dir /nix/var/nixcast)
+    set_pointer "$c" v1
+    "${VMCMD[@]}" "${agent[@]}" > "$WORK/logs/$w.$tool.$r.setup.log" 2>&1
+    set_pointer "$c" v2
+    case $tool in
+      nixcast*) measure "$w" "$tool" "$r" "${VMCMD[@]}" "${agent[@]}" ;;
+      nix-copy) measure "$w" nix-copy "$r" "${VMCMD[@]}" nix --extra-experimental-features nix-command \
+          copy --from "$url/$c" --option trusted-public-keys "$PUB" "$TOPU" ;;
+      nix-store) measure "$w" nix-store "$r" "${VMCMD[@]}" nix-store -r "$TOPU" \
+          --option substituters "$url/$c" --option trusted-public-keys "$PUB" --max-jobs 16 ;;
+    esac
+    rmvm "$d"
+  }
+  for n in $CPUS; do
+    pin "$n"; tag=$(cpus_tag "$n")
+    say "pull the update into a store holding the first closure, on $n core(s) ($REPS× each tool)"
+    for r in $(seq "$REPS"); do
+      for tool in $(order "$r" nixcast nixcast-full nix-copy nix-store); do
+        update_one "$tool" "$r" "$URL" "pull-update-zstd$tag"
+        # nix copy is sequential: ~2000 round trips, over a minute a run through the proxy.
+        if [ "${UPDATE_DELAY:-1}" = 1 ] && { [ "$tool" != nix-copy ] || [ "$r" = 1 ]; }; then
+          update_one "$tool" "$r" "http://127.0.0.1:$UPORT" "pull-update-zstd-rtt20-100mbit$tag"
+        fi
+      done
+    done
+  done
+  pin "$(nproc)"
 fi
 if want floor; then
   say "floors: single-core decompression"

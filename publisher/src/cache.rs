@@ -2,9 +2,11 @@
 //! only decoded for a look at one's own cache), the manifest a pointer pins
 //! (sealed ones opened with an identity), and how sizes are shown.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use nixcast_cache::reader::{self, ReadError};
+use nixcast_common::layout::Key;
 use nixcast_common::manifest::Manifest;
+use nixcast_common::nardelta::{self, Index};
 use nixcast_common::pointer::{Head, Pointer, Tombstone};
 use nixcast_common::seal::Identity;
 use nixcast_common::{layout, PublicKey};
@@ -62,6 +64,29 @@ pub fn read_manifest(
     ids: &[Identity],
 ) -> Result<(Vec<u8>, Manifest)> {
     Ok(target.block_on(reader::unpinned(target.cache(), p, ids))?)
+}
+
+/// A NAR-delta index as stored, and what it holds, decoded (not verified:
+/// for gc and bundles looking at their own cache); a sealed one is opened
+/// with `ids`. `None`: there is none.
+pub fn read_nar_deltas(
+    target: &Target,
+    key: &Key,
+    ids: &[Identity],
+) -> Result<Option<(Vec<u8>, Index)>> {
+    let name = key.to_string();
+    let Some(stored) = target.get_at_most(&name, nardelta::MAX_SIZE)? else {
+        return Ok(None);
+    };
+    let envelope = match key {
+        Key::SealedNarDeltas { .. } => {
+            reader::open_sealed(ids, &stored, nardelta::MAX_SIZE).with_context(|| name.clone())?
+        }
+        _ => stored.clone(),
+    };
+    let index =
+        nardelta::decode_unverified(&envelope).with_context(|| format!("cannot read {name}"))?;
+    Ok(Some((stored, index)))
 }
 
 /// A pointer read only to find what it names (gc, bundle): decoded, not verified.

@@ -8,7 +8,9 @@
 //! Deletion runs in the reverse of the publish order (pointers, manifests,
 //! narinfos, NARs): no reader ever sees an object that names a missing one.
 //! Sealed manifests are opened with `--identity`; without one, nothing under
-//! `sealed/` is deleted.
+//! `sealed/` is deleted. A NAR-delta index lives as long as the manifest it
+//! is for, and the delta files a kept generation's index names stay with it;
+//! other files under `deltas/` go.
 //!
 //! A retired host (a tombstone in place of its pointer, `nixcast retire`)
 //! keeps no generation: its history and whatever only it reached go. Its
@@ -35,9 +37,9 @@ use nixcast_common::seal::Identity;
 
 use nixcast_common::pointer::{Head, Pointer};
 
-use crate::cache::{read_head, read_manifest, read_pointer};
+use crate::cache::{read_head, read_manifest, read_nar_deltas, read_pointer};
 use crate::target::Target;
-use nixcast_common::PublicKey;
+use nixcast_common::{PublicKey, Sha256Hash};
 
 pub fn gc(
     target: &Target,
@@ -93,6 +95,7 @@ fn live_objects(
         dropped_pointers: Vec::new(),
         retired: Vec::new(),
     };
+    let indexes = nar_delta_indexes(target)?;
     for (key, size, mtime) in target.entries(layout::HOSTS_DIR)? {
         let Some(Key::Pointer(host)) = Key::parse(&key) else {
             continue;
@@ -120,7 +123,7 @@ fn live_objects(
             keys,
             &mut live.dropped_pointers,
         )? {
-            reach(target, &p, ids, &mut live)
+            reach(target, &p, ids, &indexes, &mut live)
                 .with_context(|| format!("generation {} of {host} is kept", p.generation))?;
         }
     }
@@ -130,7 +133,7 @@ fn live_objects(
             let p = read_pointer(target, &key, keys).with_context(|| {
                 format!("the agent invited {host} is not readable: nothing is deleted")
             })?;
-            reach(target, &p, ids, &mut live)
+            reach(target, &p, ids, &indexes, &mut live)
                 .with_context(|| format!("the agent invited {host} is kept"))?;
         }
     }
@@ -139,7 +142,13 @@ fn live_objects(
 
 /// Keeps what a kept pointer reaches: its manifest, and the narinfos and
 /// NARs the manifest lists.
-fn reach(target: &Target, p: &Pointer, ids: &[Identity], live: &mut Live) -> Result<()> {
+fn reach(
+    target: &Target,
+    p: &Pointer,
+    ids: &[Identity],
+    indexes: &BTreeMap<Sha256Hash, Vec<Key>>,
+    live: &mut Live,
+) -> Result<()> {
     live.keys.extend(Key::parse(&p.manifest.path));
     if p.manifest.sealed.is_some() && ids.is_empty() {
         live.sealed_unknown = true;
@@ -151,7 +160,39 @@ fn reach(target: &Target, p: &Pointer, ids: &[Identity], live: &mut Live) -> Res
             .insert(Key::Narinfo(e.store_path.hash_part().to_owned()));
         live.keys.extend(Key::parse(&e.url));
     }
+    for index in indexes.get(&p.manifest.sha256).into_iter().flatten() {
+        live.keys.extend(delta_files(target, index, ids));
+    }
     Ok(())
+}
+
+/// The NAR-delta indexes of the cache, by the manifest they are for (each
+/// lives as long as that manifest: `Key::owner`).
+fn nar_delta_indexes(target: &Target) -> Result<BTreeMap<Sha256Hash, Vec<Key>>> {
+    let mut out: BTreeMap<Sha256Hash, Vec<Key>> = BTreeMap::new();
+    for dir in [layout::MANIFESTS_DIR, layout::SEALED_DIR] {
+        for (key, _, _) in target.entries(dir)? {
+            match Key::parse(&key) {
+                Some(k @ Key::NarDeltas { new, .. })
+                | Some(k @ Key::SealedNarDeltas { new, .. }) => out.entry(new).or_default().push(k),
+                _ => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The delta files a kept generation's index names. One that cannot be
+/// read keeps none: agents then fetch full NARs.
+fn delta_files(target: &Target, index: &Key, ids: &[Identity]) -> Vec<Key> {
+    match read_nar_deltas(target, index, ids) {
+        Ok(Some((_, i))) => i.deltas.iter().filter_map(|d| Key::parse(&d.url)).collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            tracing::warn!("the deltas {index} names are not kept: {e:#}");
+            Vec::new()
+        }
+    }
 }
 
 /// The current pointer of `host` and its last `keep` history pointers
@@ -259,7 +300,7 @@ fn doomed_objects(
     for dir in [layout::MANIFESTS_DIR, ""]
         .into_iter()
         .chain(sealed_dirs.iter().copied())
-        .chain([layout::NAR_DIR])
+        .chain([layout::DELTAS_DIR, layout::NAR_DIR])
     {
         for (key, size, mtime) in target.entries(dir)? {
             let unreferenced = match Key::parse(&key) {
@@ -527,5 +568,45 @@ mod tests {
         assert!(!cache.exists(&layout::pointer("web3")));
         assert!(!cache.exists(&layout::report("web3")));
         assert!(cache.exists(&layout::pointer(HOST)));
+    }
+
+    /// Each generation's NAR-delta index lives as long as its manifest, and
+    /// the deltas it names with it; the rest goes.
+    #[test]
+    fn the_deltas_of_kept_generations_stay_and_the_others_go() {
+        let cache = Cache::new();
+        let mut store = FakeStore::new();
+        let text = |v: u32| -> String {
+            (0..500)
+                .map(|i| format!("line {i} of {}\n", if i == 7 { v } else { 0 }))
+                .collect()
+        };
+        for n in 1..=3 {
+            let lib = store.add(&format!("lib-{n}"), &text(n), &[]);
+            let top = store.add(&format!("system-{n}"), &n.to_string(), &[&lib]);
+            cache.publish(&store, &top, false);
+        }
+        let indexes: Vec<(u64, Key, Vec<String>)> = (2..=3)
+            .map(|g| {
+                let p = cache.pointer(&layout::history(HOST, g));
+                let prev = cache.pointer(&layout::history(HOST, g - 1));
+                let key = Key::NarDeltas {
+                    new: p.manifest.sha256,
+                    old: prev.manifest.sha256,
+                };
+                let (_, i) = read_nar_deltas(&cache.target, &key, &[]).unwrap().unwrap();
+                assert!(!i.deltas.is_empty());
+                (g, key, i.deltas.iter().map(|d| d.url.clone()).collect())
+            })
+            .collect();
+        let keys = [cache.key.public()];
+        gc(&cache.target, 1, Duration::ZERO, &[], &keys, false, false).unwrap();
+        for (g, key, urls) in &indexes {
+            let kept = *g == 3;
+            assert_eq!(cache.exists(&key.to_string()), kept, "{key}");
+            for url in urls {
+                assert_eq!(cache.exists(url), kept, "{url} of generation {g}");
+            }
+        }
     }
 }

@@ -6,8 +6,6 @@
 
 use std::io::BufWriter;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -20,6 +18,7 @@ use nixcast_common::seal::{self, Identity, Recipient};
 use nixcast_common::{layout, PublicKey, SecretKey, Sha256Hash, StorePath};
 
 use crate::nix::{PathInfo, Store};
+use crate::parallel::parallel;
 use crate::target::Target;
 
 pub const NIX_CACHE_INFO: &str = layout::NIX_CACHE_INFO_TEXT;
@@ -37,6 +36,8 @@ pub struct Options {
     /// Write everything but the host's pointer: the history entry is the
     /// staged pointer, which `nixcast promote` makes current.
     pub stage: bool,
+    /// Write NAR deltas against the host's previous generation (`delta.rs`).
+    pub deltas: bool,
     /// The issue time of every pointer of this command, which makes its
     /// hosts' generations one release (`promote --after` compares it);
     /// `None`: each host's own time.
@@ -62,6 +63,8 @@ pub struct Summary {
     pub reused_paths: usize,
     pub upstream_paths: usize,
     pub bytes_written: u64,
+    /// New paths that got a NAR delta against the previous generation.
+    pub deltas: usize,
     /// Only staged: the host's pointer was not written.
     pub staged: bool,
 }
@@ -79,7 +82,11 @@ impl std::fmt::Display for Summary {
             self.reused_paths,
             self.upstream_paths,
             nixcast_cli::fmt::human_bytes(self.bytes_written)
-        )
+        )?;
+        if self.deltas > 0 {
+            write!(f, "; {} NAR deltas", self.deltas)?;
+        }
+        Ok(())
     }
 }
 
@@ -113,7 +120,27 @@ pub fn publish(
     let new_paths = plan.jobs.len();
     let (plain, bytes_written) = write_nars(store, target, &mut plan, opts)?;
     write_narinfos(target, plain, &mut plan.entries, opts)?;
-    let manifest_ref = write_manifest(target, host, top, plan.entries, sealed, &prev, opts)?;
+    let (manifest_ref, manifest) =
+        write_manifest(target, host, top, plan.entries, sealed, &prev, opts)?;
+    let deltas = match (&prev.pointer, &prev.manifest, opts.deltas) {
+        (Some(p), Some(old), true) => {
+            let with = crate::delta::Settings {
+                key: &opts.key,
+                jobs: opts.jobs,
+                sealing: &opts.sealing,
+            };
+            crate::delta::write_deltas(
+                store,
+                target,
+                host,
+                (p, old),
+                &manifest,
+                &manifest_ref,
+                &with,
+            )?
+        }
+        _ => 0,
+    };
 
     let pointer = Pointer {
         host: host.to_owned(),
@@ -136,6 +163,7 @@ pub fn publish(
         reused_paths: plan.reused_paths,
         upstream_paths: plan.upstream_paths,
         bytes_written,
+        deltas,
         staged: opts.stage,
     }))
 }
@@ -415,7 +443,7 @@ fn write_narinfos(
 }
 
 /// The manifest (sealed for a sealed host) and the delta from the previous
-/// one; returns what the pointer pins.
+/// one; returns what the pointer pins, and the manifest.
 fn write_manifest(
     target: &Target,
     host: &str,
@@ -424,7 +452,7 @@ fn write_manifest(
     sealed: bool,
     prev: &Previous,
     opts: &Options,
-) -> Result<ManifestRef> {
+) -> Result<(ManifestRef, Manifest)> {
     let manifest = Manifest::new(top.clone(), entries)?;
     let manifest_bytes = manifest.to_json();
     let manifest_ref = if sealed {
@@ -447,7 +475,7 @@ fn write_manifest(
             write_delta(target, host, p, old, &manifest, &manifest_ref, opts)?;
         }
     }
-    Ok(manifest_ref)
+    Ok((manifest_ref, manifest))
 }
 
 /// The signed pointer: into the host's history, then as its current one.
@@ -809,38 +837,6 @@ fn entry_of(ni: &NarInfo) -> Result<Entry> {
         cache: None,
         sealed_to: None,
     })
-}
-
-/// `f` on every item, `jobs` items at a time; stops at the first error.
-fn parallel<T: Sync, R: Send>(
-    jobs: usize,
-    items: &[T],
-    f: impl Fn(&T) -> Result<R> + Sync,
-) -> Result<Vec<R>> {
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let results = Mutex::new(Vec::with_capacity(items.len()));
-    std::thread::scope(|s| {
-        for _ in 0..jobs.max(1).min(items.len().max(1)) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= items.len() || failed.load(Ordering::Relaxed) {
-                    break;
-                }
-                let r = f(&items[i]);
-                failed.fetch_or(r.is_err(), Ordering::Relaxed);
-                results
-                    .lock()
-                    .expect("no worker panics while holding it")
-                    .push(r);
-            });
-        }
-    });
-    results
-        .into_inner()
-        .expect("workers are done")
-        .into_iter()
-        .collect()
 }
 
 /// Dumps, checks, compresses and stores the NAR of one path; returns its

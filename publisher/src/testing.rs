@@ -134,6 +134,7 @@ impl Cache {
             upstreams: crate::upstream::Upstreams::new(Vec::new(), Vec::new()).unwrap(),
             sealing: Default::default(),
             stage,
+            deltas: true,
             release: None,
         }
     }

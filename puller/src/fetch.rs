@@ -99,6 +99,11 @@ impl Slots {
             decoders: Semaphore::new(decoders),
         }
     }
+
+    /// One of the decoder slots, for a decoder that is not `fetch_one`'s.
+    pub async fn decoder(&self) -> SemaphorePermit<'_> {
+        self.decoders.acquire().await.expect("never closed")
+    }
 }
 
 /// Fetches and verifies one NAR, unless a verified copy is already staged.
@@ -461,6 +466,25 @@ fn check_nar<R: Read, W: Write>(decoded: R, e: &Entry, out: W) -> Result<(), Fai
         )));
     }
     Ok(())
+}
+
+/// The NAR `decoded` gives, read through the strict reader into a
+/// temporary file beside `dest` and held to `e`'s NarSize and NarHash, as
+/// a downloaded one is; the caller renames it to `dest` once it has checked
+/// what it decoded from.
+pub fn check_into(
+    decoded: impl Read,
+    e: &Entry,
+    dest: &Path,
+) -> Result<tempfile::NamedTempFile, String> {
+    let message = |f: Failure| match f {
+        Failure::Transport(m) | Failure::Verify(m) | Failure::Local(m) => m,
+        Failure::Unavailable(err) => err.to_string(),
+    };
+    let tmp = temp_in(dest.parent().expect("staging/nar")).map_err(message)?;
+    let out = BufWriter::with_capacity(128 << 10, tmp.as_file());
+    check_nar(decoded, e, out).map_err(message)?;
+    Ok(tmp)
 }
 
 /// A staged NAR checked as if it had just been downloaded: the strict NAR

@@ -11,6 +11,7 @@
 mod activate;
 mod cmd;
 mod config;
+mod delta;
 mod enroll;
 mod fetch;
 mod generations;

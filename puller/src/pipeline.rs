@@ -28,6 +28,7 @@ use nixcast_common::seal::Identity;
 use nixcast_common::{PublicKey, Sha256Hash, StorePath};
 
 use crate::config::{Config, RunError};
+use crate::delta::{self, Deltas};
 use crate::fetch::{self, NarError};
 use crate::host::Store;
 use crate::source::Source;
@@ -56,8 +57,9 @@ pub async fn fetch_and_import(
     entries: &[&Entry],
     total: u64,
     ids: &Arc<[Identity]>,
+    deltas: &Deltas,
 ) -> Result<u64, RunError> {
-    let (fetched, why) = match attempt(cfg, staging, manifest, entries, total, ids).await {
+    let (fetched, why) = match attempt(cfg, staging, manifest, entries, total, ids, deltas).await {
         Ok(n) => {
             tracing::debug!(
                 peak_rss_kib = peak_rss_kib(),
@@ -74,7 +76,7 @@ pub async fn fetch_and_import(
     );
     let entries = afresh(cfg, staging, entries)?;
     let total = entries.iter().map(|e| e.file_size).sum();
-    match attempt(cfg, staging, manifest, &entries, total, ids).await {
+    match attempt(cfg, staging, manifest, &entries, total, ids, deltas).await {
         Ok(n) => Ok(fetched + n),
         Err(Failed::Run(e)) => Err(e),
         Err(Failed::Import { why, .. }) => Err(RunError::Import(why)),
@@ -125,6 +127,7 @@ async fn attempt(
     entries: &[&Entry],
     total: u64,
     ids: &Arc<[Identity]>,
+    deltas: &Deltas,
 ) -> Result<u64, Failed> {
     let mut at = Attempt::new(cfg, staging, manifest, entries)?;
     let order = at.plan.download_order(entries);
@@ -133,7 +136,15 @@ async fn attempt(
     let upstreams = upstream_sources(cfg, entries)?;
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let slots = fetch::Slots::new(cpus);
-    let mut downloads = downloads(cfg, staging, order, &upstreams, &progress, &slots, ids);
+    let ports = Ports {
+        upstreams: &upstreams,
+        progress: &progress,
+        slots: &slots,
+        ids,
+        deltas,
+        spooling: tokio::sync::Semaphore::new(spooled_at_once()),
+    };
+    let mut downloads = downloads(cfg, staging, order, &ports);
     loop {
         let now = tokio::time::Instant::now();
         let wake = at.import_what_is_ready(now);
@@ -154,7 +165,19 @@ async fn attempt(
     at.finish()
 }
 
-/// The downloads of `order`, each NAR verified into staging as it comes.
+/// What the downloads share.
+struct Ports<'a> {
+    upstreams: &'a HashMap<String, Source>,
+    progress: &'a Arc<AtomicU64>,
+    slots: &'a fetch::Slots,
+    ids: &'a Arc<[Identity]>,
+    deltas: &'a Deltas,
+    spooling: tokio::sync::Semaphore,
+}
+
+/// The downloads of `order`, each NAR verified into staging as it comes;
+/// a path with a usable delta is rebuilt from it (`delta.rs`), or else
+/// fetched whole.
 ///
 /// Requests and decoders are counted apart: `jobs` requests for small
 /// NARs (most of a closure) wait on the network and are read into memory
@@ -168,21 +191,35 @@ fn downloads<'a>(
     cfg: &'a Config,
     staging: &'a Staging,
     order: Vec<&'a Entry>,
-    upstreams: &'a HashMap<String, Source>,
-    progress: &'a Arc<AtomicU64>,
-    slots: &'a fetch::Slots,
-    ids: &'a Arc<[Identity]>,
+    p: &'a Ports<'a>,
 ) -> impl futures_util::Stream<Item = Result<(&'a Entry, u64), NarError>> + 'a {
     let source_of = move |e: &Entry| match e.cache.as_deref() {
-        Some(url) if !upstreams.is_empty() => &upstreams[url],
+        Some(url) if !p.upstreams.is_empty() => &p.upstreams[url],
         _ => &cfg.ports.source,
     };
-    let (spooled, small): (Vec<&Entry>, Vec<&Entry>) =
-        order.into_iter().partition(|e| staging::spools(e));
+    // A path rebuilt from a delta spools nothing (the delta is in memory,
+    // the base bounded by `delta.rs`): it goes with the small ones, many
+    // round trips at once, whatever its size.
+    let (spooled, small): (Vec<&Entry>, Vec<&Entry>) = order
+        .into_iter()
+        .partition(|e| staging::spools(e) && p.deltas.get(e).is_none());
     let fetch = move |e: &'a Entry| {
-        let progress = progress.clone();
+        let progress = p.progress.clone();
         async move {
-            fetch::fetch_one(source_of(e), staging, e, progress, slots, ids)
+            // Deltas live in this cache, whoever serves the full NAR.
+            let source = &cfg.ports.source;
+            if let Some(n) =
+                delta::rebuild(source, staging, e, p.deltas, &progress, p.slots, p.ids).await
+            {
+                return Ok((e, n));
+            }
+            // A large NAR fetched whole spools, at most `spooled_at_once`
+            // of them, whichever stream it came by.
+            let _spool = match staging::spools(e) {
+                true => Some(p.spooling.acquire().await.expect("never closed")),
+                false => None,
+            };
+            fetch::fetch_one(source_of(e), staging, e, progress, p.slots, p.ids)
                 .await
                 .map(|n| (e, n))
         }

@@ -59,6 +59,8 @@ pub async fn run(cfg: &Config) -> Result<Outcome, RunError> {
     let mut status = cfg.ports.state.load().map_err(other)?;
     let started = std::time::Instant::now();
     status.last_run_fetched_bytes = 0;
+    status.last_run_delta_paths = 0;
+    status.last_run_delta_fallbacks = 0;
     let result = bounded(cfg, apply::apply(cfg, &mut status)).await;
     after::after_run(cfg, &mut status, &result, started).await?;
     result

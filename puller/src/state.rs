@@ -128,6 +128,21 @@ pub struct Status {
     pub last_run_seconds: f64,
     #[serde(default, deserialize_with = "lenient")]
     pub last_run_fetched_bytes: u64,
+    /// Paths the last run rebuilt from a NAR delta.
+    #[serde(default, deserialize_with = "lenient")]
+    pub last_run_delta_paths: u64,
+    /// Paths the last run meant to rebuild from a delta and fetched whole
+    /// instead (a base missing or damaged, a delta refused).
+    #[serde(default, deserialize_with = "lenient")]
+    pub last_run_delta_fallbacks: u64,
+    /// sha256 of the plain manifest of the generation applied last: names
+    /// the NAR-delta index to ask for when the manifest held is another.
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub applied_manifest: Option<Sha256Hash>,
     /// Failed runs since the state directory was made, by kind.
     #[serde(
         default,
@@ -272,6 +287,16 @@ pub fn metrics(s: &Status) -> String {
         "nixcast_last_run_fetched_bytes",
         "Bytes downloaded by the last run.",
         s.last_run_fetched_bytes.to_string(),
+    );
+    gauge(
+        "nixcast_last_run_delta_paths",
+        "Paths the last run rebuilt from NAR deltas.",
+        s.last_run_delta_paths.to_string(),
+    );
+    gauge(
+        "nixcast_last_run_delta_fallbacks",
+        "Paths the last run fetched whole after their delta could not be used.",
+        s.last_run_delta_fallbacks.to_string(),
     );
     gauge(
         "nixcast_last_report_timestamp_seconds",

@@ -7,6 +7,7 @@
 
 mod bundle;
 mod canary;
+mod delta;
 mod docs;
 mod enroll;
 mod fleet;

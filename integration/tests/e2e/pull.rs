@@ -48,18 +48,23 @@ fn pull_switches_then_polls_with_one_request_then_updates_incrementally() {
     let out = vm.pull(&server.url, &keys, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let reqs = server.take_requests();
+    // The changed paths come as NAR deltas (delta.rs tests them).
+    let patches = reqs.iter().filter(|r| r.starts_with("/deltas/")).count();
     assert_eq!(
-        nars(&reqs).len(),
+        nars(&reqs).len() + patches,
         changed.len(),
         "only the changed NARs: {reqs:?}"
     );
     assert_eq!(
         reqs.len(),
-        2 + changed.len(),
-        "pointer + manifest delta + NARs: {reqs:?}"
+        3 + changed.len(),
+        "pointer + manifest delta + NAR-delta index + NARs: {reqs:?}"
     );
     // The manifest was rebuilt from generation 1's and a delta, not fetched whole.
-    let deltas: Vec<&String> = reqs.iter().filter(|r| r.contains(".from-")).collect();
+    let deltas: Vec<&String> = reqs
+        .iter()
+        .filter(|r| r.contains(".from-") && !r.contains(".nars-from-"))
+        .collect();
     assert_eq!(deltas.len(), 1, "{reqs:?}");
     let delta_bytes = std::fs::metadata(cache.join(&deltas[0][1..]))
         .unwrap()
@@ -93,7 +98,10 @@ fn pull_switches_then_polls_with_one_request_then_updates_incrementally() {
     let delta = std::fs::read_dir(cache.join("manifests"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().contains(".from-"))
+        .filter(|p| {
+            let name = p.to_string_lossy();
+            name.contains(".from-") && !name.contains(".nars-from-")
+        })
         .max_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap())
         .unwrap();
     let mut d: nixcast_common::manifest::Delta =

@@ -181,9 +181,15 @@ fn publish_to_s3_pull_from_its_http_endpoint_republish_and_gc() {
         "{puts:?}"
     );
     assert_eq!(
+        puts.iter().filter(|p| p.contains("/deltas/")).count(),
+        changed,
+        "{puts:?}"
+    );
+    assert_eq!(
         puts.len(),
-        2 * changed + 4,
-        "NARs, narinfos, manifest, its delta, history, pointer: {puts:?}"
+        3 * changed + 5,
+        "NARs, narinfos, NAR deltas, manifest, its delta, the NAR-delta index, history, \
+         pointer: {puts:?}"
     );
     let out = vm.pull(&url, &keys, &[]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -104,6 +104,8 @@ pub fn run(a: Args) -> Result<()> {
         sealing: Sealing::new(Recipients::default()),
         stage: false,
         release: None,
+        // The agent's closure has no previous generation to be a delta of.
+        deltas: false,
     };
     let inv = Invite {
         host: a.host,

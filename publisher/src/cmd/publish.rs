@@ -66,6 +66,10 @@ pub struct Args {
     /// Write everything but the host's pointer: `nixcast promote` makes the generation current.
     #[arg(long)]
     stage: bool,
+    /// Write no NAR deltas against the host's previous generation: its
+    /// agent then fetches every new path whole.
+    #[arg(long)]
+    no_deltas: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -117,6 +121,7 @@ pub fn run(a: Args) -> Result<()> {
         )?,
         sealing,
         stage: a.stage,
+        deltas: !a.no_deltas,
         // One time for every host of this command: one release.
         release: Some(Timestamp::now()),
     };

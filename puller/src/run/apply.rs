@@ -5,10 +5,12 @@
 
 use std::time::SystemTime;
 
+use nixcast_common::pinned;
 use nixcast_common::pointer::{Timestamp, Tombstone, Verified};
 use nixcast_common::StorePath;
 
 use super::{after, import, manifest, missing, pointer, switch, Config, RunError};
+use crate::delta::Deltas;
 use crate::state::{Outcome, Status};
 
 /// Every `return` here is an outcome; a step that fails ends the run with
@@ -38,6 +40,7 @@ pub(super) async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, 
         Some(t) => t.clone(),
         None => pinned
             .insert(manifest::fetch_manifest(cfg, &verified, &ids).await?)
+            .0
             .top()
             .clone(),
     };
@@ -48,7 +51,7 @@ pub(super) async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, 
         }
         return Ok(Outcome::Unchanged);
     }
-    let manifest = match pinned {
+    let (manifest, held) = match pinned {
         Some(m) => m,
         None => manifest::fetch_manifest(cfg, &verified, &ids).await?,
     };
@@ -58,8 +61,13 @@ pub(super) async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, 
         missing::print_plan(cfg, &manifest, &todo);
         return Ok(Outcome::Unchanged);
     }
-    missing::check_source_holds(cfg, &todo)?;
-    status.last_run_fetched_bytes = import::fetch_and_import(cfg, &manifest, &todo, &ids).await?;
+    let held = [held, status.applied_manifest];
+    let deltas = Deltas::read(cfg, &verified, &held, &ids, &todo.entries).await;
+    missing::check_source_holds(cfg, &todo, &deltas)?;
+    let fetched = import::fetch_and_import(cfg, &manifest, &todo, &ids, &deltas).await;
+    status.last_run_delta_paths = deltas.used();
+    status.last_run_delta_fallbacks = deltas.fallbacks();
+    status.last_run_fetched_bytes = fetched?;
     import::check_imported(cfg, &manifest, &todo)?;
     let action = switch::switch(cfg, status, &verified, &top)?;
     tracing::info!(generation = p.generation, store_path = %top, action = action.as_str(), "applied");
@@ -67,6 +75,7 @@ pub(super) async fn apply(cfg: &Config, status: &mut Status) -> Result<Outcome, 
     after::keep_generations(cfg);
     pointer::accept(status, &verified, validators);
     status.applied_store_path = Some(top);
+    status.applied_manifest = Some(pinned::plain_pin(&p.manifest).sha256);
     status.applied_at = Some(Timestamp::now());
     Ok(Outcome::Applied)
 }

@@ -11,6 +11,7 @@ use nixcast_common::seal::Identity;
 
 use super::missing::Missing;
 use super::{other, Config, RunError};
+use crate::delta::Deltas;
 use crate::pipeline;
 
 /// Step 4: the missing paths fetched, verified and imported, overlapped
@@ -20,6 +21,7 @@ pub(super) async fn fetch_and_import(
     manifest: &Pinned,
     todo: &Missing<'_>,
     ids: &Arc<[Identity]>,
+    deltas: &Deltas,
 ) -> Result<u64, RunError> {
     let staging = cfg.ports.state.staging();
     staging.create().map_err(other)?;
@@ -31,9 +33,16 @@ pub(super) async fn fetch_and_import(
         crate::pipeline::spooled_at_once(),
     )
     .map_err(other)?;
-    let fetched =
-        pipeline::fetch_and_import(cfg, &staging, manifest, &todo.entries, todo.download, ids)
-            .await?;
+    let fetched = pipeline::fetch_and_import(
+        cfg,
+        &staging,
+        manifest,
+        &todo.entries,
+        todo.download,
+        ids,
+        deltas,
+    )
+    .await?;
     tracing::info!(
         paths = todo.entries.len(),
         bytes = fetched,

@@ -10,6 +10,7 @@ use nixcast_common::manifest::MAX_SIZE;
 use nixcast_common::pinned::Pinned;
 use nixcast_common::pointer::{Pointer, Verified};
 use nixcast_common::seal::Identity;
+use nixcast_common::Sha256Hash;
 
 use super::{fetch_error, other, Config, RunError};
 use crate::config::DEFAULT_IDENTITY;
@@ -29,13 +30,16 @@ pub(super) fn identities_for(
 /// Step 2: the manifest the verified pointer pins, rebuilt from a delta or
 /// fetched whole, opened if sealed, and held to the pin (`Pinned::check`):
 /// the shared read path, given the manifest this agent verified last.
+/// Returns it with the sha256 of the manifest held before (which names the
+/// NAR deltas to ask for).
 pub(super) async fn fetch_manifest(
     cfg: &Config,
     v: &Verified<Pointer>,
     ids: &[Identity],
-) -> Result<Pinned, RunError> {
+) -> Result<(Pinned, Option<Sha256Hash>), RunError> {
     // The base is the agent's own file, bounded all the same.
     let base = nixcast_cli::fs::read_small(&cfg.ports.state.manifest(), MAX_SIZE).ok();
+    let held = base.as_deref().map(Sha256Hash::digest);
     let (bytes, manifest) = reader::pinned_from(&cfg.ports.source, v, ids, base)
         .await
         .map_err(|e| match e {
@@ -47,7 +51,7 @@ pub(super) async fn fetch_manifest(
             tracing::warn!("cannot keep the manifest for the next run's delta: {e:#}");
         }
     }
-    Ok(manifest)
+    Ok((manifest, held))
 }
 
 /// The identities given, or the SSH host key.

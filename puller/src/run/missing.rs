@@ -8,6 +8,7 @@ use nixcast_common::pinned::Pinned;
 use nixcast_common::StorePath;
 
 use super::{other, policy, Config, RunError};
+use crate::delta::Deltas;
 
 /// The manifest's paths the store lacks, and what they weigh.
 pub(super) struct Missing<'a> {
@@ -63,12 +64,18 @@ pub(super) fn print_plan(cfg: &Config, manifest: &Pinned, todo: &Missing) {
     );
 }
 
-/// A bundle must hold every NAR this host lacks; say which before touching anything.
-pub(super) fn check_source_holds(cfg: &Config, todo: &Missing) -> Result<(), RunError> {
+/// A bundle must hold every NAR this host lacks, or its delta; say which
+/// before touching anything.
+pub(super) fn check_source_holds(
+    cfg: &Config,
+    todo: &Missing,
+    deltas: &Deltas,
+) -> Result<(), RunError> {
+    let holds = |url: &str| cfg.ports.source.holds(url) != Some(false);
     let absent: Vec<String> = todo
         .entries
         .iter()
-        .filter(|e| cfg.ports.source.holds(&e.url) == Some(false))
+        .filter(|e| !holds(&e.url) && !deltas.get(e).is_some_and(|d| holds(&d.url)))
         .map(|e| e.store_path.to_string())
         .collect();
     if absent.is_empty() {
