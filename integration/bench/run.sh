@@ -4,7 +4,7 @@
 #
 #   integration/bench/run.sh            # everything; writes integration/bench/RESULTS.md
 #   REPS=1 ONLY=pull-zstd run.sh        # one stage, for development (writes $WORK/RESULTS.partial.md)
-#     stages: publish-zstd publish-xz publish-xz-full pull-zstd pull-xz pull-small pull-delay pull-sealed floor
+#     stages: publish-zstd publish-xz publish-xz-full pull-zstd pull-xz pull-small pull-delay pull-link pull-sealed floor
 #             pull-update (comma-separated)
 #   RESULTS=$PWD/integration/bench/RESULTS.md ONLY=… run.sh  # some stages, written to RESULTS.md all the same
 #   CPUS="2 1" run.sh                   # the cold pulls also on one core (taskset -c 0 for every process of
@@ -42,6 +42,8 @@
 #     can import anything else, then the profile and the switch);
 #   the agent runs with the environment module.nix gives its unit (MALLOC_ARENA_MAX=1);
 #   pull cold, zstd, +50 ms round trip (delayproxy.py, 25 ms each way), also nixcast-pull --jobs 64;
+#   pull cold, the small-paths, zstd and xz caches (those present), through one emulated link shared by
+#     every connection (20 ms round trip, 100 Mbit/s), one core (pull-link);
 #     `nix copy` there only with DELAY_NIXCOPY_REPS=1 (it is sequential: ~2000 round trips, ~110 s a run);
 #   pull after one path changed, and a no-op poll: seconds, requests and bytes (from nginx's access log);
 #   pull cold, zstd, sealed (publish --recipient, the agent opens with an SSH host key) vs the same
@@ -350,7 +352,7 @@ pull_stage() { # COMPRESSION [cold-only]
   pin "$(nproc)"
 }
 
-if want publish-zstd || want pull-zstd || want pull-delay || want pull-sealed; then
+if want publish-zstd || want pull-zstd || want pull-delay || want pull-sealed || want pull-link; then
   if want publish-zstd || [ ! -f "$WORK/srv/zstd/hosts/vm.json" ]; then
     publish_stage zstd "$TOP" "$TOP2" "n$N" keep
   fi
@@ -372,7 +374,7 @@ if want publish-xz-full || want pull-xz; then
     rm -rf "$WORK/srv/xz"; mv "$d" "$WORK/srv/xz"
   fi
 fi
-if want pull-small; then
+if want pull-small || want pull-link; then
   c=paths$SMALL_N-xz
   CTOP[$c]=$STOP; CTOP2[$c]=$STOP2
   if [ ! -f "$WORK/srv/$c/hosts/vm.json" ] || [ "$(cat "$WORK/srv/$c.top" 2>/dev/null)" != "$STOP" ]; then
@@ -402,6 +404,30 @@ if want pull-delay; then
       fi
     done
   done
+fi
+if want pull-link; then
+  # One emulated uplink for every connection (delayproxy.py's rate cap is per direction, shared):
+  # 10 ms each way, 100 Mbit/s, every process on one core, as a small VM pulls. nix copy only with
+  # DELAY_NIXCOPY_REPS (it is sequential and latency-bound).
+  LPORT=$((PORT + 3))
+  python3 "$HERE/delayproxy.py" "$LPORT" "$PORT" 10 100 &
+  pids+=($!)
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$LPORT") 2>/dev/null && break; sleep 0.1; done
+  pin 1
+  for c in "paths$SMALL_N-xz" zstd xz; do
+    if [ ! -f "$WORK/srv/$c/hosts/vm.json" ]; then
+      say "pull-link: no $c cache here (its publish stage makes it): skipped"
+      continue
+    fi
+    say "pull $c cold through one 20 ms, 100 Mbit/s link, one core ($REPS× nixcast and nix-store -r, ${DELAY_NIXCOPY_REPS}× nix copy)"
+    for r in $(seq "$REPS"); do
+      for tool in $(order "$r" nixcast nix-copy nix-store); do
+        [ "$tool" = nix-copy ] && [ "$r" -gt "$DELAY_NIXCOPY_REPS" ] && continue
+        pull_one "$c" "$tool" "$r" "http://127.0.0.1:$LPORT" "pull-$c-link20-100mbit-cpu1" cold-only
+      done
+    done
+  done
+  pin "$(nproc)"
 fi
 if want pull-sealed; then
   say "pull zstd cold, sealed vs unsealed (nixcast only, $REPS× each)"
