@@ -409,21 +409,29 @@ if want pull-link; then
   # One emulated uplink for every connection (delayproxy.py's rate cap is per direction, shared):
   # 10 ms each way, 100 Mbit/s, every process on one core, as a small VM pulls. nix copy only with
   # DELAY_NIXCOPY_REPS (it is sequential and latency-bound).
-  LPORT=$((PORT + 3))
+  # Also the same 20 ms with no rate cap: what latency alone costs.
+  LPORT=$((PORT + 3)) NPORT=$((PORT + 4))
   python3 "$HERE/delayproxy.py" "$LPORT" "$PORT" 10 100 &
   pids+=($!)
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$LPORT") 2>/dev/null && break; sleep 0.1; done
+  python3 "$HERE/delayproxy.py" "$NPORT" "$PORT" 10 &
+  pids+=($!)
+  for p in "$LPORT" "$NPORT"; do
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
+  done
   pin 1
   for c in "paths$SMALL_N-xz" zstd xz; do
     if [ ! -f "$WORK/srv/$c/hosts/vm.json" ]; then
       say "pull-link: no $c cache here (its publish stage makes it): skipped"
       continue
     fi
-    say "pull $c cold through one 20 ms, 100 Mbit/s link, one core ($REPS× nixcast and nix-store -r, ${DELAY_NIXCOPY_REPS}× nix copy)"
-    for r in $(seq "$REPS"); do
-      for tool in $(order "$r" nixcast nix-copy nix-store); do
-        [ "$tool" = nix-copy ] && [ "$r" -gt "$DELAY_NIXCOPY_REPS" ] && continue
-        pull_one "$c" "$tool" "$r" "http://127.0.0.1:$LPORT" "pull-$c-link20-100mbit-cpu1" cold-only
+    for link in "$LPORT link20-100mbit" "$NPORT rtt20"; do
+      set -- $link
+      say "pull $c cold, $2, one core ($REPS× nixcast and nix-store -r, ${DELAY_NIXCOPY_REPS}× nix copy)"
+      for r in $(seq "$REPS"); do
+        for tool in $(order "$r" nixcast nix-copy nix-store); do
+          [ "$tool" = nix-copy ] && [ "$r" -gt "$DELAY_NIXCOPY_REPS" ] && continue
+          pull_one "$c" "$tool" "$r" "http://127.0.0.1:$1" "pull-$c-$2-cpu1" cold-only
+        done
       done
     done
   done
