@@ -37,10 +37,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::hash::Sha256Hash;
-use crate::keys::{PublicKey, SecretKey, Signature};
+use crate::keys::{PublicKey, SecretKey};
 use crate::layout::Key;
 use crate::manifest::MAX_PATHS;
-use crate::pointer::{pae, Envelope, EnvelopeSignature};
+use crate::pointer::{self, Envelope, EnvelopeSignature, PointerError};
 use crate::store_path::StorePath;
 
 pub const PAYLOAD_TYPE: &str = "application/vnd.nixcast.nar-deltas.v1+json";
@@ -172,15 +172,9 @@ impl Index {
     /// Signs the index into an envelope's JSON bytes.
     pub fn sign(&self, key: &SecretKey) -> Vec<u8> {
         let body = serde_json::to_vec(self).expect("an index always serialises");
-        let sig = key.sign(&pae(PAYLOAD_TYPE, &body));
-        let env = Envelope {
-            payload_type: PAYLOAD_TYPE.to_owned(),
-            payload: BASE64.encode(&body),
-            signatures: vec![EnvelopeSignature {
-                keyid: key.name().to_owned(),
-                sig: BASE64.encode(sig.bytes()),
-            }],
-        };
+        let env = Envelope::signed(PAYLOAD_TYPE, &body, |m| {
+            vec![EnvelopeSignature::new(key.name(), key.sign(m).bytes())]
+        });
         serde_json::to_vec(&env).expect("an envelope always serialises")
     }
 
@@ -238,26 +232,12 @@ fn verified_body(bytes: &[u8], trusted: &[PublicKey]) -> Result<Vec<u8>, IndexEr
     if env.signatures.is_empty() || env.signatures.len() > MAX_SIGNATURES {
         return Err(IndexError::Signatures(env.signatures.len()));
     }
-    let body = BASE64
-        .decode(env.payload.as_bytes())
-        .map_err(|_| IndexError::Base64)?;
-    let message = pae(&env.payload_type, &body);
-    let verified = env.signatures.iter().any(|s| {
-        let Some(raw) = BASE64
-            .decode(s.sig.as_bytes())
-            .ok()
-            .and_then(|v| <[u8; 64]>::try_from(v).ok())
-        else {
-            return false;
-        };
-        trusted
-            .iter()
-            .any(|k| k.verifies(&message, &Signature::from_parts(k.name(), raw)))
-    });
-    if !verified {
-        let ids: Vec<&str> = env.signatures.iter().map(|s| s.keyid.as_str()).collect();
-        return Err(IndexError::Untrusted(ids.join(", ")));
-    }
+    // The pointer's check: every signature against every trusted key.
+    let (body, _) = pointer::verify_signature(&env, trusted).map_err(|e| match e {
+        PointerError::Base64 => IndexError::Base64,
+        PointerError::Untrusted(ids) => IndexError::Untrusted(ids),
+        _ => IndexError::Signatures(env.signatures.len()),
+    })?;
     Ok(body)
 }
 
@@ -318,16 +298,10 @@ mod tests {
 
     /// Signs an arbitrary payload, as a key holder could.
     fn sign_raw(key: &SecretKey, body: &[u8]) -> Vec<u8> {
-        let sig = key.sign(&pae(PAYLOAD_TYPE, body));
-        serde_json::to_vec(&Envelope {
-            payload_type: PAYLOAD_TYPE.into(),
-            payload: BASE64.encode(body),
-            signatures: vec![EnvelopeSignature {
-                keyid: key.name().into(),
-                sig: BASE64.encode(sig.bytes()),
-            }],
-        })
-        .unwrap()
+        let env = Envelope::signed(PAYLOAD_TYPE, body, |m| {
+            vec![EnvelopeSignature::new(key.name(), key.sign(m).bytes())]
+        });
+        serde_json::to_vec(&env).unwrap()
     }
 
     #[test]

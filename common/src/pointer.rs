@@ -428,7 +428,7 @@ fn verify_pointer(
 
 /// The payload bytes of an envelope one of `trusted` signed (over its
 /// payload type and payload), and that key's name.
-fn verify_signature(
+pub(crate) fn verify_signature(
     env: &Envelope,
     trusted: &[PublicKey],
 ) -> Result<(Vec<u8>, String), PointerError> {
