@@ -747,6 +747,47 @@ mod tests {
         assert!(matches!(got, Fetched::NotModified));
     }
 
+    /// A long poll tells a server that waited from one that does not (which
+    /// the agent then polls), and a change from none.
+    #[tokio::test]
+    async fn a_long_poll_tells_a_waiting_server_from_one_that_does_not() {
+        let (url, seen) = server(|head, _| {
+            let path = head.split_whitespace().nth(1).unwrap_or("");
+            match path {
+                "/waits" => reply("304 Not Modified", "Preference-Applied: wait=60\r\n", ""),
+                "/plain" => reply("304 Not Modified", "", ""),
+                "/changed" => reply("200 OK", "ETag: \"v2\"\r\n", ""),
+                _ => reply("200 OK", "ETag: \"v1\"\r\n", ""),
+            }
+        })
+        .await;
+        let v = Validators {
+            etag: Some("\"v1\"".into()),
+            last_modified: None,
+        };
+        let src = http(&url);
+        let wait = |key: &'static str| {
+            let (src, v) = (&src, &v);
+            async move {
+                src.wait_changed(key, v, Duration::from_secs(60))
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(wait("waits").await, Waited::Unchanged);
+        assert_eq!(wait("plain").await, Waited::Unsupported);
+        assert_eq!(wait("changed").await, Waited::Changed);
+        // 200 with the tag held: a server that ignores If-None-Match.
+        assert_eq!(wait("ignores").await, Waited::Unsupported);
+        let head = seen.lock().unwrap()[0].to_ascii_lowercase();
+        assert!(
+            head.starts_with("head ")
+                && head.contains("prefer: wait=60")
+                && head.contains("if-none-match"),
+            "{head}"
+        );
+    }
+
     #[tokio::test]
     async fn a_body_over_the_cap_and_a_request_for_credentials_are_refused() {
         let (url, _) = server(|head, _| {
