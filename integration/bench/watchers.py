@@ -75,7 +75,8 @@ def pct(v, p):
 
 def main():
     want = WATCHERS + 1000
-    # serve counts two descriptors a connection (one more while it sends a file).
+    # serve counts a descriptor a connection, and up to --max-open-files (1024)
+    # more for the files it sends; the watchers' own ends are ours.
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (4 * want, 4 * want))
     except (ValueError, OSError):

@@ -43,6 +43,7 @@ use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::Response;
 use axum::Router;
+use futures_util::StreamExt;
 use httpdate::HttpDate;
 use nixcast_common::layout::{Key, Lifetime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, ReadBuf};
@@ -87,16 +88,20 @@ struct Served {
     root: Arc<PathBuf>,
     reports: Option<Reports>,
     changes: watch::Changes,
+    /// One permit per file open to send: the files a server sends at once
+    /// are counted apart from its connections, most of which (waiting
+    /// pointer requests, idle keep-alives) hold no file.
+    files: Arc<tokio::sync::Semaphore>,
 }
 
 /// Builds the service for the directory `root`, taking hosts' reports when
-/// `reports` is given.
+/// `reports` is given, sending at most `open_files` files at once.
 ///
 /// The root is canonicalized once, here. If that fails the router still
 /// answers, but fails closed: no file's real path starts with a path that is
 /// not canonical, so every request gets 404. [`run`] checks the root first and
 /// reports the error instead.
-pub fn router(root: PathBuf, reports: Option<Reports>) -> Router {
+pub fn router(root: PathBuf, reports: Option<Reports>, open_files: usize) -> Router {
     let root = match root.canonicalize() {
         Ok(canonical) => canonical,
         Err(err) => {
@@ -112,6 +117,7 @@ pub fn router(root: PathBuf, reports: Option<Reports>) -> Router {
         changes: watch::Changes::new(&root),
         root: Arc::new(root),
         reports,
+        files: Arc::new(tokio::sync::Semaphore::new(open_files.max(1))),
     };
     Router::new().fallback(handle).with_state(Arc::new(served))
 }
@@ -123,9 +129,15 @@ pub fn router(root: PathBuf, reports: Option<Reports>) -> Router {
 pub struct Limits {
     /// Connections served at once. Further clients wait in the kernel's
     /// accept queue until one ends. Lowered at start to what the file
-    /// descriptor limit allows: a connection takes one descriptor, and one
-    /// more while it sends a file.
+    /// descriptor limit leaves beside `max_open_files`: a connection takes
+    /// one descriptor.
     pub max_connections: usize,
+    /// Files sent at once, each one more descriptor. A request for a file
+    /// waits for one of them; a waiting pointer request holds none, so
+    /// thousands of hosts may wait on their pointers (`--watch`) with
+    /// nothing open but their connections. Lowered at start, with
+    /// `max_connections`, to what the descriptor limit allows.
+    pub max_open_files: usize,
     /// How long a client has to send a request's headers, counted from when
     /// the server starts to wait for them; so also how long a kept-alive
     /// connection may sit idle. Trickling bytes does not extend it.
@@ -140,6 +152,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 1024,
+            max_open_files: 1024,
             header_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(60),
         }
@@ -150,23 +163,35 @@ impl Default for Limits {
 /// listener, standard streams, logging.
 const RESERVED_FDS: u64 = 32;
 
-/// `wanted`, or fewer connections if the file descriptor limit cannot hold
-/// that many.
-fn connections_within_fd_limit(wanted: usize) -> usize {
+/// The connections and open files to serve at once: those of `limits`, or
+/// fewer if the file descriptor limit cannot hold them all.
+fn within_fd_limit(limits: &Limits) -> (usize, usize) {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     let Some(fds) = limit.current else {
-        return wanted;
+        return (limits.max_connections, limits.max_open_files);
     };
-    let fit = usize::try_from(fds.saturating_sub(RESERVED_FDS) / 2)
-        .unwrap_or(usize::MAX)
-        .max(1);
-    if fit < wanted {
+    let fit = fit(fds, limits.max_connections, limits.max_open_files);
+    if fit != (limits.max_connections, limits.max_open_files) {
         tracing::warn!(
-            "the file descriptor limit ({fds}) allows {fit} connections at once, not {wanted}: serving at most {fit}"
+            "the file descriptor limit ({fds}) allows {} connections and {} open files at once, \
+             not {} and {}: serving at most those",
+            fit.0,
+            fit.1,
+            limits.max_connections,
+            limits.max_open_files
         );
-        return fit;
     }
-    wanted
+    fit
+}
+
+/// How many of `connections` and `files` fit in `fds` descriptors beside
+/// the reserved ones: at most half of them for files, the rest for
+/// connections (a connection sending a file holds both).
+fn fit(fds: u64, connections: usize, files: usize) -> (usize, usize) {
+    let free = usize::try_from(fds.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX);
+    let files = files.min(free / 2).max(1);
+    let connections = connections.min(free.saturating_sub(files)).max(1);
+    (connections, files)
 }
 
 /// Serves `root` on `listener` (taking hosts' reports when `reports` is
@@ -185,15 +210,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let canonical = checked_root(&root).await?;
-    let max_connections = connections_within_fd_limit(limits.max_connections);
+    let (max_connections, max_open_files) = within_fd_limit(&limits);
     tracing::info!(
         addr = %listener.local_addr()?,
         root = %canonical.display(),
         max_connections,
+        max_open_files,
         accept_reports = reports.is_some(),
         "serving the cache"
     );
-    let app = router(canonical, reports);
+    let app = router(canonical, reports, max_open_files);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
@@ -392,7 +418,7 @@ async fn respond(
         (served.changes.subscribe(&n), deadline)
     });
     loop {
-        let file = match lookup(&served.root, raw_path).await {
+        let file = match lookup(&served.root, &served.files, raw_path).await {
             Ok(file) => file,
             Err(refusal) => return refusal.response(),
         };
@@ -546,6 +572,9 @@ fn percent_decode(segment: &str) -> Option<String> {
 /// An open regular file inside the root, with what the headers need.
 struct Found {
     file: tokio::fs::File,
+    /// The file's place among those open (`Served::files`), given back
+    /// with the file once sent or dropped.
+    open: tokio::sync::OwnedSemaphorePermit,
     /// The checked path relative to the root, as the client named it: the
     /// content type and caching follow the name asked for, not a symlink's
     /// target.
@@ -555,7 +584,11 @@ struct Found {
     etag: String,
 }
 
-async fn lookup(root: &Path, raw_path: &str) -> Result<Found, Refusal> {
+async fn lookup(
+    root: &Path,
+    files: &Arc<tokio::sync::Semaphore>,
+    raw_path: &str,
+) -> Result<Found, Refusal> {
     let name = relative_path(raw_path)?;
     let not_found = |err: io::Error| {
         tracing::debug!(path = raw_path, %err, "not served");
@@ -581,6 +614,7 @@ async fn lookup(root: &Path, raw_path: &str) -> Result<Found, Refusal> {
     {
         return Err(Refusal::NotFound);
     }
+    let open = files.clone().acquire_owned().await.expect("never closed");
     let file = tokio::fs::File::open(&real).await.map_err(not_found)?;
     // The validators come from the open handle, so they describe the bytes we
     // send even if the name is replaced meanwhile (the publisher renames).
@@ -592,6 +626,7 @@ async fn lookup(root: &Path, raw_path: &str) -> Result<Found, Refusal> {
     Ok(Found {
         etag: entity_tag(&meta, modified),
         file,
+        open,
         name,
         len: meta.len(),
         modified,
@@ -660,7 +695,11 @@ impl Found {
             let mut file = self.file;
             file.seek(SeekFrom::Start(start)).await?;
             // `take` stops at the length announced even if the file grows.
-            let stream = ReaderStream::with_capacity(file.take(len), CHUNK);
+            let open = self.open;
+            let stream = ReaderStream::with_capacity(file.take(len), CHUNK).map(move |chunk| {
+                let _sending = &open;
+                chunk
+            });
             *response.body_mut() = Body::from_stream(stream);
         }
         Ok(response)

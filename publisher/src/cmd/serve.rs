@@ -27,6 +27,10 @@ pub struct Args {
     /// Connections served at once; more wait to be accepted (lowered to what the file descriptor limit allows).
     #[arg(long, default_value_t = Limits::default().max_connections, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     max_connections: usize,
+    /// Files sent at once; further requests for files wait (lowered to what the file descriptor
+    /// limit allows beside the connections).
+    #[arg(long, default_value_t = Limits::default().max_open_files, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    max_open_files: usize,
     /// How long a client has to send a request's headers (also the idle time allowed between requests).
     #[arg(long, default_value = "10s", value_parser = parse_timeout)]
     header_timeout: Duration,
@@ -58,6 +62,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let limits = Limits {
         max_connections: a.max_connections,
+        max_open_files: a.max_open_files,
         header_timeout: a.header_timeout,
         send_timeout: a.send_timeout,
     };

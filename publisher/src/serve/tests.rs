@@ -751,6 +751,59 @@ async fn a_client_that_stops_reading_is_cut_off_and_others_get_served() {
 }
 
 #[tokio::test]
+async fn files_sent_at_once_are_bounded_apart_from_connections() {
+    let server = Server::start_with(Limits {
+        max_connections: 8,
+        max_open_files: 1,
+        send_timeout: Duration::from_secs(2),
+        ..Limits::default()
+    })
+    .await;
+    let size = 64 << 20;
+    server.put("nar/big.nar", &vec![7u8; size]);
+    server.put("nix-cache-info", b"StoreDir: /nix/store\n");
+    // A client that takes the headers and a little of the body, then stops
+    // reading: it holds the one file the server may have open.
+    let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /nar/big.nar HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 4096];
+    stalled.read_exact(&mut first).await.unwrap();
+    // A request with no file to send is answered at once beside it...
+    let missing = server.get("/nar/none.nar").send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    // ...while one for a file waits for the stalled one to be cut off.
+    let waiting = tokio::spawn(server.get("/nix-cache-info").send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a second file was opened while the only one allowed was held"
+    );
+    let mut rest = Vec::new();
+    let _ = stalled.read_to_end(&mut rest).await;
+    let response = tokio::time::timeout(Duration::from_secs(120), waiting)
+        .await
+        .expect("served once the stalled client was cut off")
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    server.stop().await;
+}
+
+#[test]
+fn connections_and_open_files_share_the_descriptor_limit() {
+    // Plenty: as asked.
+    assert_eq!(fit(20_000, 11_000, 1024), (11_000, 1024));
+    // A common soft limit: half of what is free for files, the rest for connections.
+    assert_eq!(fit(1024, 1024, 1024), (496, 496));
+    assert_eq!(fit(1024, 100, 1024), (100, 496));
+    // Nothing free still serves one at a time.
+    assert_eq!(fit(10, 1024, 1024), (1, 1));
+}
+
+#[tokio::test]
 async fn run_refuses_a_root_that_is_not_a_directory() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("file"), b"x").unwrap();
