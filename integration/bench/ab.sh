@@ -14,6 +14,8 @@
 #   BIN may also be `nix-store` (Nix's `nix-store -r -j16` from the same cache),
 #   `floor-subst` (the same from the uncompressed local cache run.sh's floors use),
 #   `floor-http` (that cache served by nginx: what a loopback HTTP substituter would cost Nix),
+#   `floor-daemon` (floor-daemon.py: that cache's NARs handed to `nix-daemon --stdio`, DAEMON_CONNS
+#   connections, 2 by default: what importing verified NARs through Nix's daemon protocol costs Nix),
 #   `floor-overlap` (floor-subst with the hashing, decoding and hashing of every NAR by the
 #   agent's own decoders running alongside: `cargo build --release --example decode-floor`),
 #   `floor-stage` (floor-overlap, the decoded NARs also written to and removed from files in
@@ -90,6 +92,9 @@ for r in $(seq "$REPS"); do
       floor-pull) # integration/bench/floor-pull.sh: what any verify-first agent must do, in order
         cmd=(sh "$(cd "$(dirname "$0")" && pwd)/floor-pull.sh" "$DECODE_FLOOR" "$WORK/pub/floor-pull-$C"
              "$WORK/pub/none-$C" "$PUB" "http://127.0.0.1:$PORT/$C") ;;
+      floor-daemon) # Nix importing the closure from the uncompressed cache's NAR files through its daemon
+                    # protocol (`nix-daemon --stdio`, two connections): no staging cache, no substituter
+        cmd=(python3 "$(cd "$(dirname "$0")" && pwd)/floor-daemon.py" "$WORK/pub/none-$C" "${DAEMON_CONNS:-2}" "$PUB") ;;
       floor-http) cmd=(nix-store -r "${TOP[@]}" --option substituters "http://127.0.0.1:$PORT/none-$C"
                        --option trusted-public-keys "$PUB" --max-jobs 16) ;;
       floor-overlap) # floor-subst while every NAR of C is decoded and hashed alongside, two at a time,
