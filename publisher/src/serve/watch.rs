@@ -90,14 +90,22 @@ async fn notice(dir: PathBuf, waiting: Waiting) {
             continue;
         }
         last = now;
-        let mut waiting = waiting.lock().expect("no panics while held");
-        waiting.retain(|_, (tx, _)| tx.receiver_count() > 0);
-        for (file, (tx, seen)) in waiting.iter_mut() {
-            let now = stat(&dir.join(file));
-            if now != *seen {
-                *seen = now;
-                tx.send_modify(|n| *n += 1);
-            }
+        // Thousands of waited files are thousands of stats: off the
+        // workers that answer requests.
+        let (d, w) = (dir.clone(), waiting.clone());
+        let _ = tokio::task::spawn_blocking(move || wake_changed(&d, &w)).await;
+    }
+}
+
+/// Wakes the waiters of each file waited for that changed since last seen.
+fn wake_changed(dir: &Path, waiting: &Waiting) {
+    let mut waiting = waiting.lock().expect("no panics while held");
+    waiting.retain(|_, (tx, _)| tx.receiver_count() > 0);
+    for (file, (tx, seen)) in waiting.iter_mut() {
+        let now = stat(&dir.join(file));
+        if now != *seen {
+            *seen = now;
+            tx.send_modify(|n| *n += 1);
         }
     }
 }
