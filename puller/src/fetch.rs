@@ -24,6 +24,7 @@
 //! strict NAR reader against the pinned NarSize and NarHash (cheap, local),
 //! reuses it if it passes and deletes it if not.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufWriter, Read, Seek, Write};
 use std::path::Path;
@@ -85,6 +86,9 @@ pub struct Slots {
     /// One permit per byte of small NARs held in memory.
     buffered: Semaphore,
     decoders: Semaphore,
+    /// The NARs (by FileHash) whose bytes go first, not yet in: every other
+    /// download waits for them (`Slots::first`).
+    first: tokio::sync::watch::Sender<HashSet<Sha256Hash>>,
 }
 
 /// Bytes of small NARs requested or read and not yet decoded, at most: a
@@ -97,12 +101,50 @@ impl Slots {
         Slots {
             buffered: Semaphore::new(BUFFERED),
             decoders: Semaphore::new(decoders),
+            first: tokio::sync::watch::Sender::new(HashSet::new()),
         }
+    }
+
+    /// Downloads these NARs (by FileHash) before any other: the others
+    /// start once their bytes are in (or their fetch ended), not decoded.
+    /// On a link shared by every request, a NAR that nearly every path
+    /// needs then arrives at the link's full speed, and Nix can import while
+    /// the rest download; alongside thirty others it came last.
+    pub fn first(self, hashes: HashSet<Sha256Hash>) -> Self {
+        self.first.send_replace(hashes);
+        self
+    }
+
+    /// For a NAR that goes first, its turn, which lets the others start
+    /// when dropped; for any other, waits until those are in.
+    async fn turn(&self, e: &Entry) -> Option<Turn<'_>> {
+        if self.first.borrow().contains(&e.file_hash) {
+            return Some(Turn {
+                slots: self,
+                file_hash: e.file_hash,
+            });
+        }
+        let _ = self.first.subscribe().wait_for(HashSet::is_empty).await;
+        None
     }
 
     /// One of the decoder slots, for a decoder that is not `fetch_one`'s.
     pub async fn decoder(&self) -> SemaphorePermit<'_> {
         self.decoders.acquire().await.expect("never closed")
+    }
+}
+
+/// A NAR that goes first, until its bytes are in.
+struct Turn<'a> {
+    slots: &'a Slots,
+    file_hash: Sha256Hash,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.slots.first.send_modify(|first| {
+            first.remove(&self.file_hash);
+        });
     }
 }
 
@@ -116,6 +158,7 @@ pub async fn fetch_one(
     slots: &Slots,
     ids: &Arc<[Identity]>,
 ) -> Result<u64, NarError> {
+    let mut turn = slots.turn(e).await;
     let dest = staging.nar(e);
     let path = e.store_path.to_string();
     if dest.exists() {
@@ -140,7 +183,9 @@ pub async fn fetch_one(
     let url = source.url_of(&e.url);
     let mut attempt = 1;
     loop {
-        let failure = match download(source, staging, e, &progress, slots).await {
+        let downloaded = download(source, staging, e, &progress, slots).await;
+        turn.take();
+        let failure = match downloaded {
             // A small NAR's bytes stay counted in the budget until decoded.
             Ok((input, _buffered)) => {
                 // Decoding never waits on the network: every byte is here.

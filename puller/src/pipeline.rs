@@ -134,12 +134,19 @@ async fn attempt(
     deltas: &Deltas,
 ) -> Result<u64, Failed> {
     let mut at = Attempt::new(cfg, staging, manifest, entries)?;
-    let order = at.plan.download_order(entries);
+    // A path rebuilt from a delta is not fetched whole: it cannot go first.
+    let whole: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| deltas.get(e).is_none())
+        .copied()
+        .collect();
+    let first = hubs(&whole);
+    let order = at.plan.download_order(entries, &first);
     let progress = Arc::new(AtomicU64::new(0));
     let (bar, ticker) = show_progress(total, &progress);
     let upstreams = upstream_sources(cfg, entries)?;
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let slots = fetch::Slots::new(cpus);
+    let slots = fetch::Slots::new(cpus).first(first.iter().map(|e| e.file_hash).collect());
     let ports = Ports {
         upstreams: &upstreams,
         progress: &progress,
@@ -506,6 +513,37 @@ fn upstream_sources(cfg: &Config, entries: &[&Entry]) -> Result<HashMap<String, 
     Ok(out)
 }
 
+/// From this many paths to fetch, the hubs among them go first.
+const HUBS_FROM: usize = 64;
+/// At most this many hubs.
+const HUBS: usize = 4;
+
+/// The paths that at least half of `entries` reference (a closure's libc;
+/// the stand-in's base-lib), the most referenced first, when there are
+/// enough entries for it to matter. Nix can import next to nothing before
+/// them, so their bytes go first (`fetch::Slots::first`): on a link shared
+/// by every request, the stand-in's base-lib came last, and Nix imported
+/// all 303 paths after the last byte instead of while the rest arrived.
+fn hubs<'a>(entries: &[&'a Entry]) -> Vec<&'a Entry> {
+    if entries.len() < HUBS_FROM {
+        return Vec::new();
+    }
+    let mut referrers: HashMap<&StorePath, usize> = HashMap::new();
+    for e in entries {
+        for r in e.references.iter().filter(|r| **r != e.store_path) {
+            *referrers.entry(r).or_default() += 1;
+        }
+    }
+    let mut hubs: Vec<(&Entry, usize)> = entries
+        .iter()
+        .filter_map(|e| referrers.get(&e.store_path).map(|n| (*e, *n)))
+        .filter(|(_, n)| 2 * n >= entries.len())
+        .collect();
+    hubs.sort_by(|(a, n), (b, m)| m.cmp(n).then_with(|| a.store_path.cmp(&b.store_path)));
+    hubs.truncate(HUBS);
+    hubs.into_iter().map(|(e, _)| e).collect()
+}
+
 /// Which verified paths may be imported next.
 struct Plan<'a> {
     /// Position in the manifest's dependency order.
@@ -531,15 +569,18 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// The large NARs first, largest first, so that decoding them overlaps
-    /// the rest; then dependency order, so that imports can start early.
-    fn download_order(&self, entries: &[&'a Entry]) -> Vec<&'a Entry> {
+    /// The `hubs` first (see [`hubs`]); then the large NARs, largest first,
+    /// so that decoding them overlaps the rest; then dependency order, so
+    /// that imports can start early.
+    fn download_order(&self, entries: &[&'a Entry], hubs: &[&Entry]) -> Vec<&'a Entry> {
         let mut order = entries.to_vec();
         order.sort_by_key(|e| {
-            if e.file_size >= LARGE {
-                (0, u64::MAX - e.file_size)
+            if hubs.iter().any(|h| h.store_path == e.store_path) {
+                (0, 0)
+            } else if e.file_size >= LARGE {
+                (1, u64::MAX - e.file_size)
             } else {
-                (1, self.rank[&e.store_path] as u64)
+                (2, self.rank[&e.store_path] as u64)
             }
         });
         order
@@ -671,7 +712,7 @@ mod tests {
         let entries: Vec<&Entry> = m.paths.iter().filter(|e| e.store_path != libc).collect();
         let mut plan = Plan::new(&m, &entries);
         let order: Vec<_> = plan
-            .download_order(&entries)
+            .download_order(&entries, &[])
             .iter()
             .map(|e| e.store_path.name().to_owned())
             .collect();
@@ -693,6 +734,30 @@ mod tests {
         plan.imported(vec![big]);
         assert_eq!(ready(&mut plan), [top]);
         assert!(plan.waiting.is_empty());
+    }
+
+    #[test]
+    fn the_paths_most_others_need_go_first() {
+        let (lib, rare) = (sp("lib", 200), sp("rare", 201));
+        let mut paths = vec![entry(&lib, &[], 10), entry(&rare, &[], 10)];
+        for n in 0..70u8 {
+            let p = sp("p", n);
+            let refs: Vec<&StorePath> = if n < 5 { vec![&lib, &rare] } else { vec![&lib] };
+            paths.push(entry(&p, &refs, 10));
+        }
+        let top = sp("top", 202);
+        paths.push(entry(&top, &[&lib], 10));
+        let m = Manifest::new(top.clone(), paths).unwrap();
+        let entries: Vec<&Entry> = m.paths.iter().collect();
+        let first: Vec<&StorePath> = hubs(&entries).iter().map(|e| &e.store_path).collect();
+        assert_eq!(first, [&lib]);
+        let plan = Plan::new(&m, &entries);
+        assert_eq!(
+            plan.download_order(&entries, &hubs(&entries))[0].store_path,
+            lib
+        );
+        // An update of a few paths waits for nothing.
+        assert!(hubs(&entries[..10]).is_empty());
     }
 
     #[test]

@@ -355,3 +355,65 @@ fn a_spool_that_cannot_be_read_back_is_a_local_error() {
     }
     s.assert_nothing_staged(&e);
 }
+
+/// A NAR that goes first (`Slots::first`) has the network to itself: the
+/// others start only once its bytes are in, decoded or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_downloads_wait_for_the_bytes_of_a_nar_that_goes_first() {
+    let s = Scene::new();
+    let [small, large] = s.small_and_large();
+    // The first NAR is served by a pipe that sends half of it, then waits.
+    let bytes = s.served(&large);
+    let pipe = s.cache.path().join(&large.url);
+    std::fs::remove_file(&pipe).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&pipe)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (go_on, wait) = std::sync::mpsc::channel::<()>();
+    let (half_read, halfway) = std::sync::mpsc::channel::<()>();
+    let writer = std::thread::spawn(move || {
+        let mut w = std::fs::OpenOptions::new().write(true).open(&pipe).unwrap();
+        w.write_all(&bytes[..bytes.len() / 2]).unwrap();
+        half_read.send(()).unwrap();
+        wait.recv().unwrap();
+        w.write_all(&bytes[bytes.len() / 2..]).unwrap();
+    });
+    let slots = Arc::new(Slots::new(2).first([large.file_hash].into()));
+    let fetch = |e: &Entry| {
+        let (source, staging, e, slots) = (
+            s.source.clone(),
+            s.staging.clone(),
+            e.clone(),
+            slots.clone(),
+        );
+        tokio::spawn(async move {
+            let ids: Arc<[Identity]> = Arc::new([]);
+            let progress = Arc::new(AtomicU64::new(0));
+            fetch_one(&source, &staging, &e, progress, &slots, &ids).await
+        })
+    };
+    let first = fetch(&large);
+    tokio::task::spawn_blocking(move || {
+        halfway
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the first NAR's download never started")
+    })
+    .await
+    .unwrap();
+    let other = fetch(&small);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !other.is_finished() && !s.staged(&small),
+        "another NAR was fetched while the first one's bytes were coming"
+    );
+    go_on.send(()).unwrap();
+    writer.join().unwrap();
+    first.await.unwrap().unwrap();
+    let fetched = tokio::time::timeout(std::time::Duration::from_secs(60), other)
+        .await
+        .expect("the other NAR waited for good");
+    fetched.unwrap().unwrap();
+    assert!(s.staged(&small) && s.staged(&large));
+}
