@@ -713,15 +713,9 @@ async fn clients_that_trickle_headers_are_cut_off_and_others_get_served() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_client_that_stops_reading_is_cut_off_and_others_get_served() {
-    let server = Server::start_with(Limits {
-        max_connections: 1,
-        send_timeout: Duration::from_millis(300),
-        ..Limits::default()
-    })
-    .await;
-    // Far more than the socket buffers on both ends hold.
+/// Puts a NAR far larger than the socket buffers on both ends (and
+/// `nix-cache-info`), and asks for the NAR from a client that never reads.
+async fn stalled_client(server: &Server) -> (tokio::net::TcpStream, usize) {
     let size = 64 << 20;
     server.put("nar/big.nar", &vec![7u8; size]);
     server.put("nix-cache-info", b"StoreDir: /nix/store\n");
@@ -730,6 +724,18 @@ async fn a_client_that_stops_reading_is_cut_off_and_others_get_served() {
         .write_all(b"GET /nar/big.nar HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
+    (stalled, size)
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_and_others_get_served() {
+    let server = Server::start_with(Limits {
+        max_connections: 1,
+        send_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    })
+    .await;
+    let (mut stalled, size) = stalled_client(&server).await;
     // Served only once the stalled client's connection is closed: the
     // server takes one at a time. (The bound only turns a hang into a
     // failure.)
@@ -759,16 +765,9 @@ async fn files_sent_at_once_are_bounded_apart_from_connections() {
         ..Limits::default()
     })
     .await;
-    let size = 64 << 20;
-    server.put("nar/big.nar", &vec![7u8; size]);
-    server.put("nix-cache-info", b"StoreDir: /nix/store\n");
     // A client that takes the headers and a little of the body, then stops
     // reading: it holds the one file the server may have open.
-    let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    stalled
-        .write_all(b"GET /nar/big.nar HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
+    let (mut stalled, _) = stalled_client(&server).await;
     let mut first = [0u8; 4096];
     stalled.read_exact(&mut first).await.unwrap();
     // A request with no file to send is answered at once beside it...

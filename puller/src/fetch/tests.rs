@@ -42,6 +42,37 @@ impl Scene {
 
     /// A small entry (read into memory) and a large one (spooled to disk),
     /// both uncompressed.
+    /// Serves `e` by a pipe that sends half of it, then waits to be told
+    /// to go on; says when the reader took that half (all but a pipe's
+    /// buffer of it).
+    fn half_then_wait(
+        &self,
+        e: &Entry,
+    ) -> (
+        std::sync::mpsc::Sender<()>,
+        std::sync::mpsc::Receiver<()>,
+        std::thread::JoinHandle<()>,
+    ) {
+        let bytes = self.served(e);
+        let pipe = self.cache.path().join(&e.url);
+        std::fs::remove_file(&pipe).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&pipe)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (go_on, wait) = std::sync::mpsc::channel::<()>();
+        let (half_read, halfway) = std::sync::mpsc::channel::<()>();
+        let writer = std::thread::spawn(move || {
+            let mut w = std::fs::OpenOptions::new().write(true).open(&pipe).unwrap();
+            w.write_all(&bytes[..bytes.len() / 2]).unwrap();
+            half_read.send(()).unwrap();
+            wait.recv().unwrap();
+            w.write_all(&bytes[bytes.len() / 2..]).unwrap();
+        });
+        (go_on, halfway, writer)
+    }
+
     fn small_and_large(&self) -> [Entry; 2] {
         // 1.5 MiB: above SPOOL_FROM.
         let content: String = (0..24_000u32).map(|i| format!("{i:063}\n")).collect();
@@ -272,24 +303,7 @@ async fn a_stalled_large_download_holds_no_decoder() {
     let s = Scene::new();
     let [small, large] = s.small_and_large();
     // The large NAR is served by a pipe that sends half of it, then waits.
-    let bytes = s.served(&large);
-    let pipe = s.cache.path().join(&large.url);
-    std::fs::remove_file(&pipe).unwrap();
-    let made = std::process::Command::new("mkfifo")
-        .arg(&pipe)
-        .status()
-        .unwrap();
-    assert!(made.success());
-    let (go_on, wait) = std::sync::mpsc::channel::<()>();
-    let (half_read, halfway) = std::sync::mpsc::channel::<()>();
-    let writer = std::thread::spawn(move || {
-        let mut w = std::fs::OpenOptions::new().write(true).open(&pipe).unwrap();
-        // Returns once the reader took all but a pipe's buffer of it.
-        w.write_all(&bytes[..bytes.len() / 2]).unwrap();
-        half_read.send(()).unwrap();
-        wait.recv().unwrap();
-        w.write_all(&bytes[bytes.len() / 2..]).unwrap();
-    });
+    let (go_on, halfway, writer) = s.half_then_wait(&large);
 
     let slots = Arc::new(Slots::new(1));
     let stalled = {
@@ -363,23 +377,7 @@ async fn other_downloads_wait_for_the_bytes_of_a_nar_that_goes_first() {
     let s = Scene::new();
     let [small, large] = s.small_and_large();
     // The first NAR is served by a pipe that sends half of it, then waits.
-    let bytes = s.served(&large);
-    let pipe = s.cache.path().join(&large.url);
-    std::fs::remove_file(&pipe).unwrap();
-    let made = std::process::Command::new("mkfifo")
-        .arg(&pipe)
-        .status()
-        .unwrap();
-    assert!(made.success());
-    let (go_on, wait) = std::sync::mpsc::channel::<()>();
-    let (half_read, halfway) = std::sync::mpsc::channel::<()>();
-    let writer = std::thread::spawn(move || {
-        let mut w = std::fs::OpenOptions::new().write(true).open(&pipe).unwrap();
-        w.write_all(&bytes[..bytes.len() / 2]).unwrap();
-        half_read.send(()).unwrap();
-        wait.recv().unwrap();
-        w.write_all(&bytes[bytes.len() / 2..]).unwrap();
-    });
+    let (go_on, halfway, writer) = s.half_then_wait(&large);
     let slots = Arc::new(Slots::new(2).first([large.file_hash].into()));
     let fetch = |e: &Entry| {
         let (source, staging, e, slots) = (
