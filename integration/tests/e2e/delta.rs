@@ -25,12 +25,7 @@ struct Update {
 impl Update {
     fn new() -> Self {
         let (work, cache, keys) = scene();
-        let gen1 = Fixture::default().build();
-        let gen2 = Fixture {
-            version: "2",
-            ..Default::default()
-        }
-        .build();
+        let (gen1, gen2) = two_generations();
         publish(&cache, "foobar", &gen1, &keys, &[]);
         let server = Server::start(&cache);
         let vm = Vm::new();
@@ -403,12 +398,7 @@ fn pull_bundle(vm: &Vm, file: &Path, keys: &Keys) -> std::process::Output {
 #[test]
 fn a_delta_bundle_applies_offline() {
     let (work, cache, keys) = scene();
-    let gen1 = Fixture::default().build();
-    let gen2 = Fixture {
-        version: "2",
-        ..Default::default()
-    }
-    .build();
+    let (gen1, gen2) = two_generations();
     publish(&cache, "foobar", &gen1, &keys, &[]);
     let (full1, full2, update) = (
         work.path().join("full1.nixcast"),
@@ -488,4 +478,15 @@ fn gc_keeps_the_deltas_of_kept_generations_only() {
         }
     }
     assert_eq!(files(&cache, "deltas").len(), 2);
+}
+
+/// The stand-in system, and the same at version 2 (its top and `etc` change).
+fn two_generations() -> (String, String) {
+    let gen1 = Fixture::default().build();
+    let gen2 = Fixture {
+        version: "2",
+        ..Default::default()
+    }
+    .build();
+    (gen1, gen2)
 }

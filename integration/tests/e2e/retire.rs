@@ -34,16 +34,7 @@ fn pair() -> Pair {
         format!("# the fleet\nweb1 {web1_pub}\nweb3 {web3_pub} web3's key\n"),
     )
     .unwrap();
-    let build = |host| {
-        Fixture {
-            host,
-            version: "retire",
-            n: 2,
-            ..Default::default()
-        }
-        .build()
-    };
-    let (web1, web3) = (build("web1"), build("web3"));
+    let (web1, web3) = web1_and_web3("retire");
     let p = Pair {
         work,
         cache,
@@ -375,16 +366,7 @@ fn retire_on_s3_stops_the_agent_and_gc_frees_its_paths() {
         moto.endpoint()
     );
     let url = format!("{}/retire-cache/fleet", moto.endpoint());
-    let build = |host| {
-        Fixture {
-            host,
-            version: "retire-s3",
-            n: 2,
-            ..Default::default()
-        }
-        .build()
-    };
-    let (web1, web3) = (build("web1"), build("web3"));
+    let (web1, web3) = web1_and_web3("retire-s3");
     let secret = keys.secret.to_str().unwrap().to_owned();
     let run = |args: &[&str]| ok(&mut s3_cmd(args));
     for (host, top) in [("web1", &web1), ("web3", &web3)] {
@@ -442,4 +424,18 @@ fn retire_on_s3_stops_the_agent_and_gc_frees_its_paths() {
     assert!(fresh.valid(&closure(&web1)));
     let out = vm3.pull_host(&url, "web3", &keys, &[]);
     assert_eq!(exit_code(&out), Some(RETIRED), "{}", stderr(&out));
+}
+
+/// The small systems of hosts web1 and web3, built for `version`.
+fn web1_and_web3(version: &'static str) -> (String, String) {
+    let build = |host| {
+        Fixture {
+            host,
+            version,
+            n: 2,
+            ..Default::default()
+        }
+        .build()
+    };
+    (build("web1"), build("web3"))
 }
